@@ -1,0 +1,175 @@
+//! Connection identity and TCP segments: what the capture stage (live ring buffer or
+//! pcap replay) hands to reassembly. Pure data, no I/O.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+/// Which way bytes travel, seen from the monitored port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Direction {
+    /// From the connecting side (the client) to the monitored port (the server).
+    ToServer,
+    /// From the monitored port (the server) back to the client.
+    ToClient,
+}
+
+impl Direction {
+    pub const BOTH: [Direction; 2] = [Direction::ToServer, Direction::ToClient];
+
+    /// Index for per-direction arrays: `ToServer` = 0, `ToClient` = 1.
+    pub fn index(self) -> usize {
+        match self {
+            Direction::ToServer => 0,
+            Direction::ToClient => 1,
+        }
+    }
+
+    pub fn reverse(self) -> Direction {
+        match self {
+            Direction::ToServer => Direction::ToClient,
+            Direction::ToClient => Direction::ToServer,
+        }
+    }
+
+    /// Stable name used in JSON, logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::ToServer => "client",
+            Direction::ToClient => "server",
+        }
+    }
+}
+
+/// A TCP connection, oriented: `server` holds the monitored port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+}
+
+impl FlowKey {
+    /// Source and destination of a segment travelling in `dir`.
+    pub fn endpoints(&self, dir: Direction) -> (SocketAddr, SocketAddr) {
+        match dir {
+            Direction::ToServer => (self.client, self.server),
+            Direction::ToClient => (self.server, self.client),
+        }
+    }
+}
+
+impl fmt::Display for FlowKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} -> {}", self.client, self.server)
+    }
+}
+
+/// Identifies one instance of a connection: a 4-tuple reused after close gets a new id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowId(pub u64);
+
+/// TCP flags carried by a segment (only the ones reassembly cares about).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpFlags {
+    pub syn: bool,
+    pub ack: bool,
+    pub fin: bool,
+    pub rst: bool,
+}
+
+/// One piece of a TCP segment's payload as the capture stage saw it.
+///
+/// A segment larger than one capture chunk arrives as several `Segment`s with consecutive
+/// `seq` values; `syn`/`rst` are set only on the first piece and `fin` only on the last,
+/// so a piece never needs to know about its siblings.
+#[derive(Clone, Copy, Debug)]
+pub struct Segment<'a> {
+    pub key: FlowKey,
+    pub dir: Direction,
+    /// Sequence number of `data[0]` (or of the SYN/FIN when `data` is empty).
+    pub seq: u32,
+    /// Acknowledgement number (valid when `flags.ack`).
+    pub ack: u32,
+    pub flags: TcpFlags,
+    pub data: &'a [u8],
+    /// Monotonic timestamp in nanoseconds (kernel `bpf_ktime_get_ns`, or pcap time).
+    pub ts_ns: u64,
+}
+
+/// Builds a key from a packet's addresses, given which end holds the monitored port.
+pub fn key_for(src: (IpAddr, u16), dst: (IpAddr, u16), dir: Direction) -> FlowKey {
+    let (src, dst) = (SocketAddr::new(src.0, src.1), SocketAddr::new(dst.0, dst.1));
+    match dir {
+        Direction::ToServer => FlowKey { client: src, server: dst },
+        Direction::ToClient => FlowKey { client: dst, server: src },
+    }
+}
+
+/// How a connection came to be tracked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Opening {
+    /// The SYN was seen: both streams start at offset 0 of the connection.
+    Handshake,
+    /// The connection was already open when capture started (or its SYN was lost):
+    /// streams start somewhere in the middle.
+    MidStream,
+}
+
+/// Why a connection stopped being tracked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Closing {
+    /// Both sides sent FIN and everything up to them was accounted for.
+    Fin,
+    /// A RST was seen.
+    Rst,
+    /// Idle for longer than the idle timeout, or pushed out by the flow-table cap.
+    Evicted,
+    /// Capture ended (end of pcap, `--duration`, SIGINT) with the connection still open.
+    CaptureEnded,
+}
+
+/// Receives the ordered byte streams rebuilt by reassembly. Offsets count bytes of one
+/// direction's stream from where tracking began (0 = first byte after the SYN, or the
+/// first byte seen for a mid-stream connection). For each direction, `data` and `gap`
+/// calls tile the stream: every call starts where the previous one ended.
+pub trait StreamSink {
+    fn open(&mut self, id: FlowId, key: &FlowKey, opening: Opening, ts_ns: u64);
+    fn data(&mut self, id: FlowId, dir: Direction, offset: u64, data: &[u8], ts_ns: u64);
+    /// `len` bytes at `offset` were on the wire but never seen (ring loss, capture loss).
+    fn gap(&mut self, id: FlowId, dir: Direction, offset: u64, len: u64, ts_ns: u64);
+    fn close(&mut self, id: FlowId, closing: Closing, ts_ns: u64);
+}
+
+/// Feeds two sinks with the same events, in order (`a` first).
+impl<A: StreamSink, B: StreamSink> StreamSink for (A, B) {
+    fn open(&mut self, id: FlowId, key: &FlowKey, opening: Opening, ts_ns: u64) {
+        self.0.open(id, key, opening, ts_ns);
+        self.1.open(id, key, opening, ts_ns);
+    }
+    fn data(&mut self, id: FlowId, dir: Direction, offset: u64, data: &[u8], ts_ns: u64) {
+        self.0.data(id, dir, offset, data, ts_ns);
+        self.1.data(id, dir, offset, data, ts_ns);
+    }
+    fn gap(&mut self, id: FlowId, dir: Direction, offset: u64, len: u64, ts_ns: u64) {
+        self.0.gap(id, dir, offset, len, ts_ns);
+        self.1.gap(id, dir, offset, len, ts_ns);
+    }
+    fn close(&mut self, id: FlowId, closing: Closing, ts_ns: u64) {
+        self.0.close(id, closing, ts_ns);
+        self.1.close(id, closing, ts_ns);
+    }
+}
+
+impl<S: StreamSink + ?Sized> StreamSink for &mut S {
+    fn open(&mut self, id: FlowId, key: &FlowKey, opening: Opening, ts_ns: u64) {
+        (**self).open(id, key, opening, ts_ns);
+    }
+    fn data(&mut self, id: FlowId, dir: Direction, offset: u64, data: &[u8], ts_ns: u64) {
+        (**self).data(id, dir, offset, data, ts_ns);
+    }
+    fn gap(&mut self, id: FlowId, dir: Direction, offset: u64, len: u64, ts_ns: u64) {
+        (**self).gap(id, dir, offset, len, ts_ns);
+    }
+    fn close(&mut self, id: FlowId, closing: Closing, ts_ns: u64) {
+        (**self).close(id, closing, ts_ns);
+    }
+}

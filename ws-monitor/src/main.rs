@@ -1,0 +1,2 @@
+mod flow;
+fn main() {}
