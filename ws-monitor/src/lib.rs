@@ -1,9 +1,15 @@
 //! ws-monitor: passive WebSocket protocol-violation monitor.
 //!
 //! Data flows one way, one module per stage:
-//! capture (kernel ring buffer or pcap) → [`flow::Segment`] → [`reassembly`] →
-//! [`flow::StreamSink`] → [`engine`] → findings → outputs.
+//! [`capture`] (kernel ring buffer) → [`flow::Segment`] → [`reassembly`] →
+//! [`flow::StreamSink`] → [`engine`] → findings → outputs ([`report`], [`streams`]).
+//! [`monitor`] wires the stages together for live capture and replay alike.
 
+pub mod capture;
+pub mod cli;
 pub mod engine;
 pub mod flow;
+pub mod monitor;
 pub mod reassembly;
+pub mod report;
+pub mod streams;

@@ -1,0 +1,101 @@
+//! Builds the kernel program (`ws-monitor-ebpf`) for `bpfel-unknown-none` and leaves the
+//! object in OUT_DIR, where `capture` embeds it: the userspace binary is all a host needs.
+//!
+//! The BPF target's `core` comes prebuilt from Debian's `libstd-rust-web-dev-bpf`, so the
+//! build uses that rustc (`/usr/bin/rustc`, override with `WS_MONITOR_BPF_RUSTC`) instead of
+//! `-Z build-std`. `cargo xtask setup` installs it and `bpf-linker`.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Crates that use unstable features and need `RUSTC_BOOTSTRAP` on a stable rustc.
+/// (Setting it to `1` instead would make tools add `-Z build-std`.)
+const BOOTSTRAP_CRATES: &str = "aya_ebpf";
+
+fn main() {
+    if let Err(message) = build_ebpf() {
+        // A build script can only fail loudly; say exactly what to do.
+        eprintln!("error: {message}");
+        std::process::exit(1);
+    }
+}
+
+fn build_ebpf() -> Result<(), String> {
+    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").map_err(|e| e.to_string())?);
+    let workspace = manifest_dir.parent().ok_or("ws-monitor has no parent directory")?;
+    let ebpf_dir = workspace.join("ws-monitor-ebpf");
+    for path in [
+        ebpf_dir.join("src"),
+        ebpf_dir.join("Cargo.toml"),
+        workspace.join("ws-monitor-common/src"),
+        workspace.join("Cargo.lock"),
+    ] {
+        println!("cargo:rerun-if-changed={}", path.display());
+    }
+    println!("cargo:rerun-if-env-changed=WS_MONITOR_BPF_RUSTC");
+
+    let out_dir = PathBuf::from(env::var("OUT_DIR").map_err(|e| e.to_string())?);
+    let rustc = env::var("WS_MONITOR_BPF_RUSTC").unwrap_or_else(|_| "/usr/bin/rustc".into());
+    check_toolchain(Path::new(&rustc))?;
+
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let target_dir = out_dir.join("bpf-target");
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&ebpf_dir)
+        .args(["build", "--release", "--locked", "--target", "bpfel-unknown-none"])
+        .arg("--package=ws-monitor-ebpf")
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .env("RUSTC", &rustc)
+        .env("RUSTC_BOOTSTRAP", BOOTSTRAP_CRATES);
+    // What the outer build set for the host must not leak into the BPF build.
+    for var in [
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTC_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_MAKEFLAGS",
+        "MAKEFLAGS",
+        "MFLAGS",
+    ] {
+        cmd.env_remove(var);
+    }
+    for (key, _) in env::vars() {
+        if key.starts_with("CARGO_FEATURE_") || key.starts_with("CARGO_CFG_") {
+            cmd.env_remove(key);
+        }
+    }
+    let status = cmd
+        .status()
+        .map_err(|e| format!("could not run cargo to build the eBPF program: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "building the eBPF program failed ({status}); run `cargo xtask setup` to install the BPF toolchain"
+        ));
+    }
+    let object = target_dir.join("bpfel-unknown-none/release/ws-monitor");
+    let dest = out_dir.join("ws-monitor.bpf.o");
+    std::fs::copy(&object, &dest)
+        .map_err(|e| format!("eBPF object {} missing after build: {e}", object.display()))?;
+    Ok(())
+}
+
+fn check_toolchain(rustc: &Path) -> Result<(), String> {
+    if !rustc.exists() {
+        return Err(format!(
+            "{} not found: the eBPF program needs Debian's rustc-web with the prebuilt BPF core; run `cargo xtask setup`",
+            rustc.display()
+        ));
+    }
+    let linker_found = env::var_os("PATH")
+        .map(|paths| env::split_paths(&paths).any(|dir| dir.join("bpf-linker").is_file()))
+        .unwrap_or(false);
+    if !linker_found {
+        return Err("bpf-linker not found on PATH: run `cargo xtask setup` (it installs bpf-linker 0.13 for LLVM 22 into ~/.cargo/bin)".into());
+    }
+    Ok(())
+}

@@ -1,0 +1,120 @@
+//! Command line.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Passive WebSocket protocol-violation monitor: captures the TCP payload of the given
+/// ports with a TC eBPF program and rebuilds every connection's byte streams.
+#[derive(Debug, Parser)]
+#[command(name = "ws-monitor", version, subcommand_negates_reqs = true, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// Interface to capture on (e.g. eth0, lo).
+    #[arg(long, short = 'i', required = true)]
+    pub iface: Option<String>,
+
+    /// TCP port serving WebSocket traffic; repeat for more (up to 16).
+    #[arg(long = "port", short = 'p', required = true, value_parser = parse_port)]
+    pub ports: Vec<u16>,
+
+    #[command(flatten)]
+    pub run: RunArgs,
+
+    /// Ring buffer between kernel and userspace, in bytes (K/M/G suffixes; a power of two).
+    #[arg(long, default_value = "16M", value_parser = parse_ring_size)]
+    pub ring_size: u32,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Options shared by every mode.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+
+    /// Print the final report as one JSON object on stdout at exit.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Seconds between counter lines on stderr (0 = none).
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    pub stats_interval: f64,
+
+    /// Write every reassembled stream to files in DIR (gaps as holes, listed in .gaps files).
+    #[arg(long, value_name = "DIR")]
+    pub streams_dir: Option<PathBuf>,
+
+    /// Connections tracked at once; the least recently active is evicted beyond it.
+    #[arg(long, default_value_t = 65_536)]
+    pub max_flows: usize,
+
+    /// Out-of-order bytes buffered per connection direction before a hole is declared lost.
+    #[arg(long, default_value = "4M", value_parser = parse_size)]
+    pub flow_buffer: u64,
+
+    /// Seconds without traffic after which a connection is evicted.
+    #[arg(long, default_value_t = 300.0, value_name = "SECS")]
+    pub idle_timeout: f64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {}
+
+fn parse_port(s: &str) -> Result<u16, String> {
+    match s.parse::<u16>() {
+        Ok(0) | Err(_) => Err(format!("{s:?} is not a TCP port: use a number from 1 to 65535")),
+        Ok(p) => Ok(p),
+    }
+}
+
+/// Parses `16M`, `64K`, `1G` or plain bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.eq_ignore_ascii_case(&'k') => (&t[..i], 1u64 << 10),
+        Some((i, c)) if c.eq_ignore_ascii_case(&'m') => (&t[..i], 1 << 20),
+        Some((i, c)) if c.eq_ignore_ascii_case(&'g') => (&t[..i], 1 << 30),
+        _ => (t, 1),
+    };
+    num.trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("{s:?} is not a size: use bytes or a K/M/G suffix, e.g. 16M"))
+}
+
+fn parse_ring_size(s: &str) -> Result<u32, String> {
+    let n = parse_size(s)?;
+    if !n.is_power_of_two() || !(4096..=(1 << 30)).contains(&n) {
+        return Err(format!(
+            "ring size {s} must be a power of two between 4K and 1G, e.g. 16M"
+        ));
+    }
+    Ok(n as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes_and_ports() {
+        assert_eq!(parse_size("16M"), Ok(16 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("lots").is_err());
+        assert_eq!(parse_ring_size("64k"), Ok(65536));
+        assert!(parse_ring_size("3000").is_err());
+        assert!(parse_port("0").is_err());
+        assert!(parse_port("70000").is_err());
+        assert_eq!(parse_port("8001"), Ok(8001));
+    }
+}

@@ -1,0 +1,68 @@
+//! The pipeline shared by live capture and replay: segments → reassembly → sinks.
+//! No I/O of its own beyond what the sinks do.
+
+use crate::flow::{Closing, Direction, FlowId, FlowKey, Opening, Segment, StreamSink};
+use crate::reassembly::{Reassembler, ReassemblyConfig, ReassemblyStats};
+use crate::streams::StreamDump;
+
+/// Everything downstream of reassembly.
+#[derive(Default)]
+pub struct Sinks {
+    pub dump: Option<StreamDump>,
+}
+
+impl StreamSink for Sinks {
+    fn open(&mut self, id: FlowId, key: &FlowKey, opening: Opening, ts_ns: u64) {
+        if let Some(d) = &mut self.dump {
+            d.open(id, key, opening, ts_ns);
+        }
+    }
+    fn data(&mut self, id: FlowId, dir: Direction, offset: u64, data: &[u8], ts_ns: u64) {
+        if let Some(d) = &mut self.dump {
+            d.data(id, dir, offset, data, ts_ns);
+        }
+    }
+    fn gap(&mut self, id: FlowId, dir: Direction, offset: u64, len: u64, ts_ns: u64) {
+        if let Some(d) = &mut self.dump {
+            d.gap(id, dir, offset, len, ts_ns);
+        }
+    }
+    fn close(&mut self, id: FlowId, closing: Closing, ts_ns: u64) {
+        if let Some(d) = &mut self.dump {
+            d.close(id, closing, ts_ns);
+        }
+    }
+}
+
+pub struct Monitor {
+    reassembler: Reassembler,
+    pub sinks: Sinks,
+    /// Segments (packets, or first chunks of packets) fed in.
+    pub packets: u64,
+}
+
+impl Monitor {
+    pub fn new(config: ReassemblyConfig, sinks: Sinks) -> Self {
+        Monitor { reassembler: Reassembler::new(config), sinks, packets: 0 }
+    }
+
+    pub fn segment(&mut self, seg: &Segment<'_>) {
+        self.reassembler.segment(seg, &mut self.sinks);
+    }
+
+    pub fn tick(&mut self, now_ns: u64) {
+        self.reassembler.tick(now_ns, &mut self.sinks);
+    }
+
+    pub fn finish(&mut self, now_ns: u64) {
+        self.reassembler.finish(now_ns, &mut self.sinks);
+    }
+
+    pub fn reassembly(&self) -> &ReassemblyStats {
+        self.reassembler.stats()
+    }
+
+    pub fn open_flows(&self) -> usize {
+        self.reassembler.open_flows()
+    }
+}
