@@ -37,7 +37,7 @@ fn build_ebpf() -> Result<(), String> {
 
     let out_dir = PathBuf::from(env::var("OUT_DIR").map_err(|e| e.to_string())?);
     let rustc = env::var("WS_MONITOR_BPF_RUSTC").unwrap_or_else(|_| "/usr/bin/rustc".into());
-    check_toolchain(Path::new(&rustc))?;
+    let linker = find_bpf_linker(Path::new(&rustc))?;
 
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let target_dir = out_dir.join("bpf-target");
@@ -48,6 +48,7 @@ fn build_ebpf() -> Result<(), String> {
         .arg("--target-dir")
         .arg(&target_dir)
         .env("RUSTC", &rustc)
+        .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", &linker)
         .env("RUSTC_BOOTSTRAP", BOOTSTRAP_CRATES);
     // What the outer build set for the host must not leak into the BPF build.
     for var in [
@@ -84,18 +85,24 @@ fn build_ebpf() -> Result<(), String> {
     Ok(())
 }
 
-fn check_toolchain(rustc: &Path) -> Result<(), String> {
+/// Checks the BPF rustc and finds `bpf-linker` (on PATH or in cargo's bin directory).
+fn find_bpf_linker(rustc: &Path) -> Result<PathBuf, String> {
     if !rustc.exists() {
         return Err(format!(
             "{} not found: the eBPF program needs Debian's rustc-web with the prebuilt BPF core; run `cargo xtask setup`",
             rustc.display()
         ));
     }
-    let linker_found = env::var_os("PATH")
-        .map(|paths| env::split_paths(&paths).any(|dir| dir.join("bpf-linker").is_file()))
-        .unwrap_or(false);
-    if !linker_found {
-        return Err("bpf-linker not found on PATH: run `cargo xtask setup` (it installs bpf-linker 0.13 for LLVM 22 into ~/.cargo/bin)".into());
+    let mut dirs: Vec<PathBuf> =
+        env::var_os("PATH").map(|p| env::split_paths(&p).collect()).unwrap_or_default();
+    if let Some(home) = env::var_os("CARGO_HOME") {
+        dirs.push(PathBuf::from(home).join("bin"));
     }
-    Ok(())
+    if let Some(home) = env::var_os("HOME") {
+        dirs.push(PathBuf::from(home).join(".cargo/bin"));
+    }
+    dirs.into_iter()
+        .map(|d| d.join("bpf-linker"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| "bpf-linker not found on PATH or in ~/.cargo/bin: run `cargo xtask setup` (it installs bpf-linker 0.13 for LLVM 22)".into())
 }

@@ -19,8 +19,9 @@ use ws_monitor_common::{
 
 use crate::flow::{key_for, Direction, Segment, TcpFlags};
 
-/// The kernel program, built by `build.rs` and embedded in this binary.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ws-monitor.bpf.o"));
+/// The kernel program, built by `build.rs` and embedded in this binary (public for the
+/// program tests, which load it directly).
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ws-monitor.bpf.o"));
 
 /// What to capture.
 #[derive(Clone, Debug)]

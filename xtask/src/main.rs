@@ -1,1 +1,213 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | run | test`.
+//!
+//! `setup` installs, idempotently, what building the eBPF program needs on Debian/Ubuntu:
+//! Debian's `rustc-web` with its prebuilt `core` for `bpfel-unknown-none` (so no
+//! `-Z build-std` and no `rust-src`), LLVM 22, and `bpf-linker` 0.13 built against it.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+
+/// Debian packages that provide the BPF toolchain (rustc 1.96 with a prebuilt BPF core).
+const TOOLCHAIN_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "libstd-rust-web-dev-bpf",
+    "llvm-22-dev",
+    "libpolly-22-dev",
+];
+/// What the tests need on top: network namespaces and veth (iproute2), BPF inspection,
+/// python for the traffic peers, a terminal for the dashboard test.
+const TEST_PACKAGES: &[&str] = &["iproute2", "bpftool", "python3", "procps", "util-linux"];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the BPF toolchain (and with --tests, what the test suite needs).
+    Setup {
+        #[arg(long)]
+        tests: bool,
+    },
+    /// Set up, build in release mode and run ws-monitor (as root) with ARGS.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up everything and run the whole test suite (needs root for the BPF tests).
+    Test {
+        /// Extra arguments for `cargo test`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.task {
+        Task::Setup { tests } => setup(tests),
+        Task::Run { args } => {
+            setup(false)?;
+            step("building ws-monitor (release)");
+            cargo(&["build", "--release", "--package", "ws-monitor"])?;
+            let bin = workspace_root().join("target/release/ws-monitor");
+            let args = if args.is_empty() {
+                vec!["--iface".into(), "lo".into(), "--port".into(), "8001".into()]
+            } else {
+                args
+            };
+            step(&format!("running {} {}", bin.display(), args.join(" ")));
+            let status = as_root(&bin.to_string_lossy(), &args)?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Task::Test { args } => {
+            setup(true)?;
+            step("running the test suite");
+            let mut test_args = vec!["test", "--workspace"];
+            test_args.extend(args.iter().map(String::as_str));
+            // The BPF tests load programs and create network namespaces: root only.
+            let status = if is_root() {
+                Command::new(env_cargo()).args(&test_args).current_dir(workspace_root()).status()?
+            } else {
+                // sudo resets PATH; keep ours so cargo and bpf-linker are found.
+                let path = std::env::var("PATH").unwrap_or_default();
+                let mut sudo_args = vec!["-E".to_string(), "env".into(), format!("PATH={path}"), env_cargo()];
+                sudo_args.extend(test_args.iter().map(|s| s.to_string()));
+                Command::new("sudo").args(&sudo_args).current_dir(workspace_root()).status()?
+            };
+            if !status.success() {
+                bail!("tests failed ({status})");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn setup(tests: bool) -> anyhow::Result<()> {
+    let mut packages: Vec<&str> = TOOLCHAIN_PACKAGES.to_vec();
+    if tests {
+        packages.extend_from_slice(TEST_PACKAGES);
+    }
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !deb_installed(p)).collect();
+    if missing.is_empty() {
+        step("Debian packages: all present");
+    } else {
+        step(&format!("installing Debian packages: {}", missing.join(" ")));
+        run_root("apt-get", &["update", "-q"])?;
+        let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+        args.extend(&missing);
+        run_root("apt-get", &args).context(
+            "apt-get install failed: rustc-web and llvm-22 come from Debian bookworm-security (or a newer Debian/Ubuntu); check /etc/apt/sources.list",
+        )?;
+    }
+    if bpf_linker_ok() {
+        step(&format!("bpf-linker {BPF_LINKER_VERSION}: present"));
+    } else {
+        step(&format!("building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (takes a few minutes)"));
+        let status = Command::new(env_cargo())
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--force",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
+            .env("LLVM_PREFIX", LLVM_PREFIX)
+            .status()
+            .context("running cargo install bpf-linker")?;
+        if !status.success() {
+            bail!("cargo install bpf-linker failed ({status}); is llvm-22-dev installed?");
+        }
+    }
+    Ok(())
+}
+
+fn deb_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn bpf_linker_ok() -> bool {
+    Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
+        .unwrap_or(false)
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn as_root(program: &str, args: &[String]) -> anyhow::Result<std::process::ExitStatus> {
+    let status = if is_root() {
+        Command::new(program).args(args).status()
+    } else {
+        Command::new("sudo").arg(program).args(args).status()
+    };
+    status.with_context(|| format!("running {program}"))
+}
+
+fn run_root(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let mut cmd = if is_root() {
+        let mut c = Command::new(program);
+        c.args(&args);
+        c
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg(program).args(&args);
+        c
+    };
+    let status = cmd.env("DEBIAN_FRONTEND", "noninteractive").status().with_context(|| format!("running {program}"))?;
+    if !status.success() {
+        bail!("{program} {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new(env_cargo()).args(args).current_dir(workspace_root()).status()?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn env_cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default()
+}
+
+fn step(msg: &str) {
+    eprintln!("xtask: {msg}");
+}

@@ -1,0 +1,101 @@
+//! Helpers for the privileged tests: root check, network namespaces, veth pairs.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// True when the test may load BPF programs and create namespaces. Outside CI a
+/// non-root run skips (with a message); in CI (`CI=true`) it fails instead.
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test} needs root (CI runs as root): run `cargo xtask test`");
+    }
+    eprintln!("SKIPPED {test}: needs root; run `cargo xtask test` (it uses sudo)");
+    false
+}
+
+/// Runs a command and returns its output, panicking with its stderr on failure.
+pub fn sh(args: &[&str]) -> Output {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// A network namespace that is deleted (with its interfaces) on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let name = format!("wsm-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        sh(&["ip", "netns", "add", &name]);
+        let ns = Netns { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Runs a command inside the namespace and waits for it.
+    pub fn exec(&self, args: &[&str]) -> Output {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        sh(&full)
+    }
+
+    /// A command that will run inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.name))
+    }
+
+    /// Runs `f` on a thread that has entered this namespace.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = self.path();
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).expect("open netns");
+            use std::os::fd::AsRawFd;
+            // SAFETY: a valid namespace fd; setns only affects this thread.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("thread in netns panicked")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+/// Two namespaces joined by a veth pair: client 10.201.0.1 / fd00:201::1,
+/// server 10.201.0.2 / fd00:201::2. Returns (client, server, server-side veth name).
+pub fn veth_pair(tag: &str) -> (Netns, Netns, String) {
+    let client = Netns::new(&format!("{tag}c"));
+    let server = Netns::new(&format!("{tag}s"));
+    let pid = std::process::id() % 100_000;
+    let (vc, vs) = (format!("wsc{tag}{pid}"), format!("wss{tag}{pid}"));
+    sh(&["ip", "link", "add", &vc, "netns", &client.name, "type", "veth", "peer", "name", &vs, "netns", &server.name]);
+    for (ns, dev, v4, v6) in [(&client, &vc, "10.201.0.1/24", "fd00:201::1/64"), (&server, &vs, "10.201.0.2/24", "fd00:201::2/64")] {
+        ns.exec(&["ip", "addr", "add", v4, "dev", dev]);
+        ns.exec(&["ip", "-6", "addr", "add", v6, "dev", dev, "nodad"]);
+        ns.exec(&["ip", "link", "set", dev, "up"]);
+    }
+    (client, server, vs)
+}
+
+pub fn ws_monitor_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ws-monitor")
+}
