@@ -1,1 +1,586 @@
+//! The protocol engine: a pure, I/O-free consumer of rebuilt TCP byte streams
+//! ([`StreamSink`]) that follows the HTTP/1.1 upgrade handshake and every RFC 6455 frame
+//! header in both directions, and reports protocol violations as [`Finding`]s.
+//!
+//! The live capture and the pcap replay drive the same [`Engine`] byte for byte, so its
+//! output depends only on the sequence of `open`/`data`/`gap`/`close` calls, never on how
+//! the bytes were cut into `data` calls.
+//!
+//! # Per connection
+//!
+//! * [`Opening::Handshake`]: the client stream must start with an HTTP request. A TLS
+//!   record instead → [`Kind::TlsOnPlainPort`]; a request without the upgrade headers →
+//!   [`Kind::UpgradeMissing`] and the connection is ignored from then on (plain HTTP);
+//!   garbage or a head over 16 KiB → ignored silently. The response is judged against the
+//!   request (accept key, extensions, subprotocol); interim 1xx responses are skipped; a
+//!   101 switches both directions to frame parsing right after the head, anything else
+//!   is [`Kind::HandshakeRejected`] and the connection is ignored. Bytes that arrive in
+//!   one direction before the other side's head was parsed are held (up to 64 KiB;
+//!   beyond that they count as a gap).
+//! * [`Opening::MidStream`], a gap during the handshake, or any loss of sync: see
+//!   [`resync`] for the resynchronisation rule and what is (not) reported meanwhile.
+//! * Frames: every header is checked ([`frame::check_header`]); fragmentation, close
+//!   state and text messages are tracked per direction; text is validated as UTF-8
+//!   incrementally (decompressing permessage-deflate messages, see [`inflate`]); close
+//!   bodies (≤ 125 bytes) are buffered and checked.
+//!
+//! # Counting
+//!
+//! Frame kinds once per offending frame (one frame may raise several kinds);
+//! `invalid_utf8_text` once per message; handshake kinds, `http_in_stream` and
+//! `tls_on_plain_port` once per connection. Counts are per direction of the bytes at
+//! fault (`upgrade_missing` and a bad request are the client's; the response kinds are
+//! the server's).
+//!
+//! # What is deliberately not reported
+//!
+//! * Anything while a direction is unsynced or on probation after a resync.
+//! * `rsv_without_extension` / RSV1-on-continuation when the negotiation is unknown
+//!   (mid-stream, lost handshake) or an extension we do not understand was accepted.
+//! * UTF-8 of a message whose start was not seen, that lost bytes in a gap, or that is
+//!   compressed while we cannot decompress it (negotiation unknown, context lost).
+//! * An orphan continuation with FIN = 0 opens an (unchecked) message, so the rest of
+//!   that broken message does not raise one finding per fragment.
 
+pub mod frame;
+pub mod handshake;
+pub mod inflate;
+pub mod kind;
+pub mod resync;
+mod stream;
+pub mod utf8;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use crate::flow::{Closing, Direction, FlowId, FlowKey, Opening, StreamSink};
+
+pub use frame::FrameHeaderBytes;
+pub use kind::{Category, Kind, KindSet};
+
+use frame::{OpClass, Rules, RsvPolicy};
+use handshake::{head_end, judge_101, parse_request, parse_response, Head, Request, HEAD_CAP};
+use stream::{DirState, Mode, ModeKind};
+
+/// Engine settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Frames with a larger payload are reported as [`Kind::OversizedFrame`].
+    pub max_frame_size: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig { max_frame_size: 16 * 1024 * 1024 }
+    }
+}
+
+/// Frames seen, by opcode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct FrameCounts {
+    pub text: u64,
+    pub binary: u64,
+    pub continuation: u64,
+    pub close: u64,
+    pub ping: u64,
+    pub pong: u64,
+    /// Reserved opcodes (3-7, 11-15).
+    pub reserved: u64,
+}
+
+impl FrameCounts {
+    pub fn total(&self) -> u64 {
+        self.text + self.binary + self.continuation + self.close + self.ping + self.pong + self.reserved
+    }
+
+    pub(crate) fn bump(&mut self, class: OpClass) {
+        let slot = match class {
+            OpClass::Continuation => &mut self.continuation,
+            OpClass::Text => &mut self.text,
+            OpClass::Binary => &mut self.binary,
+            OpClass::Close => &mut self.close,
+            OpClass::Ping => &mut self.ping,
+            OpClass::Pong => &mut self.pong,
+            OpClass::Reserved => &mut self.reserved,
+        };
+        *slot += 1;
+    }
+
+    pub(crate) fn add(&mut self, o: &FrameCounts) {
+        self.text += o.text;
+        self.binary += o.binary;
+        self.continuation += o.continuation;
+        self.close += o.close;
+        self.ping += o.ping;
+        self.pong += o.pong;
+        self.reserved += o.reserved;
+    }
+}
+
+/// Totals since the engine was created (kept after connections are closed).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct EngineStats {
+    /// Connections opened.
+    pub connections: u64,
+    /// 101 responses that passed every check.
+    pub upgrades_ok: u64,
+    /// Frames parsed in sync, indexed by [`Direction::index`].
+    pub frames: [FrameCounts; 2],
+    /// Findings, indexed by [`Direction::index`] then [`Kind::index`].
+    pub violations: [[u64; Kind::COUNT]; 2],
+    /// Close status codes seen in close frames (valid or not).
+    pub close_codes: BTreeMap<u16, u64>,
+    /// Times a direction lost sync it had (gap over a header, HTTP in the stream,
+    /// unusable length, handshake that could not be followed).
+    pub desyncs: u64,
+    /// Times a direction regained sync (a resync that passed probation), including the
+    /// first sync of a mid-stream connection.
+    pub resyncs: u64,
+    /// Bytes passed over while unsynced (not counting gaps).
+    pub skipped_bytes: u64,
+}
+
+impl EngineStats {
+    /// Findings of `kind` in both directions.
+    pub fn violation_count(&self, kind: Kind) -> u64 {
+        self.violations.iter().map(|d| d.get(kind.index()).copied().unwrap_or(0)).sum()
+    }
+
+    /// Findings of `kind` in `dir`.
+    pub fn violation_count_dir(&self, dir: Direction, kind: Kind) -> u64 {
+        self.violations.get(dir.index()).and_then(|d| d.get(kind.index())).copied().unwrap_or(0)
+    }
+
+    /// All findings.
+    pub fn violations_total(&self) -> u64 {
+        self.violations.iter().flatten().sum()
+    }
+}
+
+/// One reported violation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    pub ts_ns: u64,
+    pub id: FlowId,
+    pub key: FlowKey,
+    /// Direction of the bytes at fault.
+    pub dir: Direction,
+    pub kind: Kind,
+    /// Stream offset (in `dir`) of the frame header or HTTP line at fault.
+    pub offset: u64,
+    /// Raw header bytes (up to 14) of the frame at fault; empty for non-frame findings.
+    pub header: FrameHeaderBytes,
+}
+
+/// Where a connection stands, for dashboards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnState {
+    /// Waiting for the request or the response head.
+    Handshake,
+    /// Frames flowing in sync in both directions.
+    Open,
+    /// One endpoint sent a close frame.
+    Closing,
+    /// Both endpoints sent close frames.
+    Closed,
+    /// At least one direction is unsynced (or on probation after a resync).
+    Desync,
+    /// Not a WebSocket connection (plain HTTP, rejected upgrade, TLS, garbage).
+    NotWebSocket,
+}
+
+/// A live connection as the engine sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionView {
+    pub key: FlowKey,
+    pub opening: Opening,
+    pub state: ConnState,
+    /// Frames parsed in sync, indexed by [`Direction::index`].
+    pub frames: [u64; 2],
+    /// Findings on this connection.
+    pub violations: u64,
+    pub last_close_code: Option<u16>,
+    /// permessage-deflate was negotiated.
+    pub deflate: bool,
+    pub subprotocol: Option<String>,
+    pub opened_ns: u64,
+    pub last_ns: u64,
+}
+
+/// What the per-direction code needs to report and count.
+pub(crate) struct Cx<'a> {
+    pub stats: &'a mut EngineStats,
+    pub findings: &'a mut Vec<Finding>,
+    pub id: FlowId,
+    pub key: FlowKey,
+    pub ts_ns: u64,
+    pub once: &'a mut KindSet,
+    pub view: &'a mut ConnectionView,
+}
+
+impl Cx<'_> {
+    /// Records a finding (once-per-connection kinds only the first time).
+    pub fn emit(&mut self, dir: Direction, kind: Kind, offset: u64, header: FrameHeaderBytes) {
+        if kind.once_per_connection() {
+            if self.once.contains(kind) {
+                return;
+            }
+            self.once.insert(kind);
+        }
+        if let Some(c) = self.stats.violations.get_mut(dir.index()).and_then(|d| d.get_mut(kind.index())) {
+            *c += 1;
+        }
+        self.view.violations += 1;
+        self.findings.push(Finding { ts_ns: self.ts_ns, id: self.id, key: self.key, dir, kind, offset, header });
+    }
+}
+
+/// Handshake progress of a connection.
+#[derive(Debug)]
+enum Hs {
+    AwaitRequest,
+    AwaitResponse(Box<Request>),
+    Done,
+}
+
+#[derive(Debug)]
+struct Conn {
+    view: ConnectionView,
+    once: KindSet,
+    hs: Hs,
+    dirs: [DirState; 2],
+}
+
+/// The protocol engine. Feed it through [`StreamSink`]; collect findings with
+/// [`Engine::drain_findings`].
+#[derive(Debug)]
+pub struct Engine {
+    cfg: EngineConfig,
+    stats: EngineStats,
+    findings: Vec<Finding>,
+    conns: HashMap<FlowId, Conn>,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Engine::new(EngineConfig::default())
+    }
+}
+
+impl Engine {
+    pub fn new(cfg: EngineConfig) -> Self {
+        Engine { cfg, stats: EngineStats::default(), findings: Vec::new(), conns: HashMap::new() }
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+
+    /// Takes the findings reported since the last call, oldest first.
+    pub fn drain_findings(&mut self) -> std::vec::Drain<'_, Finding> {
+        self.findings.drain(..)
+    }
+
+    pub fn connection(&self, id: FlowId) -> Option<&ConnectionView> {
+        self.conns.get(&id).map(|c| &c.view)
+    }
+
+    /// Connections currently tracked (unordered).
+    pub fn connections(&self) -> impl Iterator<Item = (FlowId, &ConnectionView)> + '_ {
+        self.conns.iter().map(|(id, c)| (*id, &c.view))
+    }
+}
+
+fn rules(dir: Direction, rsv: RsvPolicy, max_frame_size: u64) -> Rules {
+    Rules { client_to_server: dir == Direction::ToServer, rsv, max_frame_size }
+}
+
+impl Conn {
+    fn refresh_state(&mut self) {
+        let kinds = [self.dirs[0].mode_kind(), self.dirs[1].mode_kind()];
+        self.view.state = if !matches!(self.hs, Hs::Done) || kinds.contains(&ModeKind::Hold) {
+            ConnState::Handshake
+        } else if kinds.contains(&ModeKind::Ignore) {
+            ConnState::NotWebSocket
+        } else if !self.dirs.iter().all(DirState::trusted) {
+            ConnState::Desync
+        } else {
+            match self.dirs.iter().filter(|d| d.closed).count() {
+                0 => ConnState::Open,
+                1 => ConnState::Closing,
+                _ => ConnState::Closed,
+            }
+        };
+    }
+}
+
+/// Drops the handshake: the connection is not WebSocket.
+fn not_websocket(hs: &mut Hs, dirs: &mut [DirState; 2]) {
+    *hs = Hs::Done;
+    for d in dirs.iter_mut() {
+        d.ignore();
+    }
+}
+
+/// The handshake cannot be followed (bytes lost): look for frames in both directions.
+fn handshake_lost(hs: &mut Hs, dirs: &mut [DirState; 2], cx: &mut Cx<'_>, max_frame_size: u64) {
+    // If the request was read and offered no extension, none can be in force.
+    let policy = match hs {
+        Hs::AwaitResponse(req) if req.offers.is_empty() => RsvPolicy::Plain,
+        _ => RsvPolicy::Unknown,
+    };
+    *hs = Hs::Done;
+    for d in dirs.iter_mut() {
+        if d.mode_kind() == ModeKind::Hold {
+            let r = rules(d.dir, policy, max_frame_size);
+            d.start_scan(r, cx);
+        }
+    }
+}
+
+/// Whether `b` starts with a TLS handshake record header (`16 03 00..04`); `None` while
+/// undecided.
+fn tls_record(b: &[u8]) -> Option<bool> {
+    match b {
+        [0x16] | [0x16, 0x03] => None,
+        [0x16, 0x03, v, ..] => Some(*v <= 0x04),
+        _ => Some(false),
+    }
+}
+
+/// Looks for a complete head in `d.held`, remembering how far it searched.
+fn head_ready(d: &mut DirState) -> Option<bool> {
+    match head_end(&d.held, d.head_scan) {
+        Some(_) => Some(true),
+        None => {
+            d.head_scan = d.held.len();
+            if d.held.len() >= HEAD_CAP {
+                None
+            } else {
+                Some(false)
+            }
+        }
+    }
+}
+
+/// Advances the handshake as far as the held bytes allow.
+fn advance(hs: &mut Hs, dirs: &mut [DirState; 2], cx: &mut Cx<'_>, max_frame_size: u64) {
+    loop {
+        match hs {
+            Hs::Done => return,
+            Hs::AwaitRequest => {
+                let [c, _] = &mut *dirs;
+                if c.held.is_empty() {
+                    return;
+                }
+                match tls_record(&c.held) {
+                    None => return,
+                    Some(true) => {
+                        cx.emit(Direction::ToServer, Kind::TlsOnPlainPort, c.held_base, FrameHeaderBytes::EMPTY);
+                        return not_websocket(hs, dirs);
+                    }
+                    Some(false) => {}
+                }
+                match head_ready(c) {
+                    None => return not_websocket(hs, dirs),
+                    Some(false) => return,
+                    Some(true) => {}
+                }
+                match parse_request(&c.held) {
+                    Head::Partial => {
+                        c.head_scan = c.held.len();
+                        return;
+                    }
+                    Head::Invalid => return not_websocket(hs, dirs),
+                    Head::Complete(n, req) => {
+                        let at = c.held_base;
+                        if !req.upgrade {
+                            cx.emit(Direction::ToServer, Kind::UpgradeMissing, at, FrameHeaderBytes::EMPTY);
+                            return not_websocket(hs, dirs);
+                        }
+                        if req.bad {
+                            cx.emit(Direction::ToServer, Kind::BadHandshake, at, FrameHeaderBytes::EMPTY);
+                        }
+                        c.held.drain(..n.min(c.held.len()));
+                        c.held_base += n as u64;
+                        c.head_scan = 0;
+                        *hs = Hs::AwaitResponse(Box::new(req));
+                    }
+                }
+            }
+            Hs::AwaitResponse(req) => {
+                let [_, s] = &mut *dirs;
+                if s.held.is_empty() {
+                    return;
+                }
+                match head_ready(s) {
+                    None => return not_websocket(hs, dirs),
+                    Some(false) => return,
+                    Some(true) => {}
+                }
+                let resp = match parse_response(&s.held) {
+                    Head::Partial => {
+                        s.head_scan = s.held.len();
+                        return;
+                    }
+                    Head::Invalid => return not_websocket(hs, dirs),
+                    Head::Complete(n, resp) => {
+                        let at = s.held_base;
+                        s.held.drain(..n.min(s.held.len()));
+                        s.held_base += n as u64;
+                        s.head_scan = 0;
+                        (at, resp)
+                    }
+                };
+                let (at, resp) = resp;
+                if resp.status != 101 {
+                    if (100..200).contains(&resp.status) {
+                        continue; // interim response (100 Continue, 103 Early Hints)
+                    }
+                    cx.emit(Direction::ToClient, Kind::HandshakeRejected, at, FrameHeaderBytes::EMPTY);
+                    return not_websocket(hs, dirs);
+                }
+                let verdict = judge_101(req, &resp);
+                for k in verdict.kinds.iter() {
+                    cx.emit(Direction::ToClient, k, at, FrameHeaderBytes::EMPTY);
+                }
+                if verdict.kinds.is_empty() {
+                    cx.stats.upgrades_ok += 1;
+                }
+                let neg = verdict.negotiated;
+                let policy = if neg.unknown_extension {
+                    RsvPolicy::Unknown
+                } else if neg.deflate.is_some() {
+                    RsvPolicy::Deflate
+                } else {
+                    RsvPolicy::Plain
+                };
+                cx.view.deflate = neg.deflate.is_some();
+                cx.view.subprotocol = neg.subprotocol.clone();
+                *hs = Hs::Done;
+                for d in dirs.iter_mut() {
+                    let reset = neg.deflate.map(|p| match d.dir {
+                        Direction::ToServer => p.client_no_context_takeover,
+                        Direction::ToClient => p.server_no_context_takeover,
+                    });
+                    d.start_frames(rules(d.dir, policy, max_frame_size), reset, cx);
+                }
+                return;
+            }
+        }
+    }
+}
+
+impl Engine {
+    /// Splits the engine into the connection `id` and a reporting context.
+    fn with_conn(&mut self, id: FlowId, ts_ns: u64, f: impl FnOnce(&mut Hs, &mut [DirState; 2], &mut Cx<'_>, u64)) {
+        let max = self.cfg.max_frame_size;
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        conn.view.last_ns = ts_ns;
+        {
+            let Conn { view, once, hs, dirs } = &mut *conn;
+            let key = view.key;
+            let mut cx = Cx { stats: &mut self.stats, findings: &mut self.findings, id, key, ts_ns, once, view };
+            f(hs, dirs, &mut cx, max);
+        }
+        conn.refresh_state();
+    }
+}
+
+/// A gap in `dir`, wherever the handshake stands.
+fn gap_in(hs: &mut Hs, dirs: &mut [DirState; 2], dir: Direction, offset: u64, len: u64, cx: &mut Cx<'_>, max: u64) {
+    if len == 0 {
+        return;
+    }
+    let Some(d) = dirs.get(dir.index()) else {
+        return;
+    };
+    if d.mode_kind() == ModeKind::Hold {
+        handshake_lost(hs, dirs, cx, max);
+    }
+    if let Some(d) = dirs.get_mut(dir.index()) {
+        d.gap(offset, len, cx);
+    }
+}
+
+impl StreamSink for Engine {
+    fn open(&mut self, id: FlowId, key: &FlowKey, opening: Opening, ts_ns: u64) {
+        self.stats.connections += 1;
+        let max = self.cfg.max_frame_size;
+        let (hs, dirs) = match opening {
+            Opening::Handshake => (
+                Hs::AwaitRequest,
+                Direction::BOTH.map(|d| DirState::new(d, Mode::Hold, rules(d, RsvPolicy::Plain, max))),
+            ),
+            Opening::MidStream => (Hs::Done, Direction::BOTH.map(|d| DirState::mid_stream(d, max))),
+        };
+        let view = ConnectionView {
+            key: *key,
+            opening,
+            state: ConnState::Handshake,
+            frames: [0; 2],
+            violations: 0,
+            last_close_code: None,
+            deflate: false,
+            subprotocol: None,
+            opened_ns: ts_ns,
+            last_ns: ts_ns,
+        };
+        let mut conn = Conn { view, once: KindSet::EMPTY, hs, dirs };
+        conn.refresh_state();
+        self.conns.insert(id, conn);
+    }
+
+    fn data(&mut self, id: FlowId, dir: Direction, offset: u64, data: &[u8], ts_ns: u64) {
+        self.with_conn(id, ts_ns, |hs, dirs, cx, max| {
+            let end = dirs.get(dir.index()).map_or(offset, |d| d.end);
+            if offset > end {
+                gap_in(hs, dirs, dir, end, offset - end, cx, max);
+            }
+            let Some(d) = dirs.get_mut(dir.index()) else {
+                return;
+            };
+            // Overlap with what was already delivered is dropped.
+            let skip = usize::try_from(d.end.saturating_sub(offset)).unwrap_or(usize::MAX);
+            let Some(fresh) = data.get(skip..).filter(|f| !f.is_empty()) else {
+                return;
+            };
+            d.end = d.end.saturating_add(fresh.len() as u64);
+            d.feed(fresh, cx);
+            if !matches!(hs, Hs::Done) {
+                advance(hs, dirs, cx, max);
+            }
+        });
+    }
+
+    fn gap(&mut self, id: FlowId, dir: Direction, offset: u64, len: u64, ts_ns: u64) {
+        self.with_conn(id, ts_ns, |hs, dirs, cx, max| {
+            let end = dirs.get(dir.index()).map_or(offset, |d| d.end);
+            // Treat anything between what we have and the gap's end as lost.
+            let stop = offset.saturating_add(len);
+            if stop > end {
+                gap_in(hs, dirs, dir, end, stop - end, cx, max);
+            }
+        });
+    }
+
+    fn close(&mut self, id: FlowId, _closing: Closing, ts_ns: u64) {
+        self.with_conn(id, ts_ns, |_, dirs, cx, _| {
+            for d in dirs.iter_mut() {
+                d.finish(cx);
+            }
+        });
+        self.conns.remove(&id);
+    }
+}

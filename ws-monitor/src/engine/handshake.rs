@@ -1,0 +1,498 @@
+//! The HTTP/1.1 upgrade handshake (RFC 6455 §4, RFC 7692 §5-7): head parsing with
+//! `httparse`, request checks, and judging a 101 response against the request.
+//!
+//! Everything here works on a complete HTTP head that the caller buffered (at most
+//! [`HEAD_CAP`] bytes); allocation is fine at this point (once per connection).
+
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use base64::Engine as _;
+use sha1::{Digest, Sha1};
+
+use super::kind::{Kind, KindSet};
+
+/// Longest HTTP head (request or response line plus headers) we buffer.
+pub const HEAD_CAP: usize = 16 * 1024;
+
+/// The GUID of RFC 6455 §1.3.
+pub const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+const MAX_HEADERS: usize = 96;
+
+/// Base64 that accepts non-zero trailing bits (a lenient reading of the client key).
+const LENIENT_B64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// `Sec-WebSocket-Accept` for a client key (the key as sent, surrounding spaces removed).
+pub fn accept_for(key: &str) -> String {
+    let mut h = Sha1::new();
+    h.update(key.as_bytes());
+    h.update(GUID.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(h.finalize())
+}
+
+/// Whether `key` is the base64 encoding of exactly 16 bytes.
+pub fn key_valid(key: &str) -> bool {
+    let mut out = [0u8; 24];
+    key.len() == 24 && matches!(LENIENT_B64.decode_slice(key, &mut out), Ok(16))
+}
+
+/// Outcome of parsing a buffered HTTP head.
+#[derive(Debug)]
+pub enum Head<T> {
+    /// The head is not complete yet.
+    Partial,
+    /// Not HTTP (or longer than [`HEAD_CAP`] / too many headers).
+    Invalid,
+    /// A complete head of this many bytes.
+    Complete(usize, T),
+}
+
+/// Position just after the first blank line (`\n\n` or `\n\r\n`) of `buf`, searching from
+/// `from` (the caller remembers how far it looked).
+pub fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let start = from.saturating_sub(2);
+    let tail = buf.get(start..)?;
+    tail.iter().enumerate().find_map(|(i, &b)| {
+        if b != b'\n' {
+            return None;
+        }
+        match tail.get(i + 1..) {
+            Some([b'\n', ..]) => Some(start + i + 2),
+            Some([b'\r', b'\n', ..]) => Some(start + i + 3),
+            _ => None,
+        }
+    })
+}
+
+/// An extension with its parameters as written (names lowercased).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Extension {
+    pub name: String,
+    pub params: Vec<(String, Option<String>)>,
+}
+
+/// What the engine needs to know about an upgrade request.
+#[derive(Clone, Debug, Default)]
+pub struct Request {
+    /// Both `Upgrade: websocket` and `Connection: upgrade` are present.
+    pub upgrade: bool,
+    /// Not GET HTTP/1.1, Version not 13, or a key that is not 16 bytes of base64.
+    pub bad: bool,
+    /// The key as sent (trimmed), when exactly one was sent.
+    pub key: Option<String>,
+    /// Offered extensions (every `Sec-WebSocket-Extensions` header, in order).
+    pub offers: Vec<Extension>,
+    /// Offered subprotocols.
+    pub protocols: Vec<String>,
+}
+
+/// What the engine needs to know about a response head.
+#[derive(Clone, Debug, Default)]
+pub struct Response {
+    pub status: u16,
+    /// Both `Upgrade: websocket` and `Connection: upgrade` are present.
+    pub upgrade: bool,
+    /// Every `Sec-WebSocket-Accept` value (trimmed).
+    pub accepts: Vec<String>,
+    /// Accepted extensions; `None` when the header does not parse.
+    pub extensions: Option<Vec<Extension>>,
+    /// Every subprotocol token of `Sec-WebSocket-Protocol`.
+    pub protocols: Vec<String>,
+}
+
+fn header_values<'a>(headers: &'a [httparse::Header<'a>], name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    headers
+        .iter()
+        .filter(move |h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| std::str::from_utf8(h.value).unwrap_or(""))
+}
+
+/// Whether some `name` header lists `token` (comma list, case-insensitive).
+fn has_token(headers: &[httparse::Header<'_>], name: &str, token: &str) -> bool {
+    header_values(headers, name).any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+}
+
+fn list_tokens(headers: &[httparse::Header<'_>], name: &str) -> Vec<String> {
+    header_values(headers, name)
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn extensions(headers: &[httparse::Header<'_>]) -> Option<Vec<Extension>> {
+    let mut all = Vec::new();
+    for v in header_values(headers, "sec-websocket-extensions") {
+        all.extend(parse_extensions(v)?);
+    }
+    Some(all)
+}
+
+/// Parses a request head at the start of `buf`.
+pub fn parse_request(buf: &[u8]) -> Head<Request> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let mut cfg = httparse::ParserConfig::default();
+    cfg.allow_multiple_spaces_in_request_line_delimiters(true);
+    let n = match cfg.parse_request(&mut req, buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() < HEAD_CAP => return Head::Partial,
+        _ => return Head::Invalid,
+    };
+    if n > HEAD_CAP {
+        return Head::Invalid;
+    }
+    let h: &[httparse::Header<'_>] = req.headers;
+    let upgrade = has_token(h, "upgrade", "websocket") && has_token(h, "connection", "upgrade");
+    let keys: Vec<&str> = header_values(h, "sec-websocket-key").map(str::trim).collect();
+    let versions: Vec<&str> = header_values(h, "sec-websocket-version").map(str::trim).collect();
+    let key = match keys.as_slice() {
+        [k] => Some((*k).to_owned()),
+        _ => None,
+    };
+    let bad = req.method != Some("GET")
+        || req.version != Some(1)
+        || !key.as_deref().is_some_and(key_valid)
+        || versions.as_slice() != ["13"];
+    Head::Complete(
+        n,
+        Request {
+            upgrade,
+            bad,
+            key,
+            // An unparsable offer list is kept empty: nothing counts as offered.
+            offers: extensions(h).unwrap_or_default(),
+            protocols: list_tokens(h, "sec-websocket-protocol"),
+        },
+    )
+}
+
+/// Parses a response head at the start of `buf`.
+pub fn parse_response(buf: &[u8]) -> Head<Response> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let mut cfg = httparse::ParserConfig::default();
+    cfg.allow_spaces_after_header_name_in_responses(true)
+        .allow_obsolete_multiline_headers_in_responses(true)
+        .allow_multiple_spaces_in_response_status_delimiters(true);
+    let n = match cfg.parse_response(&mut resp, buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() < HEAD_CAP => return Head::Partial,
+        _ => return Head::Invalid,
+    };
+    if n > HEAD_CAP {
+        return Head::Invalid;
+    }
+    let status = resp.code.unwrap_or(0);
+    let h: &[httparse::Header<'_>] = resp.headers;
+    Head::Complete(
+        n,
+        Response {
+            status,
+            upgrade: has_token(h, "upgrade", "websocket") && has_token(h, "connection", "upgrade"),
+            accepts: header_values(h, "sec-websocket-accept").map(|v| v.trim().to_owned()).collect(),
+            extensions: extensions(h),
+            protocols: list_tokens(h, "sec-websocket-protocol"),
+        },
+    )
+}
+
+fn is_tchar(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
+}
+
+/// Splits `s` on `sep` outside double quotes.
+fn split_outside_quotes(s: &str, sep: char) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, c) in s.char_indices() {
+        if escaped {
+            escaped = false;
+        } else if quoted && c == '\\' {
+            escaped = true;
+        } else if c == '"' {
+            quoted = !quoted;
+        } else if c == sep && !quoted {
+            parts.push(s.get(start..i).unwrap_or(""));
+            start = i + c.len_utf8();
+        }
+    }
+    parts.push(s.get(start..).unwrap_or(""));
+    parts
+}
+
+fn unquote(v: &str) -> Option<String> {
+    let Some(inner) = v.strip_prefix('"') else {
+        return v.chars().all(is_tchar).then(|| v.to_owned()).filter(|s| !s.is_empty());
+    };
+    let inner = inner.strip_suffix('"')?;
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        out.push(if c == '\\' { chars.next()? } else { c });
+    }
+    Some(out)
+}
+
+/// Parses a `Sec-WebSocket-Extensions` value (RFC 6455 §9.1). `None` on a syntax error.
+pub fn parse_extensions(v: &str) -> Option<Vec<Extension>> {
+    let mut out = Vec::new();
+    for item in split_outside_quotes(v, ',') {
+        if item.trim().is_empty() {
+            continue;
+        }
+        let mut parts = split_outside_quotes(item, ';').into_iter();
+        let name = parts.next().unwrap_or("").trim();
+        if name.is_empty() || !name.chars().all(is_tchar) {
+            return None;
+        }
+        let mut params = Vec::new();
+        for p in parts {
+            let (pn, pv) = match p.split_once('=') {
+                Some((n, v)) => (n.trim(), Some(unquote(v.trim())?)),
+                None => (p.trim(), None),
+            };
+            if pn.is_empty() || !pn.chars().all(is_tchar) {
+                return None;
+            }
+            params.push((pn.to_ascii_lowercase(), pv));
+        }
+        out.push(Extension { name: name.to_ascii_lowercase(), params });
+    }
+    Some(out)
+}
+
+/// permessage-deflate parameters as negotiated by a 101.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeflateParams {
+    pub server_no_context_takeover: bool,
+    pub client_no_context_takeover: bool,
+    pub server_max_window_bits: Option<u8>,
+    pub client_max_window_bits: Option<u8>,
+}
+
+const PMD: &str = "permessage-deflate";
+
+fn window_bits(v: &str) -> Option<u8> {
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) || (v.len() > 1 && v.starts_with('0')) {
+        return None;
+    }
+    v.parse::<u8>().ok().filter(|b| (8..=15).contains(b))
+}
+
+/// Strict reading of the parameters a server accepted (RFC 7692 §7.1): known names only,
+/// each at most once, flags without value, window bits 8-15.
+fn response_deflate(params: &[(String, Option<String>)]) -> Option<DeflateParams> {
+    let mut d = DeflateParams::default();
+    let mut seen = [false; 4];
+    for (name, value) in params {
+        let (slot, ok) = match (name.as_str(), value.as_deref()) {
+            ("server_no_context_takeover", None) => {
+                d.server_no_context_takeover = true;
+                (0, true)
+            }
+            ("client_no_context_takeover", None) => {
+                d.client_no_context_takeover = true;
+                (1, true)
+            }
+            ("server_max_window_bits", Some(v)) => {
+                d.server_max_window_bits = window_bits(v);
+                (2, d.server_max_window_bits.is_some())
+            }
+            ("client_max_window_bits", Some(v)) => {
+                d.client_max_window_bits = window_bits(v);
+                (3, d.client_max_window_bits.is_some())
+            }
+            _ => return None,
+        };
+        let s = seen.get_mut(slot)?;
+        if !ok || *s {
+            return None;
+        }
+        *s = true;
+    }
+    Some(d)
+}
+
+/// Whether a (valid) accepted configuration fits one permessage-deflate offer.
+fn fits_offer(r: &DeflateParams, offer: &[(String, Option<String>)]) -> bool {
+    let find = |n: &str| offer.iter().find(|(pn, _)| pn == n);
+    if let Some(rc) = r.client_max_window_bits {
+        match find("client_max_window_bits") {
+            None => return false,
+            Some((_, Some(v))) => {
+                if window_bits(v).is_some_and(|ov| rc > ov) {
+                    return false;
+                }
+            }
+            Some((_, None)) => {}
+        }
+    }
+    if let Some((_, Some(v))) = find("server_max_window_bits") {
+        if let Some(ov) = window_bits(v) {
+            if !r.server_max_window_bits.is_some_and(|rs| rs <= ov) {
+                return false;
+            }
+        }
+    }
+    if find("server_no_context_takeover").is_some() && !r.server_no_context_takeover {
+        return false;
+    }
+    true
+}
+
+/// What a 101 established.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Negotiated {
+    /// permessage-deflate is in force (with these parameters).
+    pub deflate: Option<DeflateParams>,
+    /// Some accepted extension is one we do not understand (or permessage-deflate with
+    /// parameters we cannot read): RSV bits and payloads are not checked.
+    pub unknown_extension: bool,
+    pub subprotocol: Option<String>,
+}
+
+/// Checks of a 101 against its request: the (server-side) kinds raised and what was
+/// negotiated.
+#[derive(Clone, Debug, Default)]
+pub struct Verdict {
+    pub kinds: KindSet,
+    pub negotiated: Negotiated,
+}
+
+/// Judges a 101 response to `req`.
+pub fn judge_101(req: &Request, resp: &Response) -> Verdict {
+    let mut v = Verdict::default();
+    if !resp.upgrade {
+        v.kinds.insert(Kind::BadHandshake);
+    }
+    if let Some(key) = &req.key {
+        if resp.accepts.as_slice() != [accept_for(key)] {
+            v.kinds.insert(Kind::AcceptMismatch);
+        }
+    }
+    match &resp.extensions {
+        None => {
+            v.kinds.insert(Kind::BadHandshake);
+            v.negotiated.unknown_extension = true;
+        }
+        Some(exts) => {
+            for (i, ext) in exts.iter().enumerate() {
+                if exts.iter().take(i).any(|e| e.name == ext.name) {
+                    v.kinds.insert(Kind::BadHandshake);
+                    continue;
+                }
+                let offers: Vec<&Extension> = req.offers.iter().filter(|o| o.name == ext.name).collect();
+                if offers.is_empty() {
+                    v.kinds.insert(Kind::ExtensionNotOffered);
+                }
+                if ext.name != PMD {
+                    v.negotiated.unknown_extension = true;
+                    continue;
+                }
+                match response_deflate(&ext.params) {
+                    None => {
+                        v.kinds.insert(Kind::BadHandshake);
+                        v.negotiated.unknown_extension = true;
+                    }
+                    Some(d) => {
+                        if !offers.is_empty() && !offers.iter().any(|o| fits_offer(&d, &o.params)) {
+                            v.kinds.insert(Kind::ExtensionNotOffered);
+                        }
+                        v.negotiated.deflate = Some(d);
+                    }
+                }
+            }
+        }
+    }
+    match resp.protocols.as_slice() {
+        [] => {}
+        [p] if req.protocols.contains(p) => v.negotiated.subprotocol = Some(p.clone()),
+        _ => v.kinds.insert(Kind::ExtensionNotOffered),
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc_sample_accept() {
+        assert_eq!(accept_for("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert!(key_valid("dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(!key_valid("dGhlIHNhbXBsZQ=="));
+        assert!(!key_valid("not base64 at all!!!!!!!"));
+    }
+
+    #[test]
+    fn finds_head_end_incrementally() {
+        let b = b"GET / HTTP/1.1\r\nHost: x\r\n\r\nrest";
+        assert_eq!(head_end(b, 0), Some(b.len() - 4));
+        for from in 0..b.len() - 4 {
+            assert_eq!(head_end(b, from), Some(b.len() - 4));
+        }
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost", 0), None);
+        assert_eq!(head_end(b"a\n\nb", 0), Some(3));
+    }
+
+    #[test]
+    fn extension_syntax() {
+        let e = parse_extensions("permessage-deflate; client_max_window_bits, x-foo; a=\"b,c\"; d").unwrap();
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[0].params, vec![("client_max_window_bits".to_owned(), None)]);
+        assert_eq!(e[1].params[0], ("a".to_owned(), Some("b,c".to_owned())));
+        assert!(parse_extensions("bad name; x").is_none());
+        assert!(parse_extensions("").unwrap().is_empty());
+    }
+
+    fn req_with(offer: &str) -> Request {
+        Request {
+            upgrade: true,
+            key: Some("dGhlIHNhbXBsZSBub25jZQ==".into()),
+            offers: parse_extensions(offer).unwrap(),
+            ..Request::default()
+        }
+    }
+
+    fn resp_with(ext: &str) -> Response {
+        Response {
+            status: 101,
+            upgrade: true,
+            accepts: vec!["s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into()],
+            extensions: parse_extensions(ext),
+            protocols: vec![],
+        }
+    }
+
+    #[test]
+    fn deflate_negotiation() {
+        let ok = |offer: &str, resp: &str| judge_101(&req_with(offer), &resp_with(resp)).kinds;
+        assert!(ok("permessage-deflate; client_max_window_bits", "permessage-deflate").is_empty());
+        assert!(ok(
+            "permessage-deflate; client_max_window_bits",
+            "permessage-deflate; client_max_window_bits=10; server_no_context_takeover"
+        )
+        .is_empty());
+        assert!(ok("permessage-deflate", "permessage-deflate; client_max_window_bits=10")
+            .contains(Kind::ExtensionNotOffered));
+        assert!(ok("permessage-deflate; server_max_window_bits=10", "permessage-deflate; server_max_window_bits=12")
+            .contains(Kind::ExtensionNotOffered));
+        // A second, fallback offer can match.
+        assert!(ok(
+            "permessage-deflate; server_max_window_bits=10, permessage-deflate",
+            "permessage-deflate"
+        )
+        .is_empty());
+        assert!(ok("permessage-deflate", "permessage-deflate; server_max_window_bits=16").contains(Kind::BadHandshake));
+        assert!(ok("", "permessage-deflate").contains(Kind::ExtensionNotOffered));
+        let v = judge_101(&req_with("permessage-deflate"), &resp_with("permessage-deflate; client_no_context_takeover"));
+        assert!(v.negotiated.deflate.unwrap().client_no_context_takeover);
+    }
+}

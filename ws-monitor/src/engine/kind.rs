@@ -1,0 +1,380 @@
+//! Violation kinds: stable snake_case names, a one-line meaning and a one-line hint of
+//! what an operator should check.
+
+use std::fmt;
+
+use serde::{Serialize, Serializer};
+
+/// One kind of protocol violation. The discriminant is the index into per-kind arrays
+/// (`EngineStats::violations`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    // --- handshake (at most once per connection) ---
+    /// An upgrade request answered with a non-101 status.
+    HandshakeRejected,
+    /// An HTTP request without `Upgrade: websocket` / `Connection: Upgrade`.
+    UpgradeMissing,
+    /// `Sec-WebSocket-Accept` does not match the request key.
+    AcceptMismatch,
+    /// Malformed request or 101 response (headers, version, key).
+    BadHandshake,
+    /// The 101 accepts an extension/parameter/subprotocol the client did not offer.
+    ExtensionNotOffered,
+    // --- frame header ---
+    /// RSV1 without permessage-deflate, or RSV2/RSV3 set.
+    RsvWithoutExtension,
+    /// RSV1 on a continuation or control frame.
+    Rsv1Invalid,
+    /// Opcode 3-7 or 11-15.
+    ReservedOpcode,
+    /// Client-to-server frame without a mask.
+    UnmaskedClientFrame,
+    /// Server-to-client frame with a mask.
+    MaskedServerFrame,
+    /// Control frame payload over 125 bytes.
+    ControlTooLong,
+    /// Control frame with FIN = 0.
+    ControlFragmented,
+    /// Continuation frame with no fragmented message open.
+    OrphanContinuation,
+    /// Text/binary frame while a fragmented message is open.
+    InterleavedDataFrame,
+    /// Length not in its shortest encoding.
+    NonMinimalLength,
+    /// 64-bit length with the most significant bit set.
+    LengthMsbSet,
+    /// Payload over `max_frame_size`.
+    OversizedFrame,
+    // --- payload ---
+    /// A complete text message that is not UTF-8.
+    InvalidUtf8Text,
+    /// A close frame with a 1-byte body.
+    InvalidClosePayload,
+    /// A close status code not allowed on the wire.
+    InvalidCloseCode,
+    /// A close reason that is not UTF-8.
+    InvalidCloseReason,
+    /// A data frame after the endpoint's own close frame.
+    DataAfterClose,
+    // --- stream (at most once per connection) ---
+    /// An HTTP request/status line where a frame header was expected.
+    HttpInStream,
+    /// A TLS record as the first bytes of a connection.
+    TlsOnPlainPort,
+}
+
+/// Broad family of a [`Kind`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Category {
+    Handshake,
+    Frame,
+    Payload,
+    Stream,
+}
+
+impl Kind {
+    /// Number of kinds.
+    pub const COUNT: usize = 24;
+
+    /// Every kind, in index order.
+    pub const ALL: [Kind; Kind::COUNT] = [
+        Kind::HandshakeRejected,
+        Kind::UpgradeMissing,
+        Kind::AcceptMismatch,
+        Kind::BadHandshake,
+        Kind::ExtensionNotOffered,
+        Kind::RsvWithoutExtension,
+        Kind::Rsv1Invalid,
+        Kind::ReservedOpcode,
+        Kind::UnmaskedClientFrame,
+        Kind::MaskedServerFrame,
+        Kind::ControlTooLong,
+        Kind::ControlFragmented,
+        Kind::OrphanContinuation,
+        Kind::InterleavedDataFrame,
+        Kind::NonMinimalLength,
+        Kind::LengthMsbSet,
+        Kind::OversizedFrame,
+        Kind::InvalidUtf8Text,
+        Kind::InvalidClosePayload,
+        Kind::InvalidCloseCode,
+        Kind::InvalidCloseReason,
+        Kind::DataAfterClose,
+        Kind::HttpInStream,
+        Kind::TlsOnPlainPort,
+    ];
+
+    /// Index into per-kind arrays (`Kind::ALL[k.index()] == k`).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Stable snake_case name used in JSON, logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::HandshakeRejected => "handshake_rejected",
+            Kind::UpgradeMissing => "upgrade_missing",
+            Kind::AcceptMismatch => "accept_mismatch",
+            Kind::BadHandshake => "bad_handshake",
+            Kind::ExtensionNotOffered => "extension_not_offered",
+            Kind::RsvWithoutExtension => "rsv_without_extension",
+            Kind::Rsv1Invalid => "rsv1_invalid",
+            Kind::ReservedOpcode => "reserved_opcode",
+            Kind::UnmaskedClientFrame => "unmasked_client_frame",
+            Kind::MaskedServerFrame => "masked_server_frame",
+            Kind::ControlTooLong => "control_too_long",
+            Kind::ControlFragmented => "control_fragmented",
+            Kind::OrphanContinuation => "orphan_continuation",
+            Kind::InterleavedDataFrame => "interleaved_data_frame",
+            Kind::NonMinimalLength => "non_minimal_length",
+            Kind::LengthMsbSet => "length_msb_set",
+            Kind::OversizedFrame => "oversized_frame",
+            Kind::InvalidUtf8Text => "invalid_utf8_text",
+            Kind::InvalidClosePayload => "invalid_close_payload",
+            Kind::InvalidCloseCode => "invalid_close_code",
+            Kind::InvalidCloseReason => "invalid_close_reason",
+            Kind::DataAfterClose => "data_after_close",
+            Kind::HttpInStream => "http_in_stream",
+            Kind::TlsOnPlainPort => "tls_on_plain_port",
+        }
+    }
+
+    /// The kind with this [`name`](Kind::name), if any.
+    pub fn from_name(name: &str) -> Option<Kind> {
+        Kind::ALL.iter().copied().find(|k| k.name() == name)
+    }
+
+    /// What the violation means, in one line.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Kind::HandshakeRejected => {
+                "the server answered a WebSocket upgrade request with a status other than 101"
+            }
+            Kind::UpgradeMissing => {
+                "an HTTP request reached the port without `Upgrade: websocket` and `Connection: Upgrade`"
+            }
+            Kind::AcceptMismatch => {
+                "Sec-WebSocket-Accept is not base64(SHA-1(Sec-WebSocket-Key + 258EAFA5-E914-47DA-95CA-C5AB0DC85B11))"
+            }
+            Kind::BadHandshake => {
+                "malformed handshake: a 101 without Upgrade/Connection headers, or a request that is not GET HTTP/1.1, has a Sec-WebSocket-Version other than 13 or a key that is not 16 bytes of base64"
+            }
+            Kind::ExtensionNotOffered => {
+                "the 101 accepts an extension, extension parameter or subprotocol the client did not offer"
+            }
+            Kind::RsvWithoutExtension => {
+                "a frame sets RSV1 without negotiated permessage-deflate, or RSV2/RSV3 which no negotiated extension defines"
+            }
+            Kind::Rsv1Invalid => {
+                "RSV1 is set on a continuation or control frame (permessage-deflate allows it only on the first frame of a data message)"
+            }
+            Kind::ReservedOpcode => "the frame opcode is reserved (3-7 or 11-15)",
+            Kind::UnmaskedClientFrame => "a client-to-server frame is not masked",
+            Kind::MaskedServerFrame => "a server-to-client frame is masked",
+            Kind::ControlTooLong => {
+                "a control frame (close, ping, pong) carries more than 125 payload bytes"
+            }
+            Kind::ControlFragmented => "a control frame has FIN = 0",
+            Kind::OrphanContinuation => {
+                "a continuation frame arrived while no fragmented message was open"
+            }
+            Kind::InterleavedDataFrame => {
+                "a text or binary frame started while a fragmented message was still open"
+            }
+            Kind::NonMinimalLength => {
+                "the payload length is not in its shortest form (16-bit form for < 126, 64-bit form for < 65536)"
+            }
+            Kind::LengthMsbSet => "the 64-bit payload length has its most significant bit set",
+            Kind::OversizedFrame => "the frame payload exceeds the configured max_frame_size",
+            Kind::InvalidUtf8Text => "a text message is not valid UTF-8",
+            Kind::InvalidClosePayload => {
+                "a close frame has a 1-byte body (a status code takes 2 bytes)"
+            }
+            Kind::InvalidCloseCode => {
+                "the close status code may not be sent (valid: 1000-1003, 1007-1014, 3000-4999)"
+            }
+            Kind::InvalidCloseReason => "the close reason is not valid UTF-8",
+            Kind::DataAfterClose => "an endpoint sent a data frame after its own close frame",
+            Kind::HttpInStream => {
+                "an HTTP request or status line appeared where a WebSocket frame header was expected"
+            }
+            Kind::TlsOnPlainPort => {
+                "the connection starts with a TLS record on a port monitored as plain WebSocket"
+            }
+        }
+    }
+
+    /// What an operator should check first, in one line.
+    pub fn likely_cause(self) -> &'static str {
+        match self {
+            Kind::HandshakeRejected => {
+                "check the server or proxy logs for why: auth (401/403), wrong path (404), origin check, version (426), overload (503)"
+            }
+            Kind::UpgradeMissing => {
+                "a proxy or load balancer strips hop-by-hop headers (nginx needs proxy_set_header Upgrade/Connection), or a plain HTTP client hits the port"
+            }
+            Kind::AcceptMismatch => {
+                "a proxy rewrote Sec-WebSocket-Key, or the server computes the accept value wrongly (wrong GUID, key not trimmed, hex instead of base64)"
+            }
+            Kind::BadHandshake => {
+                "an outdated or hand-rolled client/server library, or a proxy dropping or rewriting the upgrade headers"
+            }
+            Kind::ExtensionNotOffered => {
+                "server configured with a fixed extension/subprotocol regardless of the offer, or a proxy rewrote the client's offer"
+            }
+            Kind::RsvWithoutExtension => {
+                "the peer compresses although the handshake did not negotiate it (proxy dropped Sec-WebSocket-Extensions?) or a buggy framing library"
+            }
+            Kind::Rsv1Invalid => {
+                "the sender's permessage-deflate implementation flags every fragment or control frame as compressed"
+            }
+            Kind::ReservedOpcode => {
+                "stream corruption, a sender that lost its own framing, or an unnegotiated experimental extension"
+            }
+            Kind::UnmaskedClientFrame => {
+                "a non-browser client with masking disabled, or a server-side library used as a client"
+            }
+            Kind::MaskedServerFrame => {
+                "a client library used on the server side, or a proxy forwarding client frames verbatim"
+            }
+            Kind::ControlTooLong => {
+                "the application sends large pings or long close reasons; keep them within 125 bytes (reason within 123)"
+            }
+            Kind::ControlFragmented => "buggy framing code in the sender that fragments control frames",
+            Kind::OrphanContinuation => {
+                "the sender set FIN too early or lost its fragmentation state; several writers on one socket"
+            }
+            Kind::InterleavedDataFrame => {
+                "several threads/tasks write to one connection without a lock, or FIN missing on the last fragment"
+            }
+            Kind::NonMinimalLength => {
+                "a hand-rolled frame encoder that always uses the extended length form"
+            }
+            Kind::LengthMsbSet => {
+                "an encoder bug (signed length) or stream corruption; the direction is resynchronised"
+            }
+            Kind::OversizedFrame => {
+                "the application sends very large messages in one frame; check the peers' message size limits"
+            }
+            Kind::InvalidUtf8Text => {
+                "binary data sent as text, a string cut in the middle of a character, or a non-UTF-8 encoder"
+            }
+            Kind::InvalidClosePayload => "a buggy close-frame encoder",
+            Kind::InvalidCloseCode => {
+                "the application passes an internal code (1005/1006/1015, 0, >4999) to close(); use 1000/1011 or 4000-4999"
+            }
+            Kind::InvalidCloseReason => {
+                "the close reason was truncated inside a multi-byte character or encoded as non-UTF-8"
+            }
+            Kind::DataAfterClose => {
+                "the application keeps sending after calling close(); missing state check in the sender"
+            }
+            Kind::HttpInStream => {
+                "a client or proxy reuses the upgraded connection for HTTP, or a proxy did not honour the upgrade"
+            }
+            Kind::TlsOnPlainPort => {
+                "the client uses wss:// against a ws:// port, or TLS is expected to be terminated in front of it"
+            }
+        }
+    }
+
+    /// The family this kind belongs to.
+    pub fn category(self) -> Category {
+        match self {
+            Kind::HandshakeRejected
+            | Kind::UpgradeMissing
+            | Kind::AcceptMismatch
+            | Kind::BadHandshake
+            | Kind::ExtensionNotOffered => Category::Handshake,
+            Kind::InvalidUtf8Text
+            | Kind::InvalidClosePayload
+            | Kind::InvalidCloseCode
+            | Kind::InvalidCloseReason
+            | Kind::DataAfterClose => Category::Payload,
+            Kind::HttpInStream | Kind::TlsOnPlainPort => Category::Stream,
+            _ => Category::Frame,
+        }
+    }
+
+    /// Kinds reported at most once per connection (handshake and stream kinds).
+    pub fn once_per_connection(self) -> bool {
+        matches!(self.category(), Category::Handshake | Category::Stream)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Serialize for Kind {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+/// A small set of [`Kind`]s (a bit set; no allocation).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KindSet(u32);
+
+impl KindSet {
+    pub const EMPTY: KindSet = KindSet(0);
+
+    pub fn insert(&mut self, k: Kind) {
+        self.0 |= 1 << k.index();
+    }
+
+    pub fn contains(self, k: Kind) -> bool {
+        self.0 & (1 << k.index()) != 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn len(self) -> usize {
+        self.0.count_ones() as usize
+    }
+
+    /// The kinds in index order.
+    pub fn iter(self) -> impl Iterator<Item = Kind> {
+        Kind::ALL.into_iter().filter(move |k| self.contains(*k))
+    }
+}
+
+impl FromIterator<Kind> for KindSet {
+    fn from_iter<I: IntoIterator<Item = Kind>>(iter: I) -> Self {
+        let mut s = KindSet::EMPTY;
+        for k in iter {
+            s.insert(k);
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_is_in_index_order_and_names_are_unique() {
+        for (i, k) in Kind::ALL.iter().enumerate() {
+            assert_eq!(k.index(), i);
+            assert_eq!(Kind::from_name(k.name()), Some(*k));
+            assert!(!k.meaning().is_empty() && !k.likely_cause().is_empty());
+            assert!(k.name().bytes().all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit()));
+        }
+        assert!(Kind::COUNT <= 32, "KindSet is a u32");
+    }
+
+    #[test]
+    fn kind_set() {
+        let s: KindSet = [Kind::ReservedOpcode, Kind::TlsOnPlainPort].into_iter().collect();
+        assert_eq!(s.len(), 2);
+        assert!(s.contains(Kind::TlsOnPlainPort));
+        assert!(!s.contains(Kind::BadHandshake));
+        assert_eq!(s.iter().collect::<Vec<_>>(), vec![Kind::ReservedOpcode, Kind::TlsOnPlainPort]);
+    }
+}

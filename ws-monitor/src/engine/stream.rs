@@ -1,0 +1,837 @@
+//! One direction of one connection: the byte-level state machine.
+//!
+//! Bytes are handed to the handler of the current [`Mode`]. The fast path parses frame
+//! headers straight out of the delivered slice and skips payloads without touching them
+//! unless they must be checked (text being validated, a close body, a compressed message
+//! whose context must be kept). Only three things are ever copied aside: a header split
+//! across deliveries (at most [`MAX_HEADER_LEN`] bytes plus a small top-up), the scan
+//! window while unsynced, and the HTTP head while the handshake is pending.
+
+use crate::flow::Direction;
+
+use super::frame::{
+    check_header, close_code_valid, http_line_start, unmask_into, Frag, FrameHeader, FrameHeaderBytes, HttpLine,
+    OpClass, Rules, RsvPolicy, Status, MAX_CONTROL_PAYLOAD,
+};
+use super::inflate::{Inflater, SCRATCH, TAIL};
+use super::kind::Kind;
+use super::resync::{Chain, Scan, Search, PROBATION_FRAMES, RESYNC_CHAIN};
+use super::utf8::Utf8Stream;
+use super::{Cx, FrameCounts};
+
+/// Bytes of new input appended to a stashed partial header before parsing again.
+const TOPUP: usize = 64;
+
+/// Bytes held per direction while the handshake is pending (beyond this: a gap).
+pub(crate) const HOLD_CAP: usize = 64 * 1024;
+
+/// Unmasking is done through a stack buffer of this size.
+const UNMASK_CHUNK: usize = 1024;
+
+/// What a direction does with its bytes.
+#[derive(Debug)]
+pub(crate) enum Mode {
+    /// Handshake pending: bytes are kept for the connection to parse.
+    Hold,
+    /// Not a WebSocket stream (plain HTTP, TLS, garbage): bytes are dropped.
+    Ignore,
+    /// In sync: parsing frames (trusted, or on probation after a resync).
+    Frames,
+    /// Unsynced: looking for a frame boundary in a window.
+    Scan(Box<Scan>),
+    /// Unsynced: following one candidate chain past the window, header by header.
+    Track(Track),
+}
+
+/// Copy of [`Mode`]'s discriminant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ModeKind {
+    Hold,
+    Ignore,
+    Frames,
+    Scan,
+    Track,
+}
+
+/// A candidate chain followed outside the scan window.
+#[derive(Debug)]
+pub(crate) struct Track {
+    /// Stream offset of the next header of the chain.
+    next_at: u64,
+    chain: Chain,
+}
+
+/// What a handler did with the bytes it was given.
+enum Step {
+    /// Consumed this many bytes (possibly 0 after a mode change).
+    Used(usize),
+    /// Consumed this many and needs more bytes before it can go on (a split header).
+    NeedMore(usize),
+}
+
+/// The frame being parsed.
+#[derive(Clone, Copy, Debug)]
+struct Cur {
+    hdr: FrameHeaderBytes,
+    offset: u64,
+    class: OpClass,
+    fin: bool,
+    mask: Option<[u8; 4]>,
+    len: u64,
+    /// Payload bytes seen (or lost in gaps) so far.
+    seen: u64,
+    /// Payload bytes still to come.
+    left: u64,
+    /// Part of the payload fell in a gap.
+    gap: bool,
+}
+
+impl Default for Cur {
+    fn default() -> Self {
+        Cur {
+            hdr: FrameHeaderBytes::EMPTY,
+            offset: 0,
+            class: OpClass::Continuation,
+            fin: true,
+            mask: None,
+            len: 0,
+            seen: 0,
+            left: 0,
+            gap: false,
+        }
+    }
+}
+
+/// The data message being received.
+#[derive(Clone, Copy, Debug, Default)]
+struct Msg {
+    /// We saw its first frame (so its continuations belong to it).
+    active: bool,
+    /// Header offset and bytes of its first frame (where UTF-8 findings point).
+    offset: u64,
+    hdr: FrameHeaderBytes,
+    /// UTF-8 is being checked (text, start seen, nothing lost, payload readable).
+    validate: bool,
+    /// RSV1 under negotiated permessage-deflate.
+    compressed: bool,
+    /// Payload goes through the inflater (to check it, or to keep the context).
+    inflate: bool,
+    /// Compressed text turned out invalid; reported at the end of the message if the
+    /// whole message inflated cleanly (so the outcome never depends on delivery cuts).
+    bad: bool,
+}
+
+/// Findings are held back for the first frames after a resync.
+#[derive(Debug)]
+struct Probation {
+    left: u32,
+    counts: FrameCounts,
+    codes: [u16; 4],
+    ncodes: usize,
+    /// Stream offset of the candidate the sync started at.
+    start: u64,
+}
+
+/// Everything the engine keeps for one direction of one connection.
+#[derive(Debug)]
+pub(crate) struct DirState {
+    pub dir: Direction,
+    pub mode: Mode,
+    rules: Rules,
+    /// permessage-deflate in force for what this direction sends:
+    /// `Some(no_context_takeover)`.
+    deflate: Option<bool>,
+    /// Stream offset of the next byte to process (of `pending[0]` if any).
+    pos: u64,
+    /// Stream offset just past the last byte delivered (data or gap).
+    pub end: u64,
+    /// Bytes to process before new input: a split header, or a replay after resync.
+    pending: Vec<u8>,
+    /// Set by the scanner: bytes to process again from this offset.
+    replay: Option<(u64, Vec<u8>)>,
+    cur: Cur,
+    frag: Frag,
+    msg: Msg,
+    utf8: Utf8Stream,
+    /// This endpoint sent a close frame (seen in sync).
+    pub closed: bool,
+    close_body: [u8; MAX_CONTROL_PAYLOAD as usize],
+    close_len: u8,
+    inflater: Option<Box<Inflater>>,
+    /// The deflate context is gone (gap, resync, corrupt data).
+    ctx_lost: bool,
+    probation: Option<Probation>,
+    /// A would-be finding during probation.
+    abort: bool,
+    /// Handshake phase: bytes kept from `held_base` on.
+    pub held: Vec<u8>,
+    pub held_base: u64,
+    /// How far `held` was searched for the end of the HTTP head.
+    pub head_scan: usize,
+    /// Bytes dropped after `held` filled up.
+    held_dropped: u64,
+}
+
+impl DirState {
+    pub fn new(dir: Direction, mode: Mode, rules: Rules) -> Self {
+        DirState {
+            dir,
+            mode,
+            rules,
+            deflate: None,
+            pos: 0,
+            end: 0,
+            pending: Vec::new(),
+            replay: None,
+            cur: Cur::default(),
+            frag: Frag::Idle,
+            msg: Msg::default(),
+            utf8: Utf8Stream::new(),
+            closed: false,
+            close_body: [0; MAX_CONTROL_PAYLOAD as usize],
+            close_len: 0,
+            inflater: None,
+            ctx_lost: false,
+            probation: None,
+            abort: false,
+            held: Vec::new(),
+            held_base: 0,
+            head_scan: 0,
+            held_dropped: 0,
+        }
+    }
+
+    /// A direction of a connection first seen mid-stream: unsynced, negotiation unknown.
+    pub fn mid_stream(dir: Direction, max_frame_size: u64) -> Self {
+        let rules = Rules { client_to_server: dir == Direction::ToServer, rsv: RsvPolicy::Unknown, max_frame_size };
+        let mut d = DirState::new(dir, Mode::Scan(Box::new(Scan::new(0, 0))), rules);
+        d.frag = Frag::Unknown;
+        d
+    }
+
+    pub fn mode_kind(&self) -> ModeKind {
+        match self.mode {
+            Mode::Hold => ModeKind::Hold,
+            Mode::Ignore => ModeKind::Ignore,
+            Mode::Frames => ModeKind::Frames,
+            Mode::Scan(_) => ModeKind::Scan,
+            Mode::Track(_) => ModeKind::Track,
+        }
+    }
+
+    /// In sync and out of probation.
+    pub fn trusted(&self) -> bool {
+        self.mode_kind() == ModeKind::Frames && self.probation.is_none()
+    }
+
+    // ----- delivery -------------------------------------------------------------------
+
+    /// Processes bytes that follow everything delivered so far.
+    pub fn feed(&mut self, mut input: &[u8], cx: &mut Cx<'_>) {
+        loop {
+            if !self.pending.is_empty() {
+                let k = TOPUP.min(input.len());
+                self.pending.extend_from_slice(input.get(..k).unwrap_or(&[]));
+                input = input.get(k..).unwrap_or(&[]);
+                let mut buf = std::mem::take(&mut self.pending);
+                let used = self.run(&buf, cx);
+                buf.drain(..used.min(buf.len()));
+                if let Some((start, mut r)) = self.replay.take() {
+                    r.extend_from_slice(&buf);
+                    self.pending = r;
+                    self.pos = start;
+                    continue;
+                }
+                let stuck = !buf.is_empty() && input.is_empty();
+                self.pending = buf;
+                if stuck {
+                    break;
+                }
+                continue;
+            }
+            if input.is_empty() {
+                break;
+            }
+            let used = self.run(input, cx);
+            let rest = input.get(used..).unwrap_or(&[]);
+            if let Some((start, r)) = self.replay.take() {
+                self.pending = r;
+                self.pos = start;
+                input = rest;
+                continue;
+            }
+            self.pending.extend_from_slice(rest);
+            break;
+        }
+        if self.pending.is_empty() && self.pending.capacity() > 1024 {
+            self.pending = Vec::new();
+        }
+    }
+
+    /// Runs the mode handlers over `s` until it is used up, more bytes are needed, or
+    /// a replay must be processed first. Returns the bytes consumed.
+    fn run(&mut self, s: &[u8], cx: &mut Cx<'_>) -> usize {
+        let mut i = 0;
+        while let Some(rest) = s.get(i..).filter(|r| !r.is_empty()) {
+            let step = match self.mode_kind() {
+                ModeKind::Hold => self.hold(rest),
+                ModeKind::Ignore => Step::Used(rest.len()),
+                ModeKind::Frames => self.frames(rest, cx),
+                ModeKind::Scan => self.scan(rest, cx),
+                ModeKind::Track => self.track(rest, cx),
+            };
+            match step {
+                Step::Used(n) => {
+                    i += n;
+                    self.pos = self.pos.saturating_add(n as u64);
+                }
+                Step::NeedMore(n) => {
+                    i += n;
+                    self.pos = self.pos.saturating_add(n as u64);
+                    break;
+                }
+            }
+            if self.replay.is_some() {
+                break;
+            }
+        }
+        i
+    }
+
+    /// `len` bytes at `offset` (= everything delivered so far) were lost.
+    pub fn gap(&mut self, offset: u64, len: u64, cx: &mut Cx<'_>) {
+        if len == 0 {
+            return;
+        }
+        let stash = !self.pending.is_empty();
+        self.pending.clear();
+        let after = offset.saturating_add(len);
+        match self.mode_kind() {
+            ModeKind::Hold | ModeKind::Ignore => {}
+            ModeKind::Frames => {
+                if stash || self.cur.left == 0 {
+                    // The next header (or the rest of a split one) is in the gap.
+                    self.lose_sync(after, cx);
+                } else {
+                    self.payload_gap();
+                    let lost = len.min(self.cur.left);
+                    self.cur.left -= lost;
+                    self.cur.seen += lost;
+                    if len > lost {
+                        self.lose_sync(after, cx);
+                    } else if self.cur.left == 0 {
+                        self.end_frame(cx);
+                        if self.abort {
+                            self.abort_probation(after);
+                        }
+                    }
+                }
+            }
+            ModeKind::Scan => {
+                let min_start = match &self.mode {
+                    Mode::Scan(s) => s.min_start(),
+                    _ => 0,
+                };
+                self.mode = Mode::Scan(Box::new(Scan::new(after, min_start)));
+            }
+            ModeKind::Track => {
+                let broken = match &self.mode {
+                    Mode::Track(t) => stash || after > t.next_at,
+                    _ => true,
+                };
+                if broken {
+                    self.mode = Mode::Scan(Box::new(Scan::new(after, 0)));
+                }
+            }
+        }
+        self.pos = after;
+        self.end = self.end.max(after);
+    }
+
+    /// The connection ends: a clean probation is committed.
+    pub fn finish(&mut self, cx: &mut Cx<'_>) {
+        if !self.abort {
+            self.commit(cx);
+        }
+    }
+
+    // ----- transitions ----------------------------------------------------------------
+
+    /// Handshake done: parse frames, in sync, from the held bytes on.
+    pub fn start_frames(&mut self, rules: Rules, deflate: Option<bool>, cx: &mut Cx<'_>) {
+        self.rules = rules;
+        self.deflate = deflate;
+        self.mode = Mode::Frames;
+        self.reset_frame_state();
+        self.frag = Frag::Idle;
+        self.ctx_lost = false;
+        self.release_held(cx);
+    }
+
+    /// Handshake could not be followed: look for frames in the held bytes and after.
+    pub fn start_scan(&mut self, rules: Rules, cx: &mut Cx<'_>) {
+        self.rules = rules;
+        self.deflate = None;
+        cx.stats.desyncs += 1;
+        self.enter_scan(self.held_base, 0);
+        self.release_held(cx);
+    }
+
+    /// Not WebSocket: drop everything from now on.
+    pub fn ignore(&mut self) {
+        self.mode = Mode::Ignore;
+        self.held = Vec::new();
+        self.pending = Vec::new();
+        self.replay = None;
+        self.inflater = None;
+        self.probation = None;
+    }
+
+    fn release_held(&mut self, cx: &mut Cx<'_>) {
+        let held = std::mem::take(&mut self.held);
+        let dropped = std::mem::take(&mut self.held_dropped);
+        self.pos = self.held_base;
+        self.feed(&held, cx);
+        if dropped > 0 {
+            let at = self.held_base + held.len() as u64;
+            self.gap(at, dropped, cx);
+        }
+    }
+
+    fn reset_frame_state(&mut self) {
+        self.cur = Cur::default();
+        self.frag = Frag::Unknown;
+        self.msg = Msg::default();
+        self.utf8.reset();
+        self.closed = false;
+        self.close_len = 0;
+        self.probation = None;
+        self.abort = false;
+        if self.deflate == Some(false) {
+            self.ctx_lost = true;
+        }
+    }
+
+    fn enter_scan(&mut self, base: u64, min_start: u64) {
+        self.reset_frame_state();
+        self.mode = Mode::Scan(Box::new(Scan::new(base, min_start)));
+    }
+
+    fn enter_probation(&mut self, start: u64) {
+        self.reset_frame_state();
+        self.mode = Mode::Frames;
+        self.probation =
+            Some(Probation { left: PROBATION_FRAMES, counts: FrameCounts::default(), codes: [0; 4], ncodes: 0, start });
+    }
+
+    /// Trusted sync is lost (gap over a header, HTTP, unusable length); during probation
+    /// the tentative sync is dropped silently.
+    fn lose_sync(&mut self, at: u64, cx: &mut Cx<'_>) {
+        let (was_probation, start) = match &self.probation {
+            Some(p) => (true, p.start + 1),
+            None => (false, 0),
+        };
+        if !was_probation {
+            cx.stats.desyncs += 1;
+        }
+        self.enter_scan(at, start.min(at));
+    }
+
+    /// A would-be finding during probation: back to scanning at `at`, never accepting
+    /// the same candidate again.
+    fn abort_probation(&mut self, at: u64) {
+        let min_start = self.probation.as_ref().map_or(0, |p| p.start + 1);
+        self.enter_scan(at, min_start);
+    }
+
+    fn commit(&mut self, cx: &mut Cx<'_>) {
+        let Some(p) = self.probation.take() else {
+            return;
+        };
+        let i = self.dir.index();
+        if let Some(f) = cx.stats.frames.get_mut(i) {
+            f.add(&p.counts);
+        }
+        if let Some(f) = cx.view.frames.get_mut(i) {
+            *f += p.counts.total();
+        }
+        for &code in p.codes.iter().take(p.ncodes) {
+            *cx.stats.close_codes.entry(code).or_insert(0) += 1;
+            cx.view.last_close_code = Some(code);
+        }
+        cx.stats.resyncs += 1;
+    }
+
+    // ----- handlers ---------------------------------------------------------------------
+
+    fn hold(&mut self, s: &[u8]) -> Step {
+        let room = HOLD_CAP.saturating_sub(self.held.len());
+        let keep = if self.held_dropped > 0 { 0 } else { room.min(s.len()) };
+        self.held.extend_from_slice(s.get(..keep).unwrap_or(&[]));
+        self.held_dropped += (s.len() - keep) as u64;
+        Step::Used(s.len())
+    }
+
+    fn frames(&mut self, s: &[u8], cx: &mut Cx<'_>) -> Step {
+        let mut i = 0usize;
+        loop {
+            let rest = s.get(i..).unwrap_or(&[]);
+            if rest.is_empty() {
+                return Step::Used(i);
+            }
+            let here = self.pos.saturating_add(i as u64);
+            if self.cur.left > 0 {
+                let n = usize::try_from(self.cur.left).map_or(rest.len(), |l| l.min(rest.len()));
+                self.payload(rest.get(..n).unwrap_or(&[]), cx);
+                i += n;
+                self.cur.left -= n as u64;
+                if self.cur.left == 0 {
+                    self.end_frame(cx);
+                }
+                if self.abort {
+                    self.abort_probation(here + n as u64);
+                    return Step::Used(i);
+                }
+                continue;
+            }
+            match http_line_start(rest) {
+                HttpLine::Maybe => return Step::NeedMore(i),
+                HttpLine::Yes => {
+                    self.report(cx, Kind::HttpInStream, here, FrameHeaderBytes::EMPTY);
+                    if self.abort {
+                        self.abort_probation(here);
+                    } else {
+                        self.lose_sync(here, cx);
+                    }
+                    return Step::Used(i);
+                }
+                HttpLine::No => {}
+            }
+            let h = match FrameHeader::parse(rest) {
+                Status::Partial(_) => return Step::NeedMore(i),
+                Status::Complete(h) => h,
+            };
+            let hl = usize::from(h.header_len);
+            let hdr = FrameHeaderBytes::new(rest.get(..hl).unwrap_or(&[]));
+            let unusable_len = self.begin_frame(&h, hdr, here, cx);
+            if self.abort {
+                self.abort_probation(here);
+                return Step::Used(i);
+            }
+            i += hl;
+            if unusable_len {
+                self.lose_sync(here + hl as u64, cx);
+                return Step::Used(i);
+            }
+            if h.len == 0 {
+                self.end_frame(cx);
+                if self.abort {
+                    self.abort_probation(here + hl as u64);
+                    return Step::Used(i);
+                }
+            }
+        }
+    }
+
+    fn scan(&mut self, s: &[u8], cx: &mut Cx<'_>) -> Step {
+        let Mode::Scan(sc) = &mut self.mode else {
+            return Step::Used(s.len());
+        };
+        let take = sc.room().min(s.len());
+        if take == 0 {
+            // Progress guard; a waiting candidate always leaves room.
+            sc.skip_one();
+        }
+        sc.push(s.get(..take).unwrap_or(&[]));
+        let (decision, dropped) = sc.search(&self.rules);
+        cx.stats.skipped_bytes += dropped as u64;
+        match decision {
+            Search::Wait => {}
+            Search::Found(p) => {
+                let start = sc.base() + p as u64;
+                let win = sc.bytes_from(p).to_vec();
+                self.enter_probation(start);
+                self.replay = Some((start, win));
+            }
+            Search::Follow { p, next, chain } => {
+                let next_at = sc.base().saturating_add(next);
+                let from = usize::try_from(next).unwrap_or(usize::MAX);
+                let tail = sc.bytes_from(from);
+                if !tail.is_empty() {
+                    self.replay = Some((next_at, tail.to_vec()));
+                }
+                cx.stats.skipped_bytes += (sc.bytes_from(p).len() - tail.len()) as u64;
+                self.mode = Mode::Track(Track { next_at, chain });
+            }
+        }
+        Step::Used(take)
+    }
+
+    fn track(&mut self, s: &[u8], cx: &mut Cx<'_>) -> Step {
+        let pos = self.pos;
+        let Mode::Track(t) = &mut self.mode else {
+            return Step::Used(s.len());
+        };
+        if pos < t.next_at {
+            let n = usize::try_from(t.next_at - pos).map_or(s.len(), |d| d.min(s.len()));
+            cx.stats.skipped_bytes += n as u64;
+            return Step::Used(n);
+        }
+        let h = match FrameHeader::parse(s) {
+            Status::Partial(_) => return Step::NeedMore(0),
+            Status::Complete(h) => h,
+        };
+        let after = s.get(usize::from(h.header_len)..).unwrap_or(&[]);
+        if !t.chain.accept(&h, after, &self.rules) {
+            cx.stats.skipped_bytes += 1;
+            self.mode = Mode::Scan(Box::new(Scan::new(pos.saturating_add(1), 0)));
+            return Step::Used(1);
+        }
+        if t.chain.hops >= RESYNC_CHAIN {
+            self.enter_probation(pos);
+        } else {
+            t.next_at = pos.saturating_add(u64::from(h.header_len)).saturating_add(h.len);
+        }
+        Step::Used(0)
+    }
+
+    // ----- frames -----------------------------------------------------------------------
+
+    fn report(&mut self, cx: &mut Cx<'_>, kind: Kind, offset: u64, hdr: FrameHeaderBytes) {
+        if self.probation.is_some() {
+            self.abort = true;
+        } else {
+            cx.emit(self.dir, kind, offset, hdr);
+        }
+    }
+
+    fn count(&mut self, class: OpClass, cx: &mut Cx<'_>) {
+        match &mut self.probation {
+            Some(p) => p.counts.bump(class),
+            None => {
+                let i = self.dir.index();
+                if let Some(f) = cx.stats.frames.get_mut(i) {
+                    f.bump(class);
+                }
+                if let Some(f) = cx.view.frames.get_mut(i) {
+                    *f += 1;
+                }
+            }
+        }
+    }
+
+    /// Checks and accounts a header. Returns `true` when its length cannot be used
+    /// (MSB set) and sync must be given up.
+    fn begin_frame(&mut self, h: &FrameHeader, hdr: FrameHeaderBytes, offset: u64, cx: &mut Cx<'_>) -> bool {
+        let class = h.class();
+        let kinds = check_header(h, &self.rules, self.frag, self.closed);
+        for k in kinds.iter() {
+            self.report(cx, k, offset, hdr);
+        }
+        if self.abort {
+            return false;
+        }
+        self.count(class, cx);
+        self.cur = Cur { hdr, offset, class, fin: h.fin, mask: h.mask, len: h.len, seen: 0, left: h.len, gap: false };
+        match class {
+            OpClass::Text | OpClass::Binary => self.start_msg(class == OpClass::Text, h.rsv1(), offset, hdr),
+            OpClass::Continuation if self.frag != Frag::Open => self.msg = Msg::default(),
+            OpClass::Close => {
+                self.close_len = 0;
+                self.closed = true;
+            }
+            _ => {}
+        }
+        self.frag = self.frag.after(class, h.fin);
+        kinds.contains(Kind::LengthMsbSet)
+    }
+
+    fn start_msg(&mut self, text: bool, rsv1: bool, offset: u64, hdr: FrameHeaderBytes) {
+        let mut m = Msg { active: true, offset, hdr, ..Msg::default() };
+        if !rsv1 {
+            m.validate = text;
+        } else if let (Some(reset), RsvPolicy::Deflate) = (self.deflate, self.rules.rsv) {
+            m.compressed = true;
+            if reset {
+                self.ctx_lost = false;
+                if let Some(inf) = &mut self.inflater {
+                    inf.reset();
+                }
+            }
+            let ended = self.inflater.as_ref().is_some_and(|i| i.ended());
+            let usable = !self.ctx_lost && !ended;
+            m.inflate = usable && (text || !reset);
+            m.validate = usable && text;
+            if m.inflate && self.inflater.is_none() {
+                self.inflater = Some(Box::new(Inflater::new()));
+            }
+        }
+        // RSV1 without (known) permessage-deflate: the payload is not readable.
+        self.utf8.reset();
+        self.msg = m;
+    }
+
+    fn payload(&mut self, chunk: &[u8], cx: &mut Cx<'_>) {
+        let phase = (self.cur.seen & 3) as usize;
+        self.cur.seen += chunk.len() as u64;
+        match self.cur.class {
+            OpClass::Close => {
+                let start = usize::from(self.close_len);
+                let n = self.close_body.len().saturating_sub(start).min(chunk.len());
+                if let (Some(dst), Some(src)) = (self.close_body.get_mut(start..start + n), chunk.get(..n)) {
+                    match self.cur.mask {
+                        Some(k) => unmask_into(dst, src, k, phase),
+                        None => dst.copy_from_slice(src),
+                    }
+                    self.close_len += n as u8;
+                }
+            }
+            c if c.is_data() && self.msg.active && (self.msg.validate || self.msg.inflate) => {
+                self.message_bytes(chunk, phase, cx)
+            }
+            _ => {}
+        }
+    }
+
+    fn message_bytes(&mut self, chunk: &[u8], phase: usize, cx: &mut Cx<'_>) {
+        let Some(key) = self.cur.mask else {
+            return self.message_piece(chunk, cx);
+        };
+        let mut buf = [0u8; UNMASK_CHUNK];
+        let mut phase = phase;
+        for piece in chunk.chunks(UNMASK_CHUNK) {
+            if !(self.msg.validate || self.msg.inflate) {
+                return;
+            }
+            if let Some(dst) = buf.get_mut(..piece.len()) {
+                unmask_into(dst, piece, key, phase);
+                self.message_piece(dst, cx);
+            }
+            phase = (phase + piece.len()) & 3;
+        }
+    }
+
+    /// Unmasked message bytes: inflate and/or validate.
+    fn message_piece(&mut self, data: &[u8], cx: &mut Cx<'_>) {
+        if self.msg.compressed {
+            if self.inflate(data, false) {
+                self.msg.bad = true;
+            }
+        } else if self.msg.validate && !self.utf8.feed(data) {
+            self.msg.validate = false;
+            let (offset, hdr) = (self.msg.offset, self.msg.hdr);
+            self.report(cx, Kind::InvalidUtf8Text, offset, hdr);
+        }
+    }
+
+    /// Inflates message bytes, validating the output when checking text. Returns `true`
+    /// when the text turned out invalid.
+    fn inflate(&mut self, data: &[u8], tail: bool) -> bool {
+        let DirState { inflater, utf8, msg, ctx_lost, deflate, .. } = self;
+        let Some(inf) = inflater.as_mut() else {
+            msg.inflate = false;
+            msg.validate = false;
+            return false;
+        };
+        if !msg.inflate {
+            return false;
+        }
+        let mut scratch = [0u8; SCRATCH];
+        let check = msg.validate;
+        let mut bad = false;
+        let r = inf.push(data, tail, &mut scratch, |out| {
+            if check && !bad && !utf8.feed(out) {
+                bad = true;
+            }
+        });
+        if r.is_err() {
+            msg.inflate = false;
+            msg.validate = false;
+            if *deflate == Some(false) {
+                *ctx_lost = true;
+            }
+            return false;
+        }
+        if bad {
+            msg.validate = false;
+        }
+        bad
+    }
+
+    /// Payload bytes of the current frame were lost.
+    fn payload_gap(&mut self) {
+        self.cur.gap = true;
+        self.msg.validate = false;
+        if self.msg.compressed && self.msg.inflate {
+            self.msg.inflate = false;
+            if self.deflate == Some(false) {
+                self.ctx_lost = true;
+            }
+        }
+    }
+
+    fn end_frame(&mut self, cx: &mut Cx<'_>) {
+        let (offset, hdr) = (self.msg.offset, self.msg.hdr);
+        match self.cur.class {
+            OpClass::Close => self.finish_close(cx),
+            c if c.is_data() && self.cur.fin && self.msg.active => {
+                let mut bad = false;
+                if self.msg.compressed && self.msg.inflate {
+                    let tail_bad = self.inflate(&TAIL, true);
+                    // Only a message that inflated completely is judged.
+                    bad = self.msg.inflate && (self.msg.bad || tail_bad);
+                }
+                if !bad && self.msg.validate && !self.utf8.finish() {
+                    bad = true;
+                }
+                if bad {
+                    self.report(cx, Kind::InvalidUtf8Text, offset, hdr);
+                }
+                self.msg = Msg::default();
+            }
+            _ => {}
+        }
+        if let Some(p) = &mut self.probation {
+            p.left = p.left.saturating_sub(1);
+            if p.left == 0 && !self.abort {
+                self.commit(cx);
+            }
+        }
+    }
+
+    fn finish_close(&mut self, cx: &mut Cx<'_>) {
+        if self.cur.gap || self.cur.len > MAX_CONTROL_PAYLOAD {
+            return;
+        }
+        let (offset, hdr) = (self.cur.offset, self.cur.hdr);
+        let body = self.close_body.get(..usize::from(self.close_len)).unwrap_or(&[]);
+        let (code, bad_len, bad_reason) = match body {
+            [] => (None, false, false),
+            [_] => (None, true, false),
+            [a, b, reason @ ..] => (Some(u16::from_be_bytes([*a, *b])), false, std::str::from_utf8(reason).is_err()),
+        };
+        if bad_len {
+            self.report(cx, Kind::InvalidClosePayload, offset, hdr);
+        }
+        if let Some(code) = code {
+            if !close_code_valid(code) {
+                self.report(cx, Kind::InvalidCloseCode, offset, hdr);
+            }
+            if bad_reason {
+                self.report(cx, Kind::InvalidCloseReason, offset, hdr);
+            }
+            match &mut self.probation {
+                Some(p) => {
+                    if let Some(slot) = p.codes.get_mut(p.ncodes) {
+                        *slot = code;
+                        p.ncodes += 1;
+                    }
+                }
+                None => {
+                    *cx.stats.close_codes.entry(code).or_insert(0) += 1;
+                    cx.view.last_close_code = Some(code);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,1213 @@
+//! Engine tests: an independent frame encoder and handshake builder, one test per kind,
+//! the legal look-alikes, delivery-split invariance, gaps and resync, property tests.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+
+use base64::Engine as _;
+use flate2::{Compress, Compression, FlushCompress};
+use proptest::prelude::*;
+use sha1::{Digest, Sha1};
+
+use super::*;
+use crate::flow::{Closing, Direction, FlowId, FlowKey, Opening, StreamSink};
+
+const C: Direction = Direction::ToServer;
+const S: Direction = Direction::ToClient;
+
+// ----- independent encoder -------------------------------------------------------------
+
+/// Length encoding to force (default: minimal).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Form {
+    Short,
+    Ext16,
+    Ext64,
+}
+
+/// A frame to encode; built from fields, nothing shared with the parser.
+#[derive(Clone, Debug)]
+struct Fr {
+    fin: bool,
+    rsv: u8,
+    op: u8,
+    key: Option<[u8; 4]>,
+    payload: Vec<u8>,
+    form: Option<Form>,
+    claimed: Option<u64>,
+}
+
+thread_local! {
+    static KEYS: Cell<u32> = const { Cell::new(1) };
+}
+
+/// A fresh, distinct masking key.
+fn next_key() -> [u8; 4] {
+    KEYS.with(|k| {
+        let n = k.get();
+        k.set(n.wrapping_add(1));
+        (n.wrapping_mul(0x9E37_79B9) ^ 0x5A5A_1234).to_be_bytes()
+    })
+}
+
+impl Fr {
+    fn new(op: u8, payload: impl Into<Vec<u8>>) -> Fr {
+        Fr { fin: true, rsv: 0, op, key: None, payload: payload.into(), form: None, claimed: None }
+    }
+    fn fin(mut self, fin: bool) -> Fr {
+        self.fin = fin;
+        self
+    }
+    fn rsv(mut self, rsv: u8) -> Fr {
+        self.rsv = rsv;
+        self
+    }
+    fn masked(mut self) -> Fr {
+        self.key = Some(next_key());
+        self
+    }
+    fn key(mut self, key: [u8; 4]) -> Fr {
+        self.key = Some(key);
+        self
+    }
+    fn form(mut self, f: Form) -> Fr {
+        self.form = Some(f);
+        self
+    }
+    fn claim(mut self, len: u64) -> Fr {
+        self.claimed = Some(len);
+        self
+    }
+    fn enc(&self) -> Vec<u8> {
+        let len = self.claimed.unwrap_or(self.payload.len() as u64);
+        let form = self.form.unwrap_or(if len < 126 {
+            Form::Short
+        } else if len < 65536 {
+            Form::Ext16
+        } else {
+            Form::Ext64
+        });
+        let mut out = vec![(u8::from(self.fin) << 7) | ((self.rsv & 7) << 4) | (self.op & 0x0F)];
+        let m = if self.key.is_some() { 0x80 } else { 0 };
+        match form {
+            Form::Short => out.push(m | len as u8),
+            Form::Ext16 => {
+                out.push(m | 126);
+                out.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            Form::Ext64 => {
+                out.push(m | 127);
+                out.extend_from_slice(&len.to_be_bytes());
+            }
+        }
+        match self.key {
+            Some(k) => {
+                out.extend_from_slice(&k);
+                out.extend(self.payload.iter().enumerate().map(|(i, b)| b ^ k[i % 4]));
+            }
+            None => out.extend_from_slice(&self.payload),
+        }
+        out
+    }
+}
+
+const CONT: u8 = 0;
+const TEXT: u8 = 1;
+const BIN: u8 = 2;
+const CLOSE: u8 = 8;
+const PING: u8 = 9;
+const PONG: u8 = 10;
+
+/// A client frame (masked with a fresh key).
+fn cf(op: u8, payload: impl Into<Vec<u8>>) -> Fr {
+    Fr::new(op, payload).masked()
+}
+
+/// A server frame.
+fn sf(op: u8, payload: impl Into<Vec<u8>>) -> Fr {
+    Fr::new(op, payload)
+}
+
+fn close_body(code: u16, reason: &[u8]) -> Vec<u8> {
+    let mut b = code.to_be_bytes().to_vec();
+    b.extend_from_slice(reason);
+    b
+}
+
+/// permessage-deflate sender: sync flush, trailing 00 00 ff ff removed.
+fn deflate(c: &mut Compress, msg: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(msg.len() * 2 + 64);
+    c.compress_vec(msg, &mut out, FlushCompress::Sync).unwrap();
+    while out.len() == out.capacity() {
+        out.reserve(1024);
+        c.compress_vec(&[], &mut out, FlushCompress::Sync).unwrap();
+    }
+    assert!(out.ends_with(&[0, 0, 0xFF, 0xFF]));
+    out.truncate(out.len() - 4);
+    out
+}
+
+// ----- handshake builder -----------------------------------------------------------------
+
+const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+/// The accept value, computed here independently of the engine.
+fn accept(key: &str) -> String {
+    let mut h = Sha1::new();
+    h.update(format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(h.finalize())
+}
+
+fn request(extra: &str) -> Vec<u8> {
+    format!(
+        "GET /chat HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
+         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    )
+    .into_bytes()
+}
+
+fn response(extra: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {}\r\n{extra}\r\n",
+        accept(KEY)
+    )
+    .into_bytes()
+}
+
+// ----- scripts and split-invariant runner ----------------------------------------------
+
+#[derive(Clone, Debug)]
+enum Ev {
+    Data(Direction, Vec<u8>),
+    Gap(Direction, u64),
+}
+
+#[derive(Clone, Debug)]
+struct Script {
+    opening: Opening,
+    cfg: EngineConfig,
+    evs: Vec<Ev>,
+}
+
+impl Script {
+    fn handshake() -> Script {
+        Script { opening: Opening::Handshake, cfg: EngineConfig::default(), evs: Vec::new() }
+    }
+    fn mid() -> Script {
+        Script { opening: Opening::MidStream, ..Script::handshake() }
+    }
+    /// A connection upgraded with these extra request / response header lines.
+    fn upgraded(req_extra: &str, resp_extra: &str) -> Script {
+        let mut s = Script::handshake();
+        s.data(C, request(req_extra));
+        s.data(S, response(resp_extra));
+        s
+    }
+    fn plain() -> Script {
+        Script::upgraded("", "")
+    }
+    fn deflate() -> Script {
+        Script::upgraded(
+            "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
+            "Sec-WebSocket-Extensions: permessage-deflate\r\n",
+        )
+    }
+    fn data(&mut self, d: Direction, b: Vec<u8>) -> &mut Script {
+        self.evs.push(Ev::Data(d, b));
+        self
+    }
+    fn c(&mut self, f: Fr) -> &mut Script {
+        self.data(C, f.enc())
+    }
+    fn s(&mut self, f: Fr) -> &mut Script {
+        self.data(S, f.enc())
+    }
+    fn gap(&mut self, d: Direction, n: u64) -> &mut Script {
+        self.evs.push(Ev::Gap(d, n));
+        self
+    }
+}
+
+/// How `data` deliveries are cut.
+#[derive(Clone, Copy, Debug)]
+enum Cut {
+    Whole,
+    Bytes,
+    Random(u64),
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+type Found = Vec<(Direction, Kind, u64)>;
+
+fn key() -> FlowKey {
+    FlowKey {
+        client: "10.0.0.1:40000".parse::<SocketAddr>().unwrap(),
+        server: "10.0.0.2:8080".parse::<SocketAddr>().unwrap(),
+    }
+}
+
+fn run_cut(sc: &Script, cut: Cut) -> (EngineStats, Found) {
+    let mut e = Engine::new(sc.cfg);
+    let id = FlowId(42);
+    e.open(id, &key(), sc.opening, 1);
+    let mut off = [0u64; 2];
+    let mut rng = Rng(match cut {
+        Cut::Random(s) => s.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1,
+        _ => 1,
+    });
+    let mut found = Vec::new();
+    for (t, ev) in sc.evs.iter().enumerate() {
+        let ts = 10 + t as u64;
+        match ev {
+            Ev::Data(d, b) => {
+                let mut rest: &[u8] = b;
+                while !rest.is_empty() {
+                    let n = match cut {
+                        Cut::Whole => rest.len(),
+                        Cut::Bytes => 1,
+                        Cut::Random(_) => {
+                            let r = rng.next();
+                            // Mostly small pieces, sometimes large ones.
+                            let max = if r & 3 == 0 { 4096 } else { 24 };
+                            1 + (r >> 8) as usize % max
+                        }
+                    }
+                    .min(rest.len());
+                    e.data(id, *d, off[d.index()], &rest[..n], ts);
+                    off[d.index()] += n as u64;
+                    rest = &rest[n..];
+                }
+            }
+            Ev::Gap(d, n) => {
+                e.gap(id, *d, off[d.index()], *n, ts);
+                off[d.index()] += n;
+            }
+        }
+        found.extend(e.drain_findings().map(|f| (f.dir, f.kind, f.offset)));
+    }
+    e.close(id, Closing::Fin, 1000);
+    found.extend(e.drain_findings().map(|f| (f.dir, f.kind, f.offset)));
+    assert!(e.connection(id).is_none());
+    (e.stats().clone(), found)
+}
+
+/// Runs `sc` whole, byte by byte and at random cuts; all must agree exactly.
+fn run(sc: &Script) -> (EngineStats, Found) {
+    let (stats, mut found) = run_cut(sc, Cut::Whole);
+    found.sort();
+    let big = sc.evs.iter().map(|e| if let Ev::Data(_, b) = e { b.len() } else { 0 }).sum::<usize>();
+    let mut cuts = vec![Cut::Random(1), Cut::Random(2), Cut::Random(3)];
+    if big < 300_000 {
+        cuts.push(Cut::Bytes);
+    }
+    for cut in cuts {
+        let (s2, mut f2) = run_cut(sc, cut);
+        f2.sort();
+        assert_eq!(s2, stats, "stats differ for {cut:?}");
+        assert_eq!(f2, found, "findings differ for {cut:?}");
+    }
+    (stats, found)
+}
+
+/// Runs `sc` and checks the findings are exactly `want` (direction, kind), in any order.
+fn expect(sc: &Script, want: &[(Direction, Kind)]) -> EngineStats {
+    let (stats, found) = run(sc);
+    let mut got: Vec<(Direction, Kind)> = found.iter().map(|f| (f.0, f.1)).collect();
+    let mut want = want.to_vec();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "findings: {found:?}");
+    for (d, k) in &want {
+        assert!(stats.violation_count_dir(*d, *k) >= 1);
+    }
+    assert_eq!(stats.violations_total(), want.len() as u64);
+    stats
+}
+
+fn clean(sc: &Script) -> EngineStats {
+    expect(sc, &[])
+}
+
+// ----- handshake kinds ------------------------------------------------------------------
+
+#[test]
+fn clean_upgrade_counts_ok() {
+    let mut sc = Script::plain();
+    sc.c(cf(TEXT, "hi")).s(sf(TEXT, "hello"));
+    let st = clean(&sc);
+    assert_eq!(st.upgrades_ok, 1);
+    assert_eq!(st.connections, 1);
+    assert_eq!((st.frames[0].text, st.frames[1].text), (1, 1));
+}
+
+#[test]
+fn handshake_rejected() {
+    let mut sc = Script::handshake();
+    sc.data(C, request("")).data(S, b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n".to_vec());
+    sc.c(cf(TEXT, "ignored"));
+    let st = expect(&sc, &[(S, Kind::HandshakeRejected)]);
+    assert_eq!(st.upgrades_ok, 0);
+}
+
+#[test]
+fn interim_response_is_skipped() {
+    let mut sc = Script::handshake();
+    sc.data(C, request(""));
+    let mut resp = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
+    resp.extend(response(""));
+    sc.data(S, resp).s(sf(TEXT, "ok"));
+    assert_eq!(clean(&sc).upgrades_ok, 1);
+}
+
+#[test]
+fn upgrade_missing() {
+    let mut sc = Script::handshake();
+    sc.data(C, format!("GET /chat HTTP/1.1\r\nHost: x\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n").into_bytes());
+    sc.data(S, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec());
+    sc.data(C, b"GET /again HTTP/1.1\r\nHost: x\r\n\r\n".to_vec());
+    expect(&sc, &[(C, Kind::UpgradeMissing)]);
+}
+
+#[test]
+fn accept_mismatch() {
+    let mut sc = Script::handshake();
+    sc.data(C, request(""));
+    sc.data(
+        S,
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n".to_vec(),
+    );
+    sc.s(sf(TEXT, "frames still parsed"));
+    let st = expect(&sc, &[(S, Kind::AcceptMismatch)]);
+    assert_eq!(st.frames[1].text, 1);
+}
+
+#[test]
+fn bad_handshake_request_version() {
+    let mut sc = Script::handshake();
+    let req = String::from_utf8(request("")).unwrap().replace("Version: 13", "Version: 8");
+    sc.data(C, req.into_bytes());
+    sc.data(S, b"HTTP/1.1 426 Upgrade Required\r\nSec-WebSocket-Version: 13\r\n\r\n".to_vec());
+    expect(&sc, &[(C, Kind::BadHandshake), (S, Kind::HandshakeRejected)]);
+}
+
+#[test]
+fn bad_handshake_request_key() {
+    let mut sc = Script::handshake();
+    let req = String::from_utf8(request("")).unwrap().replace(KEY, "c2hvcnQ=");
+    sc.data(C, req.into_bytes());
+    // The server answers with the accept for the key it got: only the key is at fault.
+    sc.data(
+        S,
+        format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+            accept("c2hvcnQ=")
+        )
+        .into_bytes(),
+    );
+    expect(&sc, &[(C, Kind::BadHandshake)]);
+}
+
+#[test]
+fn bad_handshake_101_without_upgrade_headers() {
+    let mut sc = Script::handshake();
+    sc.data(C, request(""));
+    sc.data(
+        S,
+        format!("HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: {}\r\n\r\n", accept(KEY)).into_bytes(),
+    );
+    sc.s(sf(BIN, vec![1, 2, 3]));
+    expect(&sc, &[(S, Kind::BadHandshake)]);
+}
+
+#[test]
+fn extension_not_offered() {
+    let mut sc = Script::upgraded("", "Sec-WebSocket-Extensions: permessage-deflate\r\n");
+    // The server compresses as it announced: RSV1 is then legal.
+    let mut z = Compress::new(Compression::default(), false);
+    sc.s(sf(TEXT, deflate(&mut z, b"hello")).rsv(4));
+    expect(&sc, &[(S, Kind::ExtensionNotOffered)]);
+}
+
+#[test]
+fn subprotocol_not_offered() {
+    let sc = Script::upgraded("Sec-WebSocket-Protocol: chat, superchat\r\n", "Sec-WebSocket-Protocol: mqtt\r\n");
+    expect(&sc, &[(S, Kind::ExtensionNotOffered)]);
+    let sc = Script::upgraded("Sec-WebSocket-Protocol: chat, superchat\r\n", "Sec-WebSocket-Protocol: superchat\r\n");
+    clean(&sc);
+}
+
+#[test]
+fn handshake_kinds_once_per_connection() {
+    let mut sc = Script::handshake();
+    sc.data(C, request(""));
+    sc.data(S, format!("HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Extensions: x-a, x-b\r\n\r\n").into_bytes());
+    // Missing headers (bad), missing accept (mismatch), two extensions not offered (once).
+    expect(&sc, &[(S, Kind::BadHandshake), (S, Kind::AcceptMismatch), (S, Kind::ExtensionNotOffered)]);
+}
+
+#[test]
+fn tls_on_plain_port() {
+    let mut sc = Script::handshake();
+    sc.data(C, vec![0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xFC, 0x03, 0x03]);
+    sc.data(S, vec![0x16, 0x03, 0x03, 0x00, 0x7A]);
+    sc.data(C, vec![0x17, 0x03, 0x03, 0, 5, 1, 2, 3, 4, 5]);
+    let (st, found) = run(&sc);
+    assert_eq!(found, vec![(C, Kind::TlsOnPlainPort, 0)]);
+    assert_eq!(st.violations_total(), 1);
+}
+
+#[test]
+fn garbage_is_not_websocket_and_silent() {
+    let mut sc = Script::handshake();
+    sc.data(C, b"\x00\x01\x02 not http at all\r\n\r\n".to_vec());
+    sc.data(S, vec![0x88, 0x01, 0x00]);
+    clean(&sc);
+}
+
+// ----- frame kinds ----------------------------------------------------------------------
+
+#[test]
+fn rsv_without_extension() {
+    let mut sc = Script::plain();
+    sc.c(cf(TEXT, "x").rsv(4));
+    expect(&sc, &[(C, Kind::RsvWithoutExtension)]);
+    let mut sc = Script::deflate();
+    sc.s(sf(BIN, vec![1]).rsv(2));
+    expect(&sc, &[(S, Kind::RsvWithoutExtension)]);
+}
+
+#[test]
+fn rsv1_invalid() {
+    let mut z = Compress::new(Compression::default(), false);
+    let body = deflate(&mut z, b"hello hello hello");
+    let (a, b) = body.split_at(3);
+    let mut sc = Script::deflate();
+    sc.s(sf(TEXT, a.to_vec()).fin(false).rsv(4)).s(sf(CONT, b.to_vec()).rsv(4));
+    expect(&sc, &[(S, Kind::Rsv1Invalid)]);
+    let mut sc = Script::deflate();
+    sc.c(cf(PING, "p").rsv(4));
+    expect(&sc, &[(C, Kind::Rsv1Invalid)]);
+}
+
+#[test]
+fn reserved_opcode() {
+    let mut sc = Script::plain();
+    sc.s(sf(3, "x")).s(sf(TEXT, "after"));
+    let st = expect(&sc, &[(S, Kind::ReservedOpcode)]);
+    assert_eq!((st.frames[1].reserved, st.frames[1].text), (1, 1));
+    let mut sc = Script::plain();
+    sc.c(cf(0xB, ""));
+    expect(&sc, &[(C, Kind::ReservedOpcode)]);
+}
+
+#[test]
+fn unmasked_client_frame() {
+    let mut sc = Script::plain();
+    sc.c(Fr::new(TEXT, "no mask")).c(cf(TEXT, "ok"));
+    expect(&sc, &[(C, Kind::UnmaskedClientFrame)]);
+}
+
+#[test]
+fn masked_server_frame() {
+    let mut sc = Script::plain();
+    sc.s(sf(BIN, vec![9; 10]).masked());
+    expect(&sc, &[(S, Kind::MaskedServerFrame)]);
+}
+
+#[test]
+fn control_too_long() {
+    let mut sc = Script::plain();
+    sc.c(cf(PING, vec![7u8; 126]));
+    expect(&sc, &[(C, Kind::ControlTooLong)]);
+}
+
+#[test]
+fn control_fragmented() {
+    let mut sc = Script::plain();
+    sc.s(sf(PONG, "x").fin(false));
+    expect(&sc, &[(S, Kind::ControlFragmented)]);
+}
+
+#[test]
+fn orphan_continuation() {
+    let mut sc = Script::plain();
+    sc.c(cf(CONT, "lost").fin(false)).c(cf(CONT, "rest")).c(cf(TEXT, "fine"));
+    expect(&sc, &[(C, Kind::OrphanContinuation)]);
+}
+
+#[test]
+fn interleaved_data_frame() {
+    let mut sc = Script::plain();
+    sc.s(sf(TEXT, "part").fin(false)).s(sf(BIN, vec![1, 2]));
+    expect(&sc, &[(S, Kind::InterleavedDataFrame)]);
+}
+
+#[test]
+fn non_minimal_length() {
+    let mut sc = Script::plain();
+    sc.s(sf(BIN, vec![0; 5]).form(Form::Ext16));
+    expect(&sc, &[(S, Kind::NonMinimalLength)]);
+    let mut sc = Script::plain();
+    sc.c(cf(BIN, vec![0; 1000]).form(Form::Ext64)).c(cf(TEXT, "still in sync"));
+    expect(&sc, &[(C, Kind::NonMinimalLength)]);
+}
+
+#[test]
+fn length_msb_set() {
+    let mut sc = Script::plain();
+    sc.s(sf(BIN, vec![]).claim(1 << 63)).s(sf(TEXT, "unsynced now"));
+    let st = expect(&sc, &[(S, Kind::LengthMsbSet)]);
+    assert_eq!(st.desyncs, 1);
+}
+
+#[test]
+fn oversized_frame() {
+    let mut sc = Script::plain();
+    sc.cfg.max_frame_size = 1000;
+    sc.c(cf(BIN, vec![1; 1000])).c(cf(BIN, vec![1; 1001])).c(cf(TEXT, "next"));
+    let st = expect(&sc, &[(C, Kind::OversizedFrame)]);
+    assert_eq!(st.frames[0].binary, 2);
+}
+
+// ----- payload kinds --------------------------------------------------------------------
+
+#[test]
+fn invalid_utf8_text() {
+    let mut sc = Script::plain();
+    sc.c(cf(TEXT, vec![b'a', 0xFF, b'b']));
+    expect(&sc, &[(C, Kind::InvalidUtf8Text)]);
+    // Truncated at the end of the message, split over fragments.
+    let mut sc = Script::plain();
+    sc.s(sf(TEXT, "ok €".as_bytes()[..4].to_vec()).fin(false)).s(sf(CONT, "€".as_bytes()[..2].to_vec()));
+    expect(&sc, &[(S, Kind::InvalidUtf8Text)]);
+    // Once per message even with several bad fragments.
+    let mut sc = Script::plain();
+    sc.c(cf(TEXT, vec![0xFF]).fin(false)).c(cf(CONT, vec![0xFE]).fin(false)).c(cf(CONT, vec![0xC0]));
+    sc.c(cf(TEXT, "next message fine"));
+    let (_, found) = run(&sc);
+    assert_eq!(found.len(), 1);
+    // The finding points at the message's first frame.
+    let first = request("").len() as u64;
+    assert_eq!(found[0], (C, Kind::InvalidUtf8Text, first));
+}
+
+#[test]
+fn invalid_utf8_in_compressed_text() {
+    let mut z = Compress::new(Compression::default(), false);
+    let mut sc = Script::deflate();
+    sc.s(sf(TEXT, deflate(&mut z, "fine ✓".as_bytes())).rsv(4));
+    sc.s(sf(TEXT, deflate(&mut z, &[b'x', 0xC3, 0x28])).rsv(4));
+    sc.s(sf(TEXT, deflate(&mut z, "fine again ✓ fine".as_bytes())).rsv(4));
+    expect(&sc, &[(S, Kind::InvalidUtf8Text)]);
+}
+
+#[test]
+fn invalid_close_payload() {
+    let mut sc = Script::plain();
+    sc.c(cf(CLOSE, vec![3]));
+    expect(&sc, &[(C, Kind::InvalidClosePayload)]);
+}
+
+#[test]
+fn invalid_close_code() {
+    for code in [1005u16, 999, 1004, 1006, 1015, 2999, 5000] {
+        let mut sc = Script::plain();
+        sc.s(sf(CLOSE, close_body(code, b"")));
+        let st = expect(&sc, &[(S, Kind::InvalidCloseCode)]);
+        assert_eq!(st.close_codes.get(&code), Some(&1));
+    }
+}
+
+#[test]
+fn invalid_close_reason() {
+    let mut sc = Script::plain();
+    sc.c(cf(CLOSE, close_body(1000, &[b'b', 0xFF])));
+    expect(&sc, &[(C, Kind::InvalidCloseReason)]);
+}
+
+#[test]
+fn data_after_close() {
+    let mut sc = Script::plain();
+    sc.c(cf(CLOSE, close_body(1000, b""))).c(cf(TEXT, "late")).c(cf(PING, ""));
+    sc.s(sf(TEXT, "server may still send")).s(sf(CLOSE, close_body(1000, b"")));
+    let st = expect(&sc, &[(C, Kind::DataAfterClose)]);
+    assert_eq!(st.close_codes.get(&1000), Some(&2));
+}
+
+// ----- stream kinds ---------------------------------------------------------------------
+
+#[test]
+fn http_in_stream() {
+    let mut sc = Script::plain();
+    sc.c(cf(TEXT, "hi"));
+    sc.data(C, b"GET /next HTTP/1.1\r\nHost: example.com\r\n\r\n".to_vec());
+    sc.data(S, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec());
+    let (st, found) = run(&sc);
+    let at = (request("").len() + cf(TEXT, "hi").enc().len()) as u64;
+    assert_eq!(found, vec![(C, Kind::HttpInStream, at)]);
+    assert_eq!(st.desyncs, 2);
+    assert_eq!(st.violations_total(), 1);
+}
+
+// ----- legal look-alikes ------------------------------------------------------------------
+
+#[test]
+fn ping_between_fragments_and_unsolicited_pong() {
+    let mut sc = Script::plain();
+    sc.c(cf(TEXT, "frag ").fin(false)).c(cf(PING, "p")).c(cf(CONT, "mid ").fin(false)).c(cf(PONG, ""));
+    sc.c(cf(CONT, "end"));
+    sc.s(sf(PONG, "unsolicited")).s(sf(BIN, vec![1]).fin(false)).s(sf(PING, "")).s(sf(CONT, vec![2]));
+    let st = clean(&sc);
+    assert_eq!(st.frames[0], FrameCounts { text: 1, continuation: 2, ping: 1, pong: 1, ..FrameCounts::default() });
+    assert_eq!(st.frames[1], FrameCounts { binary: 1, continuation: 1, ping: 1, pong: 1, ..FrameCounts::default() });
+}
+
+#[test]
+fn zero_length_frames() {
+    let mut sc = Script::plain();
+    sc.c(cf(TEXT, "")).c(cf(BIN, "")).c(cf(PING, "")).c(cf(TEXT, "").fin(false)).c(cf(CONT, ""));
+    sc.s(sf(TEXT, "")).s(sf(PONG, "")).s(sf(CLOSE, "")).data(C, cf(CLOSE, "").enc());
+    let st = clean(&sc);
+    assert_eq!(st.frames[0].total(), 6);
+    assert_eq!(st.frames[1].total(), 3);
+}
+
+#[test]
+fn boundary_lengths_minimally_encoded() {
+    let mut sc = Script::plain();
+    for n in [0usize, 1, 125, 126, 127, 65535, 65536, 70000] {
+        sc.c(cf(BIN, vec![0xA5; n])).s(sf(BIN, vec![0x5A; n]));
+        sc.s(sf(TEXT, "é".repeat(n / 2).into_bytes()));
+    }
+    let st = clean(&sc);
+    assert_eq!(st.frames[0].binary, 8);
+    assert_eq!(st.frames[1].text, 8);
+}
+
+#[test]
+fn rsv1_on_first_frame_with_deflate() {
+    let mut zc = Compress::new(Compression::default(), false);
+    let mut zs = Compress::new(Compression::default(), false);
+    let mut sc = Script::deflate();
+    for i in 0..5 {
+        let msg = format!("message {i}: ünïcödé text repeated repeated repeated");
+        let z = deflate(&mut zc, msg.as_bytes());
+        let (a, b) = z.split_at(z.len() / 2);
+        // Compressed, fragmented: RSV1 only on the first frame.
+        sc.c(cf(TEXT, a.to_vec()).fin(false).rsv(4)).c(cf(CONT, b.to_vec()));
+        sc.s(sf(TEXT, deflate(&mut zs, msg.as_bytes())).rsv(4));
+        // Uncompressed messages are allowed too.
+        sc.s(sf(TEXT, msg.clone()));
+        sc.s(sf(BIN, deflate(&mut zs, &[0u8, 1, 2, 3, 255])).rsv(4));
+    }
+    let st = clean(&sc);
+    assert_eq!(st.upgrades_ok, 1);
+    assert_eq!(st.frames[1].text, 10);
+}
+
+#[test]
+fn deflate_no_context_takeover() {
+    let mut sc = Script::upgraded(
+        "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
+        "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n",
+    );
+    for i in 0..4 {
+        let mut z = Compress::new(Compression::default(), false);
+        let msg = format!("fresh context {i} ✓");
+        sc.s(sf(TEXT, deflate(&mut z, msg.as_bytes())).rsv(4));
+        let mut z = Compress::new(Compression::default(), false);
+        sc.c(cf(TEXT, deflate(&mut z, msg.as_bytes())).rsv(4));
+    }
+    let mut z = Compress::new(Compression::default(), false);
+    sc.c(cf(TEXT, deflate(&mut z, &[0xE2, 0x82])).rsv(4));
+    expect(&sc, &[(C, Kind::InvalidUtf8Text)]);
+}
+
+#[test]
+fn close_codes_legal() {
+    let mut sc = Script::plain();
+    sc.c(cf(CLOSE, close_body(1000, "bye ✓ — à bientôt".as_bytes())));
+    sc.s(sf(CLOSE, close_body(4000, b"app")));
+    let st = clean(&sc);
+    assert_eq!(st.close_codes.len(), 2);
+    for code in [1001u16, 1003, 1007, 1011, 1014, 3000, 4999] {
+        let mut sc = Script::plain();
+        sc.s(sf(CLOSE, close_body(code, b"")));
+        clean(&sc);
+    }
+}
+
+#[test]
+fn multibyte_text_split_across_fragments_and_deliveries() {
+    let text = "añ€𝄞".repeat(20);
+    let b = text.as_bytes();
+    let mut sc = Script::plain();
+    // Cut inside multi-byte characters: 𝄞 is 4 bytes.
+    sc.c(cf(TEXT, b[..2].to_vec()).fin(false)).c(cf(CONT, b[2..7].to_vec()).fin(false));
+    sc.c(cf(CONT, b[7..].to_vec()));
+    sc.s(sf(TEXT, b[..6].to_vec()).fin(false)).s(sf(PING, "")).s(sf(CONT, b[6..].to_vec()));
+    clean(&sc);
+}
+
+#[test]
+fn connection_view_states() {
+    let mut e = Engine::default();
+    let id = FlowId(1);
+    e.open(id, &key(), Opening::Handshake, 5);
+    assert_eq!(e.connection(id).unwrap().state, ConnState::Handshake);
+    let req = request("");
+    e.data(id, C, 0, &req, 6);
+    let resp = response("Sec-WebSocket-Protocol: \r\n");
+    e.data(id, S, 0, &resp, 7);
+    assert_eq!(e.connection(id).unwrap().state, ConnState::Open);
+    let close = cf(CLOSE, close_body(1001, b"")).enc();
+    e.data(id, C, req.len() as u64, &close, 8);
+    let v = e.connection(id).unwrap();
+    assert_eq!((v.state, v.last_close_code, v.frames), (ConnState::Closing, Some(1001), [1, 0]));
+    let close = sf(CLOSE, close_body(1000, b"")).enc();
+    e.data(id, S, resp.len() as u64, &close, 9);
+    assert_eq!(e.connection(id).unwrap().state, ConnState::Closed);
+    assert_eq!(e.connections().count(), 1);
+    e.close(id, Closing::Fin, 10);
+    assert_eq!(e.connections().count(), 0);
+    assert_eq!(e.stats().frames[0].close, 1);
+}
+
+#[test]
+fn finding_carries_header_bytes() {
+    let mut e = Engine::default();
+    let id = FlowId(3);
+    e.open(id, &key(), Opening::Handshake, 0);
+    let req = request("");
+    e.data(id, C, 0, &req, 1);
+    e.data(id, S, 0, &response(""), 2);
+    e.data(id, C, req.len() as u64, &Fr::new(TEXT, "x").enc(), 3);
+    let f: Vec<Finding> = e.drain_findings().collect();
+    assert_eq!(f.len(), 1);
+    assert_eq!((f[0].kind, f[0].dir, f[0].offset, f[0].header.hex().as_str()), (Kind::UnmaskedClientFrame, C, req.len() as u64, "8101"));
+    assert_eq!(f[0].key, key());
+    assert_eq!(f[0].ts_ns, 3);
+}
+
+// ----- delivery splits ------------------------------------------------------------------
+
+/// A long mixed conversation, violations included, is reported identically however it
+/// is cut (`run` checks whole / byte-by-byte / random cuts agree).
+#[test]
+fn every_split_gives_identical_results() {
+    let mut zc = Compress::new(Compression::default(), false);
+    let mut sc = Script::deflate();
+    for i in 0..30u32 {
+        let s = format!("msg {i} ✓ {}", "x".repeat(i as usize * 37));
+        sc.c(cf(TEXT, deflate(&mut zc, s.as_bytes())).rsv(4));
+        sc.s(sf(BIN, vec![i as u8; (i * 811) as usize % 3000]));
+        if i % 7 == 3 {
+            sc.s(sf(3, "bad"));
+            sc.c(cf(TEXT, vec![0xFF, 0xFE]));
+            sc.c(cf(PING, vec![0; 130]));
+        }
+    }
+    sc.c(cf(CLOSE, close_body(1000, b""))).s(sf(CLOSE, close_body(1000, b"")));
+    let (st, found) = run(&sc);
+    assert_eq!(st.violation_count(Kind::ReservedOpcode), 4);
+    assert_eq!(st.violation_count(Kind::InvalidUtf8Text), 4);
+    assert_eq!(st.violation_count(Kind::ControlTooLong), 4);
+    assert_eq!(found.len(), 12);
+}
+
+// ----- gaps and resync ----------------------------------------------------------------------
+
+/// Many ordinary frames, alternating kinds and sizes.
+fn traffic(sc: &mut Script, dir: Direction, n: usize, seed: u64) {
+    let mut rng = Rng(seed | 1);
+    for i in 0..n {
+        let r = rng.next();
+        let len = match r % 5 {
+            0 => (r >> 8) as usize % 10,
+            1 => (r >> 8) as usize % 200,
+            2 => 126 + (r >> 8) as usize % 2000,
+            _ => (r >> 8) as usize % 60,
+        };
+        let payload: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        let f = if i % 9 == 4 {
+            Fr::new(PING, payload.get(..len.min(100)).unwrap_or(&[]).to_vec())
+        } else if i % 3 == 0 {
+            Fr::new(TEXT, "ü".repeat(len / 2).into_bytes())
+        } else {
+            Fr::new(BIN, payload)
+        };
+        let f = if dir == C { f.masked() } else { f };
+        sc.data(dir, f.enc());
+    }
+}
+
+#[test]
+fn gap_inside_payload_stays_in_sync() {
+    let mut sc = Script::plain();
+    let big = cf(BIN, vec![3u8; 1000]).enc();
+    sc.data(C, big[..300].to_vec()).gap(C, 500).data(C, big[800..].to_vec());
+    // Text whose invalid byte falls in a gap is not reported, nor is the message.
+    let t = sf(TEXT, "aaaa\u{FFFF}bbbb".as_bytes().iter().map(|&b| if b == 0xEF { 0xFF } else { b }).collect::<Vec<u8>>()).enc();
+    sc.data(S, t[..4].to_vec()).gap(S, 4).data(S, t[8..].to_vec());
+    // A gap ending exactly at the end of a payload keeps sync too.
+    let b2 = sf(BIN, vec![1u8; 50]).enc();
+    sc.data(S, b2[..10].to_vec()).gap(S, 42);
+    traffic(&mut sc, C, 20, 5);
+    traffic(&mut sc, S, 20, 6);
+    sc.c(Fr::new(TEXT, "unmasked: still detected"));
+    let st = expect(&sc, &[(C, Kind::UnmaskedClientFrame)]);
+    assert_eq!((st.desyncs, st.resyncs), (0, 0));
+    assert_eq!(st.frames[0].total(), 22);
+    assert_eq!(st.frames[1].total(), 22);
+}
+
+#[test]
+fn gap_over_header_desyncs_then_resyncs() {
+    for dir in [C, S] {
+        let mut sc = Script::plain();
+        traffic(&mut sc, dir, 10, 11);
+        let f = if dir == C { cf(BIN, vec![9u8; 300]) } else { sf(BIN, vec![9u8; 300]) };
+        let f = f.enc();
+        // Lose the end of one frame and the header of the next.
+        sc.data(dir, f[..100].to_vec()).gap(dir, f.len() as u64 - 100 + 3);
+        let g = if dir == C { cf(BIN, vec![1u8; 40]) } else { sf(BIN, vec![1u8; 40]) }.enc();
+        sc.data(dir, g[3..].to_vec());
+        traffic(&mut sc, dir, 60, 12);
+        let (st, found) = run(&sc);
+        assert!(found.is_empty(), "{found:?}");
+        assert_eq!((st.desyncs, st.resyncs), (1, 1), "{dir:?}");
+        let counted = st.frames[dir.index()].total();
+        assert!((10 + 40..=10 + 61).contains(&counted), "{counted}");
+    }
+}
+
+#[test]
+fn violations_reported_again_after_probation() {
+    let mut sc = Script::plain();
+    sc.gap(C, 7);
+    traffic(&mut sc, C, 40, 3);
+    sc.c(Fr::new(TEXT, "unmasked"));
+    let st = expect(&sc, &[(C, Kind::UnmaskedClientFrame)]);
+    assert_eq!((st.desyncs, st.resyncs), (1, 1));
+}
+
+#[test]
+fn mid_stream_resyncs_without_findings() {
+    let mut full = Script::mid();
+    traffic(&mut full, S, 80, 21);
+    traffic(&mut full, C, 80, 22);
+    // Start every few bytes into the server stream.
+    let Ev::Data(_, first) = &full.evs[0] else { unreachable!() };
+    for cut in [0usize, 1, 2, 5, 9] {
+        let mut sc = full.clone();
+        sc.evs[0] = Ev::Data(S, first[cut.min(first.len())..].to_vec());
+        let (st, found) = run(&sc);
+        assert!(found.is_empty(), "{found:?}");
+        assert_eq!(st.resyncs, 2, "cut {cut}");
+        assert_eq!(st.desyncs, 0);
+    }
+}
+
+#[test]
+fn mid_stream_does_not_report_rsv_or_state_kinds() {
+    let mut sc = Script::mid();
+    // Starts inside a fragmented message: continuation first, RSV1 (maybe deflate).
+    sc.s(sf(CONT, "tail of message").fin(false)).s(sf(CONT, "end"));
+    for i in 0..30 {
+        sc.s(sf(TEXT, format!("compressed? {i}")).rsv(4));
+    }
+    let st = clean(&sc);
+    assert_eq!(st.resyncs, 1);
+    assert_eq!(st.frames[1].total(), 32);
+}
+
+#[test]
+fn large_frames_resync_beyond_window() {
+    let mut sc = Script::mid();
+    let mut rng = Rng(99);
+    for _ in 0..12 {
+        let payload: Vec<u8> = (0..150_000).map(|_| rng.next() as u8).collect();
+        sc.s(sf(BIN, payload));
+    }
+    for _ in 0..20 {
+        sc.s(sf(TEXT, "small"));
+    }
+    let Ev::Data(_, first) = &sc.evs[0] else { unreachable!() };
+    sc.evs[0] = Ev::Data(S, first[5000..].to_vec());
+    let (st, found) = run(&sc);
+    assert!(found.is_empty(), "{found:?}");
+    assert_eq!(st.resyncs, 1);
+    assert!(st.frames[1].binary >= 5, "{:?}", st.frames[1]);
+}
+
+#[test]
+fn client_reusing_one_key_never_resyncs_and_stays_silent() {
+    let mut sc = Script::mid();
+    for i in 0..40u8 {
+        sc.c(Fr::new(BIN, vec![i; 20]).key([1, 2, 3, 4]));
+    }
+    let st = clean(&sc);
+    assert_eq!((st.resyncs, st.frames[0].total()), (0, 0));
+}
+
+#[test]
+fn handshake_gap_falls_back_to_scanning() {
+    let mut sc = Script::handshake();
+    let req = request("");
+    sc.data(C, req[..20].to_vec()).gap(C, (req.len() - 20) as u64);
+    sc.data(S, response(""));
+    traffic(&mut sc, C, 30, 8);
+    traffic(&mut sc, S, 30, 9);
+    let (st, found) = run(&sc);
+    assert!(found.is_empty(), "{found:?}");
+    assert_eq!(st.desyncs, 2);
+    assert_eq!(st.resyncs, 2);
+}
+
+// ----- property tests -----------------------------------------------------------------------
+
+/// One message of generated valid traffic.
+#[derive(Clone, Debug)]
+enum Gen {
+    Text(String, usize),
+    Binary(Vec<u8>, usize),
+    Ping(Vec<u8>),
+    Pong(Vec<u8>),
+}
+
+fn gen_msg() -> impl Strategy<Value = Gen> {
+    prop_oneof![
+        ("\\PC{0,80}", 1usize..4).prop_map(|(s, n)| Gen::Text(s, n)),
+        (prop::collection::vec(any::<u8>(), 0..300), 1usize..4).prop_map(|(b, n)| Gen::Binary(b, n)),
+        (prop::sample::select(vec![125usize, 126, 127, 65535, 65536]), 1usize..3)
+            .prop_map(|(len, n)| Gen::Binary(vec![0xAB; len], n)),
+        prop::collection::vec(any::<u8>(), 0..=125).prop_map(Gen::Ping),
+        prop::collection::vec(any::<u8>(), 0..=125).prop_map(Gen::Pong),
+    ]
+}
+
+/// Encodes messages into frames (fragmenting at char-agnostic byte cuts, a ping between
+/// fragments), returning the bytes and the expected counts.
+fn encode_msgs(msgs: &[Gen], dir: Direction) -> (Vec<u8>, FrameCounts) {
+    encode_msgs_with(msgs, dir, None)
+}
+
+/// Like [`encode_msgs`], compressing every data message when `z` is given.
+fn encode_msgs_with(msgs: &[Gen], dir: Direction, mut z: Option<&mut Compress>) -> (Vec<u8>, FrameCounts) {
+    let mut out = Vec::new();
+    let mut counts = FrameCounts::default();
+    let mk = |op: u8, fin: bool, p: &[u8]| {
+        let f = Fr::new(op, p.to_vec()).fin(fin);
+        if dir == C { f.masked() } else { f }.enc()
+    };
+    for m in msgs {
+        let (op, bytes, n) = match m {
+            Gen::Text(s, n) => (TEXT, s.as_bytes().to_vec(), *n),
+            Gen::Binary(b, n) => (BIN, b.clone(), *n),
+            Gen::Ping(p) => {
+                out.extend(mk(PING, true, p));
+                counts.ping += 1;
+                continue;
+            }
+            Gen::Pong(p) => {
+                out.extend(mk(PONG, true, p));
+                counts.pong += 1;
+                continue;
+            }
+        };
+        let (bytes, rsv) = match z.as_deref_mut() {
+            Some(z) => (deflate(z, &bytes), 4),
+            None => (bytes, 0),
+        };
+        let step = bytes.len().div_ceil(n.max(1)).max(1);
+        let chunks: Vec<&[u8]> = if bytes.is_empty() { vec![&[][..]] } else { bytes.chunks(step).collect() };
+        for (i, c) in chunks.iter().enumerate() {
+            let last = i + 1 == chunks.len();
+            let f = Fr::new(if i == 0 { op } else { CONT }, c.to_vec()).fin(last).rsv(if i == 0 { rsv } else { 0 });
+            out.extend(if dir == C { f.masked() } else { f }.enc());
+            if i > 0 {
+                counts.continuation += 1;
+            } else if op == TEXT {
+                counts.text += 1;
+            } else {
+                counts.binary += 1;
+            }
+            if !last && i == 0 {
+                out.extend(mk(PING, true, b"between"));
+                counts.ping += 1;
+            }
+        }
+    }
+    (out, counts)
+}
+
+/// Feeds `bytes` in pieces of the given sizes (cycled).
+fn feed_cut(e: &mut Engine, id: FlowId, dir: Direction, start: u64, bytes: &[u8], cuts: &[usize]) -> u64 {
+    let mut off = start;
+    let mut rest = bytes;
+    let mut i = 0;
+    while !rest.is_empty() {
+        let n = cuts.get(i % cuts.len().max(1)).copied().unwrap_or(rest.len()).clamp(1, rest.len());
+        e.data(id, dir, off, &rest[..n], off);
+        off += n as u64;
+        rest = &rest[n..];
+        i += 1;
+    }
+    off
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(96),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn valid_traffic_round_trips_under_any_segmentation(
+        cmsgs in prop::collection::vec(gen_msg(), 0..25),
+        smsgs in prop::collection::vec(gen_msg(), 0..25),
+        ccuts in prop::collection::vec(1usize..700, 1..20),
+        scuts in prop::collection::vec(1usize..700, 1..20),
+    ) {
+        let (cb, cc) = encode_msgs(&cmsgs, C);
+        let (sb, scn) = encode_msgs(&smsgs, S);
+        let mut e = Engine::default();
+        let id = FlowId(9);
+        e.open(id, &key(), Opening::Handshake, 0);
+        let co = feed_cut(&mut e, id, C, 0, &request(""), &ccuts);
+        let so = feed_cut(&mut e, id, S, 0, &response(""), &scuts);
+        feed_cut(&mut e, id, C, co, &cb, &ccuts);
+        feed_cut(&mut e, id, S, so, &sb, &scuts);
+        e.close(id, Closing::Fin, 1);
+        let found: Vec<Finding> = e.drain_findings().collect();
+        prop_assert!(found.is_empty(), "{:?}", found);
+        prop_assert_eq!(e.stats().frames[0], cc);
+        prop_assert_eq!(e.stats().frames[1], scn);
+        prop_assert_eq!(e.stats().desyncs, 0);
+    }
+
+    #[test]
+    fn valid_traffic_joined_mid_stream_raises_nothing(
+        smsgs in prop::collection::vec(gen_msg(), 20..50),
+        cmsgs in prop::collection::vec(gen_msg(), 20..50),
+        sskip in 0usize..400,
+        cskip in 0usize..400,
+        cuts in prop::collection::vec(1usize..300, 1..10),
+    ) {
+        let (sb, _) = encode_msgs(&smsgs, S);
+        let (cb, _) = encode_msgs(&cmsgs, C);
+        let mut e = Engine::default();
+        let id = FlowId(10);
+        e.open(id, &key(), Opening::MidStream, 0);
+        feed_cut(&mut e, id, S, 0, &sb[sskip.min(sb.len())..], &cuts);
+        feed_cut(&mut e, id, C, 0, &cb[cskip.min(cb.len())..], &cuts);
+        e.close(id, Closing::Fin, 1);
+        let found: Vec<Finding> = e.drain_findings().collect();
+        prop_assert!(found.is_empty(), "{:?}", found);
+    }
+
+    #[test]
+    fn valid_traffic_with_gaps_raises_nothing(
+        cmsgs in prop::collection::vec(gen_msg(), 10..40),
+        smsgs in prop::collection::vec(gen_msg(), 10..40),
+        gaps in prop::collection::vec((any::<bool>(), any::<u32>(), 1u64..3000), 1..4),
+        cuts in prop::collection::vec(1usize..500, 1..10),
+        compress in any::<bool>(),
+    ) {
+        let ext = if compress { "Sec-WebSocket-Extensions: permessage-deflate\r\n" } else { "" };
+        let mut zc = Compress::new(Compression::fast(), false);
+        let mut zs = Compress::new(Compression::fast(), false);
+        let mut cb = request(ext);
+        cb.extend(encode_msgs_with(&cmsgs, C, compress.then_some(&mut zc)).0);
+        let mut sb = response(ext);
+        sb.extend(encode_msgs_with(&smsgs, S, compress.then_some(&mut zs)).0);
+        let mut e = Engine::default();
+        let id = FlowId(12);
+        e.open(id, &key(), Opening::Handshake, 0);
+        for (d, bytes) in [(C, &cb), (S, &sb)] {
+            let mut holes: Vec<(u64, u64)> = gaps
+                .iter()
+                .filter(|g| g.0 == (d == S))
+                .map(|g| (u64::from(g.1) % bytes.len() as u64, g.2))
+                .collect();
+            holes.sort();
+            let mut off = 0u64;
+            for (at, len) in holes {
+                if at < off { continue; }
+                off = feed_cut(&mut e, id, d, off, &bytes[off as usize..at as usize], &cuts);
+                let len = len.min(bytes.len() as u64 - off);
+                e.gap(id, d, off, len, 0);
+                off += len;
+            }
+            feed_cut(&mut e, id, d, off, &bytes[off as usize..], &cuts);
+        }
+        e.close(id, Closing::Fin, 1);
+        let found: Vec<Finding> = e.drain_findings().collect();
+        prop_assert!(found.is_empty(), "{:?}", found);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(
+        ops in prop::collection::vec((any::<bool>(), any::<bool>(), prop::collection::vec(any::<u8>(), 0..200), 0u64..50), 0..40),
+        handshake in any::<bool>(),
+        prefix in any::<bool>(),
+    ) {
+        let mut e = Engine::new(EngineConfig { max_frame_size: 1000 });
+        let id = FlowId(11);
+        e.open(id, &key(), if handshake { Opening::Handshake } else { Opening::MidStream }, 0);
+        let mut off = [0u64; 2];
+        if prefix && handshake {
+            let r = request("Sec-WebSocket-Extensions: permessage-deflate\r\n");
+            e.data(id, C, 0, &r, 0);
+            off[0] = r.len() as u64;
+            let r = response("Sec-WebSocket-Extensions: permessage-deflate\r\n");
+            e.data(id, S, 0, &r, 0);
+            off[1] = r.len() as u64;
+        }
+        for (server, is_gap, bytes, gap) in ops {
+            let d = if server { S } else { C };
+            if is_gap {
+                e.gap(id, d, off[d.index()], gap, 0);
+                off[d.index()] += gap;
+            } else {
+                e.data(id, d, off[d.index()], &bytes, 0);
+                off[d.index()] += bytes.len() as u64;
+            }
+            let _ = e.connection(id).map(|v| v.state);
+        }
+        e.close(id, Closing::Rst, 0);
+        let _ = e.drain_findings().count();
+    }
+
+    #[test]
+    fn arbitrary_frames_split_identically(
+        frames in prop::collection::vec((any::<u8>(), any::<u8>(), prop::collection::vec(any::<u8>(), 0..140), any::<bool>()), 0..30),
+        cut_seed in 1u64..1000,
+    ) {
+        let mut sc = Script::deflate();
+        for (b0, op, payload, masked) in frames {
+            let mut f = Fr::new(op & 0x0F, payload).fin(b0 & 0x80 != 0).rsv((b0 >> 4) & 7);
+            if masked { f = f.masked(); }
+            sc.c(f.clone());
+            f.key = None;
+            sc.s(f);
+        }
+        let (st, mut found) = run_cut(&sc, Cut::Whole);
+        let (st2, mut found2) = run_cut(&sc, Cut::Random(cut_seed));
+        found.sort();
+        found2.sort();
+        prop_assert_eq!(st, st2);
+        prop_assert_eq!(found, found2);
+    }
+}
