@@ -14,7 +14,7 @@ pub struct Cli {
     pub iface: Option<String>,
 
     /// TCP port serving WebSocket traffic; repeat for more (up to 16).
-    #[arg(long = "port", short = 'p', required = true, value_parser = parse_port)]
+    #[arg(long = "port", short = 'p', value_name = "PORT", required = true, value_parser = parse_port)]
     pub ports: Vec<u16>,
 
     #[command(flatten)]

@@ -57,18 +57,21 @@ impl Default for ReassemblyConfig {
 
 /// Counters since the reassembler was created.
 ///
-/// Every opened connection ends in exactly one of `flows_closed` (FIN, RST, end of
-/// capture) or `flows_evicted` (idle, table cap, or replaced by a new SYN before both FINs).
+/// Every opened connection ends in exactly one of `flows_closed` (FIN, RST),
+/// `flows_evicted` (idle, table cap, or replaced by a new SYN before both FINs) or
+/// `flows_open_at_end` (still open when capture ended).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ReassemblyStats {
     /// Segments handed to [`Reassembler::segment`].
     pub segments: u64,
     /// Connections opened (`StreamSink::open` calls).
     pub flows_opened: u64,
-    /// Connections closed by FIN, RST or end of capture.
+    /// Connections closed by FIN or RST.
     pub flows_closed: u64,
     /// Connections closed as `Closing::Evicted`.
     pub flows_evicted: u64,
+    /// Connections still open when capture ended (closed with `Closing::CaptureEnded`).
+    pub flows_open_at_end: u64,
     /// `StreamSink::gap` calls.
     pub gaps: u64,
     /// Bytes reported as gaps.
@@ -656,7 +659,10 @@ impl Reassembler {
         sink.close(flow.id, closing, ts);
         match closing {
             Closing::Evicted => bump(&mut self.stats.flows_evicted, 1),
-            _ => bump(&mut self.stats.flows_closed, 1),
+            // Still open on the wire: neither closed nor evicted, so that
+            // opened - closed - evicted = connections open when capture ended.
+            Closing::CaptureEnded => bump(&mut self.stats.flows_open_at_end, 1),
+            Closing::Fin | Closing::Rst => bump(&mut self.stats.flows_closed, 1),
         }
         true
     }
@@ -1154,7 +1160,7 @@ mod tests {
         assert!(rec.gaps(id, ToClient).is_empty());
         assert_eq!(rec.closes(), vec![(id, Closing::CaptureEnded)]);
         assert_eq!(r.open_flows(), 0);
-        assert_eq!(r.stats().flows_closed, 1);
+        assert_eq!((r.stats().flows_closed, r.stats().flows_open_at_end), (0, 1));
     }
 
     #[test]
@@ -1455,7 +1461,7 @@ mod tests {
                 prop_assert_eq!(r.open_flows(), 0);
                 prop_assert_eq!(rec.opened().len() as u64, st.flows_opened);
                 prop_assert_eq!(rec.closes().len() as u64, st.flows_opened);
-                prop_assert_eq!(st.flows_opened, st.flows_closed + st.flows_evicted);
+                prop_assert_eq!(st.flows_opened, st.flows_closed + st.flows_evicted + st.flows_open_at_end);
                 let (mut data, mut gaps, mut lost) = (0, 0, 0);
                 for e in &rec.events {
                     match e {
