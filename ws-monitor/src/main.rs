@@ -93,6 +93,9 @@ fn monotonic_ns() -> u64 {
 }
 
 async fn live(config: &CaptureConfig, args: &RunArgs) -> anyhow::Result<()> {
+    // Handlers first: a signal that arrives once we are attached must detach cleanly.
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut capture = Capture::start(config)?;
     let ports: Vec<String> = config.ports.iter().map(u16::to_string).collect();
     eprintln!(
@@ -114,8 +117,6 @@ async fn live(config: &CaptureConfig, args: &RunArgs) -> anyhow::Result<()> {
         Err(_) => bad_records += 1,
     };
 
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let deadline = args.duration.map(|d| Instant::now() + Duration::from_secs_f64(d.max(0.0)));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let stats_every = (args.stats_interval > 0.0).then(|| Duration::from_secs_f64(args.stats_interval));

@@ -336,7 +336,7 @@ fn fits_offer(r: &DeflateParams, offer: &[(String, Option<String>)]) -> bool {
     }
     if let Some((_, Some(v))) = find("server_max_window_bits") {
         if let Some(ov) = window_bits(v) {
-            if !r.server_max_window_bits.is_some_and(|rs| rs <= ov) {
+            if r.server_max_window_bits.is_none_or(|rs| rs > ov) {
                 return false;
             }
         }

@@ -366,7 +366,7 @@ mod tests {
             assert!(!k.meaning().is_empty() && !k.likely_cause().is_empty());
             assert!(k.name().bytes().all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit()));
         }
-        assert!(Kind::COUNT <= 32, "KindSet is a u32");
+        const { assert!(Kind::COUNT <= 32, "KindSet is a u32") };
     }
 
     #[test]

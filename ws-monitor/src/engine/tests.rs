@@ -451,7 +451,7 @@ fn subprotocol_not_offered() {
 fn handshake_kinds_once_per_connection() {
     let mut sc = Script::handshake();
     sc.data(C, request(""));
-    sc.data(S, format!("HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Extensions: x-a, x-b\r\n\r\n").into_bytes());
+    sc.data(S, b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Extensions: x-a, x-b\r\n\r\n".to_vec());
     // Missing headers (bad), missing accept (mismatch), two extensions not offered (once).
     expect(&sc, &[(S, Kind::BadHandshake), (S, Kind::AcceptMismatch), (S, Kind::ExtensionNotOffered)]);
 }
