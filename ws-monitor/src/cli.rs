@@ -43,6 +43,14 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     pub stats_interval: f64,
 
+    /// Write every finding as a JSON line to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub events: Option<PathBuf>,
+
+    /// Frames with a larger payload are reported as oversized_frame (K/M/G suffixes).
+    #[arg(long, default_value = "16M", value_parser = parse_size)]
+    pub max_frame_size: u64,
+
     /// Write every reassembled stream to files in DIR (gaps as holes, listed in .gaps files).
     #[arg(long, value_name = "DIR")]
     pub streams_dir: Option<PathBuf>,
@@ -61,7 +69,24 @@ pub struct RunArgs {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Read a pcap or pcapng capture instead of capturing live (no root needed).
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// Capture file (pcap or pcapng; Ethernet, Linux cooked SLL/SLL2 or raw IP).
+    pub file: PathBuf,
+
+    /// WebSocket server port; repeat for more. Without it, ports are found by their
+    /// upgrade handshake.
+    #[arg(long = "port", short = 'p', value_name = "PORT", value_parser = parse_port)]
+    pub ports: Vec<u16>,
+
+    #[command(flatten)]
+    pub run: RunArgs,
+}
 
 fn parse_port(s: &str) -> Result<u16, String> {
     match s.parse::<u16>() {

@@ -8,8 +8,10 @@
 pub mod capture;
 pub mod cli;
 pub mod engine;
+pub mod events;
 pub mod flow;
 pub mod monitor;
 pub mod reassembly;
+pub mod replay;
 pub mod report;
 pub mod streams;

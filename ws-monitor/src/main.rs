@@ -1,15 +1,18 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context as _;
+use anyhow::{bail, Context as _};
 use clap::error::ErrorKind;
 use clap::Parser as _;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::Instant;
 use ws_monitor::capture::{self, Capture, CaptureConfig};
-use ws_monitor::cli::{Cli, RunArgs};
-use ws_monitor::monitor::{Monitor, Sinks};
+use ws_monitor::cli::{Cli, Command, ReplayArgs, RunArgs};
+use ws_monitor::engine::EngineConfig;
+use ws_monitor::events::EventLog;
+use ws_monitor::monitor::Monitor;
 use ws_monitor::reassembly::ReassemblyConfig;
+use ws_monitor::replay;
 use ws_monitor::report::{self, CaptureReport};
 use ws_monitor::streams::StreamDump;
 use ws_monitor_common::Counter;
@@ -19,14 +22,22 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("ws-monitor: error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+    let result = match cli.command {
+        Some(Command::Replay(args)) => replay_file(&args),
+        None => {
+            let config = CaptureConfig {
+                iface: cli.iface.unwrap_or_default(),
+                ports: cli.ports,
+                ring_size: cli.ring_size,
+            };
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")
+                .and_then(|rt| rt.block_on(live(&config, &cli.run)))
         }
     };
-    match runtime.block_on(run(cli)) {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ws-monitor: error: {e:#}");
@@ -37,7 +48,10 @@ fn main() -> ExitCode {
 
 /// Help and version go to stdout as usual; a usage error becomes one line on stderr.
 fn usage_error(e: clap::Error) -> ExitCode {
-    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
         let _ = e.print();
         return ExitCode::SUCCESS;
     }
@@ -54,48 +68,50 @@ fn usage_error(e: clap::Error) -> ExitCode {
     ExitCode::from(2)
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
-        None => {
-            let config = CaptureConfig {
-                iface: cli.iface.unwrap_or_default(),
-                ports: cli.ports,
-                ring_size: cli.ring_size,
-            };
-            live(&config, &cli.run).await
-        }
-        Some(command) => match command {},
-    }
-}
-
-fn reassembly_config(args: &RunArgs) -> ReassemblyConfig {
-    ReassemblyConfig {
+fn new_monitor(args: &RunArgs) -> anyhow::Result<Monitor> {
+    let reassembly = ReassemblyConfig {
         max_flows: args.max_flows.max(1),
         max_buffered_per_direction: usize::try_from(args.flow_buffer).unwrap_or(usize::MAX),
         idle_timeout_ns: secs_to_ns(args.idle_timeout),
-    }
+    };
+    let engine = EngineConfig { max_frame_size: args.max_frame_size };
+    let dump = args.streams_dir.as_deref().map(StreamDump::new).transpose()?;
+    Ok(Monitor::new(reassembly, engine, dump))
 }
 
 fn secs_to_ns(secs: f64) -> u64 {
     (secs.max(0.0) * 1e9) as u64
 }
 
-fn sinks(args: &RunArgs) -> anyhow::Result<Sinks> {
-    Ok(Sinks { dump: args.streams_dir.as_deref().map(StreamDump::new).transpose()? })
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid, writable timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// Sends the findings the engine has produced since the last call to the outputs.
+fn flush_findings(monitor: &mut Monitor, events: &mut Option<EventLog>) {
+    for finding in monitor.drain_findings() {
+        if let Some(log) = events.as_mut() {
+            log.write(&finding);
+        }
+    }
 }
 
 async fn live(config: &CaptureConfig, args: &RunArgs) -> anyhow::Result<()> {
     // Handlers first: a signal that arrives once we are attached must detach cleanly.
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut monitor = new_monitor(args)?;
+    let epoch_offset = clock_ns(libc::CLOCK_REALTIME) as i128 - monotonic_ns() as i128;
+    let mut events = args.events.as_deref().map(|p| EventLog::create(p, epoch_offset)).transpose()?;
+
     let mut capture = Capture::start(config)?;
     let ports: Vec<String> = config.ports.iter().map(u16::to_string).collect();
     eprintln!(
@@ -105,15 +121,9 @@ async fn live(config: &CaptureConfig, args: &RunArgs) -> anyhow::Result<()> {
         capture.hooks.join("+")
     );
 
-    let mut monitor = Monitor::new(reassembly_config(args), sinks(args)?);
     let mut bad_records = 0u64;
     let mut handle = |monitor: &mut Monitor, record: &[u8]| match capture::decode(record) {
-        Ok((header, payload)) => {
-            if header.offset == 0 {
-                monitor.packets += 1;
-            }
-            monitor.segment(&capture::segment(&header, payload));
-        }
+        Ok((header, payload)) => monitor.segment(&capture::segment(&header, payload)),
         Err(_) => bad_records += 1,
     };
 
@@ -127,17 +137,24 @@ async fn live(config: &CaptureConfig, args: &RunArgs) -> anyhow::Result<()> {
             ready = capture.readable() => {
                 ready.context("waiting on the ring buffer")?;
                 capture.drain(|r| handle(&mut monitor, r));
+                flush_findings(&mut monitor, &mut events);
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = sleep_until(deadline) => break,
             _ = tick.tick() => {
                 monitor.tick(monotonic_ns());
+                flush_findings(&mut monitor, &mut events);
                 if let Some(every) = stats_every {
                     if last_stats.elapsed() >= every {
                         last_stats = Instant::now();
                         let counters = capture.counters()?;
-                        eprintln!("ws-monitor: {}", stats_line(&monitor, counters.get(Counter::PacketsMatched), counters.get(Counter::RingFullRecords)));
+                        let line = report::stats_line(
+                            &monitor,
+                            counters.get(Counter::PacketsMatched),
+                            counters.get(Counter::RingFullRecords),
+                        );
+                        eprintln!("ws-monitor: {line}");
                     }
                 }
             }
@@ -149,6 +166,7 @@ async fn live(config: &CaptureConfig, args: &RunArgs) -> anyhow::Result<()> {
     let counters = capture.counters()?;
     drop(capture);
     monitor.finish(monotonic_ns());
+    flush_findings(&mut monitor, &mut events);
     if bad_records > 0 {
         eprintln!("ws-monitor: warning: {bad_records} malformed ring-buffer records were dropped");
     }
@@ -158,18 +176,72 @@ async fn live(config: &CaptureConfig, args: &RunArgs) -> anyhow::Result<()> {
         counters.get(Counter::RingFullRecords),
         monitor.reassembly(),
     );
-    eprintln!(
-        "ws-monitor: done: {}",
-        stats_line(&monitor, capture_report.packets, capture_report.ring_drops)
-    );
-    if args.json {
-        let out = serde_json::json!({
-            "ports": config.ports,
-            "capture": capture_report,
-            "kernel": report::kernel_json(&counters),
-            "reassembly": monitor.reassembly(),
-            "bad_records": bad_records,
-        });
+    finish_report(&monitor, &config.ports, &capture_report, args.json, |out| {
+        out.insert("kernel".into(), report::kernel_json(&counters));
+        out.insert("bad_records".into(), bad_records.into());
+    })
+}
+
+fn replay_file(args: &ReplayArgs) -> anyhow::Result<()> {
+    let ports = if args.ports.is_empty() {
+        let found = replay::detect_ports(&args.file)?;
+        if found.is_empty() {
+            bail!(
+                "no WebSocket upgrade found in {}: name the server port with --port PORT",
+                args.file.display()
+            );
+        }
+        eprintln!(
+            "ws-monitor: WebSocket server port(s) found by handshake: {}",
+            found.iter().map(u16::to_string).collect::<Vec<_>>().join(",")
+        );
+        found
+    } else {
+        args.ports.clone()
+    };
+    let run = &args.run;
+    let mut monitor = new_monitor(run)?;
+    let mut events = run.events.as_deref().map(|p| EventLog::create(p, 0)).transpose()?;
+    const TICK_NS: u64 = 1_000_000_000;
+    let (mut last_tick, mut last_ts) = (0u64, 0u64);
+    let stats = replay::replay(&args.file, &ports, |seg| {
+        monitor.segment(seg);
+        last_ts = last_ts.max(seg.ts_ns);
+        if last_ts >= last_tick.saturating_add(TICK_NS) {
+            monitor.tick(last_ts);
+            last_tick = last_ts;
+        }
+        flush_findings(&mut monitor, &mut events);
+    })?;
+    monitor.finish(last_ts);
+    flush_findings(&mut monitor, &mut events);
+    if stats.truncated_file {
+        eprintln!("ws-monitor: warning: {} ends in the middle of a record; the rest was not read", args.file.display());
+    }
+    let capture_report = CaptureReport::new(stats.matched, 0, monitor.reassembly());
+    finish_report(&monitor, &ports, &capture_report, run.json, |out| {
+        out.insert("replay".into(), serde_json::to_value(&stats).unwrap_or_default());
+    })
+}
+
+/// The summary on stderr, and the JSON report on stdout with `--json`.
+fn finish_report(
+    monitor: &Monitor,
+    ports: &[u16],
+    capture: &CaptureReport,
+    json: bool,
+    extra: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+) -> anyhow::Result<()> {
+    eprintln!("ws-monitor: done: {}", report::stats_line(monitor, capture.packets, capture.ring_drops));
+    for line in report::violation_lines(monitor.engine_stats()) {
+        eprintln!("ws-monitor:   {line}");
+    }
+    if json {
+        let mut out = report::report_json(ports, monitor.engine_stats(), capture);
+        if let Some(map) = out.as_object_mut() {
+            extra(map);
+            map.insert("reassembly".into(), serde_json::to_value(monitor.reassembly())?);
+        }
         println!("{out}");
     }
     Ok(())
@@ -180,19 +252,4 @@ async fn sleep_until(deadline: Option<Instant>) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
-}
-
-fn stats_line(monitor: &Monitor, packets: u64, drops: u64) -> String {
-    let r = monitor.reassembly();
-    format!(
-        "{packets} packets, {} flows open ({} opened, {} closed, {} evicted), {} B client->server, {} B server->client, ring drops {drops}, gaps {} ({} B lost)",
-        monitor.open_flows(),
-        r.flows_opened,
-        r.flows_closed,
-        r.flows_evicted,
-        r.bytes_client,
-        r.bytes_server,
-        r.gaps,
-        r.bytes_lost
-    )
 }

@@ -1,33 +1,38 @@
-//! The pipeline shared by live capture and replay: segments → reassembly → sinks.
-//! No I/O of its own beyond what the sinks do.
+//! The pipeline shared by live capture and replay: segments → reassembly → engine (and
+//! the optional stream dump). No I/O of its own beyond what the sinks do.
 
+use crate::engine::{Engine, EngineConfig, EngineStats, Finding};
 use crate::flow::{Closing, Direction, FlowId, FlowKey, Opening, Segment, StreamSink};
 use crate::reassembly::{Reassembler, ReassemblyConfig, ReassemblyStats};
 use crate::streams::StreamDump;
 
 /// Everything downstream of reassembly.
-#[derive(Default)]
 pub struct Sinks {
+    pub engine: Engine,
     pub dump: Option<StreamDump>,
 }
 
 impl StreamSink for Sinks {
     fn open(&mut self, id: FlowId, key: &FlowKey, opening: Opening, ts_ns: u64) {
+        self.engine.open(id, key, opening, ts_ns);
         if let Some(d) = &mut self.dump {
             d.open(id, key, opening, ts_ns);
         }
     }
     fn data(&mut self, id: FlowId, dir: Direction, offset: u64, data: &[u8], ts_ns: u64) {
+        self.engine.data(id, dir, offset, data, ts_ns);
         if let Some(d) = &mut self.dump {
             d.data(id, dir, offset, data, ts_ns);
         }
     }
     fn gap(&mut self, id: FlowId, dir: Direction, offset: u64, len: u64, ts_ns: u64) {
+        self.engine.gap(id, dir, offset, len, ts_ns);
         if let Some(d) = &mut self.dump {
             d.gap(id, dir, offset, len, ts_ns);
         }
     }
     fn close(&mut self, id: FlowId, closing: Closing, ts_ns: u64) {
+        self.engine.close(id, closing, ts_ns);
         if let Some(d) = &mut self.dump {
             d.close(id, closing, ts_ns);
         }
@@ -37,13 +42,14 @@ impl StreamSink for Sinks {
 pub struct Monitor {
     reassembler: Reassembler,
     pub sinks: Sinks,
-    /// Segments (packets, or first chunks of packets) fed in.
-    pub packets: u64,
 }
 
 impl Monitor {
-    pub fn new(config: ReassemblyConfig, sinks: Sinks) -> Self {
-        Monitor { reassembler: Reassembler::new(config), sinks, packets: 0 }
+    pub fn new(reassembly: ReassemblyConfig, engine: EngineConfig, dump: Option<StreamDump>) -> Self {
+        Monitor {
+            reassembler: Reassembler::new(reassembly),
+            sinks: Sinks { engine: Engine::new(engine), dump },
+        }
     }
 
     pub fn segment(&mut self, seg: &Segment<'_>) {
@@ -60,6 +66,19 @@ impl Monitor {
 
     pub fn reassembly(&self) -> &ReassemblyStats {
         self.reassembler.stats()
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.sinks.engine
+    }
+
+    pub fn engine_stats(&self) -> &EngineStats {
+        self.sinks.engine.stats()
+    }
+
+    /// Findings since the last call, oldest first.
+    pub fn drain_findings(&mut self) -> std::vec::Drain<'_, Finding> {
+        self.sinks.engine.drain_findings()
     }
 
     pub fn open_flows(&self) -> usize {

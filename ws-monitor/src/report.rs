@@ -1,8 +1,11 @@
 //! The final report printed by `--json`: one JSON object at exit.
 
 use serde::Serialize;
+use serde_json::{json, Map, Value};
 
 use crate::capture::KernelCounters;
+use crate::engine::{EngineStats, Kind};
+use crate::flow::Direction;
 use crate::reassembly::ReassemblyStats;
 
 /// The `capture` object: exactly these keys.
@@ -44,4 +47,78 @@ impl CaptureReport {
 /// Every kernel counter by name, for the `kernel` object of the live report.
 pub fn kernel_json(k: &KernelCounters) -> serde_json::Value {
     serde_json::Value::Object(k.named().map(|(n, v)| (n.to_string(), v.into())).collect())
+}
+
+/// The whole `--json` report, the same for live capture and replay:
+/// `{"ports", "connections", "upgrades_ok", "frames", "violations",
+/// "violations_by_direction", "close_codes", "capture"}`.
+pub fn report_json(ports: &[u16], engine: &EngineStats, capture: &CaptureReport) -> Value {
+    let by_kind = |dir: Option<Direction>| -> Map<String, Value> {
+        Kind::ALL
+            .iter()
+            .map(|&k| {
+                let n = match dir {
+                    Some(d) => engine.violation_count_dir(d, k),
+                    None => engine.violation_count(k),
+                };
+                (k.name().to_string(), Value::from(n))
+            })
+            .collect()
+    };
+    let frames = |d: Direction| serde_json::to_value(engine.frames[d.index()]).unwrap_or(Value::Null);
+    json!({
+        "ports": ports,
+        "connections": engine.connections,
+        "upgrades_ok": engine.upgrades_ok,
+        "frames": {"client": frames(Direction::ToServer), "server": frames(Direction::ToClient)},
+        "violations": by_kind(None),
+        "violations_by_direction": {
+            "client": by_kind(Some(Direction::ToServer)),
+            "server": by_kind(Some(Direction::ToClient)),
+        },
+        "close_codes": engine.close_codes.iter().map(|(c, n)| (c.to_string(), Value::from(*n))).collect::<Map<String, Value>>(),
+        "capture": capture,
+    })
+}
+
+/// One line of capture and protocol counters, for stderr.
+pub fn stats_line(monitor: &crate::monitor::Monitor, packets: u64, drops: u64) -> String {
+    let r = monitor.reassembly();
+    let e = monitor.engine_stats();
+    format!(
+        "{packets} packets, {} connections open ({} opened, {} closed, {} evicted), {} upgrades, {} frames, {} violations, {} B client->server, {} B server->client, ring drops {drops}, gaps {} ({} B lost)",
+        monitor.open_flows(),
+        r.flows_opened,
+        r.flows_closed,
+        r.flows_evicted,
+        e.upgrades_ok,
+        e.frames[0].total() + e.frames[1].total(),
+        e.violations_total(),
+        r.bytes_client,
+        r.bytes_server,
+        r.gaps,
+        r.bytes_lost
+    )
+}
+
+/// `kind: N (client A, server B) — meaning` for every kind seen, most frequent first.
+pub fn violation_lines(engine: &EngineStats) -> Vec<String> {
+    let mut kinds: Vec<(Kind, u64)> = Kind::ALL
+        .iter()
+        .map(|&k| (k, engine.violation_count(k)))
+        .filter(|&(_, n)| n > 0)
+        .collect();
+    kinds.sort_by(|a, b| b.1.cmp(&a.1));
+    kinds
+        .into_iter()
+        .map(|(k, n)| {
+            format!(
+                "{}: {n} (client {}, server {}) - {}",
+                k.name(),
+                engine.violation_count_dir(Direction::ToServer, k),
+                engine.violation_count_dir(Direction::ToClient, k),
+                k.meaning()
+            )
+        })
+        .collect()
 }

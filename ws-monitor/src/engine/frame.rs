@@ -270,8 +270,8 @@ pub fn close_code_valid(code: u16) -> bool {
 
 /// XORs `src` with `key` starting at key position `phase` into `dst[..src.len()]`.
 pub fn unmask_into(dst: &mut [u8], src: &[u8], key: [u8; 4], phase: usize) {
-    for (i, (d, s)) in dst.iter_mut().zip(src).enumerate() {
-        *d = s ^ key[(phase + i) & 3];
+    for ((d, s), k) in dst.iter_mut().zip(src).zip(key.iter().cycle().skip(phase & 3)) {
+        *d = s ^ k;
     }
 }
 

@@ -8,7 +8,8 @@
 //! raise no findings.
 //!
 //! 1. **Candidates.** Every stream position is a candidate. Incoming bytes are kept in a
-//!    scan window of at most [`SCAN_WINDOW`] bytes.
+//!    scan window (the current candidate plus [`SCAN_WINDOW`] bytes; the buffer never
+//!    exceeds `SCAN_WINDOW * 5 / 4`).
 //! 2. **Chain.** A candidate is confirmed when [`RESYNC_CHAIN`] consecutive headers,
 //!    each found where the previous one's length says the next begins, are all
 //!    *plausible* ([`Chain::accept`]):
@@ -50,7 +51,11 @@
 //! not decompressed, and state kinds are only reported once the state was established
 //! from frames parsed in sync.
 //!
-//! [`Mode::Track`]: super::stream
+//! Known limits (missed resyncs are acceptable, false findings are not): a client that
+//! reuses one masking key never resyncs; a payload that itself is a long run of valid
+//! frames for that direction (a WebSocket stream tunnelled inside another) could be
+//! mistaken for the real framing once it passes probation.
+//!
 //! [`check_header`]: super::frame::check_header
 
 use super::frame::{check_header, close_code_valid, Frag, FrameHeader, OpClass, Rules, RsvPolicy, Status, RSV2, RSV3};

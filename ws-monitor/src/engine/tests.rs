@@ -975,6 +975,23 @@ fn handshake_gap_falls_back_to_scanning() {
     assert_eq!(st.resyncs, 2);
 }
 
+/// Found by `arbitrary_frames_split_identically`: garbage deflate data may yield some
+/// output before the error shows, depending on cuts; it must never be judged.
+#[test]
+fn corrupt_compressed_text_is_judged_identically() {
+    let mut sc = Script::deflate();
+    let frames = [(64u8, 225u8, vec![26u8]), (0, 80, vec![25, 64, 128, 160, 83, 2, 230, 140, 41, 0, 0, 0])];
+    for (b0, op, payload) in frames {
+        let f = Fr::new(op & 0x0F, payload).fin(b0 & 0x80 != 0).rsv((b0 >> 4) & 7);
+        sc.c(f.clone());
+        sc.s(f);
+    }
+    let (st, _) = run(&sc);
+    assert_eq!(run_cut(&sc, Cut::Random(424)).0, st);
+    assert_eq!(st.violation_count(Kind::InvalidUtf8Text), 0);
+    assert_eq!(st.violation_count(Kind::UnmaskedClientFrame), 2);
+}
+
 // ----- property tests -----------------------------------------------------------------------
 
 /// One message of generated valid traffic.
@@ -1070,6 +1087,8 @@ fn feed_cut(e: &mut Engine, id: FlowId, dir: Direction, start: u64, bytes: &[u8]
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(96),
+        // Regressions are kept as plain unit tests below, not in a file.
+        failure_persistence: None,
         ..ProptestConfig::default()
     })]
 
@@ -1210,4 +1229,31 @@ proptest! {
         prop_assert_eq!(st, st2);
         prop_assert_eq!(found, found2);
     }
+}
+
+#[test]
+#[ignore]
+fn bench_throughput() {
+    let mut sc = Script::plain();
+    traffic(&mut sc, C, 20000, 1);
+    traffic(&mut sc, S, 20000, 2);
+    let bytes: usize = sc.evs.iter().map(|e| if let Ev::Data(_, b) = e { b.len() } else { 0 }).sum();
+    for cut in [Cut::Whole, Cut::Random(5)] {
+        let t = std::time::Instant::now();
+        let (st, f) = run_cut(&sc, cut);
+        let el = t.elapsed();
+        eprintln!("{cut:?}: {bytes} bytes {:?} -> {:.1} MB/s frames {} findings {}", el, bytes as f64 / el.as_secs_f64() / 1e6, st.frames[0].total() + st.frames[1].total(), f.len());
+    }
+    let mut sc = Script::mid();
+    traffic(&mut sc, C, 20000, 1);
+    let t = std::time::Instant::now();
+    let (st, _) = run_cut(&sc, Cut::Random(5));
+    eprintln!("mid: {:?} resyncs {}", t.elapsed(), st.resyncs);
+    // Pure garbage while unsynced.
+    let mut sc = Script::mid();
+    let mut rng = Rng(3);
+    sc.data(S, (0..20_000_000).map(|_| rng.next() as u8).collect());
+    let t = std::time::Instant::now();
+    let (st, _) = run_cut(&sc, Cut::Random(5));
+    eprintln!("garbage 20MB: {:?} skipped {} resyncs {}", t.elapsed(), st.skipped_bytes, st.resyncs);
 }
