@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::logs::LogFormat;
+
 /// Passive WebSocket protocol-violation monitor: captures the TCP payload of the given
 /// ports with a TC eBPF program and rebuilds every connection's byte streams.
 #[derive(Debug, Parser)]
@@ -39,9 +41,21 @@ pub struct RunArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Seconds between counter lines on stderr (0 = none).
-    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
-    pub stats_interval: f64,
+    /// Seconds between counter log lines when headless (0 = none).
+    #[arg(long, alias = "stats-interval", default_value_t = 10.0, value_name = "SECS")]
+    pub log_interval: f64,
+
+    /// Log line format when headless.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log lines instead of the dashboard, even on a terminal.
+    #[arg(long)]
+    pub no_tui: bool,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9640).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 
     /// Write every finding as a JSON line to FILE.
     #[arg(long, value_name = "FILE")]

@@ -7,10 +7,13 @@
 
 pub mod capture;
 pub mod cli;
+pub mod dashboard;
 pub mod engine;
 pub mod events;
 pub mod flow;
+pub mod logs;
 pub mod monitor;
+pub mod prometheus;
 pub mod reassembly;
 pub mod replay;
 pub mod report;

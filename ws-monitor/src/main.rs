@@ -10,7 +10,9 @@ use ws_monitor::capture::{self, Capture, CaptureConfig};
 use ws_monitor::cli::{Cli, Command, ReplayArgs, RunArgs};
 use ws_monitor::engine::EngineConfig;
 use ws_monitor::events::EventLog;
+use ws_monitor::logs::{self, HeadlessLog, Totals};
 use ws_monitor::monitor::Monitor;
+use ws_monitor::prometheus::Exporter;
 use ws_monitor::reassembly::ReassemblyConfig;
 use ws_monitor::replay;
 use ws_monitor::report::{self, CaptureReport};
@@ -95,11 +97,45 @@ fn monotonic_ns() -> u64 {
     clock_ns(libc::CLOCK_MONOTONIC)
 }
 
-/// Sends the findings the engine has produced since the last call to the outputs.
-fn flush_findings(monitor: &mut Monitor, events: &mut Option<EventLog>) {
-    for finding in monitor.drain_findings() {
-        if let Some(log) = events.as_mut() {
-            log.write(&finding);
+/// Where findings and counters go besides the final report.
+#[derive(Default)]
+struct Outputs {
+    events: Option<EventLog>,
+    log: Option<HeadlessLog>,
+    metrics: Option<Exporter>,
+}
+
+impl Outputs {
+    fn new(args: &RunArgs, epoch_offset_ns: i128, headless: bool) -> anyhow::Result<Outputs> {
+        Ok(Outputs {
+            events: args.events.as_deref().map(|p| EventLog::create(p, epoch_offset_ns)).transpose()?,
+            log: headless.then(|| HeadlessLog::new(args.log_interval)),
+            metrics: None,
+        })
+    }
+
+    /// Sends the findings the engine has produced since the last call.
+    fn findings(&mut self, monitor: &mut Monitor) {
+        for finding in monitor.drain_findings() {
+            if let Some(events) = self.events.as_mut() {
+                events.write(&finding);
+            }
+            if let Some(log) = self.log.as_mut() {
+                log.finding(&finding);
+            }
+        }
+    }
+
+    /// About once a second: periodic log line, metrics.
+    fn tick(&mut self, now_ns: u64, monitor: &Monitor, capture: &CaptureReport) {
+        if let Some(log) = self.log.as_mut() {
+            log.tick(now_ns, Totals::new(capture, monitor.engine_stats(), monitor.open_flows()));
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.update(monitor.engine_stats(), capture, monitor.open_flows());
+        }
+        if let Some(events) = self.events.as_mut() {
+            events.flush();
         }
     }
 }
@@ -110,12 +146,17 @@ async fn live(config: &CaptureConfig, args: &RunArgs) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut monitor = new_monitor(args)?;
     let epoch_offset = clock_ns(libc::CLOCK_REALTIME) as i128 - monotonic_ns() as i128;
-    let mut events = args.events.as_deref().map(|p| EventLog::create(p, epoch_offset)).transpose()?;
+    logs::init(args.log_format)?;
+    let mut outputs = Outputs::new(args, epoch_offset, true)?;
+    if let Some(addr) = args.metrics_addr {
+        outputs.metrics = Some(Exporter::start(addr)?);
+        tracing::info!("serving Prometheus metrics at http://{addr}/metrics");
+    }
 
     let mut capture = Capture::start(config)?;
     let ports: Vec<String> = config.ports.iter().map(u16::to_string).collect();
-    eprintln!(
-        "ws-monitor: capturing TCP port {} on {} ({}); Ctrl-C to stop",
+    tracing::info!(
+        "capturing TCP port {} on {} ({}); Ctrl-C to stop",
         ports.join(","),
         config.iface,
         capture.hooks.join("+")
@@ -129,34 +170,23 @@ async fn live(config: &CaptureConfig, args: &RunArgs) -> anyhow::Result<()> {
 
     let deadline = args.duration.map(|d| Instant::now() + Duration::from_secs_f64(d.max(0.0)));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let stats_every = (args.stats_interval > 0.0).then(|| Duration::from_secs_f64(args.stats_interval));
-    let mut last_stats = Instant::now();
 
     loop {
         tokio::select! {
             ready = capture.readable() => {
                 ready.context("waiting on the ring buffer")?;
                 capture.drain(|r| handle(&mut monitor, r));
-                flush_findings(&mut monitor, &mut events);
+                outputs.findings(&mut monitor);
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = sleep_until(deadline) => break,
             _ = tick.tick() => {
-                monitor.tick(monotonic_ns());
-                flush_findings(&mut monitor, &mut events);
-                if let Some(every) = stats_every {
-                    if last_stats.elapsed() >= every {
-                        last_stats = Instant::now();
-                        let counters = capture.counters()?;
-                        let line = report::stats_line(
-                            &monitor,
-                            counters.get(Counter::PacketsMatched),
-                            counters.get(Counter::RingFullRecords),
-                        );
-                        eprintln!("ws-monitor: {line}");
-                    }
-                }
+                let now = monotonic_ns();
+                monitor.tick(now);
+                outputs.findings(&mut monitor);
+                let counters = capture.counters()?;
+                outputs.tick(now, &monitor, &live_report(&counters, &monitor));
             }
         }
     }
@@ -166,20 +196,28 @@ async fn live(config: &CaptureConfig, args: &RunArgs) -> anyhow::Result<()> {
     let counters = capture.counters()?;
     drop(capture);
     monitor.finish(monotonic_ns());
-    flush_findings(&mut monitor, &mut events);
+    outputs.findings(&mut monitor);
     if bad_records > 0 {
-        eprintln!("ws-monitor: warning: {bad_records} malformed ring-buffer records were dropped");
+        tracing::warn!("{bad_records} malformed ring-buffer records were dropped");
     }
 
-    let capture_report = CaptureReport::new(
-        counters.get(Counter::PacketsMatched),
-        counters.get(Counter::RingFullRecords),
-        monitor.reassembly(),
-    );
+    let capture_report = live_report(&counters, &monitor);
+    outputs.tick(monotonic_ns(), &monitor, &capture_report);
+    if let Some(log) = outputs.log.as_mut() {
+        log.summary(&capture_report, monitor.engine_stats());
+    }
     finish_report(&monitor, &config.ports, &capture_report, args.json, |out| {
         out.insert("kernel".into(), report::kernel_json(&counters));
         out.insert("bad_records".into(), bad_records.into());
     })
+}
+
+fn live_report(counters: &capture::KernelCounters, monitor: &Monitor) -> CaptureReport {
+    CaptureReport::new(
+        counters.get(Counter::PacketsMatched),
+        counters.get(Counter::RingFullRecords),
+        monitor.reassembly(),
+    )
 }
 
 fn replay_file(args: &ReplayArgs) -> anyhow::Result<()> {
@@ -201,7 +239,8 @@ fn replay_file(args: &ReplayArgs) -> anyhow::Result<()> {
     };
     let run = &args.run;
     let mut monitor = new_monitor(run)?;
-    let mut events = run.events.as_deref().map(|p| EventLog::create(p, 0)).transpose()?;
+    logs::init(run.log_format)?;
+    let mut outputs = Outputs::new(run, 0, true)?;
     const TICK_NS: u64 = 1_000_000_000;
     let (mut last_tick, mut last_ts) = (0u64, 0u64);
     let stats = replay::replay(&args.file, &ports, |seg| {
@@ -211,14 +250,17 @@ fn replay_file(args: &ReplayArgs) -> anyhow::Result<()> {
             monitor.tick(last_ts);
             last_tick = last_ts;
         }
-        flush_findings(&mut monitor, &mut events);
+        outputs.findings(&mut monitor);
     })?;
     monitor.finish(last_ts);
-    flush_findings(&mut monitor, &mut events);
+    outputs.findings(&mut monitor);
     if stats.truncated_file {
-        eprintln!("ws-monitor: warning: {} ends in the middle of a record; the rest was not read", args.file.display());
+        tracing::warn!("{} ends in the middle of a record; the rest was not read", args.file.display());
     }
     let capture_report = CaptureReport::new(stats.matched, 0, monitor.reassembly());
+    if let Some(log) = outputs.log.as_mut() {
+        log.summary(&capture_report, monitor.engine_stats());
+    }
     finish_report(&monitor, &ports, &capture_report, run.json, |out| {
         out.insert("replay".into(), serde_json::to_value(&stats).unwrap_or_default());
     })
@@ -232,10 +274,6 @@ fn finish_report(
     json: bool,
     extra: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
 ) -> anyhow::Result<()> {
-    eprintln!("ws-monitor: done: {}", report::stats_line(monitor, capture.packets, capture.ring_drops));
-    for line in report::violation_lines(monitor.engine_stats()) {
-        eprintln!("ws-monitor:   {line}");
-    }
     if json {
         let mut out = report::report_json(ports, monitor.engine_stats(), capture);
         if let Some(map) = out.as_object_mut() {

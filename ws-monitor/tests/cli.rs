@@ -91,7 +91,7 @@ fn attached(ns: &common::Netns, iface: &'static str) -> usize {
 fn start_monitor(ns: &common::Netns, iface: &str) -> std::process::Child {
     let mut child = ns
         .command(common::ws_monitor_bin())
-        .args(["--iface", iface, "--port", "8001", "--stats-interval", "0"])
+        .args(["--iface", iface, "--port", "8001", "--log-interval", "0"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -93,7 +93,7 @@ fn run(t: &Traffic, tag: &str) -> Outcome {
 
     let mut monitor = server_ns
         .command(common::ws_monitor_bin())
-        .args(["--iface", &veth, "--port", PORT, "--json", "--stats-interval", "0"])
+        .args(["--iface", &veth, "--port", PORT, "--json", "--log-interval", "0"])
         .args(["--ring-size", t.ring_size, "--streams-dir"])
         .arg(&streams)
         .stdout(Stdio::piped())

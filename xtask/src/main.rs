@@ -3,6 +3,8 @@
 //! `setup` installs, idempotently, what building the eBPF program needs on Debian/Ubuntu:
 //! Debian's `rustc-web` with its prebuilt `core` for `bpfel-unknown-none` (so no
 //! `-Z build-std` and no `rust-src`), LLVM 22, and `bpf-linker` 0.13 built against it.
+//! `setup --tests` adds what the test suite runs: Debian packages (TEST_PACKAGES), the
+//! Python `websockets` library (pip) and the Node `ws` library (`npm ci` in the peers dir).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -19,8 +21,15 @@ const TOOLCHAIN_PACKAGES: &[&str] = &[
     "libpolly-22-dev",
 ];
 /// What the tests need on top: network namespaces and veth (iproute2), BPF inspection,
-/// python for the traffic peers, a terminal for the dashboard test.
-const TEST_PACKAGES: &[&str] = &["iproute2", "bpftool", "python3", "procps", "util-linux"];
+/// python for the traffic peers, a terminal for the dashboard test, and for the protocol
+/// tests (tests/e2e_protocol.rs) nginx as a reverse proxy, tcpdump to record the pcap that
+/// is replayed, pip for the `websockets` peer and Node.js for the `ws` peer.
+const TEST_PACKAGES: &[&str] =
+    &["iproute2", "bpftool", "python3", "python3-pip", "procps", "util-linux", "nginx", "tcpdump", "nodejs"];
+/// The Python WebSocket library of the protocol-test peers (its asyncio API is from 13.0 on).
+const PY_WEBSOCKETS: &str = "websockets==14.2";
+/// Where the Node.js peers live (package.json and package-lock.json pin `ws`).
+const NODE_PEERS_DIR: &str = "ws-monitor/tests/peers";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
@@ -139,7 +148,71 @@ fn setup(tests: bool) -> anyhow::Result<()> {
             bail!("cargo install bpf-linker failed ({status}); is llvm-22-dev installed?");
         }
     }
+    if tests {
+        setup_peer_libraries()?;
+    }
     Ok(())
+}
+
+/// The WebSocket libraries of the protocol-test peers: Python `websockets` (pip) and Node
+/// `ws` (npm ci from the committed lock file), each installed only when missing.
+fn setup_peer_libraries() -> anyhow::Result<()> {
+    if succeeds("python3", &["-c", "import websockets.asyncio.client"]) {
+        step("python websockets: present");
+    } else {
+        step(&format!("installing python {PY_WEBSOCKETS} with pip"));
+        let pip = |extra: &[&str]| -> anyhow::Result<std::process::Output> {
+            let mut args = vec!["-m", "pip", "install", "--quiet", PY_WEBSOCKETS];
+            args.extend_from_slice(extra);
+            Command::new("python3").args(&args).output().context("running python3 -m pip")
+        };
+        let mut out = pip(&[])?;
+        // A Debian-managed python refuses pip installs (PEP 668) unless told otherwise.
+        if !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("externally-managed") {
+            out = pip(&["--break-system-packages"])?;
+        }
+        if !out.status.success() {
+            bail!(
+                "python3 -m pip install {PY_WEBSOCKETS} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        if !succeeds("python3", &["-c", "import websockets.asyncio.client"]) {
+            bail!("{PY_WEBSOCKETS} was installed but python3 cannot import websockets.asyncio; is python3 the same interpreter pip used?");
+        }
+    }
+    let peers = workspace_root().join(NODE_PEERS_DIR);
+    if peers.join("node_modules/ws/package.json").is_file() {
+        step("node ws: present");
+    } else {
+        if !succeeds("npm", &["--version"]) {
+            step("installing Debian package npm");
+            run_root("apt-get", &["install", "-y", "-q", "--no-install-recommends", "npm"])
+                .context("apt-get install npm failed; install Node.js with npm")?;
+        }
+        step(&format!("installing node ws with npm ci in {}", peers.display()));
+        let status = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&peers)
+            .status()
+            .context("running npm ci")?;
+        if !status.success() {
+            bail!("npm ci in {} failed ({status}); package-lock.json pins ws", peers.display());
+        }
+    }
+    Ok(())
+}
+
+/// Whether `program args` runs and exits 0 (quietly).
+fn succeeds(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
 }
 
 fn deb_installed(package: &str) -> bool {

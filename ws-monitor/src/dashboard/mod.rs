@@ -26,6 +26,8 @@ mod terminal;
 mod view;
 
 #[cfg(test)]
+mod fixture;
+#[cfg(test)]
 mod snapshot_tests;
 #[cfg(test)]
 mod tests;

@@ -54,11 +54,17 @@ impl Pane {
 
 /// A selection that follows its item when rows reorder, and falls back to the same
 /// position when the item goes away.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Selection<T> {
     pub item: Option<T>,
     /// Position of the item when last placed.
     pub index: usize,
+}
+
+impl<T> Default for Selection<T> {
+    fn default() -> Self {
+        Selection { item: None, index: 0 }
+    }
 }
 
 impl<T: Copy + PartialEq> Selection<T> {

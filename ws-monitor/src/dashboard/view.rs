@@ -1,0 +1,952 @@
+//! Rendering: header, the three panes, footer, details popup and help overlay, for any
+//! terminal size. Columns are fitted to the width by priority (sparklines go first), and
+//! below [`FULL_BODY_HEIGHT`] rows only the focused pane is shown.
+
+use ratatui::layout::{Alignment, Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style, Stylize};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, BorderType, Borders, Cell, Clear, HighlightSpacing, Paragraph, Row, Table, TableState, Wrap};
+use ratatui::Frame;
+
+use crate::engine::{ConnState, Kind};
+use crate::flow::{Direction, Opening};
+
+use super::format;
+use super::model::{state_name, ConnRow, Data, FindingRow, KindRow, HISTORY_SECS, RATE_WINDOW_SECS};
+use super::state::Pane;
+use super::Dashboard;
+
+/// Below this many body rows only the focused pane is shown.
+pub const FULL_BODY_HEIGHT: u16 = 20;
+/// Below this size only a one-line summary is shown.
+const MIN_WIDTH: u16 = 24;
+const MIN_HEIGHT: u16 = 5;
+
+const ACCENT: Color = Color::Cyan;
+const BAD: Color = Color::Red;
+const WARN: Color = Color::Yellow;
+const GOOD: Color = Color::Green;
+const DIM: Color = Color::DarkGray;
+
+/// Width of the selection marker column.
+const MARK: &str = "▶ ";
+const MARK_WIDTH: u16 = 2;
+
+/// Title of the sparkline column: the span of [`HISTORY_SECS`].
+pub const SPARK_TITLE: &str = "last 5m";
+
+/// Label width in the details popup.
+const LABEL: usize = 13;
+
+pub(super) fn render(d: &Dashboard, frame: &mut Frame) {
+    let area = frame.area();
+    if area.width == 0 || area.height == 0 {
+        return;
+    }
+    let data = d.shown();
+    if area.width < MIN_WIDTH || area.height < MIN_HEIGHT {
+        render_tiny(d, data, frame, area);
+        return;
+    }
+    let header_height = if area.height >= 16 { 3 } else { 2 };
+    let [header, body, footer] =
+        Layout::vertical([Constraint::Length(header_height), Constraint::Min(0), Constraint::Length(1)]).areas(area);
+    render_header(d, data, frame, header);
+    render_footer(d, frame, footer);
+    if body.height >= FULL_BODY_HEIGHT {
+        let [v, c, f] =
+            Layout::vertical([Constraint::Percentage(40), Constraint::Percentage(30), Constraint::Percentage(30)])
+                .areas(body);
+        render_violations(d, data, frame, v, false);
+        render_connections(d, data, frame, c, false);
+        render_findings(d, data, frame, f, false);
+    } else {
+        match d.ui.focus {
+            Pane::Violations => render_violations(d, data, frame, body, true),
+            Pane::Connections => render_connections(d, data, frame, body, true),
+            Pane::Findings => render_findings(d, data, frame, body, true),
+        }
+    }
+    if d.ui.details {
+        render_details(d, data, frame, area);
+    }
+    if d.ui.help {
+        render_help(frame, area);
+    }
+}
+
+// ----- header and footer -----------------------------------------------------------------
+
+/// The violation total as a badge: calm green when zero, red otherwise.
+fn violations_badge(data: &Data) -> Span<'static> {
+    match data.violations_total() {
+        0 => Span::styled("✓ no violations", Style::new().fg(GOOD)),
+        1 => Span::styled("● 1 violation", Style::new().fg(BAD).bold()),
+        n => Span::styled(format!("● {} violations", format::count(n)), Style::new().fg(BAD).bold()),
+    }
+}
+
+fn render_tiny(d: &Dashboard, data: &Data, frame: &mut Frame, area: Rect) {
+    let mut first = vec![Span::raw("ws-monitor ").bold()];
+    if d.is_paused() {
+        first.push(Span::styled("PAUSED ", Style::new().fg(WARN).bold()));
+    }
+    let lines = vec![
+        Line::from(first),
+        Line::from(violations_badge(data)),
+        Line::from(Span::styled("(enlarge the terminal)", Style::new().fg(DIM))),
+    ];
+    frame.render_widget(Paragraph::new(lines), area);
+}
+
+fn sep() -> Span<'static> {
+    Span::styled(" · ", Style::new().fg(DIM))
+}
+
+fn render_header(d: &Dashboard, data: &Data, frame: &mut Frame, area: Rect) {
+    let ports = d.ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
+    let mut title = vec![
+        Span::styled(" ws-monitor ", Style::new().fg(Color::Black).bg(ACCENT).bold()),
+        Span::raw(" "),
+        Span::raw(d.iface.clone()).bold(),
+        Span::raw(format!(" port {ports}")),
+        sep(),
+        Span::raw(format!("up {}", format::hms(data.now_ns.saturating_sub(data.started_ns)))),
+    ];
+    if data.baseline_ns != data.started_ns {
+        title.push(sep());
+        title.push(Span::styled(
+            format!("reset {} ago", format::short_duration(data.now_ns.saturating_sub(data.baseline_ns) / 1_000_000_000)),
+            Style::new().fg(WARN),
+        ));
+    }
+    title.push(sep());
+    title.push(violations_badge(data));
+    if d.is_paused() {
+        title.push(Span::raw("  "));
+        title.push(Span::styled(" PAUSED ", Style::new().fg(Color::Black).bg(WARN).bold()));
+    }
+    if !d.ui.filter.applied.is_empty() {
+        title.push(Span::raw("  "));
+        title.push(Span::styled(format!("filter: {}", d.ui.filter.applied), Style::new().fg(ACCENT)));
+    }
+
+    let h = data.health();
+    let coverage = match h.coverage_pct() {
+        None => Span::styled("coverage n/a", Style::new().fg(DIM)),
+        Some(p) => {
+            let color = if h.bytes_lost == 0 {
+                GOOD
+            } else if p >= 99.0 {
+                WARN
+            } else {
+                BAD
+            };
+            Span::styled(format!("coverage {p:.2}%"), Style::new().fg(color))
+        }
+    };
+    let drops = Span::styled(
+        format!("ring drops {}", format::count(h.ring_drops)),
+        if h.ring_drops > 0 { Style::new().fg(BAD).bold() } else { Style::new() },
+    );
+    let gaps = if h.gaps > 0 {
+        Span::styled(
+            format!("gaps {} ({} B lost)", format::count(h.gaps), format::count(h.bytes_lost)),
+            Style::new().fg(WARN),
+        )
+    } else {
+        Span::raw("gaps 0")
+    };
+    let capture = Line::from(vec![
+        Span::styled(" capture ", Style::new().fg(DIM)),
+        Span::raw(format!("{} pkt/s", format::rate(data.packets_per_s).trim_end_matches("/s"))),
+        sep(),
+        Span::raw(format::bytes_rate(data.bytes_per_s)),
+        sep(),
+        coverage,
+        sep(),
+        drops,
+        sep(),
+        gaps,
+    ]);
+
+    let (live, closed) = data.conn_counts();
+    let states: Vec<String> = [
+        ConnState::Open,
+        ConnState::Handshake,
+        ConnState::Closing,
+        ConnState::Closed,
+        ConnState::Desync,
+        ConnState::NotWebSocket,
+    ]
+    .iter()
+    .filter_map(|&s| {
+        let n = data.conns_in(s);
+        (n > 0).then(|| format!("{n} {}", state_name(s)))
+    })
+    .collect();
+    let mut conns = format!("{live} live");
+    if !states.is_empty() {
+        conns.push_str(&format!(" ({})", states.join(", ")));
+    }
+    if closed > 0 {
+        conns.push_str(&format!(", {closed} closed"));
+    }
+    let frames = data.frames(Direction::ToServer).saturating_add(data.frames(Direction::ToClient));
+    let engine = Line::from(vec![
+        Span::styled(" engine  ", Style::new().fg(DIM)),
+        Span::raw(format!("connections {conns}")),
+        sep(),
+        Span::raw(format!("{} upgrades", format::count(data.upgrades_ok()))),
+        sep(),
+        Span::raw(format!("{} frames", format::count(frames))),
+        sep(),
+        Span::raw(format!("{} desyncs", format::count(data.desyncs()))),
+    ]);
+    let mut lines = vec![Line::from(title), capture];
+    if area.height >= 3 {
+        lines.push(engine);
+    }
+    frame.render_widget(Paragraph::new(lines), area);
+}
+
+fn render_footer(d: &Dashboard, frame: &mut Frame, area: Rect) {
+    let key = |k: &str| Span::styled(k.to_string(), Style::new().fg(Color::Black).bg(ACCENT));
+    let label = |l: &str| Span::styled(format!(" {l}  "), Style::new().fg(DIM));
+    let line = if let Some(text) = &d.ui.filter.editing {
+        Line::from(vec![
+            Span::styled(" filter: ", Style::new().fg(ACCENT).bold()),
+            Span::raw(text.clone()),
+            Span::styled("▏", Style::new().fg(ACCENT)),
+            Span::raw("   "),
+            key("Enter"),
+            label("apply"),
+            key("Esc"),
+            label("clear"),
+            key("⌫"),
+            label("delete"),
+        ])
+    } else {
+        let pause = if d.is_paused() { "resume" } else { "pause" };
+        let sort = format!("sort:{}", d.ui.sort_name());
+        let items: [(&str, &str); 9] = [
+            ("q", "quit"),
+            ("?", "help"),
+            ("Tab", "pane"),
+            ("j/k", "move"),
+            ("Enter", "details"),
+            ("Space", pause),
+            ("r", "reset"),
+            ("/", "filter"),
+            ("s", &sort),
+        ];
+        let full: usize = items.iter().map(|(k, l)| k.chars().count() + l.chars().count() + 3).sum();
+        let mut spans = vec![Span::raw(" ")];
+        for (k, l) in items {
+            spans.push(key(k));
+            if full < usize::from(area.width) {
+                spans.push(label(l));
+            } else {
+                spans.push(Span::raw(" "));
+            }
+        }
+        Line::from(spans)
+    };
+    frame.render_widget(Paragraph::new(line), area);
+}
+
+// ----- panes -----------------------------------------------------------------------------
+
+/// A pane's frame: focused panes get an accent border; in single-pane mode the title
+/// lists every pane like tabs.
+fn pane_block(d: &Dashboard, pane: Pane, info: String, single: bool) -> Block<'static> {
+    let focused = d.ui.focus == pane;
+    let border = if focused { Style::new().fg(ACCENT) } else { Style::new().fg(DIM) };
+    let mut title: Vec<Span<'static>> = vec![Span::raw(" ")];
+    if single {
+        for (i, p) in Pane::ALL.iter().enumerate() {
+            if i > 0 {
+                title.push(Span::styled(" │ ", Style::new().fg(DIM)));
+            }
+            let name = short_title(*p);
+            if *p == pane {
+                title.push(Span::styled(name, Style::new().fg(ACCENT).bold()));
+            } else {
+                title.push(Span::styled(name, Style::new().fg(DIM)));
+            }
+        }
+    } else {
+        let style = if focused { Style::new().fg(ACCENT).bold() } else { Style::new().bold() };
+        title.push(Span::styled(pane.title(), style));
+    }
+    if !info.is_empty() {
+        title.push(Span::styled(format!(" {info}"), Style::new().fg(DIM)));
+    }
+    title.push(Span::raw(" "));
+    Block::new()
+        .borders(Borders::ALL)
+        .border_type(if focused { BorderType::Thick } else { BorderType::Plain })
+        .border_style(border)
+        .title(Line::from(title))
+}
+
+fn short_title(p: Pane) -> &'static str {
+    match p {
+        Pane::Violations => "Violations",
+        Pane::Connections => "Connections",
+        Pane::Findings => "Findings",
+    }
+}
+
+/// One table column: what it is, its title, and how it fits.
+struct Col<C> {
+    id: C,
+    title: &'static str,
+    /// Narrowest useful width.
+    min: u16,
+    /// Width it gets when there is room.
+    pref: u16,
+    /// Lower keeps the column longer when space is short.
+    prio: u8,
+    /// Takes the width left over.
+    fill: bool,
+}
+
+impl<C: Copy> Col<C> {
+    const fn new(id: C, title: &'static str, min: u16, pref: u16, prio: u8) -> Self {
+        Col { id, title, min, pref, prio, fill: false }
+    }
+
+    const fn fill(mut self) -> Self {
+        self.fill = true;
+        self
+    }
+}
+
+/// Picks the columns that fit in `width` (by priority) and their widths, in column order.
+fn fit<C: Copy>(cols: &[Col<C>], width: u16) -> Vec<(C, &'static str, u16)> {
+    const SPACING: u16 = 1;
+    let mut order: Vec<usize> = (0..cols.len()).collect();
+    order.sort_by_key(|&i| cols.get(i).map_or(u8::MAX, |c| c.prio));
+    let mut chosen: Vec<(usize, u16)> = Vec::new();
+    let mut used: u16 = 0;
+    for &i in &order {
+        let Some(c) = cols.get(i) else { continue };
+        let need = c.min.saturating_add(if chosen.is_empty() { 0 } else { SPACING });
+        if used.saturating_add(need) <= width {
+            used = used.saturating_add(need);
+            chosen.push((i, c.min));
+        }
+    }
+    let mut spare = width.saturating_sub(used);
+    for (i, w) in chosen.iter_mut() {
+        let Some(c) = cols.get(*i) else { continue };
+        let grow = c.pref.saturating_sub(*w).min(spare);
+        *w += grow;
+        spare -= grow;
+    }
+    if let Some((_, w)) = chosen.iter_mut().find(|(i, _)| cols.get(*i).is_some_and(|c| c.fill)) {
+        *w = w.saturating_add(spare);
+    }
+    chosen.sort_by_key(|(i, _)| *i);
+    chosen.into_iter().filter_map(|(i, w)| cols.get(i).map(|c| (c.id, c.title, w))).collect()
+}
+
+/// First row to show so that `selected` is visible in `height` rows.
+fn scroll_offset(selected: Option<usize>, height: usize) -> usize {
+    match selected {
+        Some(s) if height > 0 && s >= height => s + 1 - height,
+        _ => 0,
+    }
+}
+
+/// Renders `rows` (already windowed) as a table with a header and the selection marked.
+fn render_table<C: Copy>(
+    frame: &mut Frame,
+    area: Rect,
+    cols: &[(C, &'static str, u16)],
+    rows: Vec<Row<'static>>,
+    selected: Option<usize>,
+    focused: bool,
+    right: impl Fn(C) -> bool,
+) {
+    let header = Row::new(cols.iter().map(|(c, t, _)| {
+        let line = Line::from(*t);
+        Cell::from(if right(*c) { line.alignment(Alignment::Right) } else { line })
+    }))
+    .style(Style::new().fg(DIM).add_modifier(Modifier::BOLD));
+    let widths = cols.iter().map(|(_, _, w)| Constraint::Length(*w));
+    let highlight = if focused {
+        Style::new().add_modifier(Modifier::REVERSED)
+    } else {
+        Style::new().add_modifier(Modifier::BOLD)
+    };
+    let table = Table::new(rows, widths)
+        .header(header)
+        .column_spacing(1)
+        .highlight_symbol(MARK)
+        .highlight_spacing(HighlightSpacing::Always)
+        .row_highlight_style(highlight);
+    let mut state = TableState::default().with_selected(selected);
+    frame.render_stateful_widget(table, area, &mut state);
+}
+
+/// A right-aligned cell.
+fn num(text: String, style: Style) -> Cell<'static> {
+    Cell::from(Line::from(Span::styled(text, style)).alignment(Alignment::Right))
+}
+
+/// A message in place of an empty table.
+fn render_message(frame: &mut Frame, area: Rect, lines: Vec<Line<'static>>) {
+    frame.render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }), area);
+}
+
+/// Lines `text` takes when word-wrapped at `width`.
+fn wrapped_lines(text: &str, width: usize) -> usize {
+    if width == 0 {
+        return usize::MAX;
+    }
+    let mut lines = 1;
+    let mut col = 0usize;
+    for word in text.split(' ') {
+        let w = word.chars().count();
+        let need = if col == 0 { w } else { col + 1 + w };
+        if need <= width {
+            col = need;
+        } else {
+            lines += 1;
+            col = w.min(width);
+            // A word longer than the line spills over several.
+            if w > width {
+                lines += (w - 1) / width;
+                col = (w - 1) % width + 1;
+            }
+        }
+    }
+    lines
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KCol {
+    Kind,
+    Client,
+    Server,
+    Total,
+    Rate,
+    Last,
+    Spark,
+}
+
+fn render_violations(d: &Dashboard, data: &Data, frame: &mut Frame, area: Rect, single: bool) {
+    let rows = data.kind_rows(&d.ui.filter.applied, d.ui.kind_sort);
+    let total = data.violations_total();
+    let info = if total == 0 {
+        String::new()
+    } else {
+        format!("{} kinds · sort {}", rows.len(), d.ui.kind_sort.name())
+    };
+    let block = pane_block(d, Pane::Violations, info, single);
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    if inner.width == 0 || inner.height == 0 {
+        return;
+    }
+    if rows.is_empty() {
+        render_message(frame, inner, no_violations_lines(d, data, total));
+        return;
+    }
+    let kinds: Vec<Kind> = rows.iter().map(|r| r.kind).collect();
+    let selected = d.ui.sel_kind.resolve(&kinds);
+    let sel_kind = selected.and_then(|i| kinds.get(i)).copied();
+
+    // Meaning and likely cause of the selected kind beneath the table, if room.
+    let (table_area, detail_area) = match sel_kind {
+        Some(k) if inner.height >= 7 => {
+            let w = usize::from(inner.width);
+            let want = wrapped_lines(&format!("meaning: {}", k.meaning()), w)
+                + wrapped_lines(&format!("likely cause: {}", k.likely_cause()), w);
+            let max_detail = (inner.height - 4).min(if single { 4 } else { 6 });
+            let detail = u16::try_from(want).unwrap_or(u16::MAX).min(max_detail);
+            let [t, _, dt] = Layout::vertical([Constraint::Min(3), Constraint::Length(1), Constraint::Length(detail)])
+                .areas(inner);
+            // The separator row.
+            let rule_area = Rect { y: dt.y.saturating_sub(1), height: 1, ..dt };
+            frame.render_widget(
+                Paragraph::new(Span::styled("─".repeat(usize::from(rule_area.width)), Style::new().fg(DIM))),
+                rule_area,
+            );
+            (t, Some((dt, k)))
+        }
+        _ => (inner, None),
+    };
+
+    let cols = [
+        Col::new(KCol::Kind, "kind", 12, 22, 0),
+        Col::new(KCol::Client, "client→server", 5, 13, 1),
+        Col::new(KCol::Server, "server→client", 5, 13, 2),
+        Col::new(KCol::Rate, "rate/10s", 6, 8, 3),
+        Col::new(KCol::Spark, SPARK_TITLE, 12, 60, 4).fill(),
+        Col::new(KCol::Total, "total", 6, 7, 5),
+        Col::new(KCol::Last, "last", 4, 5, 6),
+    ];
+    let fitted = fit(&cols, table_area.width.saturating_sub(MARK_WIDTH));
+    let spark_width = fitted.iter().find(|c| c.0 == KCol::Spark).map_or(0, |c| usize::from(c.2));
+    let per_char = format::secs_per_char(HISTORY_SECS, spark_width);
+
+    let height = usize::from(table_area.height.saturating_sub(1));
+    let offset = scroll_offset(selected, height);
+    let table_rows: Vec<Row<'static>> = rows
+        .iter()
+        .skip(offset)
+        .take(height)
+        .map(|r| kind_row(data, r, &fitted, spark_width, per_char))
+        .collect();
+    render_table(frame, table_area, &fitted, table_rows, selected.map(|s| s - offset), d.ui.focus == Pane::Violations, |c| {
+        matches!(c, KCol::Client | KCol::Server | KCol::Total | KCol::Rate | KCol::Last)
+    });
+
+    if let Some((area, k)) = detail_area {
+        let lines = vec![
+            Line::from(vec![Span::styled("meaning: ", Style::new().fg(ACCENT).bold()), Span::raw(k.meaning())]),
+            Line::from(vec![Span::styled("likely cause: ", Style::new().fg(WARN).bold()), Span::raw(k.likely_cause())]),
+        ];
+        frame.render_widget(Paragraph::new(lines).wrap(Wrap { trim: true }), area);
+    }
+}
+
+fn kind_row(data: &Data, r: &KindRow, cols: &[(KCol, &'static str, u16)], spark_width: usize, per_char: usize) -> Row<'static> {
+    let count_style = |n: u64| if n > 0 { Style::new().fg(BAD).bold() } else { Style::new().fg(DIM) };
+    let recent = r.rate > 0.0;
+    Row::new(cols.iter().map(|(c, _, _)| match c {
+        KCol::Kind => Cell::from(Span::styled(
+            r.kind.name(),
+            if recent { Style::new().fg(BAD).bold() } else { Style::new().fg(BAD) },
+        )),
+        KCol::Client => num(format::count(r.client), count_style(r.client)),
+        KCol::Server => num(format::count(r.server), count_style(r.server)),
+        KCol::Total => num(format::count(r.total()), Style::new().bold()),
+        KCol::Rate => num(format::rate(r.rate), if recent { Style::new().fg(BAD) } else { Style::new().fg(DIM) }),
+        KCol::Last => num(r.last_active_ns.map_or_else(|| "-".to_string(), |t| format::ago(data.now_ns, t)), Style::new()),
+        KCol::Spark => Cell::from(Span::styled(
+            format::sparkline(&data.history.series(r.kind), spark_width, per_char),
+            Style::new().fg(BAD),
+        )),
+    }))
+}
+
+/// The calm message when nothing is wrong (or nothing matches the filter).
+fn no_violations_lines(d: &Dashboard, data: &Data, total: u64) -> Vec<Line<'static>> {
+    if total > 0 {
+        return vec![Line::from(vec![
+            Span::styled(format!(" no kind matches \"{}\"", d.ui.filter.applied), Style::new().fg(WARN)),
+            Span::styled(format!(" ({} violations in total; Esc clears the filter)", format::count(total)), Style::new().fg(DIM)),
+        ])];
+    }
+    let since = if data.baseline_ns == data.started_ns { "since start" } else { "since reset" };
+    let (c, s) = (data.frames(Direction::ToServer), data.frames(Direction::ToClient));
+    vec![
+        Line::from(Span::styled(" ✓ no violations", Style::new().fg(GOOD).bold())),
+        Line::from(Span::styled(
+            format!(
+                "   {} frames (client→server {}, server→client {}) · {} upgrades · {} connections {since}",
+                format::count(c.saturating_add(s)),
+                format::count(c),
+                format::count(s),
+                format::count(data.upgrades_ok()),
+                format::count(data.connections_opened()),
+            ),
+            Style::new().fg(GOOD),
+        )),
+    ]
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CCol {
+    Conn,
+    State,
+    Client,
+    Server,
+    Viol,
+    Close,
+    Last,
+}
+
+fn state_style(r: &ConnRow) -> Style {
+    if r.is_gone() {
+        return Style::new().fg(DIM);
+    }
+    match r.view.as_ref().map(|v| v.state) {
+        Some(ConnState::Open) => Style::new().fg(GOOD),
+        Some(ConnState::Handshake) => Style::new().fg(ACCENT),
+        Some(ConnState::Desync) => Style::new().fg(WARN).bold(),
+        Some(ConnState::NotWebSocket) => Style::new().fg(Color::Magenta),
+        Some(ConnState::Closing) | Some(ConnState::Closed) | None => Style::new().fg(DIM),
+    }
+}
+
+fn render_connections(d: &Dashboard, data: &Data, frame: &mut Frame, area: Rect, single: bool) {
+    let rows = data.conn_rows(&d.ui.filter.applied, d.ui.conn_sort);
+    let (live, closed) = data.conn_counts();
+    let info = format!("{live} live, {closed} closed · sort {}", d.ui.conn_sort.name());
+    let block = pane_block(d, Pane::Connections, info, single);
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    if inner.width == 0 || inner.height == 0 {
+        return;
+    }
+    if rows.is_empty() {
+        let msg = if d.ui.filter.applied.is_empty() {
+            " no connections yet".to_string()
+        } else {
+            format!(" no connection matches \"{}\"", d.ui.filter.applied)
+        };
+        render_message(frame, inner, vec![Line::from(Span::styled(msg, Style::new().fg(DIM)))]);
+        return;
+    }
+    let ids: Vec<_> = rows.iter().map(|r| r.id).collect();
+    let selected = d.ui.sel_conn.resolve(&ids);
+    let cols = [
+        Col::new(CCol::Conn, "connection", 20, 47, 0).fill(),
+        Col::new(CCol::State, "state", 9, 9, 1),
+        Col::new(CCol::Viol, "viol", 4, 5, 2),
+        Col::new(CCol::Client, "frames c→s", 6, 10, 3),
+        Col::new(CCol::Server, "frames s→c", 6, 10, 4),
+        Col::new(CCol::Close, "close", 5, 5, 5),
+        Col::new(CCol::Last, "last", 4, 5, 6),
+    ];
+    let fitted = fit(&cols, inner.width.saturating_sub(MARK_WIDTH));
+    let height = usize::from(inner.height.saturating_sub(1));
+    let offset = scroll_offset(selected, height);
+    let table_rows: Vec<Row<'static>> = rows
+        .iter()
+        .skip(offset)
+        .take(height)
+        .map(|r| {
+            let dim = if r.is_gone() { Style::new().fg(DIM) } else { Style::new() };
+            Row::new(fitted.iter().map(|(c, _, w)| match c {
+                CCol::Conn => Cell::from(Span::styled(format::truncate(&r.label, usize::from(*w)), dim)),
+                CCol::State => Cell::from(Span::styled(r.state_label(), state_style(r))),
+                CCol::Client => num(format::count(r.frames_dir(Direction::ToServer)), dim),
+                CCol::Server => num(format::count(r.frames_dir(Direction::ToClient)), dim),
+                CCol::Viol => {
+                    let v = r.violations();
+                    num(format::count(v), if v > 0 { Style::new().fg(BAD).bold() } else { Style::new().fg(DIM) })
+                }
+                CCol::Close => num(
+                    r.view.as_ref().and_then(|v| v.last_close_code).map_or_else(|| "-".to_string(), |c| c.to_string()),
+                    dim,
+                ),
+                CCol::Last => num(format::ago(data.now_ns, r.last_active_ns()), dim),
+            }))
+        })
+        .collect();
+    render_table(frame, inner, &fitted, table_rows, selected.map(|s| s - offset), d.ui.focus == Pane::Connections, |c| {
+        matches!(c, CCol::Client | CCol::Server | CCol::Viol | CCol::Close | CCol::Last)
+    });
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FCol {
+    Time,
+    Conn,
+    From,
+    Kind,
+    Header,
+}
+
+fn render_findings(d: &Dashboard, data: &Data, frame: &mut Frame, area: Rect, single: bool) {
+    let rows = data.finding_rows(&d.ui.filter.applied, d.ui.finding_sort);
+    let info = format!("{} kept · {} first", data.findings_len(), d.ui.finding_sort.name());
+    let block = pane_block(d, Pane::Findings, info, single);
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    if inner.width == 0 || inner.height == 0 {
+        return;
+    }
+    if rows.is_empty() {
+        let line = if !d.ui.filter.applied.is_empty() {
+            Span::styled(format!(" no finding matches \"{}\"", d.ui.filter.applied), Style::new().fg(DIM))
+        } else {
+            Span::styled(" ✓ no findings", Style::new().fg(GOOD))
+        };
+        render_message(frame, inner, vec![Line::from(line)]);
+        return;
+    }
+    let seqs: Vec<u64> = rows.iter().map(|r| r.seq).collect();
+    let selected = d.ui.sel_finding.resolve(&seqs);
+    let time_w = if d.epoch_offset_ns.is_some() { 12 } else { 13 };
+    let cols = [
+        Col::new(FCol::Time, "time", time_w, time_w, 1),
+        Col::new(FCol::Conn, "connection", 20, 47, 3).fill(),
+        Col::new(FCol::From, "from", 6, 6, 4),
+        Col::new(FCol::Kind, "kind", 12, 22, 0),
+        Col::new(FCol::Header, "frame header", 12, 28, 2),
+    ];
+    let fitted = fit(&cols, inner.width.saturating_sub(MARK_WIDTH));
+    let height = usize::from(inner.height.saturating_sub(1));
+    let offset = scroll_offset(selected, height);
+    let table_rows: Vec<Row<'static>> = rows
+        .iter()
+        .skip(offset)
+        .take(height)
+        .map(|r| finding_row(d, data, r, &fitted))
+        .collect();
+    render_table(frame, inner, &fitted, table_rows, selected.map(|s| s - offset), d.ui.focus == Pane::Findings, |_| false);
+}
+
+fn finding_row(d: &Dashboard, data: &Data, r: &FindingRow, cols: &[(FCol, &'static str, u16)]) -> Row<'static> {
+    let f = &r.finding;
+    Row::new(cols.iter().map(|(c, _, w)| match c {
+        FCol::Time => Cell::from(format::event_time(f.ts_ns, data.started_ns, d.epoch_offset_ns)),
+        FCol::Conn => Cell::from(format::truncate(&format!("{} → {}", f.key.client, f.key.server), usize::from(*w))),
+        FCol::From => Cell::from(f.dir.name()),
+        FCol::Kind => Cell::from(Span::styled(f.kind.name(), Style::new().fg(BAD))),
+        FCol::Header => Cell::from(Span::styled(format::compact_hex(&f.header), Style::new().fg(ACCENT))),
+    }))
+}
+
+// ----- overlays --------------------------------------------------------------------------
+
+/// A centred rectangle of at most `w` x `h` inside `area`, leaving a margin when it can.
+fn centered(area: Rect, w: u16, h: u16) -> Rect {
+    let max_w = if area.width > 24 { area.width - 2 } else { area.width };
+    let max_h = if area.height > 8 { area.height - 2 } else { area.height };
+    let (w, h) = (w.min(max_w), h.min(max_h));
+    Rect {
+        x: area.x + (area.width - w) / 2,
+        y: area.y + (area.height - h) / 2,
+        width: w,
+        height: h,
+    }
+}
+
+/// A label/value line for the details popup.
+fn kv(label: &str, value: Vec<Span<'static>>) -> Line<'static> {
+    let mut spans = vec![Span::styled(format!("{label:<LABEL$}"), Style::new().fg(ACCENT).bold())];
+    spans.extend(value);
+    Line::from(spans)
+}
+
+fn render_popup(frame: &mut Frame, area: Rect, title: String, lines: Vec<Line<'static>>, max_width: u16) {
+    let width = max_width.min(area.width.saturating_sub(4).max(20));
+    let inner_w = usize::from(width.saturating_sub(2)).max(1);
+    let needed: usize = lines
+        .iter()
+        .map(|l| {
+            let text: String = l.spans.iter().map(|s| s.content.as_ref()).collect();
+            wrapped_lines(&text, inner_w)
+        })
+        .sum();
+    let height = u16::try_from(needed.saturating_add(2)).unwrap_or(u16::MAX);
+    let rect = centered(area, width, height);
+    frame.render_widget(Clear, rect);
+    let block = Block::new()
+        .borders(Borders::ALL)
+        .border_type(BorderType::Double)
+        .border_style(Style::new().fg(ACCENT))
+        .title(Line::from(Span::styled(format!(" {title} "), Style::new().bold())))
+        .title_bottom(Line::from(Span::styled(" Enter/Esc close ", Style::new().fg(DIM))).right_aligned());
+    frame.render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }).block(block), rect);
+}
+
+fn render_details(d: &Dashboard, data: &Data, frame: &mut Frame, area: Rect) {
+    let filter = &d.ui.filter.applied;
+    let (title, lines) = match d.ui.focus {
+        Pane::Violations => {
+            let kinds: Vec<Kind> = data.kind_rows(filter, d.ui.kind_sort).iter().map(|r| r.kind).collect();
+            match d.ui.sel_kind.current(&kinds) {
+                Some(k) => (format!("Violation {}", k.name()), kind_details(d, data, k)),
+                None => ("Violations".to_string(), vec![Line::from("no violation selected")]),
+            }
+        }
+        Pane::Connections => {
+            let ids: Vec<_> = data.conn_rows(filter, d.ui.conn_sort).iter().map(|r| r.id).collect();
+            match d.ui.sel_conn.current(&ids).and_then(|id| data.conn(id)) {
+                Some(r) => (format!("Connection {}", r.id.0), conn_details(data, r)),
+                None => ("Connections".to_string(), vec![Line::from("no connection selected")]),
+            }
+        }
+        Pane::Findings => {
+            let seqs: Vec<u64> = data.finding_rows(filter, d.ui.finding_sort).iter().map(|r| r.seq).collect();
+            match d.ui.sel_finding.current(&seqs).and_then(|s| data.finding_by_seq(s)) {
+                Some(r) => (format!("Finding {}", r.finding.kind.name()), finding_details(d, data, r)),
+                None => ("Findings".to_string(), vec![Line::from("no finding selected")]),
+            }
+        }
+    };
+    render_popup(frame, area, title, lines, 100);
+}
+
+fn category_name(k: Kind) -> &'static str {
+    match k.category() {
+        crate::engine::Category::Handshake => "handshake",
+        crate::engine::Category::Frame => "frame header",
+        crate::engine::Category::Payload => "payload",
+        crate::engine::Category::Stream => "stream",
+    }
+}
+
+fn kind_details(d: &Dashboard, data: &Data, k: Kind) -> Vec<Line<'static>> {
+    let r = data.kind_row(k);
+    let mut lines = vec![
+        kv("kind", vec![Span::styled(k.name(), Style::new().fg(BAD).bold()), Span::raw(format!("  ({})", category_name(k)))]),
+        kv("meaning", vec![Span::raw(k.meaning())]),
+        kv("likely cause", vec![Span::raw(k.likely_cause())]),
+        kv(
+            "count",
+            vec![Span::raw(format!(
+                "{} (client→server {}, server→client {}) · {} over the last {RATE_WINDOW_SECS} s · last {}",
+                format::count(r.total()),
+                format::count(r.client),
+                format::count(r.server),
+                format::rate(r.rate),
+                r.last_active_ns.map_or_else(|| "-".to_string(), |t| format::ago(data.now_ns, t)),
+            ))],
+        ),
+    ];
+    let conns = data.conns_with(k, 5);
+    if conns.is_empty() {
+        lines.push(kv("connections", vec![Span::styled("none kept", Style::new().fg(DIM))]));
+    }
+    for (i, c) in conns.iter().enumerate() {
+        let label = if i == 0 { "connections" } else { "" };
+        lines.push(kv(label, vec![Span::raw(format!("{} ({})", c.label, c.state_label()))]));
+    }
+    for (i, f) in data.recent_findings_of(k, 3).iter().enumerate() {
+        let label = if i == 0 { "examples" } else { "" };
+        let f = &f.finding;
+        lines.push(kv(
+            label,
+            vec![Span::raw(format!(
+                "{}  {} from {}  {}",
+                format::event_time(f.ts_ns, data.started_ns, d.epoch_offset_ns),
+                f.key.client,
+                f.dir.name(),
+                format::spaced_hex(&f.header)
+            ))],
+        ));
+    }
+    lines
+}
+
+fn conn_details(data: &Data, r: &ConnRow) -> Vec<Line<'static>> {
+    let mut lines = vec![kv("connection", vec![Span::raw(r.label.clone())])];
+    let mut state = vec![Span::styled(r.state_label(), state_style(r).bold())];
+    if let Some(g) = r.gone_ns {
+        let last = r.view.as_ref().map_or("unknown", |v| state_name(v.state));
+        state.push(Span::raw(format!(
+            "  (left the engine {} ago; last state {last})",
+            format::short_duration(data.now_ns.saturating_sub(g) / 1_000_000_000)
+        )));
+    }
+    lines.push(kv("state", state));
+    if let Some(v) = &r.view {
+        let opening = match v.opening {
+            Opening::Handshake => "from the TCP handshake",
+            Opening::MidStream => "mid-stream (already open when capture started)",
+        };
+        lines.push(kv("tracked", vec![Span::raw(opening)]));
+    }
+    lines.push(kv(
+        "frames",
+        vec![Span::raw(format!(
+            "client→server {} · server→client {}",
+            format::count(r.frames_dir(Direction::ToServer)),
+            format::count(r.frames_dir(Direction::ToClient))
+        ))],
+    ));
+    let kinds: Vec<&str> = r.kinds.iter().map(Kind::name).collect();
+    let v = r.violations();
+    let mut viol = vec![Span::styled(format::count(v), if v > 0 { Style::new().fg(BAD).bold() } else { Style::new() })];
+    if !kinds.is_empty() {
+        viol.push(Span::raw(format!("  {}", kinds.join(", "))));
+    }
+    lines.push(kv("violations", viol));
+    if let Some(v) = &r.view {
+        lines.push(kv(
+            "close code",
+            vec![Span::raw(v.last_close_code.map_or_else(|| "none seen".to_string(), |c| c.to_string()))],
+        ));
+        let mut neg = Vec::new();
+        if v.deflate {
+            neg.push("permessage-deflate".to_string());
+        }
+        if let Some(p) = &v.subprotocol {
+            neg.push(format!("subprotocol {p}"));
+        }
+        if !neg.is_empty() {
+            lines.push(kv("negotiated", vec![Span::raw(neg.join(" · "))]));
+        }
+        lines.push(kv(
+            "activity",
+            vec![Span::raw(format!(
+                "opened {} ago · last {} ago",
+                format::ago(data.now_ns, v.opened_ns),
+                format::ago(data.now_ns, r.last_active_ns())
+            ))],
+        ));
+    }
+    lines
+}
+
+fn finding_details(d: &Dashboard, data: &Data, r: &FindingRow) -> Vec<Line<'static>> {
+    let f = &r.finding;
+    let mut lines = vec![
+        kv("time", vec![Span::raw(format::event_time(f.ts_ns, data.started_ns, d.epoch_offset_ns))]),
+        kv("connection", vec![Span::raw(format!("{} → {}  (id {})", f.key.client, f.key.server, f.id.0))]),
+        kv(
+            "from",
+            vec![Span::raw(format!(
+                "{} (bytes {})",
+                f.dir.name(),
+                match f.dir {
+                    Direction::ToServer => "client → server",
+                    Direction::ToClient => "server → client",
+                }
+            ))],
+        ),
+        kv("kind", vec![Span::styled(f.kind.name(), Style::new().fg(BAD).bold()), Span::raw(format!("  ({})", category_name(f.kind)))]),
+        kv("offset", vec![Span::raw(format!("byte {} of the stream", f.offset))]),
+        kv("header", vec![Span::styled(format::spaced_hex(&f.header), Style::new().fg(ACCENT))]),
+    ];
+    if let Some(dec) = format::decode_header(&f.header) {
+        lines.push(kv("decoded", vec![Span::raw(dec)]));
+    }
+    lines.push(kv("meaning", vec![Span::raw(f.kind.meaning())]));
+    lines.push(kv("likely cause", vec![Span::raw(f.kind.likely_cause())]));
+    lines
+}
+
+/// Every key, for the help overlay.
+pub const KEYS: [(&str, &str); 13] = [
+    ("q, Ctrl-C", "quit"),
+    ("?", "this help (any key closes it)"),
+    ("Tab, Shift-Tab", "next / previous pane"),
+    ("j k, ↓ ↑", "move the selection"),
+    ("PgDn PgUp", "move by 10"),
+    ("g G, Home End", "first / last row"),
+    ("Enter", "details of the selection (Enter/Esc close)"),
+    ("Space", "pause: freeze the view, keep counting"),
+    ("r", "reset counters, rates and sparklines"),
+    ("/", "filter kinds, connections, findings by text"),
+    ("  Enter / Esc", "apply / clear the filter"),
+    ("s", "cycle the sort of the focused pane"),
+    ("Esc", "close details, else clear the filter"),
+];
+
+fn render_help(frame: &mut Frame, area: Rect) {
+    let mut lines: Vec<Line<'static>> = KEYS
+        .iter()
+        .map(|(k, v)| Line::from(vec![Span::styled(format!("{k:<16}"), Style::new().fg(ACCENT).bold()), Span::raw(*v)]))
+        .collect();
+    lines.push(Line::from(""));
+    lines.push(Line::from(Span::styled(
+        "client→server: findings in bytes the client sent; server→client: bytes the server sent.",
+        Style::new().fg(DIM),
+    )));
+    lines.push(Line::from(Span::styled(
+        "states: handshake, open, closing, closed, desync (lost framing), not-ws; closed connections stay 60 s.",
+        Style::new().fg(DIM),
+    )));
+    render_popup(frame, area, "Keys".to_string(), lines, 80);
+}

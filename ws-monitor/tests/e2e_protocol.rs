@@ -1,0 +1,732 @@
+//! End to end, as root: real WebSocket peers in two network namespaces joined by a veth
+//! pair, `ws-monitor` capturing live on the server-side veth (both hooks) and, at the same
+//! time, tcpdump writing a pcap there that `ws-monitor replay` reads afterwards.
+//!
+//! * Conformant traffic (Python `websockets` and Node `ws`, each with and without
+//!   permessage-deflate, over IPv4 and IPv6; nginx correctly configured as a reverse
+//!   proxy) raises no violation at all, every upgrade is counted, and the frame counts are
+//!   the ones the peers' script makes.
+//! * nginx without the Upgrade/Connection headers: upgrade_missing on the upstream
+//!   connection, handshake_rejected on the front connection, exactly.
+//! * A raw-socket violator commits every kind a known number of times; the report must
+//!   equal its expectations exactly (every kind, both directions, zeros included).
+//! * In every test the replay of the pcap reports the same protocol counters (and the
+//!   same findings) as the live capture.
+//!
+//! The peers and the nginx configuration template are in tests/peers/; `cargo xtask setup
+//! --tests` installs what they need (nginx, tcpdump, websockets, ws).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value};
+
+use common::Netns;
+
+/// Every violation kind the report lists, in ws-monitor's order.
+const KINDS: [&str; 24] = [
+    "handshake_rejected",
+    "upgrade_missing",
+    "accept_mismatch",
+    "bad_handshake",
+    "extension_not_offered",
+    "rsv_without_extension",
+    "rsv1_invalid",
+    "reserved_opcode",
+    "unmasked_client_frame",
+    "masked_server_frame",
+    "control_too_long",
+    "control_fragmented",
+    "orphan_continuation",
+    "interleaved_data_frame",
+    "non_minimal_length",
+    "length_msb_set",
+    "oversized_frame",
+    "invalid_utf8_text",
+    "invalid_close_payload",
+    "invalid_close_code",
+    "invalid_close_reason",
+    "data_after_close",
+    "http_in_stream",
+    "tls_on_plain_port",
+];
+
+/// The report keys that live capture and replay must agree on (capture counters differ:
+/// live counts kernel packets).
+const PROTOCOL_KEYS: [&str; 6] =
+    ["connections", "upgrades_ok", "frames", "violations", "violations_by_direction", "close_codes"];
+
+const SERVER_V4: &str = "10.201.0.2";
+const SERVER_V6: &str = "fd00:201::2";
+const CLIENT_V4: &str = "10.201.0.1";
+
+/// A process announcing it is ready (listening, capturing).
+const READY: Duration = Duration::from_secs(30);
+/// A peer script running to its end.
+const PEER_RUN: Duration = Duration::from_secs(120);
+/// A process stopping after SIGINT (or ending on its own once its work is done).
+const STOP: Duration = Duration::from_secs(30);
+
+fn peers_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers")
+}
+
+fn peer(name: &str) -> PathBuf {
+    peers_dir().join(name)
+}
+
+// ----- child processes ------------------------------------------------------------------
+
+/// The lines a child writes on one pipe, read on a thread (so waiting is bounded).
+struct Lines {
+    rx: Receiver<String>,
+    seen: Vec<String>,
+    eof: bool,
+}
+
+impl Lines {
+    fn new(r: impl Read + Send + 'static) -> Lines {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(r);
+            loop {
+                let mut buf = Vec::new();
+                match r.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        if tx.send(String::from_utf8_lossy(&buf).into_owned()).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Lines { rx, seen: Vec::new(), eof: false }
+    }
+
+    /// Reads lines until one contains `needle`.
+    fn wait_for(&mut self, needle: &str, timeout: Duration) -> Result<(), String> {
+        if self.seen.iter().any(|l| l.contains(needle)) {
+            return Ok(());
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) => {
+                    let hit = line.contains(needle);
+                    self.seen.push(line);
+                    if hit {
+                        return Ok(());
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => return Err(format!("no {needle:?} within {timeout:?}")),
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.eof = true;
+                    return Err(format!("output closed before {needle:?}"));
+                }
+            }
+        }
+    }
+
+    /// Everything written so far and until EOF (waiting at most `timeout` for it).
+    fn text(&mut self, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        while !self.eof {
+            match self.rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => self.seen.push(line),
+                Err(RecvTimeoutError::Disconnected) => self.eof = true,
+                Err(RecvTimeoutError::Timeout) => break,
+            }
+        }
+        self.seen.concat()
+    }
+}
+
+/// A child process that is killed (and reaped) when dropped, whatever happened.
+struct Proc {
+    what: String,
+    child: std::process::Child,
+    out: Lines,
+    err: Lines,
+}
+
+/// How a child ended.
+struct Ended {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command, what: &str) -> Proc {
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {what} ({cmd:?}): {e}"));
+        let out = Lines::new(child.stdout.take().expect("stdout"));
+        let err = Lines::new(child.stderr.take().expect("stderr"));
+        Proc { what: what.to_string(), child, out, err }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for a line on stdout (`on_stderr` = false) or stderr.
+    fn wait_line(&mut self, needle: &str, on_stderr: bool) {
+        let r = if on_stderr { self.err.wait_for(needle, READY) } else { self.out.wait_for(needle, READY) };
+        if let Err(e) = r {
+            let _ = self.child.kill();
+            panic!(
+                "{}: {e}\n--- stdout:\n{}\n--- stderr:\n{}",
+                self.what,
+                self.out.text(Duration::from_secs(2)),
+                self.err.text(Duration::from_secs(2))
+            );
+        }
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child by pid (not yet reaped: we hold its Child).
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// Waits for the child to end (killing it after `timeout`).
+    fn finish(&mut self, timeout: Duration) -> Ended {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            match self.child.try_wait().expect("try_wait") {
+                Some(s) => break s,
+                None if Instant::now() >= deadline => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    panic!(
+                        "{} did not end within {timeout:?}\n--- stdout:\n{}\n--- stderr:\n{}",
+                        self.what,
+                        self.out.text(Duration::from_secs(2)),
+                        self.err.text(Duration::from_secs(2))
+                    );
+                }
+                None => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        Ended { status, stdout: self.out.text(STOP), stderr: self.err.text(STOP) }
+    }
+
+    /// Waits for the child to end and requires success.
+    fn finish_ok(&mut self, timeout: Duration) -> Ended {
+        let e = self.finish(timeout);
+        assert!(e.status.success(), "{} failed ({})\n--- stdout:\n{}\n--- stderr:\n{}", self.what, e.status, e.stdout, e.stderr);
+        e
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The last line of `stdout` that is a JSON object.
+fn last_json(stdout: &str, what: &str) -> Value {
+    stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("{what} printed no JSON object:\n{stdout}"))
+}
+
+/// Fails with a pointer to the setup task when a test dependency is missing.
+fn require_deps(python_websockets: bool, node_ws: bool, nginx: bool) {
+    let ok = |program: &str, args: &[&str]| {
+        Command::new(program)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let mut missing = Vec::new();
+    if !ok("tcpdump", &["--version"]) {
+        missing.push("tcpdump");
+    }
+    if python_websockets && !ok("python3", &["-c", "import websockets.asyncio.client"]) {
+        missing.push("python3 websockets (>= 13, asyncio API)");
+    }
+    if node_ws && !(ok("node", &["--version"]) && peer("node_modules/ws/package.json").is_file()) {
+        missing.push("node with ws in tests/peers/node_modules");
+    }
+    if nginx && !ok("nginx", &["-v"]) {
+        missing.push("nginx");
+    }
+    assert!(missing.is_empty(), "missing test dependencies: {}; run `cargo xtask setup --tests`", missing.join(", "));
+}
+
+// ----- capture: live monitor and tcpdump side by side ---------------------------------------
+
+/// ws-monitor and tcpdump running on the server-side veth.
+struct Capture {
+    tcpdump: Proc,
+    monitor: Proc,
+    pcap: PathBuf,
+    live_events: PathBuf,
+    replay_events: PathBuf,
+    ports: Vec<u16>,
+    engine_args: Vec<String>,
+}
+
+/// The two reports and their findings.
+struct Reports {
+    live: Value,
+    replay: Value,
+    live_events: Vec<Value>,
+}
+
+fn start_capture(ns: &Netns, veth: &str, ports: &[u16], engine_args: &[&str], dir: &Path) -> Capture {
+    let pcap = dir.join("capture.pcap");
+    let filter = ports.iter().map(|p| format!("port {p}")).collect::<Vec<_>>().join(" or ");
+    let mut tcpdump = ns.command("tcpdump");
+    // -Z root: keep the rights to write into our private temp dir.
+    tcpdump.args(["-i", veth, "-n", "-U", "-Z", "root", "-s", "0", "-w"]).arg(&pcap).arg(&filter);
+    let mut tcpdump = Proc::spawn(tcpdump, "tcpdump");
+    tcpdump.wait_line("listening on", true);
+
+    let live_events = dir.join("live-events.jsonl");
+    let mut monitor = ns.command(common::ws_monitor_bin());
+    monitor.args(["--iface", veth, "--json", "--stats-interval", "0"]);
+    for p in ports {
+        monitor.args(["--port", &p.to_string()]);
+    }
+    monitor.args(engine_args).arg("--events").arg(&live_events);
+    let mut monitor = Proc::spawn(monitor, "ws-monitor (live)");
+    monitor.wait_line("capturing", true);
+    Capture {
+        tcpdump,
+        monitor,
+        pcap,
+        live_events,
+        replay_events: dir.join("replay-events.jsonl"),
+        ports: ports.to_vec(),
+        engine_args: engine_args.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn read_events(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event line {l:?}: {e}")))
+        .collect()
+}
+
+/// A finding without what may differ between live capture and replay (time, flow id).
+fn event_key(e: &Value) -> (String, String, String, String, u64, String) {
+    let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    (
+        s(&e["connection"]["client"]),
+        s(&e["connection"]["server"]),
+        s(&e["direction"]),
+        s(&e["kind"]),
+        e["offset"].as_u64().unwrap_or(u64::MAX),
+        s(&e["header"]),
+    )
+}
+
+fn protocol_view(report: &Value) -> Value {
+    Value::Object(PROTOCOL_KEYS.iter().map(|k| (k.to_string(), report[*k].clone())).collect())
+}
+
+/// Stops tcpdump and the monitor, replays the pcap, and checks that both reports agree.
+fn stop_capture(mut cap: Capture, tag: &str) -> Reports {
+    // Let the last segments (FINs, ACKs) through both.
+    std::thread::sleep(Duration::from_millis(500));
+    cap.tcpdump.signal(libc::SIGINT);
+    let td = cap.tcpdump.finish_ok(STOP);
+    assert!(
+        td.stderr.contains(" 0 packets dropped by kernel"),
+        "{tag}: tcpdump dropped packets, the pcap is incomplete:\n{}",
+        td.stderr
+    );
+    cap.monitor.signal(libc::SIGINT);
+    let mon = cap.monitor.finish_ok(STOP);
+    let live = last_json(&mon.stdout, "ws-monitor (live)");
+    eprintln!("{tag} live: {}", protocol_view(&live));
+
+    let mut replay = Command::new(common::ws_monitor_bin());
+    replay.arg("replay").arg(&cap.pcap);
+    for p in &cap.ports {
+        replay.args(["--port", &p.to_string()]);
+    }
+    replay.args(["--json", "--stats-interval", "0"]).args(&cap.engine_args).arg("--events").arg(&cap.replay_events);
+    let rep = Proc::spawn(replay, "ws-monitor replay").finish_ok(STOP);
+    let replay = last_json(&rep.stdout, "ws-monitor replay");
+
+    for (name, r) in [("live", &live), ("replay", &replay)] {
+        let mut want = KINDS.to_vec();
+        want.sort_unstable();
+        for counts in [&r["violations"], &r["violations_by_direction"]["client"], &r["violations_by_direction"]["server"]] {
+            let kinds: Vec<&str> = counts.as_object().expect("kind counts").keys().map(String::as_str).collect();
+            assert_eq!(kinds, want, "{tag} {name}: every kind is listed");
+        }
+        let cap = &r["capture"];
+        for k in ["ring_drops", "gaps", "bytes_lost"] {
+            assert_eq!(cap[k], 0, "{tag} {name}: capture.{k} must be 0 (nothing lost): {cap}");
+        }
+    }
+    assert_eq!(live["capture"]["bytes_client"], replay["capture"]["bytes_client"], "{tag}: delivered client bytes");
+    assert_eq!(live["capture"]["bytes_server"], replay["capture"]["bytes_server"], "{tag}: delivered server bytes");
+    assert_eq!(
+        protocol_view(&replay),
+        protocol_view(&live),
+        "{tag}: the replay of the pcap must report what the live capture reported\nlive:   {}\nreplay: {}",
+        protocol_view(&live),
+        protocol_view(&replay)
+    );
+
+    let live_events = read_events(&cap.live_events);
+    let mut a: Vec<_> = live_events.iter().map(event_key).collect();
+    let mut b: Vec<_> = read_events(&cap.replay_events).iter().map(event_key).collect();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "{tag}: live and replay findings differ");
+    let total: u64 = live["violations"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(live_events.len() as u64, total, "{tag}: one event line per counted finding");
+    Reports { live, replay, live_events }
+}
+
+// ----- expectations -----------------------------------------------------------------------
+
+fn zero_kinds() -> Value {
+    Value::Object(KINDS.iter().map(|k| (k.to_string(), json!(0))).collect())
+}
+
+/// `frames` scaled by `n`.
+fn times(frames: &Value, n: u64) -> Value {
+    Value::Object(
+        frames.as_object().expect("frame counts").iter().map(|(k, v)| (k.clone(), json!(v.as_u64().unwrap() * n))).collect(),
+    )
+}
+
+/// Conformant traffic: nothing reported, every upgrade counted, frames as scripted.
+fn assert_conformant(tag: &str, reports: &Reports, summary: &Value, connections: u64, hops: u64) {
+    let per_conn = &summary["frames_per_connection"];
+    let closes: Vec<u64> = summary["close_codes"].as_array().unwrap().iter().map(|c| c.as_u64().unwrap()).collect();
+    assert_eq!(closes, vec![1000; summary["connections"].as_u64().unwrap() as usize], "{tag}: the peers' close codes");
+    let monitored = connections * hops;
+    for (name, r) in [("live", &reports.live), ("replay", &reports.replay)] {
+        let ctx = format!("{tag} {name}: {}", protocol_view(r));
+        assert_eq!(r["violations"], zero_kinds(), "{ctx}\nconformant traffic must raise no violation");
+        assert_eq!(r["violations_by_direction"]["client"], zero_kinds(), "{ctx}");
+        assert_eq!(r["violations_by_direction"]["server"], zero_kinds(), "{ctx}");
+        assert_eq!(r["connections"], monitored, "{ctx}\nconnections");
+        assert_eq!(r["upgrades_ok"], monitored, "{ctx}\nevery upgrade is a good one");
+        assert_eq!(r["frames"]["client"], times(&per_conn["client"], monitored), "{ctx}\nclient frames");
+        assert_eq!(r["frames"]["server"], times(&per_conn["server"], monitored), "{ctx}\nserver frames");
+        assert_eq!(r["close_codes"], json!({"1000": 2 * monitored}), "{ctx}\nclose codes");
+    }
+    assert!(reports.live_events.is_empty(), "{tag}: findings on conformant traffic: {:?}", reports.live_events);
+}
+
+// ----- the tests ----------------------------------------------------------------------------
+
+const WS_PORT: u16 = 9000;
+
+/// A library peer (`python3 ws_python.py` or `node ws_node.js`) as server and client.
+fn library_pair(tag: &str, program: &str, script: &str, compression: &str) {
+    require_deps(program == "python3", program == "node", false);
+    let (client_ns, server_ns, veth) = common::veth_pair(tag);
+    let dir = tempfile::tempdir().unwrap();
+    let port = WS_PORT.to_string();
+    let hosts = [SERVER_V4, SERVER_V6];
+
+    let mut server = server_ns.command(program);
+    server.arg(peer(script)).args(["server", "--port", &port, "--compression", compression]);
+    server.args(["--expect", &hosts.len().to_string()]);
+    let mut server = Proc::spawn(server, &format!("{script} server"));
+    server.wait_line("listening", false);
+
+    let cap = start_capture(&server_ns, &veth, &[WS_PORT], &[], dir.path());
+
+    let mut client = client_ns.command(program);
+    client.arg(peer(script)).args(["client", "--port", &port, "--compression", compression]);
+    client.args(["--hosts", &hosts.join(",")]);
+    let out = Proc::spawn(client, &format!("{script} client")).finish_ok(PEER_RUN);
+    let summary = last_json(&out.stdout, "client peer");
+    server.finish_ok(STOP);
+
+    let reports = stop_capture(cap, tag);
+    eprintln!("{tag}: {} client: {summary}", summary["library"]);
+    assert_conformant(tag, &reports, &summary, hosts.len() as u64, 1);
+    assert_eq!(
+        reports.live["capture"]["flows_closed"], hosts.len() as u64,
+        "{tag}: every connection ended with FIN in the capture"
+    );
+}
+
+#[test]
+fn python_websockets_plain_is_conformant() {
+    if common::require_root("python_websockets_plain_is_conformant") {
+        library_pair("pyp", "python3", "ws_python.py", "none");
+    }
+}
+
+#[test]
+fn python_websockets_deflate_is_conformant() {
+    if common::require_root("python_websockets_deflate_is_conformant") {
+        library_pair("pyd", "python3", "ws_python.py", "deflate");
+    }
+}
+
+#[test]
+fn node_ws_plain_is_conformant() {
+    if common::require_root("node_ws_plain_is_conformant") {
+        library_pair("ndp", "node", "ws_node.js", "none");
+    }
+}
+
+#[test]
+fn node_ws_deflate_is_conformant() {
+    if common::require_root("node_ws_deflate_is_conformant") {
+        library_pair("ndd", "node", "ws_node.js", "deflate");
+    }
+}
+
+const FRONT_PORT: u16 = 8080;
+const UPSTREAM_PORT: u16 = 9001;
+
+/// Writes the nginx configuration for a proxy on SERVER_V4:FRONT_PORT in front of the
+/// upstream at CLIENT_V4:UPSTREAM_PORT (in the client namespace, so that both the front
+/// and the upstream connection cross the monitored veth).
+fn nginx_config(prefix: &Path, upgrade_headers: bool) -> PathBuf {
+    let template = std::fs::read_to_string(peer("nginx.conf.template")).expect("nginx template");
+    let headers = if upgrade_headers {
+        "            proxy_set_header Upgrade $http_upgrade;\n            proxy_set_header Connection \"upgrade\";"
+    } else {
+        "            # (no Upgrade / Connection headers: the broken configuration)"
+    };
+    let conf = template
+        .replace("@PREFIX@", &prefix.display().to_string())
+        .replace("@LISTEN@", &format!("{SERVER_V4}:{FRONT_PORT}"))
+        .replace("@UPSTREAM@", &format!("{CLIENT_V4}:{UPSTREAM_PORT}"))
+        .replace("@UPGRADE_HEADERS@", headers);
+    assert!(!conf.contains('@'), "unfilled placeholder in the nginx template");
+    let path = prefix.join("nginx.conf");
+    std::fs::write(&path, conf).unwrap();
+    path
+}
+
+/// Waits until something listens on `port` in `ns` (without connecting to it).
+fn wait_listening(ns: &Netns, port: u16, proc_: &mut Proc) {
+    let deadline = Instant::now() + READY;
+    loop {
+        let out = ns.command("ss").args(["-Hltn", &format!("sport = :{port}")]).output().expect("ss");
+        if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
+            return;
+        }
+        if !proc_.running() || Instant::now() >= deadline {
+            let e = proc_.finish(Duration::from_secs(1));
+            panic!("{} is not listening on {port}: {}\n{}", proc_.what, e.status, e.stderr);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+struct ProxyRun {
+    reports: Reports,
+    summary: Value,
+}
+
+/// Python websockets behind nginx: the client (client namespace) connects to nginx (server
+/// namespace), which proxies to the upstream echo server (client namespace).
+fn through_nginx(tag: &str, upgrade_headers: bool, connections: u64) -> ProxyRun {
+    require_deps(true, false, true);
+    let (client_ns, server_ns, veth) = common::veth_pair(tag);
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("nginx");
+    std::fs::create_dir(&prefix).unwrap();
+    let conf = nginx_config(&prefix, upgrade_headers);
+
+    let mut upstream = client_ns.command("python3");
+    upstream.arg(peer("ws_python.py")).args(["server", "--port", &UPSTREAM_PORT.to_string(), "--compression", "deflate"]);
+    if upgrade_headers {
+        // Refused handshakes never become connections the library reports closed.
+        upstream.args(["--expect", &connections.to_string()]);
+    }
+    let mut upstream = Proc::spawn(upstream, "upstream ws_python.py server");
+    upstream.wait_line("listening", false);
+
+    let mut nginx = server_ns.command("nginx");
+    nginx.arg("-p").arg(&prefix).arg("-c").arg(&conf).arg("-e").arg(prefix.join("error.log"));
+    nginx.args(["-g", "daemon off;"]);
+    let mut nginx = Proc::spawn(nginx, "nginx");
+    wait_listening(&server_ns, FRONT_PORT, &mut nginx);
+
+    let cap = start_capture(&server_ns, &veth, &[FRONT_PORT, UPSTREAM_PORT], &[], dir.path());
+
+    let mut client = client_ns.command("python3");
+    client.arg(peer("ws_python.py")).args(["client", "--port", &FRONT_PORT.to_string(), "--compression", "deflate"]);
+    client.args(["--hosts", &vec![SERVER_V4; connections as usize].join(",")]);
+    if !upgrade_headers {
+        client.arg("--expect-reject");
+    }
+    let out = Proc::spawn(client, "ws_python.py client via nginx").finish_ok(PEER_RUN);
+    let summary = last_json(&out.stdout, "client peer");
+    if upgrade_headers {
+        upstream.finish_ok(STOP);
+    }
+    let reports = stop_capture(cap, tag);
+    assert!(
+        nginx.running(),
+        "nginx died during the test: {}",
+        std::fs::read_to_string(prefix.join("error.log")).unwrap_or_default()
+    );
+    // nginx and the upstream are killed here, before their namespaces go.
+    drop(nginx);
+    drop(upstream);
+    ProxyRun { reports, summary }
+}
+
+#[test]
+fn nginx_proxy_with_upgrade_headers_is_conformant() {
+    if !common::require_root("nginx_proxy_with_upgrade_headers_is_conformant") {
+        return;
+    }
+    let run = through_nginx("ngx", true, 2);
+    // Each client connection is seen twice: client -> nginx and nginx -> upstream, with
+    // the same frames (nginx relays the upgraded bytes as they are).
+    assert_conformant("ngx", &run.reports, &run.summary, 2, 2);
+}
+
+#[test]
+fn nginx_proxy_without_upgrade_headers_breaks_the_upgrade() {
+    if !common::require_root("nginx_proxy_without_upgrade_headers_breaks_the_upgrade") {
+        return;
+    }
+    let connections = 2u64;
+    let run = through_nginx("ngb", false, connections);
+    assert_eq!(run.summary["reject_statuses"], json!([426, 426]), "the upstream refuses the plain GET (426), nginx relays it");
+    let mut client = zero_kinds();
+    client["upgrade_missing"] = json!(connections);
+    let mut server = zero_kinds();
+    server["handshake_rejected"] = json!(connections);
+    let mut total = zero_kinds();
+    total["upgrade_missing"] = json!(connections);
+    total["handshake_rejected"] = json!(connections);
+    let no_frames = json!({"text": 0, "binary": 0, "continuation": 0, "close": 0, "ping": 0, "pong": 0, "reserved": 0});
+    for (name, r) in [("live", &run.reports.live), ("replay", &run.reports.replay)] {
+        let ctx = format!("ngb {name}: {}", protocol_view(r));
+        assert_eq!(r["connections"], 2 * connections, "{ctx}\nfront and upstream connections");
+        assert_eq!(r["upgrades_ok"], 0, "{ctx}");
+        assert_eq!(r["violations_by_direction"]["client"], client, "{ctx}\nclient side");
+        assert_eq!(r["violations_by_direction"]["server"], server, "{ctx}\nserver side");
+        assert_eq!(r["violations"], total, "{ctx}");
+        assert_eq!(r["frames"]["client"], no_frames, "{ctx}");
+        assert_eq!(r["frames"]["server"], no_frames, "{ctx}");
+        assert_eq!(r["close_codes"], json!({}), "{ctx}");
+    }
+    // Where each finding is: upgrade_missing on nginx -> upstream, handshake_rejected on
+    // client -> nginx.
+    for e in &run.reports.live_events {
+        let (server, kind) = (e["connection"]["server"].as_str().unwrap(), e["kind"].as_str().unwrap());
+        match kind {
+            "upgrade_missing" => assert_eq!(server, format!("{CLIENT_V4}:{UPSTREAM_PORT}"), "{e}"),
+            "handshake_rejected" => assert_eq!(server, format!("{SERVER_V4}:{FRONT_PORT}"), "{e}"),
+            _ => panic!("unexpected finding {e}"),
+        }
+    }
+}
+
+/// Findings per connection, by client port: {port: {direction: {kind: n}}}.
+fn findings_by_client_port(events: &[Value]) -> BTreeMap<u64, BTreeMap<String, BTreeMap<String, u64>>> {
+    let mut out: BTreeMap<u64, BTreeMap<String, BTreeMap<String, u64>>> = BTreeMap::new();
+    for e in events {
+        let client = e["connection"]["client"].as_str().unwrap();
+        let port: u64 = client.rsplit(':').next().unwrap().parse().unwrap();
+        let dir = e["direction"].as_str().unwrap().to_string();
+        let kind = e["kind"].as_str().unwrap().to_string();
+        *out.entry(port).or_default().entry(dir).or_default().entry(kind).or_default() += 1;
+    }
+    out
+}
+
+#[test]
+fn violator_commits_every_kind_and_is_counted_exactly() {
+    if !common::require_root("violator_commits_every_kind_and_is_counted_exactly") {
+        return;
+    }
+    require_deps(false, false, false);
+    let (client_ns, server_ns, veth) = common::veth_pair("vio");
+    let dir = tempfile::tempdir().unwrap();
+    let port = WS_PORT.to_string();
+
+    let mut server = server_ns.command("python3");
+    server.arg(peer("violator.py")).args(["server", "--port", &port]);
+    let mut server = Proc::spawn(server, "violator server");
+    server.wait_line("listening", false);
+
+    // The violator's oversized frames are beyond 64 KiB (its MAX_FRAME).
+    let cap = start_capture(&server_ns, &veth, &[WS_PORT], &["--max-frame-size", "64K"], dir.path());
+
+    let mut client = client_ns.command("python3");
+    client.arg(peer("violator.py")).args(["client", "--host", SERVER_V4, "--port", &port]);
+    let out = Proc::spawn(client, "violator client").finish_ok(PEER_RUN);
+    let expected = last_json(&out.stdout, "violator client");
+    server.finish_ok(STOP);
+    let reports = stop_capture(cap, "vio");
+
+    // Every kind is committed at least once, in the direction it belongs to.
+    let exp_dir = &expected["violations_by_direction"];
+    for k in KINDS {
+        let n = exp_dir["client"][k].as_u64().unwrap() + exp_dir["server"][k].as_u64().unwrap();
+        assert!(n > 0, "the violator does not commit {k}");
+    }
+
+    // Per connection first, for a readable failure: which scenario got what.
+    let found = findings_by_client_port(&reports.live_events);
+    let mut mismatches = Vec::new();
+    for (name, sc) in expected["scenarios"].as_object().unwrap() {
+        let port = sc["client_port"].as_u64().unwrap();
+        let want: BTreeMap<String, BTreeMap<String, u64>> = serde_json::from_value(sc["expect"].clone()).unwrap();
+        let want: BTreeMap<_, _> = want.into_iter().filter(|(_, kinds)| !kinds.is_empty()).collect();
+        let got = found.get(&port).cloned().unwrap_or_default();
+        if got != want {
+            mismatches.push(format!("  {name} (client port {port}): expected {want:?}, found {got:?}"));
+        }
+    }
+    let known_ports: Vec<u64> =
+        expected["scenarios"].as_object().unwrap().values().map(|s| s["client_port"].as_u64().unwrap()).collect();
+    for (port, got) in &found {
+        if !known_ports.contains(port) {
+            mismatches.push(format!("  unknown connection from port {port}: {got:?}"));
+        }
+    }
+    assert!(mismatches.is_empty(), "findings differ from the violator's script:\n{}", mismatches.join("\n"));
+
+    let mut total = Map::new();
+    for k in KINDS {
+        let n = exp_dir["client"][k].as_u64().unwrap() + exp_dir["server"][k].as_u64().unwrap();
+        total.insert(k.to_string(), json!(n));
+    }
+    for (name, r) in [("live", &reports.live), ("replay", &reports.replay)] {
+        let ctx = format!("vio {name}");
+        assert_eq!(r["violations_by_direction"], expected["violations_by_direction"], "{ctx}: violations by direction");
+        assert_eq!(r["violations"], Value::Object(total.clone()), "{ctx}: violations");
+        assert_eq!(r["connections"], expected["connections"], "{ctx}: connections");
+        assert_eq!(r["upgrades_ok"], expected["upgrades_ok"], "{ctx}: upgrades_ok");
+        assert_eq!(r["frames"], expected["frames"], "{ctx}: frames");
+        assert_eq!(r["close_codes"], expected["close_codes"], "{ctx}: close codes");
+    }
+}
