@@ -507,7 +507,7 @@ fn io_text(err: &io::Error) -> String {
 }
 
 /// The file after the bytes already read to recognise its format, so that pipes and
-/// process substitutions work as well as regular files. Keeps the last I/O error, which
+/// process substitutions (`<(zcat x.pcap.gz)`) work as well as regular files. Keeps the last I/O error, which
 /// pcap-parser reduces to a bare `ReadError`.
 struct Source {
     head: [u8; HEAD_LEN],
@@ -549,22 +549,22 @@ impl Read for Source {
             dst.copy_from_slice(src);
         }
         self.head_pos += from_head;
-        // pcap-parser checks the file header with a single read: fill as much as we can.
-        let rest = buf.get_mut(from_head..).unwrap_or_default();
-        if rest.is_empty() {
-            return Ok(from_head);
-        }
-        loop {
+        // pcap-parser checks the file header with a single read, and a pipe hands out
+        // whatever its writer has written so far: fill the buffer unless the file ends.
+        let mut filled = from_head;
+        while let Some(rest) = buf.get_mut(filled..).filter(|rest| !rest.is_empty()) {
             match self.file.read(rest) {
-                Ok(n) => return Ok(from_head + n),
+                Ok(0) => break,
+                Ok(n) => filled += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     let kind = e.kind();
                     self.error.set(Some(e));
-                    return if from_head > 0 { Ok(from_head) } else { Err(kind.into()) };
+                    return if filled > 0 { Ok(filled) } else { Err(kind.into()) };
                 }
             }
         }
+        Ok(filled)
     }
 }
 
@@ -947,8 +947,13 @@ impl Records for NgHandler {
             _ => self.big_endian,
         };
         let len = read_u32(data, 4, big_endian)?;
-        let too_big = usize::try_from(len).map_or(true, |len| len > MAX_RECORD);
-        (len < 12 || too_big).then(|| format!("a block declaring {len} bytes"))
+        let size = usize::try_from(len).unwrap_or(usize::MAX);
+        if len < 12 || size > MAX_RECORD {
+            return Some(format!("a block declaring {len} bytes"));
+        }
+        // The whole block is there, yet the parser wants more: its contents (say, a
+        // packet length) overrun it. Without this, the reader would keep asking for data.
+        (size <= data.len()).then(|| format!("a block of {len} bytes whose contents overrun it"))
     }
 }
 

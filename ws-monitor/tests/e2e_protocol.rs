@@ -3,9 +3,9 @@
 //! time, tcpdump writing a pcap there that `ws-monitor replay` reads afterwards.
 //!
 //! * Conformant traffic (Python `websockets` and Node `ws`, each with and without
-//!   permessage-deflate, over IPv4 and IPv6; nginx correctly configured as a reverse
-//!   proxy) raises no violation at all, every upgrade is counted, and the frame counts are
-//!   the ones the peers' script makes.
+//!   permessage-deflate, and against each other, over IPv4 and IPv6; nginx correctly
+//!   configured as a reverse proxy) raises no violation at all, every upgrade is counted,
+//!   and the frame counts are the ones the peers' script makes.
 //! * nginx without the Upgrade/Connection headers: upgrade_missing on the upstream
 //!   connection, handshake_rejected on the front connection, exactly.
 //! * A raw-socket violator commits every kind a known number of times; the report must
@@ -110,20 +110,19 @@ impl Lines {
         Lines { rx, seen: Vec::new(), eof: false }
     }
 
-    /// Reads lines until one contains `needle`.
-    fn wait_for(&mut self, needle: &str, timeout: Duration) -> Result<(), String> {
-        if self.seen.iter().any(|l| l.contains(needle)) {
-            return Ok(());
+    /// Reads lines until one contains `needle`, and returns it.
+    fn wait_for(&mut self, needle: &str, timeout: Duration) -> Result<String, String> {
+        if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
+            return Ok(l.clone());
         }
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(left) {
                 Ok(line) => {
-                    let hit = line.contains(needle);
-                    self.seen.push(line);
-                    if hit {
-                        return Ok(());
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return Ok(line);
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => return Err(format!("no {needle:?} within {timeout:?}")),
@@ -181,17 +180,20 @@ impl Proc {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// Waits for a line on stdout (`on_stderr` = false) or stderr.
-    fn wait_line(&mut self, needle: &str, on_stderr: bool) {
+    /// Waits for a line on stdout (`on_stderr` = false) or stderr, and returns it.
+    fn wait_line(&mut self, needle: &str, on_stderr: bool) -> String {
         let r = if on_stderr { self.err.wait_for(needle, READY) } else { self.out.wait_for(needle, READY) };
-        if let Err(e) = r {
-            let _ = self.child.kill();
-            panic!(
-                "{}: {e}\n--- stdout:\n{}\n--- stderr:\n{}",
-                self.what,
-                self.out.text(Duration::from_secs(2)),
-                self.err.text(Duration::from_secs(2))
-            );
+        match r {
+            Ok(line) => line,
+            Err(e) => {
+                let _ = self.child.kill();
+                panic!(
+                    "{}: {e}\n--- stdout:\n{}\n--- stderr:\n{}",
+                    self.what,
+                    self.out.text(Duration::from_secs(2)),
+                    self.err.text(Duration::from_secs(2))
+                );
+            }
         }
     }
 
@@ -225,7 +227,14 @@ impl Proc {
     /// Waits for the child to end and requires success.
     fn finish_ok(&mut self, timeout: Duration) -> Ended {
         let e = self.finish(timeout);
-        assert!(e.status.success(), "{} failed ({})\n--- stdout:\n{}\n--- stderr:\n{}", self.what, e.status, e.stdout, e.stderr);
+        assert!(
+            e.status.success(),
+            "{} failed ({})\n--- stdout:\n{}\n--- stderr:\n{}",
+            self.what,
+            e.status,
+            e.stdout,
+            e.stderr
+        );
         e
     }
 }
@@ -252,12 +261,7 @@ fn last_json(stdout: &str, what: &str) -> Value {
 /// Fails with a pointer to the setup task when a test dependency is missing.
 fn require_deps(python_websockets: bool, node_ws: bool, nginx: bool) {
     let ok = |program: &str, args: &[&str]| {
-        Command::new(program)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+        Command::new(program).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
     };
     let mut missing = Vec::new();
     if !ok("tcpdump", &["--version"]) {
@@ -299,8 +303,13 @@ fn start_capture(ns: &Netns, veth: &str, ports: &[u16], engine_args: &[&str], di
     let pcap = dir.join("capture.pcap");
     let filter = ports.iter().map(|p| format!("port {p}")).collect::<Vec<_>>().join(" or ");
     let mut tcpdump = ns.command("tcpdump");
-    // -Z root: keep the rights to write into our private temp dir.
-    tcpdump.args(["-i", veth, "-n", "-U", "-Z", "root", "-s", "0", "-w"]).arg(&pcap).arg(&filter);
+    // --immediate-mode: every packet is handed to tcpdump (and, with -U, written) at once,
+    // not held in a kernel block that a SIGINT would leave unread. In that mode each
+    // packet takes a full snaplen slot of the kernel buffer, and veth carries 64 KiB GSO
+    // packets: -B 65536 (KiB) leaves room for a few hundred. -Z root: keep the rights to
+    // write into our private temp dir.
+    tcpdump.args(["-i", veth, "-n", "-U", "--immediate-mode", "-B", "65536", "-Z", "root", "-s", "0", "-w"]);
+    tcpdump.arg(&pcap).arg(&filter);
     let mut tcpdump = Proc::spawn(tcpdump, "tcpdump");
     tcpdump.wait_line("listening on", true);
 
@@ -312,7 +321,8 @@ fn start_capture(ns: &Netns, veth: &str, ports: &[u16], engine_args: &[&str], di
     }
     monitor.args(engine_args).arg("--events").arg(&live_events);
     let mut monitor = Proc::spawn(monitor, "ws-monitor (live)");
-    monitor.wait_line("capturing", true);
+    let line = monitor.wait_line("capturing", true);
+    assert!(line.contains("ingress") && line.contains("egress"), "both hooks on a veth: {line}");
     Capture {
         tcpdump,
         monitor,
@@ -322,6 +332,24 @@ fn start_capture(ns: &Netns, veth: &str, ports: &[u16], engine_args: &[&str], di
         ports: ports.to_vec(),
         engine_args: engine_args.iter().map(|s| s.to_string()).collect(),
     }
+}
+
+/// Complete records in a classic pcap file (0 while it has no header yet).
+fn pcap_records(path: &Path) -> u64 {
+    let Ok(b) = std::fs::read(path) else { return 0 };
+    let Some(magic) = b.get(..4) else { return 0 };
+    let little = matches!(magic, [0xd4, 0xc3, 0xb2, 0xa1] | [0x4d, 0x3c, 0xb2, 0xa1]);
+    let (mut at, mut n) = (24usize, 0u64);
+    while let Some(h) = b.get(at..at + 16) {
+        let len: [u8; 4] = h[8..12].try_into().unwrap();
+        let len = if little { u32::from_le_bytes(len) } else { u32::from_be_bytes(len) } as usize;
+        if b.len() < at + 16 + len {
+            break;
+        }
+        at += 16 + len;
+        n += 1;
+    }
+    n
 }
 
 fn read_events(path: &Path) -> Vec<Value> {
@@ -353,17 +381,33 @@ fn protocol_view(report: &Value) -> Value {
 fn stop_capture(mut cap: Capture, tag: &str) -> Reports {
     // Let the last segments (FINs, ACKs) through both.
     std::thread::sleep(Duration::from_millis(500));
-    cap.tcpdump.signal(libc::SIGINT);
-    let td = cap.tcpdump.finish_ok(STOP);
-    assert!(
-        td.stderr.contains(" 0 packets dropped by kernel"),
-        "{tag}: tcpdump dropped packets, the pcap is incomplete:\n{}",
-        td.stderr
-    );
     cap.monitor.signal(libc::SIGINT);
     let mon = cap.monitor.finish_ok(STOP);
     let live = last_json(&mon.stdout, "ws-monitor (live)");
     eprintln!("{tag} live: {}", protocol_view(&live));
+
+    // tcpdump drops what it has not read yet when interrupted: first let it write as many
+    // packets as the monitor saw on the same hooks (the same packets; if it never gets
+    // there, the checks below say what is missing).
+    let seen = live["capture"]["packets"].as_u64().expect("capture.packets");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pcap_records(&cap.pcap) < seen && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cap.tcpdump.signal(libc::SIGINT);
+    let td = cap.tcpdump.finish_ok(STOP);
+    // "N packets captured", "N packets received by filter", "N packets dropped by kernel".
+    let count = |what: &str| -> Option<u64> {
+        td.stderr.lines().find_map(|l| l.trim().strip_suffix(what).and_then(|n| n.trim().parse().ok()))
+    };
+    let (captured, received, dropped) =
+        (count("packets captured"), count("packets received by filter"), count("packets dropped by kernel"));
+    assert!(
+        dropped == Some(0) && captured.is_some() && captured == received,
+        "{tag}: tcpdump did not write every packet it matched (the monitor saw {seen}), the pcap is incomplete:\n{}",
+        td.stderr
+    );
+    eprintln!("{tag}: tcpdump wrote {} packets, the monitor saw {seen}", captured.unwrap_or(0));
 
     let mut replay = Command::new(common::ws_monitor_bin());
     replay.arg("replay").arg(&cap.pcap);
@@ -373,11 +417,24 @@ fn stop_capture(mut cap: Capture, tag: &str) -> Reports {
     replay.args(["--json", "--stats-interval", "0"]).args(&cap.engine_args).arg("--events").arg(&cap.replay_events);
     let rep = Proc::spawn(replay, "ws-monitor replay").finish_ok(STOP);
     let replay = last_json(&rep.stdout, "ws-monitor replay");
+    // WSM_E2E_KEEP=DIR keeps the pcap, the reports and the findings for a look afterwards.
+    if let Some(keep) = std::env::var_os("WSM_E2E_KEEP") {
+        let keep = Path::new(&keep).join(tag);
+        std::fs::create_dir_all(&keep).unwrap();
+        std::fs::copy(&cap.pcap, keep.join("capture.pcap")).unwrap();
+        std::fs::copy(&cap.live_events, keep.join("live-events.jsonl")).unwrap();
+        std::fs::copy(&cap.replay_events, keep.join("replay-events.jsonl")).unwrap();
+        std::fs::write(keep.join("live.json"), live.to_string()).unwrap();
+        std::fs::write(keep.join("replay.json"), replay.to_string()).unwrap();
+        eprintln!("{tag}: kept the capture in {}", keep.display());
+    }
 
     for (name, r) in [("live", &live), ("replay", &replay)] {
         let mut want = KINDS.to_vec();
         want.sort_unstable();
-        for counts in [&r["violations"], &r["violations_by_direction"]["client"], &r["violations_by_direction"]["server"]] {
+        for counts in
+            [&r["violations"], &r["violations_by_direction"]["client"], &r["violations_by_direction"]["server"]]
+        {
             let kinds: Vec<&str> = counts.as_object().expect("kind counts").keys().map(String::as_str).collect();
             assert_eq!(kinds, want, "{tag} {name}: every kind is listed");
         }
@@ -416,7 +473,12 @@ fn zero_kinds() -> Value {
 /// `frames` scaled by `n`.
 fn times(frames: &Value, n: u64) -> Value {
     Value::Object(
-        frames.as_object().expect("frame counts").iter().map(|(k, v)| (k.clone(), json!(v.as_u64().unwrap() * n))).collect(),
+        frames
+            .as_object()
+            .expect("frame counts")
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(v.as_u64().unwrap() * n)))
+            .collect(),
     )
 }
 
@@ -444,34 +506,42 @@ fn assert_conformant(tag: &str, reports: &Reports, summary: &Value, connections:
 
 const WS_PORT: u16 = 9000;
 
-/// A library peer (`python3 ws_python.py` or `node ws_node.js`) as server and client.
-fn library_pair(tag: &str, program: &str, script: &str, compression: &str) {
-    require_deps(program == "python3", program == "node", false);
+/// A WebSocket library peer: program and script in tests/peers/.
+type Peer = (&'static str, &'static str);
+const PYTHON: Peer = ("python3", "ws_python.py");
+const NODE: Peer = ("node", "ws_node.js");
+
+/// An echo server and a client (each `PYTHON` or `NODE`) talking over IPv4 and IPv6.
+fn library_pair(tag: &str, server_peer: Peer, client_peer: Peer, compression: &str) {
+    let uses = |p: Peer| server_peer == p || client_peer == p;
+    require_deps(uses(PYTHON), uses(NODE), false);
     let (client_ns, server_ns, veth) = common::veth_pair(tag);
     let dir = tempfile::tempdir().unwrap();
     let port = WS_PORT.to_string();
     let hosts = [SERVER_V4, SERVER_V6];
 
-    let mut server = server_ns.command(program);
-    server.arg(peer(script)).args(["server", "--port", &port, "--compression", compression]);
+    let mut server = server_ns.command(server_peer.0);
+    server.arg(peer(server_peer.1)).args(["server", "--port", &port, "--compression", compression]);
     server.args(["--expect", &hosts.len().to_string()]);
-    let mut server = Proc::spawn(server, &format!("{script} server"));
+    let mut server = Proc::spawn(server, &format!("{} server", server_peer.1));
     server.wait_line("listening", false);
 
     let cap = start_capture(&server_ns, &veth, &[WS_PORT], &[], dir.path());
 
-    let mut client = client_ns.command(program);
-    client.arg(peer(script)).args(["client", "--port", &port, "--compression", compression]);
+    let mut client = client_ns.command(client_peer.0);
+    client.arg(peer(client_peer.1)).args(["client", "--port", &port, "--compression", compression]);
     client.args(["--hosts", &hosts.join(",")]);
-    let out = Proc::spawn(client, &format!("{script} client")).finish_ok(PEER_RUN);
+    let out = Proc::spawn(client, &format!("{} client", client_peer.1)).finish_ok(PEER_RUN);
     let summary = last_json(&out.stdout, "client peer");
     server.finish_ok(STOP);
 
     let reports = stop_capture(cap, tag);
     eprintln!("{tag}: {} client: {summary}", summary["library"]);
+    // The echo servers answer the same way, so the client's script fixes both sides.
     assert_conformant(tag, &reports, &summary, hosts.len() as u64, 1);
     assert_eq!(
-        reports.live["capture"]["flows_closed"], hosts.len() as u64,
+        reports.live["capture"]["flows_closed"],
+        hosts.len() as u64,
         "{tag}: every connection ended with FIN in the capture"
     );
 }
@@ -479,28 +549,49 @@ fn library_pair(tag: &str, program: &str, script: &str, compression: &str) {
 #[test]
 fn python_websockets_plain_is_conformant() {
     if common::require_root("python_websockets_plain_is_conformant") {
-        library_pair("pyp", "python3", "ws_python.py", "none");
+        library_pair("pyp", PYTHON, PYTHON, "none");
     }
 }
 
 #[test]
 fn python_websockets_deflate_is_conformant() {
     if common::require_root("python_websockets_deflate_is_conformant") {
-        library_pair("pyd", "python3", "ws_python.py", "deflate");
+        library_pair("pyd", PYTHON, PYTHON, "deflate");
+    }
+}
+
+#[test]
+fn python_websockets_deflate_without_context_takeover_is_conformant() {
+    if common::require_root("python_websockets_deflate_without_context_takeover_is_conformant") {
+        library_pair("pyn", PYTHON, PYTHON, "deflate-nct");
     }
 }
 
 #[test]
 fn node_ws_plain_is_conformant() {
     if common::require_root("node_ws_plain_is_conformant") {
-        library_pair("ndp", "node", "ws_node.js", "none");
+        library_pair("ndp", NODE, NODE, "none");
     }
 }
 
 #[test]
 fn node_ws_deflate_is_conformant() {
     if common::require_root("node_ws_deflate_is_conformant") {
-        library_pair("ndd", "node", "ws_node.js", "deflate");
+        library_pair("ndd", NODE, NODE, "deflate");
+    }
+}
+
+#[test]
+fn node_client_python_server_deflate_is_conformant() {
+    if common::require_root("node_client_python_server_deflate_is_conformant") {
+        library_pair("xnp", PYTHON, NODE, "deflate");
+    }
+}
+
+#[test]
+fn python_client_node_server_deflate_is_conformant() {
+    if common::require_root("python_client_node_server_deflate_is_conformant") {
+        library_pair("xpn", NODE, PYTHON, "deflate");
     }
 }
 
@@ -522,7 +613,9 @@ fn nginx_config(prefix: &Path, upgrade_headers: bool) -> PathBuf {
         .replace("@LISTEN@", &format!("{SERVER_V4}:{FRONT_PORT}"))
         .replace("@UPSTREAM@", &format!("{CLIENT_V4}:{UPSTREAM_PORT}"))
         .replace("@UPGRADE_HEADERS@", headers);
-    assert!(!conf.contains('@'), "unfilled placeholder in the nginx template");
+    for p in ["@PREFIX@", "@LISTEN@", "@UPSTREAM@", "@UPGRADE_HEADERS@"] {
+        assert!(template.contains(p) && !conf.contains(p), "nginx template: placeholder {p}");
+    }
     let path = prefix.join("nginx.conf");
     std::fs::write(&path, conf).unwrap();
     path
@@ -560,7 +653,13 @@ fn through_nginx(tag: &str, upgrade_headers: bool, connections: u64) -> ProxyRun
     let conf = nginx_config(&prefix, upgrade_headers);
 
     let mut upstream = client_ns.command("python3");
-    upstream.arg(peer("ws_python.py")).args(["server", "--port", &UPSTREAM_PORT.to_string(), "--compression", "deflate"]);
+    upstream.arg(peer("ws_python.py")).args([
+        "server",
+        "--port",
+        &UPSTREAM_PORT.to_string(),
+        "--compression",
+        "deflate",
+    ]);
     if upgrade_headers {
         // Refused handshakes never become connections the library reports closed.
         upstream.args(["--expect", &connections.to_string()]);
@@ -617,7 +716,11 @@ fn nginx_proxy_without_upgrade_headers_breaks_the_upgrade() {
     }
     let connections = 2u64;
     let run = through_nginx("ngb", false, connections);
-    assert_eq!(run.summary["reject_statuses"], json!([426, 426]), "the upstream refuses the plain GET (426), nginx relays it");
+    assert_eq!(
+        run.summary["reject_statuses"],
+        json!([426, 426]),
+        "the upstream refuses the plain GET (426), nginx relays it"
+    );
     let mut client = zero_kinds();
     client["upgrade_missing"] = json!(connections);
     let mut server = zero_kinds();

@@ -52,8 +52,12 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up everything and run the whole test suite (needs root for the BPF tests).
+    /// Set up everything and run the whole test suite (needs root for the BPF tests),
+    /// then fuzz the protocol engine for a short while.
     Test {
+        /// Seconds of fuzzing after the tests (0 = skip; needs the rustup nightly toolchain).
+        #[arg(long, default_value_t = 60)]
+        fuzz_seconds: u32,
         /// Extra arguments for `cargo test`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -84,7 +88,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let status = as_root(&bin.to_string_lossy(), &args)?;
             std::process::exit(status.code().unwrap_or(1));
         }
-        Task::Test { args } => {
+        Task::Test { fuzz_seconds, args } => {
             setup(true)?;
             step("running the test suite");
             // The eBPF crate only builds for the BPF target (ws-monitor's build.rs does that).
@@ -102,6 +106,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             if !status.success() {
                 bail!("tests failed ({status})");
+            }
+            if fuzz_seconds > 0 {
+                fuzz(fuzz_seconds)?;
             }
             Ok(())
         }
@@ -213,6 +220,35 @@ fn succeeds(program: &str, args: &[&str]) -> bool {
         .status()
         .map(|s| s.success())
         .unwrap_or(false)
+}
+
+/// Runs the engine fuzz target (cargo-fuzz, libFuzzer, ASan) for `seconds`.
+fn fuzz(seconds: u32) -> anyhow::Result<()> {
+    let nightly = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !nightly {
+        bail!("fuzzing needs the rustup nightly toolchain (rustup toolchain install nightly), or pass --fuzz-seconds 0");
+    }
+    let have_cargo_fuzz = Command::new(env_cargo())
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_cargo_fuzz {
+        step("installing cargo-fuzz 0.13.2");
+        cargo(&["install", "cargo-fuzz", "--locked", "--version", "0.13.2"])?;
+    }
+    step(&format!("fuzzing the protocol engine for {seconds} s"));
+    let status = Command::new("cargo")
+        .args(["+nightly", "fuzz", "run", "engine", "--", &format!("-max_total_time={seconds}")])
+        .current_dir(workspace_root().join("fuzz"))
+        .status()
+        .context("running cargo fuzz")?;
+    if !status.success() {
+        bail!("the fuzzer found a crash ({status}); the input is in fuzz/artifacts/engine/");
+    }
+    Ok(())
 }
 
 fn deb_installed(package: &str) -> bool {

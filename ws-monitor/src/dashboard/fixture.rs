@@ -144,6 +144,7 @@ impl Wire {
 
     /// Moves the clock to `ms` after start (ticking every whole second passed).
     pub fn at(&mut self, ms: u64) {
+        assert!(ms >= self.ms, "time goes forward: {ms} < {}", self.ms);
         while (self.ticked + 1) * 1000 <= ms {
             self.ticked += 1;
             self.ms = self.ticked * 1000;
@@ -234,11 +235,14 @@ pub fn calm() -> Wire {
             w.send(2, S, &server(OP_PING, b""));
             w.send(2, C, &client(OP_PONG, b""));
         }
+        if s == 20 {
+            w.send(3, C, &client(OP_CLOSE, &close_body(1000, "bye")));
+            w.send(3, S, &server(OP_CLOSE, &close_body(1000, "")));
+        }
+        if s == 21 {
+            w.close(3);
+        }
     }
-    w.at(20_500);
-    w.send(3, C, &client(OP_CLOSE, &close_body(1000, "bye")));
-    w.send(3, S, &server(OP_CLOSE, &close_body(1000, "")));
-    w.close(3);
     w.at(30_000);
     w
 }
@@ -261,13 +265,7 @@ pub fn incident() -> Wire {
     let rsv1_seconds = [20u64, 21, 22, 40, 41, 80, 81, 81, 82, 83, 85, 86, 86, 87];
     for s in 5..=89u64 {
         w.at(s * 1000 + 100);
-        // The healthy chat.
-        w.send(1, C, &client(OP_TEXT, b"{\"op\":\"ping\"}"));
-        w.send(1, S, &server(OP_TEXT, b"{\"op\":\"pong\"}"));
-        if s % 10 == 0 {
-            w.send(6, C, &client(OP_BINARY, &[1, 2, 3, 4]));
-            w.send(6, S, &server(OP_BINARY, &[5, 6, 7, 8]));
-        }
+        chat(&mut w, s);
         for _ in rsv1_seconds.iter().filter(|&&x| x == s) {
             w.send(2, C, &frame(true, 0b100, OP_TEXT, Some(MASK), b"\x4a\xcc\x4d\xc9\xc9\x07\x00"));
         }
@@ -288,7 +286,7 @@ pub fn incident() -> Wire {
                 w.send(3, S, &frame(true, 0, OP_TEXT, Some([1, 2, 3, 4]), b"masked by the server"));
             }
             50 => {
-                w.at(50_050);
+                w.at(50_150);
                 w.send(3, C, &client(OP_CLOSE, &close_body(1005, "")));
                 w.send(3, S, &server(OP_CLOSE, &close_body(1000, "")));
             }
@@ -310,6 +308,21 @@ pub fn incident() -> Wire {
     }
     w.at(90_000);
     w
+}
+
+/// The incident's healthy traffic of second `s` (connection 1, and 6 every 10 s).
+pub fn chat(w: &mut Wire, s: u64) {
+    w.send(1, C, &client(OP_TEXT, b"{\"op\":\"ping\"}"));
+    w.send(1, S, &server(OP_TEXT, b"{\"op\":\"pong\"}"));
+    if s % 10 == 0 {
+        w.send(6, C, &client(OP_BINARY, &[1, 2, 3, 4]));
+        w.send(6, S, &server(OP_BINARY, &[5, 6, 7, 8]));
+    }
+}
+
+/// An unmasked client text frame.
+pub fn unmasked(payload: &[u8]) -> Vec<u8> {
+    frame(true, 0, OP_TEXT, None, payload)
 }
 
 /// Renders the dashboard into a `width` x `height` test terminal.

@@ -4,7 +4,7 @@
 use crossterm::event::KeyCode;
 use insta::assert_snapshot;
 
-use super::fixture::{calm, incident, render};
+use super::fixture::{calm, chat, incident, render, unmasked, C};
 
 #[test]
 fn overview_violations_selected_with_meaning() {
@@ -67,7 +67,7 @@ fn paused_view_is_frozen() {
     w.key(KeyCode::Char(' '));
     let frozen = render(&w.dash, 100, 30).backend().to_string();
     // Counting goes on underneath: another unmasked frame and ten more seconds.
-    w.send(2, super::fixture::C, &super::fixture::frame(true, 0, 1, None, b"again"));
+    w.send(2, C, &unmasked(b"again"));
     w.at(100_000);
     let later = render(&w.dash, 100, 30);
     assert_eq!(later.backend().to_string(), frozen, "the paused view must not move");
@@ -99,6 +99,14 @@ fn filter_being_typed() {
 fn reset_counters() {
     let mut w = incident();
     w.key(KeyCode::Char('r'));
+    // Five more seconds of traffic, one new violation.
+    for s in 90..95 {
+        w.at(s * 1000 + 100);
+        chat(&mut w, s);
+        if s == 93 {
+            w.send(2, C, &unmasked(b"after the reset"));
+        }
+    }
     w.at(95_000);
     assert_snapshot!(render(&w.dash, 100, 30).backend());
 }

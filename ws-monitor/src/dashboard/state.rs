@@ -42,14 +42,6 @@ impl Pane {
             Pane::Findings => "Recent findings",
         }
     }
-
-    fn index(self) -> usize {
-        match self {
-            Pane::Violations => 0,
-            Pane::Connections => 1,
-            Pane::Findings => 2,
-        }
-    }
 }
 
 /// A selection that follows its item when rows reorder, and falls back to the same
@@ -183,10 +175,5 @@ impl Ui {
             Pane::Connections => self.conn_sort.name(),
             Pane::Findings => self.finding_sort.name(),
         }
-    }
-
-    /// Position of `pane` in Tab order.
-    pub fn pane_index(pane: Pane) -> usize {
-        pane.index()
     }
 }

@@ -33,10 +33,12 @@ const MARK: &str = "▶ ";
 const MARK_WIDTH: u16 = 2;
 
 /// Title of the sparkline column: the span of [`HISTORY_SECS`].
-pub const SPARK_TITLE: &str = "last 5m";
+pub const SPARK_TITLE: &str = "last 5 min";
 
 /// Label width in the details popup.
 const LABEL: usize = 13;
+/// Key column width in the help overlay.
+const HELP_LABEL: usize = 16;
 
 pub(super) fn render(d: &Dashboard, frame: &mut Frame) {
     let area = frame.area();
@@ -54,9 +56,13 @@ pub(super) fn render(d: &Dashboard, frame: &mut Frame) {
     render_header(d, data, frame, header);
     render_footer(d, frame, footer);
     if body.height >= FULL_BODY_HEIGHT {
-        let [v, c, f] =
-            Layout::vertical([Constraint::Percentage(40), Constraint::Percentage(30), Constraint::Percentage(30)])
-                .areas(body);
+        let v_height = violations_height(d, data, body);
+        let [v, c, f] = Layout::vertical([
+            Constraint::Length(v_height),
+            Constraint::Fill(1),
+            Constraint::Fill(1),
+        ])
+        .areas(body);
         render_violations(d, data, frame, v, false);
         render_connections(d, data, frame, c, false);
         render_findings(d, data, frame, f, false);
@@ -73,6 +79,33 @@ pub(super) fn render(d: &Dashboard, frame: &mut Frame) {
     if d.ui.help {
         render_help(frame, area);
     }
+}
+
+/// Rows of the violations pane in the three-pane layout: what its table and the
+/// meaning need, within 6 rows and 55% of the body.
+fn violations_height(d: &Dashboard, data: &Data, body: Rect) -> u16 {
+    let kinds: Vec<Kind> = data.kind_rows(&d.ui.filter.applied, d.ui.kind_sort).iter().map(|r| r.kind).collect();
+    // Borders, then the table header, rows, rule and the selected kind's meaning; or
+    // the two-line message.
+    let want = match d.ui.sel_kind.current(&kinds) {
+        None => 4,
+        Some(k) => {
+            let w = usize::from(body.width.saturating_sub(2));
+            2 + 1 + kinds.len() + 1 + detail_lines(k, w)
+        }
+    };
+    // At most 55% of the body, and leave the other panes three rows each.
+    let cap = u16::try_from(u32::from(body.height) * 11 / 20)
+        .unwrap_or(u16::MAX)
+        .min(body.height.saturating_sub(12))
+        .max(6);
+    u16::try_from(want).unwrap_or(u16::MAX).clamp(6, cap)
+}
+
+/// Lines the meaning and likely cause of `k` take at `width`.
+fn detail_lines(k: Kind, width: usize) -> usize {
+    wrap_words(&format!("meaning: {}", k.meaning()), width).len()
+        + wrap_words(&format!("likely cause: {}", k.likely_cause()), width).len()
 }
 
 // ----- header and footer -----------------------------------------------------------------
@@ -99,41 +132,58 @@ fn render_tiny(d: &Dashboard, data: &Data, frame: &mut Frame, area: Rect) {
     frame.render_widget(Paragraph::new(lines), area);
 }
 
+/// `1 desync`, `2 desyncs`.
+fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{} {}", format::count(n), if n == 1 { one } else { many })
+}
+
 fn sep() -> Span<'static> {
     Span::styled(" · ", Style::new().fg(DIM))
 }
 
+/// Below this width the header puts the alarms (violations, pause, losses) first.
+const COMPACT_HEADER: u16 = 70;
+
 fn render_header(d: &Dashboard, data: &Data, frame: &mut Frame, area: Rect) {
+    let compact = area.width < COMPACT_HEADER;
     let ports = d.ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
-    let mut title = vec![
-        Span::styled(" ws-monitor ", Style::new().fg(Color::Black).bg(ACCENT).bold()),
-        Span::raw(" "),
+    let brand = Span::styled(" ws-monitor ", Style::new().fg(Color::Black).bg(ACCENT).bold());
+    let mut place = vec![
         Span::raw(d.iface.clone()).bold(),
-        Span::raw(format!(" port {ports}")),
+        Span::raw(format!(" {} {ports}", if d.ports.len() == 1 { "port" } else { "ports" })),
         sep(),
         Span::raw(format!("up {}", format::hms(data.now_ns.saturating_sub(data.started_ns)))),
     ];
     if data.baseline_ns != data.started_ns {
-        title.push(sep());
-        title.push(Span::styled(
+        place.push(sep());
+        place.push(Span::styled(
             format!("reset {} ago", format::short_duration(data.now_ns.saturating_sub(data.baseline_ns) / 1_000_000_000)),
             Style::new().fg(WARN),
         ));
     }
-    title.push(sep());
-    title.push(violations_badge(data));
+    let mut alarms = vec![violations_badge(data)];
     if d.is_paused() {
-        title.push(Span::raw("  "));
-        title.push(Span::styled(" PAUSED ", Style::new().fg(Color::Black).bg(WARN).bold()));
+        alarms.push(Span::raw(" "));
+        alarms.push(Span::styled(" PAUSED ", Style::new().fg(Color::Black).bg(WARN).bold()));
     }
     if !d.ui.filter.applied.is_empty() {
-        title.push(Span::raw("  "));
-        title.push(Span::styled(format!("filter: {}", d.ui.filter.applied), Style::new().fg(ACCENT)));
+        alarms.push(Span::raw(" "));
+        alarms.push(Span::styled(format!("filter: {}", d.ui.filter.applied), Style::new().fg(ACCENT)));
+    }
+    let mut title = vec![brand, Span::raw(" ")];
+    if compact {
+        title.extend(alarms);
+        title.push(sep());
+        title.extend(place);
+    } else {
+        title.extend(place);
+        title.push(sep());
+        title.extend(alarms);
     }
 
     let h = data.health();
     let coverage = match h.coverage_pct() {
-        None => Span::styled("coverage n/a", Style::new().fg(DIM)),
+        None => Span::styled(if compact { "cov n/a" } else { "coverage n/a" }, Style::new().fg(DIM)),
         Some(p) => {
             let color = if h.bytes_lost == 0 {
                 GOOD
@@ -142,66 +192,63 @@ fn render_header(d: &Dashboard, data: &Data, frame: &mut Frame, area: Rect) {
             } else {
                 BAD
             };
-            Span::styled(format!("coverage {p:.2}%"), Style::new().fg(color))
+            Span::styled(format!("{} {p:.2}%", if compact { "cov" } else { "coverage" }), Style::new().fg(color))
         }
     };
     let drops = Span::styled(
-        format!("ring drops {}", format::count(h.ring_drops)),
+        format!("{} {}", if compact { "drops" } else { "ring drops" }, format::count(h.ring_drops)),
         if h.ring_drops > 0 { Style::new().fg(BAD).bold() } else { Style::new() },
     );
     let gaps = if h.gaps > 0 {
         Span::styled(
-            format!("gaps {} ({} B lost)", format::count(h.gaps), format::count(h.bytes_lost)),
+            if compact {
+                format!("gaps {}", format::count(h.gaps))
+            } else {
+                format!("gaps {} ({} B lost)", format::count(h.gaps), format::count(h.bytes_lost))
+            },
             Style::new().fg(WARN),
         )
     } else {
         Span::raw("gaps 0")
     };
-    let capture = Line::from(vec![
-        Span::styled(" capture ", Style::new().fg(DIM)),
-        Span::raw(format!("{} pkt/s", format::rate(data.packets_per_s).trim_end_matches("/s"))),
-        sep(),
-        Span::raw(format::bytes_rate(data.bytes_per_s)),
-        sep(),
-        coverage,
-        sep(),
-        drops,
-        sep(),
-        gaps,
-    ]);
+    let pkts = Span::raw(format!("{} pkt/s", format::rate(data.packets_per_s).trim_end_matches("/s")));
+    let bytes = Span::raw(format::bytes_rate(data.bytes_per_s));
+    let capture = if compact {
+        Line::from(vec![Span::raw(" "), coverage, sep(), drops, sep(), gaps, sep(), pkts, sep(), bytes])
+    } else {
+        Line::from(vec![
+            Span::styled(" capture ", Style::new().fg(DIM)),
+            pkts,
+            sep(),
+            bytes,
+            sep(),
+            coverage,
+            sep(),
+            drops,
+            sep(),
+            gaps,
+        ])
+    };
 
-    let (live, closed) = data.conn_counts();
-    let states: Vec<String> = [
-        ConnState::Open,
-        ConnState::Handshake,
-        ConnState::Closing,
-        ConnState::Closed,
-        ConnState::Desync,
-        ConnState::NotWebSocket,
-    ]
-    .iter()
-    .filter_map(|&s| {
-        let n = data.conns_in(s);
-        (n > 0).then(|| format!("{n} {}", state_name(s)))
-    })
-    .collect();
-    let mut conns = format!("{live} live");
-    if !states.is_empty() {
-        conns.push_str(&format!(" ({})", states.join(", ")));
-    }
-    if closed > 0 {
-        conns.push_str(&format!(", {closed} closed"));
-    }
     let frames = data.frames(Direction::ToServer).saturating_add(data.frames(Direction::ToClient));
+    let (live, closed) = data.conn_counts();
+    let total = data.violations_total();
     let engine = Line::from(vec![
         Span::styled(" engine  ", Style::new().fg(DIM)),
-        Span::raw(format!("connections {conns}")),
+        Span::raw(format!("{live} live, {closed} closed")),
         sep(),
-        Span::raw(format!("{} upgrades", format::count(data.upgrades_ok()))),
+        Span::raw(format!("{} opened", format::count(data.connections_opened()))),
         sep(),
-        Span::raw(format!("{} frames", format::count(frames))),
+        Span::raw(plural(data.upgrades_ok(), "upgrade", "upgrades")),
         sep(),
-        Span::raw(format!("{} desyncs", format::count(data.desyncs()))),
+        Span::raw(plural(frames, "frame", "frames")),
+        sep(),
+        Span::styled(
+            plural(total, "violation", "violations"),
+            if total > 0 { Style::new().fg(BAD).bold() } else { Style::new().fg(GOOD) },
+        ),
+        sep(),
+        Span::raw(plural(data.desyncs(), "desync", "desyncs")),
     ]);
     let mut lines = vec![Line::from(title), capture];
     if area.height >= 3 {
@@ -228,7 +275,6 @@ fn render_footer(d: &Dashboard, frame: &mut Frame, area: Rect) {
         ])
     } else {
         let pause = if d.is_paused() { "resume" } else { "pause" };
-        let sort = format!("sort:{}", d.ui.sort_name());
         let items: [(&str, &str); 9] = [
             ("q", "quit"),
             ("?", "help"),
@@ -238,7 +284,7 @@ fn render_footer(d: &Dashboard, frame: &mut Frame, area: Rect) {
             ("Space", pause),
             ("r", "reset"),
             ("/", "filter"),
-            ("s", &sort),
+            ("s", "sort"),
         ];
         let full: usize = items.iter().map(|(k, l)| k.chars().count() + l.chars().count() + 3).sum();
         let mut spans = vec![Span::raw(" ")];
@@ -302,19 +348,41 @@ fn short_title(p: Pane) -> &'static str {
 struct Col<C> {
     id: C,
     title: &'static str,
+    /// Title used when the column is narrower than `title`.
+    short: &'static str,
     /// Narrowest useful width.
     min: u16,
     /// Width it gets when there is room.
     pref: u16,
     /// Lower keeps the column longer when space is short.
     prio: u8,
+    /// Lower grows first towards `pref` (default: `prio`); columns of one level grow
+    /// together.
+    grow: u8,
     /// Takes the width left over.
     fill: bool,
+    /// Shown only when every other column has its preferred width.
+    extra: bool,
 }
 
 impl<C: Copy> Col<C> {
     const fn new(id: C, title: &'static str, min: u16, pref: u16, prio: u8) -> Self {
-        Col { id, title, min, pref, prio, fill: false }
+        Col { id, title, short: title, min, pref, prio, grow: prio, fill: false, extra: false }
+    }
+
+    const fn extra(mut self) -> Self {
+        self.extra = true;
+        self
+    }
+
+    const fn grow(mut self, level: u8) -> Self {
+        self.grow = level;
+        self
+    }
+
+    const fn short(mut self, short: &'static str) -> Self {
+        self.short = short;
+        self
     }
 
     const fn fill(mut self) -> Self {
@@ -323,33 +391,74 @@ impl<C: Copy> Col<C> {
     }
 }
 
-/// Picks the columns that fit in `width` (by priority) and their widths, in column order.
+/// Picks the columns that fit in `width` (by priority; the first column always, cut to
+/// the width) and their widths and titles, in column order. Extra columns come in only
+/// once the others have their preferred widths.
 fn fit<C: Copy>(cols: &[Col<C>], width: u16) -> Vec<(C, &'static str, u16)> {
-    const SPACING: u16 = 1;
-    let mut order: Vec<usize> = (0..cols.len()).collect();
-    order.sort_by_key(|&i| cols.get(i).map_or(u8::MAX, |c| c.prio));
     let mut chosen: Vec<(usize, u16)> = Vec::new();
-    let mut used: u16 = 0;
-    for &i in &order {
-        let Some(c) = cols.get(i) else { continue };
-        let need = c.min.saturating_add(if chosen.is_empty() { 0 } else { SPACING });
-        if used.saturating_add(need) <= width {
-            used = used.saturating_add(need);
-            chosen.push((i, c.min));
-        }
-    }
-    let mut spare = width.saturating_sub(used);
-    for (i, w) in chosen.iter_mut() {
-        let Some(c) = cols.get(*i) else { continue };
-        let grow = c.pref.saturating_sub(*w).min(spare);
-        *w += grow;
-        spare -= grow;
+    let mut spare = place(cols, width, |c| !c.extra, &mut chosen);
+    if chosen.iter().all(|(i, w)| cols.get(*i).is_none_or(|c| *w >= c.pref)) {
+        spare = place(cols, spare, |c| c.extra, &mut chosen);
     }
     if let Some((_, w)) = chosen.iter_mut().find(|(i, _)| cols.get(*i).is_some_and(|c| c.fill)) {
         *w = w.saturating_add(spare);
     }
     chosen.sort_by_key(|(i, _)| *i);
-    chosen.into_iter().filter_map(|(i, w)| cols.get(i).map(|c| (c.id, c.title, w))).collect()
+    chosen
+        .into_iter()
+        .filter_map(|(i, w)| {
+            let c = cols.get(i)?;
+            let title = if c.title.chars().count() > usize::from(w) { c.short } else { c.title };
+            Some((c.id, title, w))
+        })
+        .collect()
+}
+
+/// Adds the columns picked by `which` to `chosen` within `width` (minimum widths by
+/// priority, then growth towards the preferred widths); returns the width left.
+fn place<C>(cols: &[Col<C>], width: u16, which: impl Fn(&Col<C>) -> bool, chosen: &mut Vec<(usize, u16)>) -> u16 {
+    const SPACING: u16 = 1;
+    let mut order: Vec<usize> = (0..cols.len()).filter(|&i| cols.get(i).is_some_and(&which)).collect();
+    order.sort_by_key(|&i| cols.get(i).map_or(u8::MAX, |c| c.prio));
+    let first = chosen.len();
+    let mut spare = width;
+    for &i in &order {
+        let Some(c) = cols.get(i) else { continue };
+        if chosen.is_empty() {
+            let w = c.min.min(spare);
+            spare -= w;
+            chosen.push((i, w));
+            continue;
+        }
+        let need = c.min.saturating_add(SPACING);
+        if need <= spare {
+            spare -= need;
+            chosen.push((i, c.min));
+        }
+    }
+    // Grow towards the preferred widths, one level at a time, round robin within a
+    // level so that paired columns stay alike.
+    let mut levels: Vec<u8> =
+        chosen.iter().skip(first).filter_map(|(i, _)| cols.get(*i).map(|c| c.grow)).collect();
+    levels.sort_unstable();
+    levels.dedup();
+    for level in levels {
+        loop {
+            let mut grew = false;
+            for (i, w) in chosen.iter_mut().skip(first) {
+                let Some(c) = cols.get(*i) else { continue };
+                if c.grow == level && *w < c.pref && spare > 0 {
+                    *w += 1;
+                    spare -= 1;
+                    grew = true;
+                }
+            }
+            if !grew {
+                break;
+            }
+        }
+    }
+    spare
 }
 
 /// First row to show so that `selected` is visible in `height` rows.
@@ -401,28 +510,35 @@ fn render_message(frame: &mut Frame, area: Rect, lines: Vec<Line<'static>>) {
     frame.render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }), area);
 }
 
-/// Lines `text` takes when word-wrapped at `width`.
-fn wrapped_lines(text: &str, width: usize) -> usize {
-    if width == 0 {
-        return usize::MAX;
-    }
-    let mut lines = 1;
-    let mut col = 0usize;
+/// `text` word-wrapped at `width` characters (words longer than a line are cut).
+fn wrap_words(text: &str, width: usize) -> Vec<String> {
+    let width = width.max(1);
+    let mut lines: Vec<String> = Vec::new();
+    let mut cur = String::new();
+    let mut cur_len = 0usize;
     for word in text.split(' ') {
-        let w = word.chars().count();
-        let need = if col == 0 { w } else { col + 1 + w };
-        if need <= width {
-            col = need;
-        } else {
-            lines += 1;
-            col = w.min(width);
-            // A word longer than the line spills over several.
-            if w > width {
-                lines += (w - 1) / width;
-                col = (w - 1) % width + 1;
+        let mut word: Vec<char> = word.chars().collect();
+        let sep = usize::from(cur_len > 0);
+        if cur_len + sep + word.len() <= width {
+            if sep == 1 {
+                cur.push(' ');
             }
+            cur.extend(word.iter());
+            cur_len += sep + word.len();
+            continue;
         }
+        if cur_len > 0 {
+            lines.push(std::mem::take(&mut cur));
+        }
+        while word.len() > width {
+            let rest = word.split_off(width);
+            lines.push(word.iter().collect());
+            word = rest;
+        }
+        cur = word.iter().collect();
+        cur_len = word.len();
     }
+    lines.push(cur);
     lines
 }
 
@@ -443,7 +559,7 @@ fn render_violations(d: &Dashboard, data: &Data, frame: &mut Frame, area: Rect, 
     let info = if total == 0 {
         String::new()
     } else {
-        format!("{} kinds · sort {}", rows.len(), d.ui.kind_sort.name())
+        format!("{} · sort {}", plural(rows.len() as u64, "kind", "kinds"), d.ui.kind_sort.name())
     };
     let block = pane_block(d, Pane::Violations, info, single);
     let inner = block.inner(area);
@@ -459,35 +575,41 @@ fn render_violations(d: &Dashboard, data: &Data, frame: &mut Frame, area: Rect, 
     let selected = d.ui.sel_kind.resolve(&kinds);
     let sel_kind = selected.and_then(|i| kinds.get(i)).copied();
 
-    // Meaning and likely cause of the selected kind beneath the table, if room.
-    let (table_area, detail_area) = match sel_kind {
-        Some(k) if inner.height >= 7 => {
+    // Meaning and likely cause of the selected kind beneath the table, if room: in full
+    // (wrapped) when it fits, else one truncated line each.
+    let (table_area, detail) = match sel_kind {
+        Some(k) if inner.height >= 6 => {
             let w = usize::from(inner.width);
-            let want = wrapped_lines(&format!("meaning: {}", k.meaning()), w)
-                + wrapped_lines(&format!("likely cause: {}", k.likely_cause()), w);
-            let max_detail = (inner.height - 4).min(if single { 4 } else { 6 });
-            let detail = u16::try_from(want).unwrap_or(u16::MAX).min(max_detail);
-            let [t, _, dt] = Layout::vertical([Constraint::Min(3), Constraint::Length(1), Constraint::Length(detail)])
-                .areas(inner);
-            // The separator row.
-            let rule_area = Rect { y: dt.y.saturating_sub(1), height: 1, ..dt };
-            frame.render_widget(
-                Paragraph::new(Span::styled("─".repeat(usize::from(rule_area.width)), Style::new().fg(DIM))),
-                rule_area,
-            );
-            (t, Some((dt, k)))
+            let full = detail_lines(k, w);
+            // Keep at least the header and two rows of the table.
+            let room = usize::from(inner.height).saturating_sub(1 + 1 + kinds.len().min(2));
+            // What is left once the whole table is shown (but at least two lines).
+            let spare = usize::from(inner.height).saturating_sub(1 + 1 + kinds.len()).max(2).min(room);
+            let lines = if full <= spare { full } else { 2 };
+            if room < 2 {
+                (inner, None)
+            } else {
+                let detail = u16::try_from(lines.min(room)).unwrap_or(2);
+                let [t, rule, dt] =
+                    Layout::vertical([Constraint::Min(0), Constraint::Length(1), Constraint::Length(detail)]).areas(inner);
+                frame.render_widget(
+                    Paragraph::new(Span::styled("─".repeat(usize::from(rule.width)), Style::new().fg(DIM))),
+                    rule,
+                );
+                (t, Some((dt, k, lines == full)))
+            }
         }
         _ => (inner, None),
     };
 
     let cols = [
-        Col::new(KCol::Kind, "kind", 12, 22, 0),
-        Col::new(KCol::Client, "client→server", 5, 13, 1),
-        Col::new(KCol::Server, "server→client", 5, 13, 2),
-        Col::new(KCol::Rate, "rate/10s", 6, 8, 3),
-        Col::new(KCol::Spark, SPARK_TITLE, 12, 60, 4).fill(),
-        Col::new(KCol::Total, "total", 6, 7, 5),
-        Col::new(KCol::Last, "last", 4, 5, 6),
+        Col::new(KCol::Kind, "kind", 22, 22, 0),
+        Col::new(KCol::Client, "client→server", 5, 13, 1).short("c→s"),
+        Col::new(KCol::Server, "server→client", 5, 13, 1).short("s→c"),
+        Col::new(KCol::Total, "total", 6, 7, 4),
+        Col::new(KCol::Rate, "rate/10s", 6, 8, 2).short("/10s"),
+        Col::new(KCol::Last, "seen", 4, 5, 5),
+        Col::new(KCol::Spark, SPARK_TITLE, 12, 60, 3).fill(),
     ];
     let fitted = fit(&cols, table_area.width.saturating_sub(MARK_WIDTH));
     let spark_width = fitted.iter().find(|c| c.0 == KCol::Spark).map_or(0, |c| usize::from(c.2));
@@ -505,10 +627,15 @@ fn render_violations(d: &Dashboard, data: &Data, frame: &mut Frame, area: Rect, 
         matches!(c, KCol::Client | KCol::Server | KCol::Total | KCol::Rate | KCol::Last)
     });
 
-    if let Some((area, k)) = detail_area {
+    if let Some((area, k, wrap)) = detail {
+        let w = usize::from(area.width);
+        let line = |label: &'static str, style: Style, text: &'static str| {
+            let text = if wrap { text.to_string() } else { format::truncate(text, w.saturating_sub(label.len())) };
+            Line::from(vec![Span::styled(label, style), Span::raw(text)])
+        };
         let lines = vec![
-            Line::from(vec![Span::styled("meaning: ", Style::new().fg(ACCENT).bold()), Span::raw(k.meaning())]),
-            Line::from(vec![Span::styled("likely cause: ", Style::new().fg(WARN).bold()), Span::raw(k.likely_cause())]),
+            line("meaning: ", Style::new().fg(ACCENT).bold(), k.meaning()),
+            line("likely cause: ", Style::new().fg(WARN).bold(), k.likely_cause()),
         ];
         frame.render_widget(Paragraph::new(lines).wrap(Wrap { trim: true }), area);
     }
@@ -548,12 +675,12 @@ fn no_violations_lines(d: &Dashboard, data: &Data, total: u64) -> Vec<Line<'stat
         Line::from(Span::styled(" ✓ no violations", Style::new().fg(GOOD).bold())),
         Line::from(Span::styled(
             format!(
-                "   {} frames (client→server {}, server→client {}) · {} upgrades · {} connections {since}",
-                format::count(c.saturating_add(s)),
+                "   {} (client→server {}, server→client {}) · {} · {} {since}",
+                plural(c.saturating_add(s), "frame", "frames"),
                 format::count(c),
                 format::count(s),
-                format::count(data.upgrades_ok()),
-                format::count(data.connections_opened()),
+                plural(data.upgrades_ok(), "upgrade", "upgrades"),
+                plural(data.connections_opened(), "connection", "connections"),
             ),
             Style::new().fg(GOOD),
         )),
@@ -569,6 +696,8 @@ enum CCol {
     Viol,
     Close,
     Last,
+    Ext,
+    Age,
 }
 
 fn state_style(r: &ConnRow) -> Style {
@@ -584,10 +713,55 @@ fn state_style(r: &ConnRow) -> Style {
     }
 }
 
+/// `5 live (2 open, 1 desync, …), 1 closed`.
+fn conn_summary(data: &Data) -> String {
+    let (live, closed) = data.conn_counts();
+    let states: Vec<String> = [
+        ConnState::Open,
+        ConnState::Handshake,
+        ConnState::Closing,
+        ConnState::Closed,
+        ConnState::Desync,
+        ConnState::NotWebSocket,
+    ]
+    .iter()
+    .filter_map(|&s| {
+        let n = data.conns_in(s);
+        (n > 0).then(|| format!("{n} {}", state_name(s)))
+    })
+    .collect();
+    let mut out = format!("{live} live");
+    if !states.is_empty() {
+        out.push_str(&format!(" ({})", states.join(", ")));
+    }
+    if closed > 0 {
+        out.push_str(&format!(", {closed} closed"));
+    }
+    out
+}
+
+/// `deflate`, `chat`, `deflate chat`, or `-`.
+fn negotiated(r: &ConnRow) -> String {
+    let Some(v) = &r.view else {
+        return "-".to_string();
+    };
+    let mut parts: Vec<&str> = Vec::new();
+    if v.deflate {
+        parts.push("deflate");
+    }
+    if let Some(p) = &v.subprotocol {
+        parts.push(p);
+    }
+    if parts.is_empty() {
+        "-".to_string()
+    } else {
+        parts.join(" ")
+    }
+}
+
 fn render_connections(d: &Dashboard, data: &Data, frame: &mut Frame, area: Rect, single: bool) {
     let rows = data.conn_rows(&d.ui.filter.applied, d.ui.conn_sort);
-    let (live, closed) = data.conn_counts();
-    let info = format!("{live} live, {closed} closed · sort {}", d.ui.conn_sort.name());
+    let info = format!("{} · sort {}", conn_summary(data), d.ui.conn_sort.name());
     let block = pane_block(d, Pane::Connections, info, single);
     let inner = block.inner(area);
     frame.render_widget(block, area);
@@ -606,13 +780,15 @@ fn render_connections(d: &Dashboard, data: &Data, frame: &mut Frame, area: Rect,
     let ids: Vec<_> = rows.iter().map(|r| r.id).collect();
     let selected = d.ui.sel_conn.resolve(&ids);
     let cols = [
-        Col::new(CCol::Conn, "connection", 20, 47, 0).fill(),
+        Col::new(CCol::Conn, "connection", 20, 47, 0),
         Col::new(CCol::State, "state", 9, 9, 1),
         Col::new(CCol::Viol, "viol", 4, 5, 2),
-        Col::new(CCol::Client, "frames c→s", 6, 10, 3),
-        Col::new(CCol::Server, "frames s→c", 6, 10, 4),
+        Col::new(CCol::Client, "frames c→s", 6, 10, 3).short("c→s"),
+        Col::new(CCol::Server, "frames s→c", 6, 10, 3).short("s→c"),
         Col::new(CCol::Close, "close", 5, 5, 5),
-        Col::new(CCol::Last, "last", 4, 5, 6),
+        Col::new(CCol::Last, "idle", 4, 5, 6),
+        Col::new(CCol::Ext, "negotiated", 10, 20, 7).extra(),
+        Col::new(CCol::Age, "age", 4, 5, 8).extra(),
     ];
     let fitted = fit(&cols, inner.width.saturating_sub(MARK_WIDTH));
     let height = usize::from(inner.height.saturating_sub(1));
@@ -637,11 +813,13 @@ fn render_connections(d: &Dashboard, data: &Data, frame: &mut Frame, area: Rect,
                     dim,
                 ),
                 CCol::Last => num(format::ago(data.now_ns, r.last_active_ns()), dim),
+                CCol::Ext => Cell::from(Span::styled(format::truncate(&negotiated(r), usize::from(*w)), dim)),
+                CCol::Age => num(r.view.as_ref().map_or_else(|| "-".to_string(), |v| format::ago(data.now_ns, v.opened_ns)), dim),
             }))
         })
         .collect();
     render_table(frame, inner, &fitted, table_rows, selected.map(|s| s - offset), d.ui.focus == Pane::Connections, |c| {
-        matches!(c, CCol::Client | CCol::Server | CCol::Viol | CCol::Close | CCol::Last)
+        matches!(c, CCol::Client | CCol::Server | CCol::Viol | CCol::Close | CCol::Last | CCol::Age)
     });
 }
 
@@ -652,6 +830,7 @@ enum FCol {
     From,
     Kind,
     Header,
+    Offset,
 }
 
 fn render_findings(d: &Dashboard, data: &Data, frame: &mut Frame, area: Rect, single: bool) {
@@ -677,10 +856,11 @@ fn render_findings(d: &Dashboard, data: &Data, frame: &mut Frame, area: Rect, si
     let time_w = if d.epoch_offset_ns.is_some() { 12 } else { 13 };
     let cols = [
         Col::new(FCol::Time, "time", time_w, time_w, 1),
-        Col::new(FCol::Conn, "connection", 20, 47, 3).fill(),
+        Col::new(FCol::Conn, "connection", 20, 47, 3),
         Col::new(FCol::From, "from", 6, 6, 4),
-        Col::new(FCol::Kind, "kind", 12, 22, 0),
-        Col::new(FCol::Header, "frame header", 12, 28, 2),
+        Col::new(FCol::Kind, "kind", 22, 22, 0),
+        Col::new(FCol::Header, "frame header", 12, 28, 2).grow(6),
+        Col::new(FCol::Offset, "offset", 6, 12, 5).extra(),
     ];
     let fitted = fit(&cols, inner.width.saturating_sub(MARK_WIDTH));
     let height = usize::from(inner.height.saturating_sub(1));
@@ -691,7 +871,9 @@ fn render_findings(d: &Dashboard, data: &Data, frame: &mut Frame, area: Rect, si
         .take(height)
         .map(|r| finding_row(d, data, r, &fitted))
         .collect();
-    render_table(frame, inner, &fitted, table_rows, selected.map(|s| s - offset), d.ui.focus == Pane::Findings, |_| false);
+    render_table(frame, inner, &fitted, table_rows, selected.map(|s| s - offset), d.ui.focus == Pane::Findings, |c| {
+        c == FCol::Offset
+    });
 }
 
 fn finding_row(d: &Dashboard, data: &Data, r: &FindingRow, cols: &[(FCol, &'static str, u16)]) -> Row<'static> {
@@ -702,6 +884,7 @@ fn finding_row(d: &Dashboard, data: &Data, r: &FindingRow, cols: &[(FCol, &'stat
         FCol::From => Cell::from(f.dir.name()),
         FCol::Kind => Cell::from(Span::styled(f.kind.name(), Style::new().fg(BAD))),
         FCol::Header => Cell::from(Span::styled(format::compact_hex(&f.header), Style::new().fg(ACCENT))),
+        FCol::Offset => num(f.offset.to_string(), Style::new().fg(DIM)),
     }))
 }
 
@@ -709,7 +892,7 @@ fn finding_row(d: &Dashboard, data: &Data, r: &FindingRow, cols: &[(FCol, &'stat
 
 /// A centred rectangle of at most `w` x `h` inside `area`, leaving a margin when it can.
 fn centered(area: Rect, w: u16, h: u16) -> Rect {
-    let max_w = if area.width > 24 { area.width - 2 } else { area.width };
+    let max_w = if area.width > 30 { area.width - 4 } else { area.width };
     let max_h = if area.height > 8 { area.height - 2 } else { area.height };
     let (w, h) = (w.min(max_w), h.min(max_h));
     Rect {
@@ -727,18 +910,78 @@ fn kv(label: &str, value: Vec<Span<'static>>) -> Line<'static> {
     Line::from(spans)
 }
 
-fn render_popup(frame: &mut Frame, area: Rect, title: String, lines: Vec<Line<'static>>, max_width: u16) {
-    let width = max_width.min(area.width.saturating_sub(4).max(20));
-    let inner_w = usize::from(width.saturating_sub(2)).max(1);
-    let needed: usize = lines
-        .iter()
-        .map(|l| {
-            let text: String = l.spans.iter().map(|s| s.content.as_ref()).collect();
-            wrapped_lines(&text, inner_w)
+/// Word-wraps a styled line at `width`; continuation lines are indented by `indent`
+/// (the label column).
+fn wrap_styled(line: &Line<'static>, width: usize, indent: usize) -> Vec<Line<'static>> {
+    let width = width.max(1);
+    let indent = if indent + 8 <= width { indent } else { 0 };
+    let avail = |first: bool| if first { width } else { width - indent };
+    let chars: Vec<(char, Style)> =
+        line.spans.iter().flat_map(|s| s.content.chars().map(move |c| (c, s.style))).collect();
+    // Leading spaces (an empty label) are kept as they are.
+    let lead = chars.iter().take_while(|(c, _)| *c == ' ').count();
+    let (lead, body) = chars.split_at(lead.min(chars.len()));
+    let mut rows: Vec<Vec<(char, Style)>> = Vec::new();
+    let mut cur: Vec<(char, Style)> = lead.to_vec();
+    let mut need_sep = false;
+    for word in body.split(|(c, _)| *c == ' ') {
+        let sep = usize::from(need_sep);
+        if cur.len() + sep + word.len() <= avail(rows.is_empty()) {
+            if need_sep {
+                cur.push((' ', Style::new()));
+            }
+            cur.extend_from_slice(word);
+            need_sep = true;
+            continue;
+        }
+        if !cur.is_empty() {
+            rows.push(std::mem::take(&mut cur));
+        }
+        need_sep = true;
+        let mut rest = word;
+        loop {
+            let limit = avail(rows.is_empty());
+            if rest.len() <= limit {
+                cur = rest.to_vec();
+                break;
+            }
+            let (head, tail) = rest.split_at(limit);
+            rows.push(head.to_vec());
+            rest = tail;
+        }
+    }
+    rows.push(cur);
+    rows.into_iter()
+        .enumerate()
+        .map(|(i, row)| {
+            let mut spans: Vec<Span<'static>> = Vec::new();
+            if i > 0 && indent > 0 {
+                spans.push(Span::raw(" ".repeat(indent)));
+            }
+            let mut text = String::new();
+            let mut style: Option<Style> = None;
+            for (c, st) in row {
+                if style.is_some_and(|s| s != st) {
+                    spans.push(Span::styled(std::mem::take(&mut text), style.unwrap_or_default()));
+                }
+                style = Some(st);
+                text.push(c);
+            }
+            if !text.is_empty() {
+                spans.push(Span::styled(text, style.unwrap_or_default()));
+            }
+            Line::from(spans)
         })
-        .sum();
-    let height = u16::try_from(needed.saturating_add(2)).unwrap_or(u16::MAX);
-    let rect = centered(area, width, height);
+        .collect()
+}
+
+/// A bordered popup over `area`, as tall as its (wrapped) content allows.
+fn render_popup(frame: &mut Frame, area: Rect, title: String, lines: Vec<Line<'static>>, max_width: u16, indent: usize) {
+    let rect = centered(area, max_width, area.height);
+    let inner_w = usize::from(rect.width.saturating_sub(2)).max(1);
+    let lines: Vec<Line<'static>> = lines.iter().flat_map(|l| wrap_styled(l, inner_w, indent)).collect();
+    let height = u16::try_from(lines.len().saturating_add(2)).unwrap_or(u16::MAX);
+    let rect = centered(area, max_width, height);
     frame.render_widget(Clear, rect);
     let block = Block::new()
         .borders(Borders::ALL)
@@ -746,7 +989,7 @@ fn render_popup(frame: &mut Frame, area: Rect, title: String, lines: Vec<Line<'s
         .border_style(Style::new().fg(ACCENT))
         .title(Line::from(Span::styled(format!(" {title} "), Style::new().bold())))
         .title_bottom(Line::from(Span::styled(" Enter/Esc close ", Style::new().fg(DIM))).right_aligned());
-    frame.render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }).block(block), rect);
+    frame.render_widget(Paragraph::new(lines).block(block), rect);
 }
 
 fn render_details(d: &Dashboard, data: &Data, frame: &mut Frame, area: Rect) {
@@ -774,7 +1017,7 @@ fn render_details(d: &Dashboard, data: &Data, frame: &mut Frame, area: Rect) {
             }
         }
     };
-    render_popup(frame, area, title, lines, 100);
+    render_popup(frame, area, title, lines, 100, LABEL);
 }
 
 fn category_name(k: Kind) -> &'static str {
@@ -929,7 +1172,7 @@ pub const KEYS: [(&str, &str); 13] = [
     ("Space", "pause: freeze the view, keep counting"),
     ("r", "reset counters, rates and sparklines"),
     ("/", "filter kinds, connections, findings by text"),
-    ("  Enter / Esc", "apply / clear the filter"),
+    ("Enter, Esc", "while typing a filter: apply / clear it"),
     ("s", "cycle the sort of the focused pane"),
     ("Esc", "close details, else clear the filter"),
 ];
@@ -937,7 +1180,7 @@ pub const KEYS: [(&str, &str); 13] = [
 fn render_help(frame: &mut Frame, area: Rect) {
     let mut lines: Vec<Line<'static>> = KEYS
         .iter()
-        .map(|(k, v)| Line::from(vec![Span::styled(format!("{k:<16}"), Style::new().fg(ACCENT).bold()), Span::raw(*v)]))
+        .map(|(k, v)| Line::from(vec![Span::styled(format!("{k:<HELP_LABEL$}"), Style::new().fg(ACCENT).bold()), Span::raw(*v)]))
         .collect();
     lines.push(Line::from(""));
     lines.push(Line::from(Span::styled(
@@ -948,5 +1191,5 @@ fn render_help(frame: &mut Frame, area: Rect) {
         "states: handshake, open, closing, closed, desync (lost framing), not-ws; closed connections stay 60 s.",
         Style::new().fg(DIM),
     )));
-    render_popup(frame, area, "Keys".to_string(), lines, 80);
+    render_popup(frame, area, "Keys".to_string(), lines, 80, HELP_LABEL);
 }

@@ -481,7 +481,9 @@ def run_client(a):
             continue
         key = base64.b64encode(hashlib.sha256(f"key-{i}".encode()).digest()[:16]).decode()
         c.sendall(sc["request"](key))
-        head, _rest = read_head(c)
+        head, rest = read_head(c)
+        while head.split(b" ", 2)[1].startswith(b"1") and head.split(b" ", 2)[1] != b"101":
+            head, rest = read_head(c, rest)  # an interim response (100 Continue)
         status = head.split(b" ", 2)[1]
         if sc["upgraded"] != (status == b"101"):
             raise RuntimeError(f"{sc['name']}: unexpected response {head[:40]!r}")

@@ -7,8 +7,9 @@
 //         "listening" once bound; exits after --expect connections have closed.
 // client: connects to each of --hosts in turn and runs the same script as ws_python.py:
 //         text messages (ASCII and multi-byte UTF-8), binary messages of 0, 125, 126,
-//         65535, 65536 and 200000 bytes, a fragmented text and a fragmented binary message
-//         (send with fin: false), pings (each awaiting its pong), then close with 1000.
+//         65535, 65536 and 200000 bytes, a fragmented text message (cut inside multi-byte
+//         characters) and a fragmented binary message (send with fin: false), pings (each
+//         awaiting its pong), then close with 1000.
 //         Prints one JSON object: message counts, and the frames the script makes each
 //         side send per connection.
 //
@@ -21,7 +22,15 @@ const wsVersion = require('ws/package.json').version;
 
 const TEXTS = ['hello', 'ünïcödé — ✓ 日本語 🚀', 'x'.repeat(1000), '€'.repeat(5000)];
 const BINARY_SIZES = [0, 125, 126, 65535, 65536, 200000];
-const TEXT_FRAGMENTS = ['frag-1 ✓ ', 'frag-2 日本 ', 'frag-3 🚀'];
+// A text message sent in three frames cut inside multi-byte characters (valid UTF-8 only
+// as a whole, as RFC 6455 allows).
+const TEXT_WHOLE = Buffer.from('frag-1 ✓ frag-2 日本 frag-3 🚀');
+const TEXT_CUTS = [TEXT_WHOLE.indexOf(Buffer.from('✓')) + 1, TEXT_WHOLE.indexOf(Buffer.from('🚀')) + 2];
+const TEXT_FRAGMENTS = [
+  TEXT_WHOLE.subarray(0, TEXT_CUTS[0]),
+  TEXT_WHOLE.subarray(TEXT_CUTS[0], TEXT_CUTS[1]),
+  TEXT_WHOLE.subarray(TEXT_CUTS[1]),
+];
 const BINARY_FRAGMENTS = [Buffer.concat(Array(4).fill(Buffer.from([...Array(256).keys()]))), Buffer.alloc(3000, 1)];
 const PINGS = [Buffer.from('ping-0'), Buffer.from('ping-1'), Buffer.from([0xff, 0x00, 0x41])];
 
@@ -110,7 +119,7 @@ async function oneConnection(host, a) {
   }
   for (const [frags, binary] of [[TEXT_FRAGMENTS, false], [BINARY_FRAGMENTS, true]]) {
     for (const [i, f] of frags.entries()) await send(ws, f, { binary, fin: i === frags.length - 1 });
-    const whole = binary ? Buffer.concat(frags) : frags.join('');
+    const whole = Buffer.concat(frags);
     await expectEcho(ws, whole, binary, binary ? 'fragmented binary' : 'fragmented text');
   }
   for (const p of PINGS) {

@@ -12,8 +12,9 @@ client: connects to each of --hosts in turn and runs a fixed script on each conn
         Prints one JSON object: message counts, and the frames the script makes each side
         send per connection where the library makes them deterministic.
 
---compression deflate|none selects permessage-deflate on both roles. Keepalive pings
-are off, so every ping on the wire is one of the script's.
+--compression deflate|deflate-nct|none selects permessage-deflate on both roles
+(deflate-nct: no context takeover either way, 10-bit windows). Keepalive pings are off,
+so every ping on the wire is one of the script's.
 """
 import argparse, asyncio, json, sys
 
@@ -21,6 +22,7 @@ import websockets
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
 from websockets.exceptions import InvalidStatus
+from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory, ServerPerMessageDeflateFactory
 
 TEXTS = [
     "hello",
@@ -43,8 +45,18 @@ async def aiter_of(items):
         yield it
 
 
-def compression_arg(name):
-    return "deflate" if name == "deflate" else None
+def compression_kwargs(name, server):
+    """websockets arguments for --compression: none, deflate (the library's defaults), or
+    deflate-nct (no context takeover both ways and 10-bit windows, so every message is
+    compressed on its own)."""
+    if name == "deflate":
+        return {"compression": "deflate"}
+    if name == "deflate-nct":
+        params = dict(server_no_context_takeover=True, client_no_context_takeover=True,
+                      server_max_window_bits=10, client_max_window_bits=10)
+        factory = ServerPerMessageDeflateFactory if server else ClientPerMessageDeflateFactory
+        return {"compression": None, "extensions": [factory(**params)]}
+    return {"compression": None}
 
 
 async def run_server(a):
@@ -61,8 +73,8 @@ async def run_server(a):
             if a.expect and closed >= a.expect:
                 done.set()
 
-    async with serve(echo, host=None, port=a.port, compression=compression_arg(a.compression),
-                     ping_interval=None, max_size=1 << 21):
+    async with serve(echo, host=None, port=a.port, ping_interval=None, max_size=1 << 21,
+                     **compression_kwargs(a.compression, server=True)):
         print("listening", flush=True)
         if not a.expect:
             await asyncio.Event().wait()  # until killed
@@ -76,8 +88,8 @@ def uri(host, port):
 
 
 async def one_connection(host, a):
-    async with connect(uri(host, a.port), compression=compression_arg(a.compression), ping_interval=None,
-                       max_size=1 << 21, open_timeout=10, close_timeout=10) as ws:
+    async with connect(uri(host, a.port), ping_interval=None, max_size=1 << 21, open_timeout=10, close_timeout=10,
+                       **compression_kwargs(a.compression, server=False)) as ws:
         for t in TEXTS:
             await ws.send(t)
             assert await ws.recv() == t, "text echo differs"
@@ -103,8 +115,8 @@ async def run_client(a):
     for h in hosts:
         if a.expect_reject:
             try:
-                async with connect(uri(h, a.port), compression=compression_arg(a.compression), ping_interval=None,
-                                   open_timeout=10):
+                async with connect(uri(h, a.port), ping_interval=None, open_timeout=10,
+                                   **compression_kwargs(a.compression, server=False)):
                     pass
             except InvalidStatus as e:
                 statuses.append(e.response.status_code)
@@ -141,7 +153,7 @@ def main():
     p.add_argument("role", choices=["server", "client"])
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--hosts", default="127.0.0.1", help="client: comma-separated hosts, one connection each")
-    p.add_argument("--compression", choices=["deflate", "none"], default="none")
+    p.add_argument("--compression", choices=["deflate", "deflate-nct", "none"], default="none")
     p.add_argument("--expect", type=int, default=0,
                    help="server: exit after this many connections have closed (0: run until killed)")
     p.add_argument("--expect-reject", action="store_true", help="client: the upgrade must be refused")
