@@ -57,7 +57,7 @@ pub struct ChunkHeader {
 
 /// Size of [`ChunkHeader`] in a record; a multiple of 8 so the payload stays aligned.
 pub const HEADER_SIZE: usize = core::mem::size_of::<ChunkHeader>();
-const _: () = assert!(HEADER_SIZE % 8 == 0);
+const _: () = assert!(HEADER_SIZE.is_multiple_of(8));
 
 /// Per-CPU scratch buffer the kernel program assembles a record in before copying it
 /// into the ring buffer with its exact length.

@@ -86,6 +86,30 @@ pub struct RunArgs {
 pub enum Command {
     /// Read a pcap or pcapng capture instead of capturing live (no root needed).
     Replay(ReplayArgs),
+    /// See it work: a WebSocket echo server, clients and a misbehaving proxy on loopback,
+    /// monitored live (needs root, like live capture).
+    Demo(DemoArgs),
+    /// Print the man page (roff) on stdout: ws-monitor man > ws-monitor.8
+    Man,
+    /// Print shell completions on stdout, e.g. ws-monitor completions bash > /etc/bash_completion.d/ws-monitor
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Client connections kept busy (half direct, half through the misbehaving proxy).
+    #[arg(long, default_value_t = 4)]
+    pub clients: usize,
+
+    /// Ring buffer between kernel and userspace, in bytes (K/M/G suffixes; a power of two).
+    #[arg(long, default_value = "16M", value_parser = parse_ring_size)]
+    pub ring_size: u32,
+
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 #[derive(Debug, clap::Args)]

@@ -8,6 +8,7 @@
 pub mod capture;
 pub mod cli;
 pub mod dashboard;
+pub mod demo;
 pub mod engine;
 pub mod events;
 pub mod flow;

@@ -3,11 +3,14 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::error::ErrorKind;
-use clap::Parser as _;
+use clap::{CommandFactory as _, Parser as _};
+use futures_util::StreamExt as _;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::Instant;
 use ws_monitor::capture::{self, Capture, CaptureConfig};
-use ws_monitor::cli::{Cli, Command, ReplayArgs, RunArgs};
+use ws_monitor::cli::{Cli, Command, DemoArgs, ReplayArgs, RunArgs};
+use ws_monitor::dashboard::{CaptureHealth, Control, Dashboard, TerminalSession};
+use ws_monitor::demo::{Demo, DemoConfig};
 use ws_monitor::engine::EngineConfig;
 use ws_monitor::events::EventLog;
 use ws_monitor::logs::{self, HeadlessLog, Totals};
@@ -26,17 +29,19 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Some(Command::Replay(args)) => replay_file(&args),
+        Some(Command::Demo(args)) => runtime().and_then(|rt| rt.block_on(run_demo(&args))),
+        Some(Command::Man) => print_man(),
+        Some(Command::Completions { shell }) => {
+            clap_complete::generate(shell, &mut Cli::command(), "ws-monitor", &mut std::io::stdout());
+            Ok(())
+        }
         None => {
             let config = CaptureConfig {
                 iface: cli.iface.unwrap_or_default(),
                 ports: cli.ports,
                 ring_size: cli.ring_size,
             };
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")
-                .and_then(|rt| rt.block_on(live(&config, &cli.run)))
+            runtime().and_then(|rt| rt.block_on(live(&config, &cli.run, Live::default())))
         }
     };
     match result {
@@ -46,6 +51,16 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")
+}
+
+fn print_man() -> anyhow::Result<()> {
+    clap_mangen::Man::new(Cli::command())
+        .render(&mut std::io::stdout())
+        .context("writing the man page")
 }
 
 /// Help and version go to stdout as usual; a usage error becomes one line on stderr.
@@ -103,6 +118,8 @@ struct Outputs {
     events: Option<EventLog>,
     log: Option<HeadlessLog>,
     metrics: Option<Exporter>,
+    /// The live dashboard and the terminal it owns (restored when dropped).
+    dashboard: Option<(Dashboard, TerminalSession)>,
 }
 
 impl Outputs {
@@ -111,6 +128,7 @@ impl Outputs {
             events: args.events.as_deref().map(|p| EventLog::create(p, epoch_offset_ns)).transpose()?,
             log: headless.then(|| HeadlessLog::new(args.log_interval)),
             metrics: None,
+            dashboard: None,
         })
     }
 
@@ -123,6 +141,29 @@ impl Outputs {
             if let Some(log) = self.log.as_mut() {
                 log.finding(&finding);
             }
+            if let Some((dashboard, _)) = self.dashboard.as_mut() {
+                dashboard.on_finding(&finding);
+            }
+        }
+    }
+
+    /// Waits for a key on the dashboard's terminal (forever without a dashboard).
+    async fn next_key(&mut self) -> Control {
+        let Some((dashboard, session)) = self.dashboard.as_mut() else {
+            return std::future::pending().await;
+        };
+        match session.events().next().await {
+            // Keys act; a resize and the like only need the redraw that follows.
+            Some(Ok(event)) => dashboard.on_event(&event),
+            // The terminal went away: stop rather than spin.
+            Some(Err(_)) | None => Control::Quit,
+        }
+    }
+
+    fn draw(&mut self) -> anyhow::Result<()> {
+        match self.dashboard.as_mut() {
+            Some((dashboard, session)) => session.draw(dashboard),
+            None => Ok(()),
         }
     }
 
@@ -134,20 +175,42 @@ impl Outputs {
         if let Some(metrics) = &self.metrics {
             metrics.update(monitor.engine_stats(), capture, monitor.open_flows());
         }
+        if let Some((dashboard, _)) = self.dashboard.as_mut() {
+            let health = CaptureHealth {
+                packets: capture.packets,
+                bytes_delivered: capture.bytes_client + capture.bytes_server,
+                bytes_lost: capture.bytes_lost,
+                gaps: capture.gaps,
+                ring_drops: capture.ring_drops,
+            };
+            let engine = monitor.engine();
+            dashboard.on_tick(now_ns, health, engine.stats(), engine.connections());
+        }
         if let Some(events) = self.events.as_mut() {
             events.flush();
         }
     }
 }
 
-async fn live(config: &CaptureConfig, args: &RunArgs) -> anyhow::Result<()> {
+/// Hooks for a live run started by `demo`.
+#[derive(Default)]
+struct Live<'a> {
+    /// Traffic to start once the program is attached, and to stop at the end.
+    demo: Option<&'a Demo>,
+}
+
+async fn live(config: &CaptureConfig, args: &RunArgs, hooks: Live<'_>) -> anyhow::Result<()> {
     // Handlers first: a signal that arrives once we are attached must detach cleanly.
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut monitor = new_monitor(args)?;
     let epoch_offset = clock_ns(libc::CLOCK_REALTIME) as i128 - monotonic_ns() as i128;
-    logs::init(args.log_format)?;
-    let mut outputs = Outputs::new(args, epoch_offset, true)?;
+    // The dashboard is the default on a terminal; otherwise log lines.
+    let tui = !args.no_tui && std::io::IsTerminal::is_terminal(&std::io::stdout());
+    if !tui {
+        logs::init(args.log_format)?;
+    }
+    let mut outputs = Outputs::new(args, epoch_offset, !tui)?;
     if let Some(addr) = args.metrics_addr {
         outputs.metrics = Some(Exporter::start(addr)?);
         tracing::info!("serving Prometheus metrics at http://{addr}/metrics");
@@ -161,6 +224,15 @@ async fn live(config: &CaptureConfig, args: &RunArgs) -> anyhow::Result<()> {
         config.iface,
         capture.hooks.join("+")
     );
+    if tui {
+        let session = TerminalSession::enter()?;
+        let mut dashboard = Dashboard::new(&config.iface, &config.ports, monotonic_ns());
+        dashboard.set_epoch_offset(epoch_offset);
+        outputs.dashboard = Some((dashboard, session));
+    }
+    if let Some(demo) = hooks.demo {
+        demo.go();
+    }
 
     let mut bad_records = 0u64;
     let mut handle = |monitor: &mut Monitor, record: &[u8]| match capture::decode(record) {
@@ -170,26 +242,47 @@ async fn live(config: &CaptureConfig, args: &RunArgs) -> anyhow::Result<()> {
 
     let deadline = args.duration.map(|d| Instant::now() + Duration::from_secs_f64(d.max(0.0)));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut redraw = tokio::time::interval(Duration::from_millis(250));
 
-    loop {
+    let result: anyhow::Result<()> = loop {
         tokio::select! {
             ready = capture.readable() => {
-                ready.context("waiting on the ring buffer")?;
+                if let Err(e) = ready {
+                    break Err(anyhow::Error::new(e).context("waiting on the ring buffer"));
+                }
                 capture.drain(|r| handle(&mut monitor, r));
                 outputs.findings(&mut monitor);
             }
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-            _ = sleep_until(deadline) => break,
+            _ = sigint.recv() => break Ok(()),
+            _ = sigterm.recv() => break Ok(()),
+            _ = sleep_until(deadline) => break Ok(()),
+            key = outputs.next_key() => {
+                if matches!(key, Control::Quit) {
+                    break Ok(());
+                }
+                if let Err(e) = outputs.draw() {
+                    break Err(e);
+                }
+            }
+            _ = redraw.tick() => {
+                if let Err(e) = outputs.draw() {
+                    break Err(e);
+                }
+            }
             _ = tick.tick() => {
                 let now = monotonic_ns();
                 monitor.tick(now);
                 outputs.findings(&mut monitor);
-                let counters = capture.counters()?;
-                outputs.tick(now, &monitor, &live_report(&counters, &monitor));
+                match capture.counters() {
+                    Ok(counters) => outputs.tick(now, &monitor, &live_report(&counters, &monitor)),
+                    Err(e) => break Err(e),
+                }
             }
         }
-    }
+    };
+    // Restore the terminal before anything else is printed.
+    outputs.dashboard = None;
+    result?;
 
     // Read what is still in the ring, then detach before the final accounting.
     capture.drain(|r| handle(&mut monitor, r));
@@ -205,11 +298,37 @@ async fn live(config: &CaptureConfig, args: &RunArgs) -> anyhow::Result<()> {
     outputs.tick(monotonic_ns(), &monitor, &capture_report);
     if let Some(log) = outputs.log.as_mut() {
         log.summary(&capture_report, monitor.engine_stats());
+    } else {
+        // After the dashboard: a plain summary on stderr.
+        eprintln!("ws-monitor: {}", report::stats_line(&monitor, capture_report.packets, capture_report.ring_drops));
+        for line in report::violation_lines(monitor.engine_stats()) {
+            eprintln!("ws-monitor:   {line}");
+        }
     }
+    let demo_committed = hooks.demo.map(|d| d.committed());
     finish_report(&monitor, &config.ports, &capture_report, args.json, |out| {
         out.insert("kernel".into(), report::kernel_json(&counters));
         out.insert("bad_records".into(), bad_records.into());
+        if let Some(committed) = demo_committed {
+            let map: serde_json::Map<String, serde_json::Value> = committed
+                .into_iter()
+                .map(|((kind, dir), n)| (format!("{kind}.{dir}"), n.into()))
+                .collect();
+            out.insert("demo_committed".into(), map.into());
+        }
     })
+}
+
+async fn run_demo(args: &DemoArgs) -> anyhow::Result<()> {
+    let demo = Demo::start(DemoConfig { clients: args.clients.max(1), seed: 1 }).await?;
+    let config = CaptureConfig {
+        iface: "lo".into(),
+        ports: vec![demo.server_port, demo.proxy_port],
+        ring_size: args.ring_size,
+    };
+    let result = live(&config, &args.run, Live { demo: Some(&demo) }).await;
+    demo.stop().await;
+    result
 }
 
 fn live_report(counters: &capture::KernelCounters, monitor: &Monitor) -> CaptureReport {

@@ -108,7 +108,7 @@ pub fn violation_lines(engine: &EngineStats) -> Vec<String> {
         .map(|&k| (k, engine.violation_count(k)))
         .filter(|&(_, n)| n > 0)
         .collect();
-    kinds.sort_by(|a, b| b.1.cmp(&a.1));
+    kinds.sort_by_key(|&(_, n)| std::cmp::Reverse(n));
     kinds
         .into_iter()
         .map(|(k, n)| {

@@ -435,12 +435,13 @@ fn stop_capture(mut cap: Capture, tag: &str) -> Reports {
         for counts in
             [&r["violations"], &r["violations_by_direction"]["client"], &r["violations_by_direction"]["server"]]
         {
-            let kinds: Vec<&str> = counts.as_object().expect("kind counts").keys().map(String::as_str).collect();
+            let mut kinds: Vec<&str> = counts.as_object().expect("kind counts").keys().map(String::as_str).collect();
+            kinds.sort_unstable();
             assert_eq!(kinds, want, "{tag} {name}: every kind is listed");
         }
-        let cap = &r["capture"];
+        let counters = &r["capture"];
         for k in ["ring_drops", "gaps", "bytes_lost"] {
-            assert_eq!(cap[k], 0, "{tag} {name}: capture.{k} must be 0 (nothing lost): {cap}");
+            assert_eq!(counters[k], 0, "{tag} {name}: capture.{k} must be 0 (nothing lost): {counters}");
         }
     }
     assert_eq!(live["capture"]["bytes_client"], replay["capture"]["bytes_client"], "{tag}: delivered client bytes");

@@ -314,7 +314,7 @@ pub fn incident() -> Wire {
 pub fn chat(w: &mut Wire, s: u64) {
     w.send(1, C, &client(OP_TEXT, b"{\"op\":\"ping\"}"));
     w.send(1, S, &server(OP_TEXT, b"{\"op\":\"pong\"}"));
-    if s % 10 == 0 {
+    if s.is_multiple_of(10) {
         w.send(6, C, &client(OP_BINARY, &[1, 2, 3, 4]));
         w.send(6, S, &server(OP_BINARY, &[5, 6, 7, 8]));
     }
@@ -330,6 +330,24 @@ pub fn render(d: &Dashboard, width: u16, height: u16) -> Terminal<TestBackend> {
     let mut t = Terminal::new(TestBackend::new(width, height)).unwrap();
     t.draw(|f| d.render(f)).unwrap();
     t
+}
+
+/// A reusable test terminal that renders without the backend diff (size sweeps).
+pub struct Canvas(Terminal<TestBackend>);
+
+impl Canvas {
+    pub fn new() -> Self {
+        Canvas(Terminal::new(TestBackend::new(1, 1)).unwrap())
+    }
+
+    /// Renders `d` into a `width` x `height` frame.
+    pub fn draw(&mut self, d: &Dashboard, width: u16, height: u16) {
+        self.0.backend_mut().resize(width, height);
+        self.0.resize(ratatui::layout::Rect::new(0, 0, width, height)).unwrap();
+        let mut frame = self.0.get_frame();
+        d.render(&mut frame);
+        assert_eq!(frame.area(), ratatui::layout::Rect::new(0, 0, width, height));
+    }
 }
 
 /// The rendered text, one string per row.

@@ -366,12 +366,6 @@ impl Data {
             }
         }
         self.prev_violations = stats.violations;
-        // A restarted engine (counts went down) must not leave the baseline above it.
-        if stats.violations_total() < self.stats_base.violations_total()
-            || stats.connections < self.stats_base.connections
-        {
-            self.stats_base = EngineStats::default();
-        }
         self.stats = stats.clone();
 
         self.tick_connections(now_ns, connections);

@@ -732,10 +732,10 @@ fn conn_summary(data: &Data) -> String {
     .collect();
     let mut out = format!("{live} live");
     if !states.is_empty() {
-        out.push_str(&format!(" ({})", states.join(", ")));
+        out = format!("{out} ({})", states.join(", "));
     }
     if closed > 0 {
-        out.push_str(&format!(", {closed} closed"));
+        out = format!("{out}, {closed} closed");
     }
     out
 }
@@ -843,10 +843,10 @@ fn render_findings(d: &Dashboard, data: &Data, frame: &mut Frame, area: Rect, si
         return;
     }
     if rows.is_empty() {
-        let line = if !d.ui.filter.applied.is_empty() {
-            Span::styled(format!(" no finding matches \"{}\"", d.ui.filter.applied), Style::new().fg(DIM))
-        } else {
+        let line = if d.ui.filter.applied.is_empty() {
             Span::styled(" ✓ no findings", Style::new().fg(GOOD))
+        } else {
+            Span::styled(format!(" no finding matches \"{}\"", d.ui.filter.applied), Style::new().fg(DIM))
         };
         render_message(frame, inner, vec![Line::from(line)]);
         return;

@@ -1,0 +1,122 @@
+//! The dashboard in a real terminal: ws-monitor runs inside tmux (in a private network
+//! namespace, on its loopback), keys switch panes and pause, q exits, and the terminal
+//! is restored (cooked mode, main screen). Needs root and tmux.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+struct Tmux {
+    session: String,
+}
+
+impl Tmux {
+    fn start(command: &str) -> Tmux {
+        let session = format!("wsm-tui-{}", std::process::id());
+        let out = Command::new("tmux")
+            .args(["new-session", "-d", "-s", &session, "-x", "120", "-y", "40", command])
+            .output()
+            .expect("tmux (apt-get install tmux)");
+        assert!(out.status.success(), "tmux: {}", String::from_utf8_lossy(&out.stderr));
+        Tmux { session }
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", &self.session];
+        args.extend_from_slice(keys);
+        common::sh(&["tmux"].iter().chain(args.iter()).copied().collect::<Vec<_>>());
+    }
+
+    fn screen(&self) -> String {
+        let out = Command::new("tmux").args(["capture-pane", "-p", "-t", &self.session]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    /// Waits until the screen contains `needle`; returns the screen.
+    fn wait_for(&self, needle: &str) -> String {
+        let start = Instant::now();
+        loop {
+            let screen = self.screen();
+            if screen.contains(needle) {
+                return screen;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "no {needle:?} on screen:\n{screen}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux").args(["kill-session", "-t", &self.session]).output();
+    }
+}
+
+#[test]
+fn dashboard_renders_switches_panes_pauses_and_restores_the_terminal() {
+    if !common::require_root("dashboard_renders_switches_panes_pauses_and_restores_the_terminal") {
+        return;
+    }
+    let ns = common::Netns::new("tui");
+    // After ws-monitor exits, print the terminal mode: `icanon` (not `-icanon`) means raw
+    // mode was turned off; then keep the pane open so it can be read.
+    let command = format!(
+        "ip netns exec {} {} --iface lo --port 8001; echo EXITED=$?; stty -a | tr ' ' '\\n' | grep -x -- '-*icanon'; sleep 60",
+        ns.name,
+        common::ws_monitor_bin()
+    );
+    let tmux = Tmux::start(&command);
+
+    let screen = tmux.wait_for("ports 8001");
+    assert!(screen.contains("Violations") && screen.contains("Connections"), "{screen}");
+    assert!(screen.contains("q quit"), "footer lists the keys:\n{screen}");
+
+    // Traffic on the monitored port: a plain HTTP request without Upgrade headers.
+    let server = ns.command("python3").args(["-m", "http.server", "8001", "--bind", "127.0.0.1"]).spawn().unwrap();
+    let _server = KillOnDrop(server);
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = ns.command("python3")
+        .args(["-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8001/').read()"])
+        .output();
+    tmux.wait_for("upgrade_missing");
+
+    tmux.keys(&["Space"]);
+    tmux.wait_for("PAUSED");
+    tmux.keys(&["Space"]);
+    let start = Instant::now();
+    while tmux.screen().contains("PAUSED") {
+        assert!(start.elapsed() < Duration::from_secs(10), "Space did not resume");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    tmux.keys(&["?"]);
+    tmux.wait_for("this help");
+    tmux.keys(&["Escape"]);
+
+    // Tab moves the focus to the connections pane: its marker row appears there.
+    let before = tmux.screen();
+    tmux.keys(&["Tab"]);
+    let start = Instant::now();
+    while tmux.screen() == before {
+        assert!(start.elapsed() < Duration::from_secs(10), "Tab changed nothing");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    tmux.keys(&["q"]);
+    let screen = tmux.wait_for("EXITED=");
+    assert!(screen.contains("EXITED=0"), "clean exit:\n{screen}");
+    assert!(screen.lines().any(|l| l.trim() == "icanon"), "terminal left in raw mode:\n{screen}");
+    // Back on the main screen: the dashboard's frame is gone, the summary is printed.
+    assert!(!screen.contains("q quit  ? help"), "alternate screen not left:\n{screen}");
+    assert!(screen.contains("upgrade_missing"), "summary after exit:\n{screen}");
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
