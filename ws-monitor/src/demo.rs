@@ -54,7 +54,7 @@
 //!
 //! Every data frame the proxy writes after a close frame in the same direction is also
 //! counted as `data_after_close`. tungstenite peers answer most faults by dropping the
-//! connection; the client then reconnects (a cycle of the 25 entries takes about 12 s
+//! connection; the client then reconnects (a cycle of the 25 entries takes about 10 s
 //! with the default 4 clients).
 
 use std::collections::{BTreeMap, HashMap};
@@ -643,14 +643,8 @@ async fn await_reply<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream
 }
 
 /// Texts with multi-byte UTF-8 (2, 3 and 4-byte sequences).
-const TEXTS: [&str; 6] = [
-    "héllo wörld",
-    "Grüße aus Köln ✓",
-    "日本語のテキスト",
-    "emoji 🚀🎉 ok",
-    "Ελληνικά и русский",
-    "naïve café — 1 €",
-];
+const TEXTS: [&str; 6] =
+    ["héllo wörld", "Grüße aus Köln ✓", "日本語のテキスト", "emoji 🚀🎉 ok", "Ελληνικά и русский", "naïve café — 1 €"];
 
 /// The `i`-th message of a session: text, binary, ping, and sometimes a longer text
 /// (16-bit length form).
@@ -663,7 +657,7 @@ fn sample_message(i: u64, rng: &mut Rng) -> Message {
             Message::binary((0..len).map(|_| rng.next_u64() as u8).collect::<Vec<u8>>())
         }
         2 => Message::Ping(format!("ping {i}").into_bytes().into()),
-        _ if rng.next_u64() % 3 == 0 => {
+        _ if rng.next_u64().is_multiple_of(3) => {
             let times = rng.range((8, 16)) as usize;
             Message::text(vec![text; times].join(" · "))
         }
@@ -1034,7 +1028,11 @@ impl Fault {
         match self {
             Fault::WrongAccept => {
                 let wrong = format!("Sec-WebSocket-Accept: {}", accept_without_guid(request));
-                Out::raw(edit_head(head, &[], Some(("sec-websocket-accept", &wrong)), None), &[Kind::AcceptMismatch], None)
+                Out::raw(
+                    edit_head(head, &[], Some(("sec-websocket-accept", &wrong)), None),
+                    &[Kind::AcceptMismatch],
+                    None,
+                )
             }
             Fault::No101Upgrade => {
                 Out::raw(edit_head(head, &["upgrade", "connection"], None, None), &[Kind::BadHandshake], None)
@@ -1056,7 +1054,8 @@ impl Fault {
             Strike { outs, last: false }
         };
         let instead = |out: Out| Strike { outs: vec![out], last: true };
-        let changed = |frame: &Frame, kinds: &'static [Kind]| Strike { outs: vec![Out::frame(frame, kinds)], last: false };
+        let changed =
+            |frame: &Frame, kinds: &'static [Kind]| Strike { outs: vec![Out::frame(frame, kinds)], last: false };
         match self {
             Fault::Rsv1Data => {
                 frame.rsv |= RSV1;
@@ -1102,7 +1101,10 @@ impl Fault {
             }
             Fault::BadUtf8 => {
                 // Latin-1 "café au lait".
-                before(vec![Out::frame(&Frame::new(op::TEXT, b"caf\xe9 au lait".to_vec()), &[Kind::InvalidUtf8Text])], &frame)
+                before(
+                    vec![Out::frame(&Frame::new(op::TEXT, b"caf\xe9 au lait".to_vec()), &[Kind::InvalidUtf8Text])],
+                    &frame,
+                )
             }
             Fault::CloseOneByte => {
                 before(vec![Out::frame(&Frame::new(op::CLOSE, vec![0x03]), &[Kind::InvalidClosePayload])], &frame)
@@ -1115,28 +1117,28 @@ impl Fault {
                 before(vec![Out::frame(&Frame::close(1000, b"bye \xe2\x9c"), &[Kind::InvalidCloseReason])], &frame)
             }
             Fault::CloseThenData => before(vec![Out::frame(&Frame::close(1001, b"going away"), &[])], &frame),
-            Fault::Oversized => {
-                instead(Out::raw(header_claiming(op::BINARY, OVERSIZED_CLAIM), &[Kind::OversizedFrame], Some(op::BINARY)))
-            }
+            Fault::Oversized => instead(Out::raw(
+                header_claiming(op::BINARY, OVERSIZED_CLAIM),
+                &[Kind::OversizedFrame],
+                Some(op::BINARY),
+            )),
             Fault::LengthMsb => instead(Out::raw(
                 header_claiming(op::BINARY, 0x8000_0000_0000_0400),
                 &[Kind::LengthMsbSet],
                 Some(op::BINARY),
             )),
-            Fault::HttpToClient => instead(Out::raw(
-                &b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"[..],
-                &[Kind::HttpInStream],
-                None,
-            )),
-            Fault::HttpToServer => instead(Out::raw(
-                &b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"[..],
-                &[Kind::HttpInStream],
-                None,
-            )),
-            // Handshake faults never reach the frames.
-            Fault::StripUpgrade | Fault::TlsHello | Fault::WrongAccept | Fault::No101Upgrade | Fault::ExtraExtension => {
-                changed(&frame, &[])
+            Fault::HttpToClient => {
+                instead(Out::raw(&b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"[..], &[Kind::HttpInStream], None))
             }
+            Fault::HttpToServer => {
+                instead(Out::raw(&b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"[..], &[Kind::HttpInStream], None))
+            }
+            // Handshake faults never reach the frames.
+            Fault::StripUpgrade
+            | Fault::TlsHello
+            | Fault::WrongAccept
+            | Fault::No101Upgrade
+            | Fault::ExtraExtension => changed(&frame, &[]),
         }
     }
 }
@@ -1315,11 +1317,15 @@ mod tests {
         for len in [0usize, 1, 125, 126, 300, 0xFFFF, 0x1_0000] {
             for mask in [None, Some(rng.mask_key())] {
                 for form in [LenForm::Short, LenForm::Ext16, LenForm::Ext64] {
-                    let f = Frame { fin: len % 2 == 0, rsv: 0b101, opcode: op::BINARY, mask, form, payload: vec![7; len] };
+                    let f =
+                        Frame { fin: len % 2 == 0, rsv: 0b101, opcode: op::BINARY, mask, form, payload: vec![7; len] };
                     let bytes = f.encode();
                     let (g, used) = Frame::decode(&bytes).unwrap().unwrap();
                     assert_eq!(used, bytes.len());
-                    assert_eq!((g.fin, g.rsv, g.opcode, g.mask, &g.payload), (f.fin, f.rsv, f.opcode, f.mask, &f.payload));
+                    assert_eq!(
+                        (g.fin, g.rsv, g.opcode, g.mask, &g.payload),
+                        (f.fin, f.rsv, f.opcode, f.mask, &f.payload)
+                    );
                     // A form too short for the length is widened.
                     let expect = match form {
                         LenForm::Short if len >= 126 => LenForm::minimal(len),
@@ -1474,9 +1480,17 @@ mod tests {
     /// clean, and the engine counts exactly what the proxy committed.
     #[tokio::test]
     async fn engine_sees_exactly_what_was_committed() {
+        for (clients, seed) in [(12, 5), (3, 1), (7, 17)] {
+            engine_agrees(DemoConfig { clients, seed }).await;
+        }
+    }
+
+    /// Runs the demo (fast pacing) through two full fault cycles and checks the engine's
+    /// findings against [`Demo::committed`].
+    async fn engine_agrees(cfg: DemoConfig) {
         let rec = Shared::default();
         let tap = Tap::new(Box::new(rec.clone()));
-        let demo = Demo::launch(DemoConfig { clients: 12, seed: 5 }, Timing::FAST, Some(tap)).await.unwrap();
+        let demo = Demo::launch(cfg, Timing::FAST, Some(tap)).await.unwrap();
         let (server_port, proxy_port) = (demo.server_port, demo.proxy_port);
         let stats = Arc::clone(&demo.stats);
         demo.go();
@@ -1485,8 +1499,8 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(100)).await;
             let kinds: BTreeSet<_> = demo.committed().keys().map(|(k, _)| *k).collect();
             let a = demo.activity();
-            let full_cycles = a.proxy_accepts >= 2 * SCHEDULE.len() as u64;
-            if (kinds.len() == Kind::COUNT && full_cycles && a.direct_sessions >= 12) || Instant::now() > deadline {
+            let cycles = a.proxy_accepts >= 2 * SCHEDULE.len() as u64;
+            if (kinds.len() == Kind::COUNT && cycles && a.direct_sessions >= 3) || Instant::now() > deadline {
                 break;
             }
         }
@@ -1506,7 +1520,7 @@ mod tests {
         // Direct sessions: flows on the server port that the clients opened themselves.
         let direct: BTreeSet<FlowId> =
             r.first.iter().filter(|(_, b)| b.starts_with(b"GET /direct/")).map(|(id, _)| *id).collect();
-        assert!(direct.len() >= 12, "{} direct flows", direct.len());
+        assert!(direct.len() >= 3, "{} direct flows", direct.len());
         assert!(direct.iter().all(|id| r.keys.get(id).is_some_and(|k| k.server.port() == server_port)));
         let on_direct: Vec<&Finding> = findings.iter().filter(|f| direct.contains(&f.id)).collect();
         assert!(on_direct.is_empty(), "findings on conformant connections: {on_direct:?}");

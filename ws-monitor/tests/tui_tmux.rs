@@ -68,7 +68,7 @@ fn dashboard_renders_switches_panes_pauses_and_restores_the_terminal() {
     );
     let tmux = Tmux::start(&command);
 
-    let screen = tmux.wait_for("ports 8001");
+    let screen = tmux.wait_for("port 8001");
     assert!(screen.contains("Violations") && screen.contains("Connections"), "{screen}");
     assert!(screen.contains("q quit"), "footer lists the keys:\n{screen}");
 

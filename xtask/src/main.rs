@@ -25,7 +25,7 @@ const TOOLCHAIN_PACKAGES: &[&str] = &[
 /// tests (tests/e2e_protocol.rs) nginx as a reverse proxy, tcpdump to record the pcap that
 /// is replayed, pip for the `websockets` peer and Node.js for the `ws` peer.
 const TEST_PACKAGES: &[&str] =
-    &["iproute2", "bpftool", "python3", "python3-pip", "procps", "util-linux", "nginx", "tcpdump", "nodejs"];
+    &["iproute2", "bpftool", "python3", "python3-pip", "procps", "util-linux", "nginx", "tcpdump", "nodejs", "tmux"];
 /// The Python WebSocket library of the protocol-test peers (its asyncio API is from 13.0 on).
 const PY_WEBSOCKETS: &str = "websockets==14.2";
 /// Where the Node.js peers live (package.json and package-lock.json pin `ws`).
