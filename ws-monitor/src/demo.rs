@@ -10,7 +10,7 @@
 //!   finding. The other half go through
 //! * a **misbehaving proxy**: raw TCP, it relays the HTTP upgrade and then every frame
 //!   (parsing frame headers itself), and commits one fault per connection, taking the
-//!   next entry of a rotating [schedule](SCHEDULE) on each new connection.
+//!   next entry of a rotating schedule (below) on each new connection.
 //!
 //! Monitor both ports ([`Demo::server_port`], [`Demo::proxy_port`]). A fault the proxy
 //! commits on bytes towards the client shows on the proxy port in the `server`

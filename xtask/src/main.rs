@@ -47,7 +47,7 @@ enum Task {
         #[arg(long)]
         tests: bool,
     },
-    /// Set up, build in release mode and run ws-monitor (as root) with ARGS.
+    /// Set up, build in release mode and run ws-monitor (as root) with ARGS (default: demo).
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -79,11 +79,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             step("building ws-monitor (release)");
             cargo(&["build", "--release", "--package", "ws-monitor"])?;
             let bin = workspace_root().join("target/release/ws-monitor");
-            let args = if args.is_empty() {
-                vec!["--iface".into(), "lo".into(), "--port".into(), "8001".into()]
-            } else {
-                args
-            };
+            // Without arguments: the demo, which shows the monitor at work within seconds.
+            let args = if args.is_empty() { vec!["demo".into()] } else { args };
             step(&format!("running {} {}", bin.display(), args.join(" ")));
             let status = as_root(&bin.to_string_lossy(), &args)?;
             std::process::exit(status.code().unwrap_or(1));
