@@ -49,6 +49,11 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// Include the first bytes at fault (up to 64, unmasked) in finding log lines and
+    /// --events. Off by default: payload may hold user data.
+    #[arg(long)]
+    pub log_payload: bool,
+
     /// Log lines instead of the dashboard, even on a terminal.
     #[arg(long)]
     pub no_tui: bool,

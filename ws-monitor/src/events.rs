@@ -17,21 +17,23 @@ pub struct EventLog {
     /// Added to a finding's timestamp to get nanoseconds since the Unix epoch (live
     /// timestamps are CLOCK_MONOTONIC; pcap timestamps are already epoch-based: 0).
     epoch_offset_ns: i128,
+    /// Include the excerpt of the bytes at fault (`--log-payload`).
+    log_payload: bool,
     /// Write errors (the first is reported on stderr).
     pub errors: u64,
 }
 
 impl EventLog {
-    pub fn create(path: &Path, epoch_offset_ns: i128) -> anyhow::Result<Self> {
+    pub fn create(path: &Path, epoch_offset_ns: i128, log_payload: bool) -> anyhow::Result<Self> {
         let file = File::create(path)
             .with_context(|| format!("cannot create --events file {}", path.display()))?;
-        Ok(EventLog { out: BufWriter::new(file), epoch_offset_ns, errors: 0 })
+        Ok(EventLog { out: BufWriter::new(file), epoch_offset_ns, log_payload, errors: 0 })
     }
 
     pub fn write(&mut self, f: &Finding) {
         let epoch_ns = (f.ts_ns as i128 + self.epoch_offset_ns).max(0) as u64;
         let time = SystemTime::UNIX_EPOCH + Duration::from_nanos(epoch_ns);
-        let line = json!({
+        let mut line = json!({
             "time": humantime::format_rfc3339_micros(time).to_string(),
             "connection": {"id": f.id.0, "client": f.key.client.to_string(), "server": f.key.server.to_string()},
             "direction": f.dir.name(),
@@ -39,6 +41,9 @@ impl EventLog {
             "offset": f.offset,
             "header": f.header.hex(),
         });
+        if self.log_payload {
+            line["payload"] = f.excerpt.escaped().into();
+        }
         if let Err(e) = writeln!(self.out, "{line}") {
             self.fail(e);
         }

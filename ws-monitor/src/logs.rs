@@ -5,7 +5,7 @@
 //! - every `--log-interval` seconds one line with all non-zero counters and their rates;
 //! - a summary at exit.
 //!
-//! Payload bytes never reach the logs: findings carry the frame header only.
+//! Payload bytes never reach the logs unless `--log-payload` is given.
 
 use std::fmt::Write as _;
 
@@ -84,16 +84,18 @@ pub struct HeadlessLog {
     previous: Totals,
     budget: [u32; Kind::COUNT],
     suppressed: [u64; Kind::COUNT],
+    log_payload: bool,
 }
 
 impl HeadlessLog {
-    pub fn new(interval_secs: f64) -> Self {
+    pub fn new(interval_secs: f64, log_payload: bool) -> Self {
         HeadlessLog {
             interval_ns: (interval_secs.max(0.0) * 1e9) as u64,
             last_ns: None,
             previous: Totals::default(),
             budget: [FINDINGS_PER_INTERVAL; Kind::COUNT],
             suppressed: [0; Kind::COUNT],
+            log_payload,
         }
     }
 
@@ -110,6 +112,7 @@ impl HeadlessLog {
             }
         }
         let header = f.header.hex();
+        let payload = if self.log_payload { Some(f.excerpt.escaped()) } else { None };
         warn!(
             kind = f.kind.name(),
             direction = f.dir.name(),
@@ -118,6 +121,7 @@ impl HeadlessLog {
             connection = f.id.0,
             offset = f.offset,
             header = header.as_str(),
+            payload = payload.as_deref(),
             cause = f.kind.likely_cause(),
             "{}: {} (from the {}); check: {}",
             f.kind.name(),

@@ -125,8 +125,12 @@ struct Outputs {
 impl Outputs {
     fn new(args: &RunArgs, epoch_offset_ns: i128, headless: bool) -> anyhow::Result<Outputs> {
         Ok(Outputs {
-            events: args.events.as_deref().map(|p| EventLog::create(p, epoch_offset_ns)).transpose()?,
-            log: headless.then(|| HeadlessLog::new(args.log_interval)),
+            events: args
+                .events
+                .as_deref()
+                .map(|p| EventLog::create(p, epoch_offset_ns, args.log_payload))
+                .transpose()?,
+            log: headless.then(|| HeadlessLog::new(args.log_interval, args.log_payload)),
             metrics: None,
             dashboard: None,
         })

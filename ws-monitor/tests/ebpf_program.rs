@@ -44,8 +44,7 @@ impl Loaded {
     fn run(&mut self, packet: &[u8]) {
         let p: &SchedClassifier =
             self.ebpf.program("ws_monitor_ingress").unwrap().try_into().unwrap();
-        let mut opts = TestRunOptions::default();
-        opts.data_in = Some(packet);
+        let opts = TestRunOptions { data_in: Some(packet), ..Default::default() };
         let result = p.test_run(opts).expect("test_run");
         assert_eq!(result.return_value, u32::MAX, "TC_ACT_UNSPEC: the packet is never altered");
     }

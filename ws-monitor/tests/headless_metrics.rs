@@ -66,16 +66,20 @@ fn metric(m: &BTreeMap<String, f64>, name: &str, labels: &[(&str, &str)]) -> u64
     hits[0] as u64
 }
 
-#[test]
-fn logs_and_metrics_agree_with_the_json_report() {
-    if !common::require_root("logs_and_metrics_agree_with_the_json_report") {
-        return;
-    }
-    let (client_ns, server_ns, veth) = common::veth_pair("hm");
+struct Run {
+    report: Value,
+    metrics: BTreeMap<String, f64>,
+    log: Vec<String>,
+}
+
+/// The monitor (headless, with metrics) on a veth while the violator runs `runs` times.
+fn run(tag: &str, runs: usize, extra: &[&str]) -> Run {
+    let (client_ns, server_ns, veth) = common::veth_pair(tag);
     let mut monitor = server_ns
         .command(common::ws_monitor_bin())
         .args(["--iface", &veth, "--port", PORT, "--json", "--no-tui", "--log-interval", "60"])
         .args(["--max-frame-size", "64K", "--metrics-addr", METRICS])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -84,7 +88,7 @@ fn logs_and_metrics_agree_with_the_json_report() {
     let mut log = Vec::new();
     wait_line(&mut err, "capturing", &mut log);
 
-    for _ in 0..RUNS {
+    for _ in 0..runs {
         let mut server = server_ns
             .command("python3")
             .args([&violator(), "server", "--port", PORT])
@@ -115,6 +119,15 @@ fn logs_and_metrics_agree_with_the_json_report() {
     let out = monitor.wait_with_output().unwrap();
     assert!(out.status.success());
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    Run { report, metrics, log }
+}
+
+#[test]
+fn logs_and_metrics_agree_with_the_json_report() {
+    if !common::require_root("logs_and_metrics_agree_with_the_json_report") {
+        return;
+    }
+    let Run { report, metrics, log } = run("hm", RUNS, &[]);
 
     // /metrics == JSON, for every kind and direction, opcode, and the totals.
     let mut total = 0;
@@ -152,6 +165,19 @@ fn logs_and_metrics_agree_with_the_json_report() {
     assert!(log.iter().any(|l| l.contains("suppressed=")), "three runs must exceed the per-kind budget");
     let summary = log.iter().find(|l| l.contains("summary:") && l.contains("violations")).expect("summary line");
     assert!(summary.contains(&format!("{total} violations")), "{summary}");
-    // Payload bytes never reach the logs: the violator's text payloads are absent.
+    // Payload bytes never reach the logs: the violator's injected HTTP line is absent.
     assert!(!log.iter().any(|l| l.contains("GET /next")), "payload bytes in the logs");
+}
+
+#[test]
+fn log_payload_shows_the_bytes_at_fault() {
+    if !common::require_root("log_payload_shows_the_bytes_at_fault") {
+        return;
+    }
+    let Run { log, .. } = run("hp", 1, &["--log-payload"]);
+    let line = log
+        .iter()
+        .find(|l| l.contains("kind=\"http_in_stream\"") && l.contains("direction=\"client\""))
+        .expect("an http_in_stream finding line");
+    assert!(line.contains("payload=") && line.contains("GET /next"), "{line}");
 }

@@ -62,6 +62,7 @@ fn finding(id: u64, kind: Kind, ts_ns: u64) -> Finding {
         kind,
         offset: 0,
         header: FrameHeaderBytes::new(&[0x81, 0x05]),
+        excerpt: crate::engine::Excerpt::EMPTY,
     }
 }
 

@@ -174,6 +174,48 @@ pub struct Finding {
     pub offset: u64,
     /// Raw header bytes (up to 14) of the frame at fault; empty for non-frame findings.
     pub header: FrameHeaderBytes,
+    /// The first bytes at fault (unmasked frame payload, the HTTP line, the TLS record,
+    /// the handshake head) as far as they were at hand. Payload: shown only on request
+    /// (`--log-payload`).
+    pub excerpt: Excerpt,
+}
+
+/// Up to [`Excerpt::CAP`] bytes kept inline with a finding (no allocation).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Excerpt {
+    buf: [u8; Excerpt::CAP],
+    len: u8,
+}
+
+impl Excerpt {
+    pub const CAP: usize = 64;
+    pub const EMPTY: Excerpt = Excerpt { buf: [0; Excerpt::CAP], len: 0 };
+
+    /// The first [`Excerpt::CAP`] bytes of `bytes`.
+    pub fn new(bytes: &[u8]) -> Excerpt {
+        let mut e = Excerpt::EMPTY;
+        let n = bytes.len().min(Excerpt::CAP);
+        if let (Some(dst), Some(src)) = (e.buf.get_mut(..n), bytes.get(..n)) {
+            dst.copy_from_slice(src);
+            e.len = n as u8;
+        }
+        e
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        self.buf.get(..usize::from(self.len)).unwrap_or(&[])
+    }
+
+    /// Printable ASCII as is, everything else as `\xNN`.
+    pub fn escaped(&self) -> String {
+        self.as_slice().escape_ascii().to_string()
+    }
+}
+
+impl std::fmt::Debug for Excerpt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Excerpt(\"{}\")", self.escaped())
+    }
 }
 
 /// Where a connection stands, for dashboards.
@@ -224,8 +266,9 @@ pub(crate) struct Cx<'a> {
 }
 
 impl Cx<'_> {
-    /// Records a finding (once-per-connection kinds only the first time).
-    pub fn emit(&mut self, dir: Direction, kind: Kind, offset: u64, header: FrameHeaderBytes) {
+    /// Records a finding with the bytes at fault (see [`Finding::excerpt`]);
+    /// once-per-connection kinds only the first time.
+    pub fn emit_with(&mut self, dir: Direction, kind: Kind, offset: u64, header: FrameHeaderBytes, bytes: &[u8]) {
         if kind.once_per_connection() {
             if self.once.contains(kind) {
                 return;
@@ -236,7 +279,8 @@ impl Cx<'_> {
             *c += 1;
         }
         self.view.violations += 1;
-        self.findings.push(Finding { ts_ns: self.ts_ns, id: self.id, key: self.key, dir, kind, offset, header });
+        let excerpt = Excerpt::new(bytes);
+        self.findings.push(Finding { ts_ns: self.ts_ns, id: self.id, key: self.key, dir, kind, offset, header, excerpt });
     }
 }
 
@@ -385,7 +429,7 @@ fn advance(hs: &mut Hs, dirs: &mut [DirState; 2], cx: &mut Cx<'_>, max_frame_siz
                 match tls_record(&c.held) {
                     None => return,
                     Some(true) => {
-                        cx.emit(Direction::ToServer, Kind::TlsOnPlainPort, c.held_base, FrameHeaderBytes::EMPTY);
+                        cx.emit_with(Direction::ToServer, Kind::TlsOnPlainPort, c.held_base, FrameHeaderBytes::EMPTY, &c.held);
                         return not_websocket(hs, dirs);
                     }
                     Some(false) => {}
@@ -404,11 +448,11 @@ fn advance(hs: &mut Hs, dirs: &mut [DirState; 2], cx: &mut Cx<'_>, max_frame_siz
                     Head::Complete(n, req) => {
                         let at = c.held_base;
                         if !req.upgrade {
-                            cx.emit(Direction::ToServer, Kind::UpgradeMissing, at, FrameHeaderBytes::EMPTY);
+                            cx.emit_with(Direction::ToServer, Kind::UpgradeMissing, at, FrameHeaderBytes::EMPTY, &c.held);
                             return not_websocket(hs, dirs);
                         }
                         if req.bad {
-                            cx.emit(Direction::ToServer, Kind::BadHandshake, at, FrameHeaderBytes::EMPTY);
+                            cx.emit_with(Direction::ToServer, Kind::BadHandshake, at, FrameHeaderBytes::EMPTY, &c.held);
                         }
                         c.held.drain(..n.min(c.held.len()));
                         c.held_base += n as u64;
@@ -435,23 +479,24 @@ fn advance(hs: &mut Hs, dirs: &mut [DirState; 2], cx: &mut Cx<'_>, max_frame_siz
                     Head::Invalid => return not_websocket(hs, dirs),
                     Head::Complete(n, resp) => {
                         let at = s.held_base;
+                        let head = Excerpt::new(&s.held);
                         s.held.drain(..n.min(s.held.len()));
                         s.held_base += n as u64;
                         s.head_scan = 0;
-                        (at, resp)
+                        (at, resp, head)
                     }
                 };
-                let (at, resp) = resp;
+                let (at, resp, head) = resp;
                 if resp.status != 101 {
                     if (100..200).contains(&resp.status) {
                         continue; // interim response (100 Continue, 103 Early Hints)
                     }
-                    cx.emit(Direction::ToClient, Kind::HandshakeRejected, at, FrameHeaderBytes::EMPTY);
+                    cx.emit_with(Direction::ToClient, Kind::HandshakeRejected, at, FrameHeaderBytes::EMPTY, head.as_slice());
                     return not_websocket(hs, dirs);
                 }
                 let verdict = judge_101(req, &resp);
                 for k in verdict.kinds.iter() {
-                    cx.emit(Direction::ToClient, k, at, FrameHeaderBytes::EMPTY);
+                    cx.emit_with(Direction::ToClient, k, at, FrameHeaderBytes::EMPTY, head.as_slice());
                 }
                 if verdict.kinds.is_empty() {
                     cx.stats.upgrades_ok += 1;

@@ -497,7 +497,7 @@ impl DirState {
             match http_line_start(rest) {
                 HttpLine::Maybe => return Step::NeedMore(i),
                 HttpLine::Yes => {
-                    self.report(cx, Kind::HttpInStream, here, FrameHeaderBytes::EMPTY);
+                    self.report_with(cx, Kind::HttpInStream, here, FrameHeaderBytes::EMPTY, rest);
                     if self.abort {
                         self.abort_probation(here);
                     } else {
@@ -513,7 +513,7 @@ impl DirState {
             };
             let hl = usize::from(h.header_len);
             let hdr = FrameHeaderBytes::new(rest.get(..hl).unwrap_or(&[]));
-            let unusable_len = self.begin_frame(&h, hdr, here, cx);
+            let unusable_len = self.begin_frame(&h, hdr, here, rest.get(hl..).unwrap_or(&[]), cx);
             if self.abort {
                 self.abort_probation(here);
                 return Step::Used(i);
@@ -598,10 +598,15 @@ impl DirState {
     // ----- frames -----------------------------------------------------------------------
 
     fn report(&mut self, cx: &mut Cx<'_>, kind: Kind, offset: u64, hdr: FrameHeaderBytes) {
+        self.report_with(cx, kind, offset, hdr, &[]);
+    }
+
+    /// [`Self::report`] with the (unmasked) bytes at fault.
+    fn report_with(&mut self, cx: &mut Cx<'_>, kind: Kind, offset: u64, hdr: FrameHeaderBytes, bytes: &[u8]) {
         if self.probation.is_some() {
             self.abort = true;
         } else {
-            cx.emit(self.dir, kind, offset, hdr);
+            cx.emit_with(self.dir, kind, offset, hdr, bytes);
         }
     }
 
@@ -622,11 +627,22 @@ impl DirState {
 
     /// Checks and accounts a header. Returns `true` when its length cannot be used
     /// (MSB set) and sync must be given up.
-    fn begin_frame(&mut self, h: &FrameHeader, hdr: FrameHeaderBytes, offset: u64, cx: &mut Cx<'_>) -> bool {
+    /// `after`: the payload bytes that follow the header in this delivery (maybe fewer).
+    fn begin_frame(&mut self, h: &FrameHeader, hdr: FrameHeaderBytes, offset: u64, after: &[u8], cx: &mut Cx<'_>) -> bool {
         let class = h.class();
         let kinds = check_header(h, &self.rules, self.frag, self.closed);
-        for k in kinds.iter() {
-            self.report(cx, k, offset, hdr);
+        if !kinds.is_empty() {
+            // The start of the payload, unmasked, for --log-payload.
+            let mut excerpt = [0u8; super::Excerpt::CAP];
+            let n = after.len().min(excerpt.len()).min(usize::try_from(h.len).unwrap_or(usize::MAX));
+            let (dst, src) = (excerpt.get_mut(..n).unwrap_or(&mut []), after.get(..n).unwrap_or(&[]));
+            match h.mask {
+                Some(key) => unmask_into(dst, src, key, 0),
+                None => dst.copy_from_slice(src),
+            }
+            for k in kinds.iter() {
+                self.report_with(cx, k, offset, hdr, excerpt.get(..n).unwrap_or(&[]));
+            }
         }
         if self.abort {
             return false;
@@ -720,7 +736,7 @@ impl DirState {
         } else if self.msg.validate && !self.utf8.feed(data) {
             self.msg.validate = false;
             let (offset, hdr) = (self.msg.offset, self.msg.hdr);
-            self.report(cx, Kind::InvalidUtf8Text, offset, hdr);
+            self.report_with(cx, Kind::InvalidUtf8Text, offset, hdr, data);
         }
     }
 
@@ -804,21 +820,22 @@ impl DirState {
             return;
         }
         let (offset, hdr) = (self.cur.offset, self.cur.hdr);
-        let body = self.close_body.get(..usize::from(self.close_len)).unwrap_or(&[]);
+        let close_body = self.close_body;
+        let body = close_body.get(..usize::from(self.close_len)).unwrap_or(&[]);
         let (code, bad_len, bad_reason) = match body {
             [] => (None, false, false),
             [_] => (None, true, false),
             [a, b, reason @ ..] => (Some(u16::from_be_bytes([*a, *b])), false, std::str::from_utf8(reason).is_err()),
         };
         if bad_len {
-            self.report(cx, Kind::InvalidClosePayload, offset, hdr);
+            self.report_with(cx, Kind::InvalidClosePayload, offset, hdr, body);
         }
         if let Some(code) = code {
             if !close_code_valid(code) {
-                self.report(cx, Kind::InvalidCloseCode, offset, hdr);
+                self.report_with(cx, Kind::InvalidCloseCode, offset, hdr, body);
             }
             if bad_reason {
-                self.report(cx, Kind::InvalidCloseReason, offset, hdr);
+                self.report_with(cx, Kind::InvalidCloseReason, offset, hdr, body);
             }
             match &mut self.probation {
                 Some(p) => {
