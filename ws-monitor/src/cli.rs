@@ -6,8 +6,9 @@ use clap::{Parser, Subcommand};
 
 use crate::logs::LogFormat;
 
-/// Passive WebSocket protocol-violation monitor: captures the TCP payload of the given
-/// ports with a TC eBPF program and rebuilds every connection's byte streams.
+/// Passive WebSocket protocol-violation monitor: a TC eBPF program captures the TCP
+/// payload of the given ports, userspace rebuilds every connection's byte streams and
+/// checks the HTTP upgrade and every RFC 6455 frame header.
 #[derive(Debug, Parser)]
 #[command(name = "ws-monitor", version, subcommand_negates_reqs = true, args_conflicts_with_subcommands = true)]
 pub struct Cli {
