@@ -169,7 +169,7 @@ impl ConnRow {
             return "closed";
         }
         match self.view.as_ref().map(|v| v.state) {
-            None => "?",
+            None => "new",
             Some(s) => state_name(s),
         }
     }

@@ -340,7 +340,7 @@ fn a_connection_known_only_from_a_finding_is_shown_and_then_closed() {
     d.tick(at(1), CaptureHealth::default(), &EngineStats::default(), no_conns());
     d.finding(&finding(9, Kind::HttpInStream, at(1) + 5));
     let row = d.conn(FlowId(9)).unwrap();
-    assert_eq!((row.state_label(), row.violations(), row.is_gone()), ("?", 1, false));
+    assert_eq!((row.state_label(), row.violations(), row.is_gone()), ("new", 1, false));
     d.tick(at(2), CaptureHealth::default(), &EngineStats::default(), no_conns());
     assert_eq!(d.conn(FlowId(9)).unwrap().state_label(), "closed");
     assert!(d.conn(FlowId(9)).unwrap().kinds.contains(Kind::HttpInStream));
