@@ -151,3 +151,22 @@ fn nothing_stays_attached_after_sigterm_or_kill_9() {
     child.wait().unwrap();
     wait_detached(ns, "lo");
 }
+
+#[test]
+fn man_page_and_completions_come_from_the_cli_definitions() {
+    let man = ws_monitor(&["man"]);
+    assert!(man.status.success());
+    let man = String::from_utf8_lossy(&man.stdout);
+    assert!(man.starts_with(".ie") || man.contains(".TH"), "not roff: {man:.200}");
+    for flag in ["iface", "port", "metrics\\-addr", "log\\-payload", "replay", "demo"] {
+        assert!(man.contains(flag), "man page lacks {flag}");
+    }
+    for shell in ["bash", "zsh", "fish"] {
+        let out = ws_monitor(&["completions", shell]);
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(script.contains("ws-monitor") && script.contains("metrics-addr"), "{shell} completions incomplete");
+    }
+    let err = one_line_error(&ws_monitor(&["completions", "tcsh"]));
+    assert!(err.contains("tcsh"), "{err}");
+}
