@@ -505,8 +505,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tapped<S> {
 
 // ----- echo server ----------------------------------------------------------------------
 
-/// Accepts connections until the demo stops; each is served by its own task.
-async fn run_server(ctx: Arc<Ctx>, listener: TcpListener) {
+/// Accepts connections until the demo stops; `serve` makes the task for each one.
+async fn accept_loop<F>(ctx: Arc<Ctx>, listener: TcpListener, mut serve: impl FnMut(TcpStream, SocketAddr) -> F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -515,8 +518,7 @@ async fn run_server(ctx: Arc<Ctx>, listener: TcpListener) {
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    Stats::bump(&ctx.stats.server_accepts);
-                    conns.spawn(echo(Arc::clone(&ctx), stream, peer));
+                    conns.spawn(serve(stream, peer));
                 }
                 Err(_) => {
                     if !ctx.stop.sleep(ACCEPT_BACKOFF).await {
@@ -528,6 +530,16 @@ async fn run_server(ctx: Arc<Ctx>, listener: TcpListener) {
     }
     drop(listener);
     conns.shutdown().await;
+}
+
+/// The echo server: each connection served by its own task.
+async fn run_server(ctx: Arc<Ctx>, listener: TcpListener) {
+    let c = Arc::clone(&ctx);
+    accept_loop(ctx, listener, move |stream, peer| {
+        Stats::bump(&c.stats.server_accepts);
+        echo(Arc::clone(&c), stream, peer)
+    })
+    .await;
 }
 
 /// One server-side WebSocket connection: echoes data messages until it ends.
@@ -1186,32 +1198,17 @@ fn accept_without_guid(request: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(Sha1::digest(key.as_bytes()))
 }
 
-/// Accepts connections until the demo stops; each gets the next fault of the schedule.
+/// The misbehaving proxy: each connection gets the next fault of the schedule.
 async fn run_proxy(ctx: Arc<Ctx>, listener: TcpListener, first: usize, mut rng: Rng) {
-    let mut conns = JoinSet::new();
+    let c = Arc::clone(&ctx);
     let mut next = first;
-    loop {
-        tokio::select! {
-            biased;
-            () = ctx.stop.wait() => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    Stats::bump(&ctx.stats.proxy_accepts);
-                    let fault = SCHEDULE.get(next % SCHEDULE.len()).copied().unwrap_or(Fault::Rsv1Data);
-                    next = next.wrapping_add(1);
-                    conns.spawn(relay(Arc::clone(&ctx), stream, peer, fault, rng.fork()));
-                }
-                Err(_) => {
-                    if !ctx.stop.sleep(ACCEPT_BACKOFF).await {
-                        break;
-                    }
-                }
-            },
-        }
-    }
-    drop(listener);
-    conns.shutdown().await;
+    accept_loop(ctx, listener, move |stream, peer| {
+        Stats::bump(&c.stats.proxy_accepts);
+        let fault = SCHEDULE.get(next % SCHEDULE.len()).copied().unwrap_or(Fault::Rsv1Data);
+        next = next.wrapping_add(1);
+        relay(Arc::clone(&c), stream, peer, fault, rng.fork())
+    })
+    .await;
 }
 
 /// One proxied connection.

@@ -72,9 +72,6 @@ impl Totals {
         Totals { values }
     }
 
-    fn get(&self, name: &str) -> u64 {
-        self.values.iter().find(|(n, _)| n == name).map_or(0, |(_, v)| *v)
-    }
 }
 
 /// Rate limiter and periodic reporter for headless runs.
@@ -132,19 +129,23 @@ impl HeadlessLog {
     }
 
     /// Every log interval: the counter line and the suppressed-findings lines.
-    pub fn tick(&mut self, now_ns: u64, totals: Totals) {
+    /// `totals` is only called when a line is due.
+    pub fn tick(&mut self, now_ns: u64, totals: impl FnOnce() -> Totals) {
         let last = *self.last_ns.get_or_insert(now_ns);
         if self.interval_ns == 0 || now_ns.saturating_sub(last) < self.interval_ns {
             return;
         }
+        let totals = totals();
         let secs = (now_ns - last) as f64 / 1e9;
         self.last_ns = Some(now_ns);
         let mut line = String::new();
-        for (name, value) in &totals.values {
+        for (i, (name, value)) in totals.values.iter().enumerate() {
             if *value == 0 {
                 continue;
             }
-            let rate = (*value as f64 - self.previous.get(name) as f64) / secs;
+            // Same names in the same order every time (empty before the first line).
+            let before = self.previous.values.get(i).map_or(0, |(_, v)| *v);
+            let rate = (*value as f64 - before as f64) / secs;
             let _ = write!(line, "{name}={value} ({rate:.1}/s) ");
         }
         info!(

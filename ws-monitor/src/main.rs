@@ -174,7 +174,7 @@ impl Outputs {
     /// About once a second: periodic log line, metrics.
     fn tick(&mut self, now_ns: u64, monitor: &Monitor, capture: &CaptureReport) {
         if let Some(log) = self.log.as_mut() {
-            log.tick(now_ns, Totals::new(capture, monitor.engine_stats(), monitor.open_flows()));
+            log.tick(now_ns, || Totals::new(capture, monitor.engine_stats(), monitor.open_flows()));
         }
         if let Some(metrics) = &self.metrics {
             metrics.update(monitor.engine_stats(), capture, monitor.open_flows());

@@ -469,6 +469,14 @@ fn scroll_offset(selected: Option<usize>, height: usize) -> usize {
     }
 }
 
+/// The rows that fit in `area` under its header line, scrolled so that `selected` is
+/// visible, and the selection's index among them.
+fn visible<T>(rows: &[T], selected: Option<usize>, area: Rect) -> (impl Iterator<Item = &T>, Option<usize>) {
+    let height = usize::from(area.height.saturating_sub(1));
+    let offset = scroll_offset(selected, height);
+    (rows.iter().skip(offset).take(height), selected.map(|s| s - offset))
+}
+
 /// Renders `rows` (already windowed) as a table with a header and the selection marked.
 fn render_table<C: Copy>(
     frame: &mut Frame,
@@ -615,15 +623,9 @@ fn render_violations(d: &Dashboard, data: &Data, frame: &mut Frame, area: Rect, 
     let spark_width = fitted.iter().find(|c| c.0 == KCol::Spark).map_or(0, |c| usize::from(c.2));
     let per_char = format::secs_per_char(HISTORY_SECS, spark_width);
 
-    let height = usize::from(table_area.height.saturating_sub(1));
-    let offset = scroll_offset(selected, height);
-    let table_rows: Vec<Row<'static>> = rows
-        .iter()
-        .skip(offset)
-        .take(height)
-        .map(|r| kind_row(data, r, &fitted, spark_width, per_char))
-        .collect();
-    render_table(frame, table_area, &fitted, table_rows, selected.map(|s| s - offset), d.ui.focus == Pane::Violations, |c| {
+    let (shown, selected) = visible(&rows, selected, table_area);
+    let table_rows: Vec<Row<'static>> = shown.map(|r| kind_row(data, r, &fitted, spark_width, per_char)).collect();
+    render_table(frame, table_area, &fitted, table_rows, selected, d.ui.focus == Pane::Violations, |c| {
         matches!(c, KCol::Client | KCol::Server | KCol::Total | KCol::Rate | KCol::Last)
     });
 
@@ -791,12 +793,8 @@ fn render_connections(d: &Dashboard, data: &Data, frame: &mut Frame, area: Rect,
         Col::new(CCol::Age, "age", 4, 5, 8).extra(),
     ];
     let fitted = fit(&cols, inner.width.saturating_sub(MARK_WIDTH));
-    let height = usize::from(inner.height.saturating_sub(1));
-    let offset = scroll_offset(selected, height);
-    let table_rows: Vec<Row<'static>> = rows
-        .iter()
-        .skip(offset)
-        .take(height)
+    let (shown, selected) = visible(&rows, selected, inner);
+    let table_rows: Vec<Row<'static>> = shown
         .map(|r| {
             let dim = if r.is_gone() { Style::new().fg(DIM) } else { Style::new() };
             Row::new(fitted.iter().map(|(c, _, w)| match c {
@@ -818,7 +816,7 @@ fn render_connections(d: &Dashboard, data: &Data, frame: &mut Frame, area: Rect,
             }))
         })
         .collect();
-    render_table(frame, inner, &fitted, table_rows, selected.map(|s| s - offset), d.ui.focus == Pane::Connections, |c| {
+    render_table(frame, inner, &fitted, table_rows, selected, d.ui.focus == Pane::Connections, |c| {
         matches!(c, CCol::Client | CCol::Server | CCol::Viol | CCol::Close | CCol::Last | CCol::Age)
     });
 }
@@ -863,15 +861,9 @@ fn render_findings(d: &Dashboard, data: &Data, frame: &mut Frame, area: Rect, si
         Col::new(FCol::Offset, "offset", 6, 12, 5).extra(),
     ];
     let fitted = fit(&cols, inner.width.saturating_sub(MARK_WIDTH));
-    let height = usize::from(inner.height.saturating_sub(1));
-    let offset = scroll_offset(selected, height);
-    let table_rows: Vec<Row<'static>> = rows
-        .iter()
-        .skip(offset)
-        .take(height)
-        .map(|r| finding_row(d, data, r, &fitted))
-        .collect();
-    render_table(frame, inner, &fitted, table_rows, selected.map(|s| s - offset), d.ui.focus == Pane::Findings, |c| {
+    let (shown, selected) = visible(&rows, selected, inner);
+    let table_rows: Vec<Row<'static>> = shown.map(|r| finding_row(d, data, r, &fitted)).collect();
+    render_table(frame, inner, &fitted, table_rows, selected, d.ui.focus == Pane::Findings, |c| {
         c == FCol::Offset
     });
 }
