@@ -150,9 +150,40 @@ pub const PORT_MONITORED: u8 = 1;
 pub const HOOK_INGRESS: u8 = 0;
 pub const HOOK_EGRESS: u8 = 1;
 
+/// The one entry of the `LIVENESS` array: who owns this copy of the program, and a
+/// heartbeat userspace refreshes every [`HEARTBEAT_INTERVAL_NS`]. A program whose owner was
+/// killed outright (and whose netlink filter therefore stayed attached) returns at once
+/// once the heartbeat is older than [`ORPHAN_AFTER_NS`]; a later ws-monitor reads the
+/// owner fields to tell a dead owner from a live one before removing the filter.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Liveness {
+    /// `bpf_ktime_get_ns()` clock (CLOCK_MONOTONIC) of the last heartbeat.
+    pub heartbeat_ns: u64,
+    /// Inode of the owner's PID namespace (`/proc/self/ns/pid`).
+    pub pid_ns: u64,
+    /// The owner's start time in clock ticks since boot (`/proc/PID/stat` field 22).
+    pub start_time: u64,
+    /// The owner's PID in `pid_ns`.
+    pub pid: u32,
+    /// `LIVENESS_*` flags.
+    pub flags: u32,
+}
+
+/// `Liveness::flags`: the owner added the clsact qdisc its filters hang on, so whoever
+/// removes the last ws-monitor filter removes the qdisc too (when nothing else uses it).
+pub const LIVENESS_QDISC_OWNED: u32 = 1;
+/// How often userspace refreshes `Liveness::heartbeat_ns`.
+pub const HEARTBEAT_INTERVAL_NS: u64 = 1_000_000_000;
+/// A heartbeat older than this means the owner is gone: the program does nothing.
+pub const ORPHAN_AFTER_NS: u64 = 5_000_000_000;
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: `ChunkHeader` is `repr(C)`, made only of integers and byte arrays, with the
     // explicit `_pad` leaving no implicit padding, so every bit pattern is valid.
     unsafe impl aya::Pod for super::ChunkHeader {}
+    // SAFETY: `Liveness` is `repr(C)`, three u64 then two u32: no padding, and every bit
+    // pattern is valid.
+    unsafe impl aya::Pod for super::Liveness {}
 }

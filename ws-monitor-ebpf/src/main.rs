@@ -8,12 +8,12 @@ use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
     helpers::generated::{bpf_ktime_get_ns, bpf_skb_load_bytes},
     macros::{classifier, map},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::TcContext,
 };
 use ws_monitor_common::{
-    ChunkHeader, Counter, Scratch, CHUNK_SIZE, DIR_TO_CLIENT, DIR_TO_SERVER, HEADER_SIZE,
-    HOOK_EGRESS, HOOK_INGRESS, MAX_CHUNKS, MAX_PORTS,
+    ChunkHeader, Counter, Liveness, Scratch, CHUNK_SIZE, DIR_TO_CLIENT, DIR_TO_SERVER,
+    HEADER_SIZE, HOOK_EGRESS, HOOK_INGRESS, MAX_CHUNKS, MAX_PORTS, ORPHAN_AFTER_NS,
 };
 
 /// Ring buffer of records; its size is set by userspace (`--ring-size`) before load.
@@ -28,6 +28,10 @@ static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PORTS, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(ws_monitor_common::COUNTER_COUNT, 0);
+
+/// Owner and heartbeat, written by userspace (see `Liveness`).
+#[map]
+static LIVENESS: Array<Liveness> = Array::with_max_entries(1, 0);
 
 /// Per-CPU buffer a record is assembled in (too large for the 512-byte stack).
 #[map]
@@ -181,7 +185,23 @@ fn is_monitored(port: u16) -> bool {
     unsafe { PORTS.get(&port) }.is_some()
 }
 
+/// False once the owner's heartbeat is older than `ORPHAN_AFTER_NS`: the process that
+/// loaded this program is gone (killed before it could detach a netlink filter), so the
+/// program returns at once instead of filling a ring buffer nobody reads.
+#[inline(always)]
+fn owner_alive(now: u64) -> bool {
+    match LIVENESS.get(0) {
+        Some(live) => now.saturating_sub(live.heartbeat_ns) <= ORPHAN_AFTER_NS,
+        None => false,
+    }
+}
+
 fn try_capture(ctx: &TcContext, hook: u8) -> Result<(), ()> {
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if !owner_alive(now) {
+        return Ok(());
+    }
     count(Counter::PacketsSeen, 1);
     let l3 = match parse_l3(ctx) {
         Ok(l3) => l3,
@@ -219,8 +239,7 @@ fn try_capture(ctx: &TcContext, hook: u8) -> Result<(), ()> {
     // SAFETY: per-CPU map value owned by this CPU for the duration of the program.
     let scratch = unsafe { &mut *scratch };
     scratch.header = ChunkHeader {
-        // SAFETY: helper without preconditions.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ts_ns: now,
         saddr: l3.saddr,
         daddr: l3.daddr,
         seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),

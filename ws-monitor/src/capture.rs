@@ -1,7 +1,14 @@
 //! Live capture: loads the embedded TC program, attaches it to an interface, and turns
-//! its ring-buffer records into [`Segment`]s. Everything is detached when [`Capture`] is
-//! dropped; with TCX links (kernel ≥ 6.6) the kernel also detaches them if the process
-//! is killed outright, since the links live only as long as their file descriptors.
+//! its ring-buffer records into [`Segment`]s.
+//!
+//! Two ways to attach: TCX links (Linux 6.6+), which the kernel detaches when the process
+//! ends however it ends, and before 6.6 `cls_bpf` filters on the clsact qdisc (as `tc
+//! filter` adds them), which outlive a process killed with SIGKILL. For those, ws-monitor
+//! uses a clsact qdisc already there, tags its filters ([`crate::clsact`]), removes the
+//! ones whose owner is gone before it attaches, and on exit removes its filters and the
+//! qdisc if it added it and nothing else uses it; a filter left behind meanwhile costs
+//! next to nothing, since the program stops working once its heartbeat
+//! ([`crate::liveness`]) is more than five seconds old.
 
 use std::ffi::CString;
 use std::io;
@@ -9,15 +16,19 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{bail, Context as _};
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::{tc, SchedClassifier, TcAttachType};
+use aya::programs::tc::{NlOptions, TcAttachOptions, TcHandle};
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
+use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfLoader};
 use tokio::io::unix::AsyncFd;
 use ws_monitor_common::{
-    ChunkHeader, Counter, DIR_TO_SERVER, HEADER_SIZE, MAX_PORTS, PORT_MONITORED, TCP_ACK,
-    TCP_FIN, TCP_RST, TCP_SYN,
+    ChunkHeader, Counter, DIR_TO_SERVER, HEADER_SIZE, LIVENESS_QDISC_OWNED, MAX_PORTS,
+    PORT_MONITORED, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 
+use crate::clsact::{Hook, Rtnl, FILTER_HANDLE};
 use crate::flow::{key_for, Direction, Segment, TcpFlags};
+use crate::liveness::{self, Heartbeat, Owner};
 
 /// The kernel program, built by `build.rs` and embedded in this binary (public for the
 /// program tests, which load it directly).
@@ -30,6 +41,30 @@ pub struct CaptureConfig {
     pub ports: Vec<u16>,
     /// Ring buffer size in bytes: a power of two, at least one page.
     pub ring_size: u32,
+    pub attach: AttachMode,
+}
+
+/// How the program is attached to the interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachMode {
+    /// TCX links on Linux 6.6 and newer, netlink filters on the clsact qdisc before.
+    #[default]
+    Auto,
+    /// TCX links (Linux 6.6+): detached by the kernel when the process ends, however.
+    Tcx,
+    /// `cls_bpf` filters on the clsact qdisc, as `tc filter` adds them (any kernel).
+    Netlink,
+}
+
+impl AttachMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            AttachMode::Auto => "auto",
+            AttachMode::Tcx => "tcx",
+            AttachMode::Netlink => "netlink",
+        }
+    }
 }
 
 /// Kernel-side counters, summed over CPUs.
@@ -47,20 +82,42 @@ impl KernelCounters {
     }
 }
 
-/// An attached capture. Dropping it detaches the programs.
+/// How a [`Capture`] is attached: the `attach` object of the live report.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Attachment {
+    /// `tcx` or `netlink` (never `auto`).
+    pub mode: AttachMode,
+    /// Hooks the program is attached to.
+    pub hooks: Vec<&'static str>,
+    /// With netlink: whether ws-monitor added the clsact qdisc (and removes it at exit
+    /// when nothing else uses it), including one a killed ws-monitor had added.
+    pub qdisc_owned: bool,
+    /// Filters left by ws-monitor instances that are no longer running, removed at start.
+    pub stale_filters_removed: usize,
+    /// PIDs of other ws-monitor instances running on the same interface (left alone).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub others_running: Vec<u32>,
+}
+
+/// An attached capture. Dropping it detaches the programs (and removes a clsact qdisc
+/// ws-monitor added, once nothing else uses it).
 pub struct Capture {
     ring: AsyncFd<RingBuf<MapData>>,
     counters: PerCpuArray<MapData, u64>,
-    /// Hooks the program is attached to, for the start-up message.
-    pub hooks: Vec<&'static str>,
-    // Owns the programs and their links: must outlive `ring` and `counters` use.
+    pub attachment: Attachment,
+    // Dropped in this order: the heartbeat stops, then the programs and their links go,
+    // then the qdisc they hung on.
+    _heartbeat: Heartbeat,
     _ebpf: Ebpf,
+    _qdisc: Option<OwnedQdisc>,
 }
 
 impl Capture {
-    /// Checks privileges, kernel and interface, then loads and attaches the program.
+    /// Checks privileges, kernel and interface, removes what killed instances left on the
+    /// interface, then loads and attaches the program.
     pub fn start(config: &CaptureConfig) -> anyhow::Result<Capture> {
-        preflight(config)?;
+        let ifindex = preflight(config)?;
+        let mode = resolve(config.attach, current_kernel())?;
         let l2_len = link_header_len(&config.iface)?;
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", config.ring_size)
@@ -75,6 +132,21 @@ impl Capture {
                 .with_context(|| format!("configuring port {port}"))?;
         }
 
+        let mut rtnl = Rtnl::open().context("opening a netlink socket")?;
+        // A netlink filter outlives a ws-monitor killed with SIGKILL, whatever the mode
+        // of the next run: sweep them first. With TCX an inherited empty qdisc goes too.
+        let sweep = sweep(&mut rtnl, ifindex, &config.iface, mode == AttachMode::Tcx)?;
+        let qdisc = match mode {
+            AttachMode::Netlink => {
+                let needs_egress = !is_loopback(&config.iface);
+                Some(clsact_for(&mut rtnl, ifindex, &config.iface, needs_egress, sweep.qdisc_owned)?)
+            }
+            _ => None,
+        };
+        let flags = if qdisc.as_ref().is_some_and(|q| q.owned) { LIVENESS_QDISC_OWNED } else { 0 };
+        // Alive before the first packet: the program ignores packets without a heartbeat.
+        let heartbeat = Heartbeat::start(map(&mut ebpf, liveness::MAP_NAME)?, liveness::this_process(flags))?;
+
         // On loopback every packet passes egress and then ingress: one hook sees it all.
         let hooks: &[(&str, TcAttachType, &'static str)] = if is_loopback(&config.iface) {
             &[("ws_monitor_ingress", TcAttachType::Ingress, "ingress")]
@@ -84,18 +156,6 @@ impl Capture {
                 ("ws_monitor_egress", TcAttachType::Egress, "egress"),
             ]
         };
-        if !kernel_at_least(6, 6) {
-            // Older kernels attach through netlink and need the clsact qdisc.
-            match tc::qdisc_add_clsact(&config.iface) {
-                Ok(()) | Err(tc::TcError::AlreadyAttached) => {}
-                Err(e) => {
-                    return Err(explain(anyhow::Error::new(e).context(format!(
-                        "adding the clsact qdisc to {}",
-                        config.iface
-                    ))))
-                }
-            }
-        }
         for (name, attach_type, label) in hooks {
             let program: &mut SchedClassifier = ebpf
                 .program_mut(name)
@@ -104,7 +164,16 @@ impl Capture {
             program
                 .load()
                 .map_err(|e| explain(anyhow::Error::new(e).context(format!("loading {name}"))))?;
-            program.attach(&config.iface, *attach_type).map_err(|e| {
+            let options = match mode {
+                AttachMode::Netlink => TcAttachOptions::Netlink(NlOptions {
+                    priority: first_priority(&mut rtnl, ifindex, *label)?,
+                    // The handle marks the filter as ours.
+                    handle: TcHandle::from(FILTER_HANDLE),
+                    ..Default::default()
+                }),
+                _ => TcAttachOptions::TcxOrder(LinkOrder::default()),
+            };
+            program.attach_with_options(&config.iface, *attach_type, options).map_err(|e| {
                 explain(anyhow::Error::new(e).context(format!("attaching to {} {label}", config.iface)))
             })?;
         }
@@ -119,8 +188,16 @@ impl Capture {
         Ok(Capture {
             ring,
             counters,
-            hooks: hooks.iter().map(|h| h.2).collect(),
+            attachment: Attachment {
+                mode,
+                hooks: hooks.iter().map(|h| h.2).collect(),
+                qdisc_owned: qdisc.as_ref().is_some_and(|q| q.owned),
+                stale_filters_removed: sweep.removed,
+                others_running: sweep.running,
+            },
+            _heartbeat: heartbeat,
             _ebpf: ebpf,
+            _qdisc: qdisc,
         })
     }
 
@@ -167,27 +244,248 @@ where
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
 }
 
-/// Clear, actionable errors for what can be checked before touching BPF.
-fn preflight(config: &CaptureConfig) -> anyhow::Result<()> {
+/// Clear, actionable errors for what can be checked before touching BPF. Returns the
+/// interface index.
+fn preflight(config: &CaptureConfig) -> anyhow::Result<u32> {
     if config.ports.is_empty() {
         bail!("no port to monitor: pass --port PORT (up to {MAX_PORTS})");
     }
     if config.ports.len() > MAX_PORTS as usize {
         bail!("too many ports ({}): ws-monitor watches at most {MAX_PORTS} at once", config.ports.len());
     }
-    if !kernel_at_least(5, 8) {
-        bail!("this kernel is too old: ws-monitor needs Linux 5.8 or newer (BPF ring buffer); use `ws-monitor replay` on a capture file instead");
-    }
+    check_kernel(current_kernel())?;
+    privileged_interface(&config.iface)
+}
+
+/// Root (or the capabilities), and the index of an interface that exists.
+fn privileged_interface(iface: &str) -> anyhow::Result<u32> {
     if !has_bpf_privileges() {
         bail!("ws-monitor needs root to load eBPF programs: run it with sudo, or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (sudo setcap cap_bpf,cap_net_admin,cap_perfmon+ep $(command -v ws-monitor))");
     }
-    let name = CString::new(config.iface.as_str())
-        .with_context(|| format!("invalid interface name {:?}", config.iface))?;
+    let name = CString::new(iface).with_context(|| format!("invalid interface name {iface:?}"))?;
     // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
-    if unsafe { libc::if_nametoindex(name.as_ptr()) } == 0 {
-        bail!("no such interface {:?}: list the interfaces with `ip link`", config.iface);
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => bail!("no such interface {iface:?}: list the interfaces with `ip link`"),
+        index => Ok(index),
+    }
+}
+
+/// The running kernel's version, if it can be read.
+fn current_kernel() -> Option<KernelVersion> {
+    KernelVersion::current().ok()
+}
+
+/// The oldest kernel with a BPF ring buffer.
+const MIN_KERNEL: (u8, u8) = (5, 8);
+/// The first kernel with TCX links.
+const TCX_KERNEL: (u8, u8) = (6, 6);
+
+fn at_least(kernel: Option<KernelVersion>, (major, minor): (u8, u8)) -> bool {
+    // If the version cannot be read, assume a modern kernel and let loading say more.
+    kernel.is_none_or(|v| v >= KernelVersion::new(major, minor, 0))
+}
+
+fn check_kernel(kernel: Option<KernelVersion>) -> anyhow::Result<()> {
+    if !at_least(kernel, MIN_KERNEL) {
+        bail!(
+            "Linux {} is too old: ws-monitor needs Linux {}.{} or newer (BPF ring buffer); use `ws-monitor replay` on a capture file instead",
+            release(kernel),
+            MIN_KERNEL.0,
+            MIN_KERNEL.1
+        );
     }
     Ok(())
+}
+
+/// `auto` made concrete for this kernel; `tcx` where the kernel has none is an error.
+fn resolve(mode: AttachMode, kernel: Option<KernelVersion>) -> anyhow::Result<AttachMode> {
+    let tcx = at_least(kernel, TCX_KERNEL);
+    Ok(match mode {
+        AttachMode::Auto if tcx => AttachMode::Tcx,
+        AttachMode::Auto => AttachMode::Netlink,
+        AttachMode::Tcx if !tcx => bail!(
+            "--attach tcx needs Linux {}.{} or newer (TCX links) and this is Linux {}: use --attach netlink (or auto)",
+            TCX_KERNEL.0,
+            TCX_KERNEL.1,
+            release(kernel)
+        ),
+        other => other,
+    })
+}
+
+fn release(kernel: Option<KernelVersion>) -> String {
+    kernel.map_or_else(|| "?".into(), |v| v.to_string())
+}
+
+/// What a sweep of an interface found.
+#[derive(Debug, Default)]
+struct Sweep {
+    /// ws-monitor filters whose owner is gone, removed.
+    removed: usize,
+    /// Hooks they were on.
+    removed_from: Vec<&'static str>,
+    /// PIDs owning ws-monitor filters that are still running.
+    running: Vec<u32>,
+    /// One of the removed filters' owners had added the clsact qdisc.
+    qdisc_owned: bool,
+    /// That qdisc was removed too (nothing else used it).
+    qdisc_removed: bool,
+}
+
+/// Removes the ws-monitor filters on `ifindex` whose owner is no longer running, and
+/// never anything else; with `remove_qdisc`, also the clsact qdisc a gone owner had
+/// added, once no filter at all is left on it.
+fn sweep(rtnl: &mut Rtnl, ifindex: u32, iface: &str, remove_qdisc: bool) -> anyhow::Result<Sweep> {
+    let context = || format!("looking for ws-monitor filters left on {iface}");
+    let mut out = Sweep::default();
+    for hook in Hook::BOTH {
+        for filter in rtnl.filters(ifindex, hook).with_context(context)? {
+            if !filter.is_ws_monitor() {
+                continue;
+            }
+            let read = || filter.prog_id.map(liveness::of_program).transpose().map(Option::flatten);
+            let live = read().with_context(context)?;
+            let verdict = match live {
+                // No owner recorded: a copy without a heartbeat does nothing anyway.
+                None => Owner::Gone,
+                Some(l) => match liveness::owner(&l, liveness::monotonic_ns()) {
+                    Owner::Unsure { recheck_at_ns } => {
+                        // An owner in another PID namespace: is its heartbeat still going?
+                        let wait = recheck_at_ns.saturating_sub(liveness::monotonic_ns());
+                        std::thread::sleep(std::time::Duration::from_nanos(wait));
+                        match read().with_context(context)? {
+                            Some(again) if again.heartbeat_ns != l.heartbeat_ns => Owner::Running { pid: l.pid },
+                            _ => Owner::Gone,
+                        }
+                    }
+                    verdict => verdict,
+                },
+            };
+            match verdict {
+                Owner::Running { pid } => out.running.push(pid),
+                _ => {
+                    rtnl.delete_filter(ifindex, &filter)
+                        .with_context(|| format!("removing a stale ws-monitor filter from {iface} {}", hook.name()))?;
+                    out.removed += 1;
+                    out.removed_from.push(hook.name());
+                    out.qdisc_owned |= live.is_some_and(|l| l.flags & LIVENESS_QDISC_OWNED != 0);
+                }
+            }
+        }
+    }
+    if remove_qdisc && out.qdisc_owned {
+        out.qdisc_removed = OwnedQdisc { ifindex, owned: true }.remove_if_unused(rtnl)?;
+    }
+    Ok(out)
+}
+
+/// A priority ahead of every filter already on the hook: a filter that ends
+/// classification (`action pass`, a final verdict) would otherwise keep the program from
+/// ever seeing a packet. The program returns TC_ACT_UNSPEC, so the others still run.
+/// 0 lets the kernel choose where nothing is there (or nothing is free ahead).
+fn first_priority(rtnl: &mut Rtnl, ifindex: u32, hook: &str) -> anyhow::Result<u16> {
+    let hook = if hook == "egress" { Hook::Egress } else { Hook::Ingress };
+    let filters = rtnl.filters(ifindex, hook).context("listing the filters already attached")?;
+    Ok(filters.iter().map(|f| f.priority).min().map_or(0, |p| p.saturating_sub(1)))
+}
+
+/// The clsact qdisc the netlink filters hang on: one already there is used as it is
+/// (so is the older ingress-only qdisc, where no egress hook is needed).
+fn clsact_for(
+    rtnl: &mut Rtnl,
+    ifindex: u32,
+    iface: &str,
+    needs_egress: bool,
+    inherited: bool,
+) -> anyhow::Result<OwnedQdisc> {
+    let in_use = |kind: String| -> anyhow::Result<OwnedQdisc> {
+        if kind == "clsact" || (kind == "ingress" && !needs_egress) {
+            return Ok(OwnedQdisc { ifindex, owned: inherited && kind == "clsact" });
+        }
+        bail!(
+            "{iface} has an `{kind}` qdisc where ws-monitor needs clsact (which also has an egress hook): \
+             replace it (`tc qdisc del dev {iface} {kind}`, `tc qdisc add dev {iface} clsact`, then re-add its filters), or use --attach tcx on Linux 6.6+"
+        )
+    };
+    let context = || format!("adding the clsact qdisc to {iface}");
+    if let Some(kind) = rtnl.ingress_slot(ifindex).with_context(context)? {
+        return in_use(kind);
+    }
+    match rtnl.add_clsact(ifindex) {
+        Ok(()) => Ok(OwnedQdisc { ifindex, owned: true }),
+        // Somebody added one in the meantime.
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => match rtnl.ingress_slot(ifindex).with_context(context)? {
+            Some(kind) => in_use(kind),
+            None => Err(anyhow::Error::new(e).context(context())),
+        },
+        Err(e) => Err(explain(anyhow::Error::new(e).context(context()))),
+    }
+}
+
+/// The clsact qdisc under ws-monitor's filters; when ws-monitor added it (`owned`), it
+/// is removed on drop unless another filter still uses it.
+struct OwnedQdisc {
+    ifindex: u32,
+    owned: bool,
+}
+
+impl OwnedQdisc {
+    /// Removes the qdisc if owned and no filter is left on it; true if removed.
+    fn remove_if_unused(&self, rtnl: &mut Rtnl) -> anyhow::Result<bool> {
+        if !self.owned {
+            return Ok(false);
+        }
+        for hook in Hook::BOTH {
+            if !rtnl.filters(self.ifindex, hook).context("listing the filters on the clsact qdisc")?.is_empty() {
+                return Ok(false);
+            }
+        }
+        rtnl.delete_clsact(self.ifindex).context("removing the clsact qdisc ws-monitor added")?;
+        Ok(true)
+    }
+}
+
+impl Drop for OwnedQdisc {
+    fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
+        let result = Rtnl::open().map_err(anyhow::Error::from).and_then(|mut rtnl| self.remove_if_unused(&mut rtnl));
+        if let Err(e) = result {
+            tracing::warn!("{e:#}: remove it with `ws-monitor detach --iface IFACE`");
+        }
+    }
+}
+
+/// `ws-monitor detach --iface IFACE`: removes what killed instances left attached to
+/// `iface` (netlink filters and a clsact qdisc they added) and says what it did.
+pub fn detach(iface: &str) -> anyhow::Result<String> {
+    let ifindex = privileged_interface(iface)?;
+    let mut rtnl = Rtnl::open().context("opening a netlink socket")?;
+    let sweep = sweep(&mut rtnl, ifindex, iface, true)?;
+    let mut said = Vec::new();
+    if sweep.removed > 0 {
+        said.push(format!(
+            "removed {} stale ws-monitor filter{} ({}){} from {iface}",
+            sweep.removed,
+            if sweep.removed == 1 { "" } else { "s" },
+            sweep.removed_from.join(", "),
+            if sweep.qdisc_removed { " and the clsact qdisc ws-monitor had added" } else { "" },
+        ));
+    }
+    if !sweep.running.is_empty() {
+        let pids: Vec<String> = sweep.running.iter().map(u32::to_string).collect();
+        said.push(format!(
+            "left {} filter{} on {iface} alone: they belong to ws-monitor (pid {}), still running; stop it instead",
+            pids.len(),
+            if pids.len() == 1 { "" } else { "s" },
+            pids.join(", ")
+        ));
+    }
+    if said.is_empty() {
+        said.push(format!("nothing of ws-monitor's is attached to {iface}"));
+    }
+    Ok(said.join("; "))
 }
 
 /// Root, or the effective capabilities BPF + NET_ADMIN + PERFMON (read from /proc).
@@ -208,12 +506,6 @@ fn has_bpf_privileges() -> bool {
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         .unwrap_or(0);
     [CAP_NET_ADMIN, CAP_PERFMON, CAP_BPF].iter().all(|c| eff & (1 << c) != 0)
-}
-
-fn kernel_at_least(major: u8, minor: u8) -> bool {
-    use aya::util::KernelVersion;
-    // If the version cannot be read, assume a modern kernel and let loading say more.
-    KernelVersion::current().map_or(true, |v| v >= KernelVersion::new(major, minor, 0))
 }
 
 /// ARPHRD_* of an interface, from sysfs.
@@ -252,6 +544,9 @@ fn explain(err: anyhow::Error) -> anyhow::Error {
         ),
         Some(libc::ENOSYS) => err.context(
             "this kernel has no BPF support (bpf() is not implemented): ws-monitor needs Linux 5.8+ built with CONFIG_BPF_SYSCALL",
+        ),
+        Some(libc::ENOENT) | Some(libc::EOPNOTSUPP) => err.context(
+            "the kernel lacks a TC module: clsact needs sch_ingress and netlink filters cls_bpf (modprobe sch_ingress cls_bpf), or use --attach tcx on Linux 6.6+",
         ),
         Some(libc::ENOMEM) => err.context(
             "the kernel could not allocate the ring buffer: try a smaller --ring-size",
@@ -326,6 +621,25 @@ mod tests {
         let mut v = bytes.to_vec();
         v.extend_from_slice(payload);
         v
+    }
+
+    #[test]
+    fn kernels_without_a_ring_buffer_are_refused_naming_the_minimum() {
+        let err = check_kernel(Some(KernelVersion::new(5, 4, 0))).unwrap_err().to_string();
+        assert!(err.contains("Linux 5.4.0 is too old") && err.contains("5.8 or newer"), "{err}");
+        assert!(check_kernel(Some(KernelVersion::new(5, 8, 0))).is_ok());
+        assert!(check_kernel(None).is_ok(), "unknown version: let loading say more");
+    }
+
+    #[test]
+    fn auto_attaches_with_tcx_from_6_6_and_netlink_before() {
+        let v = |a, b| Some(KernelVersion::new(a, b, 0));
+        assert_eq!(resolve(AttachMode::Auto, v(6, 6)).unwrap(), AttachMode::Tcx);
+        assert_eq!(resolve(AttachMode::Auto, v(6, 1)).unwrap(), AttachMode::Netlink);
+        assert_eq!(resolve(AttachMode::Auto, v(5, 10)).unwrap(), AttachMode::Netlink);
+        assert_eq!(resolve(AttachMode::Netlink, v(6, 12)).unwrap(), AttachMode::Netlink);
+        let err = resolve(AttachMode::Tcx, v(6, 1)).unwrap_err().to_string();
+        assert!(err.contains("needs Linux 6.6") && err.contains("--attach netlink"), "{err}");
     }
 
     #[test]

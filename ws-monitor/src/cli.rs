@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::capture::AttachMode;
 use crate::logs::LogFormat;
 
 /// Passive WebSocket protocol-violation monitor: a TC eBPF program captures the TCP
@@ -26,6 +27,11 @@ pub struct Cli {
     /// Ring buffer between kernel and userspace, in bytes (K/M/G suffixes; a power of two).
     #[arg(long, default_value = "16M", value_parser = parse_ring_size)]
     pub ring_size: u32,
+
+    /// How to attach: TCX links (Linux 6.6+), netlink filters on the clsact qdisc (any
+    /// kernel), or auto (TCX where the kernel has it).
+    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+    pub attach: AttachMode,
 
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -95,6 +101,13 @@ pub enum Command {
     /// See it work: a WebSocket echo server, clients and a misbehaving proxy on loopback,
     /// monitored live (needs root, like live capture).
     Demo(DemoArgs),
+    /// Remove what a killed ws-monitor left attached to an interface (netlink filters and
+    /// the clsact qdisc it added); filters of running instances and of other tools stay.
+    Detach {
+        /// Interface to clean up.
+        #[arg(long, short = 'i')]
+        iface: String,
+    },
     /// Print the man page (roff) on stdout: ws-monitor man > ws-monitor.8
     Man,
     /// Print shell completions on stdout, e.g. ws-monitor completions bash > /etc/bash_completion.d/ws-monitor

@@ -6,12 +6,14 @@
 //! [`monitor`] wires the stages together for live capture and replay alike.
 
 pub mod capture;
+pub mod clsact;
 pub mod cli;
 pub mod dashboard;
 pub mod demo;
 pub mod engine;
 pub mod events;
 pub mod flow;
+pub mod liveness;
 pub mod logs;
 pub mod monitor;
 pub mod prometheus;

@@ -13,6 +13,7 @@ use ws_monitor::dashboard::{CaptureHealth, Control, Dashboard, TerminalSession};
 use ws_monitor::demo::{Demo, DemoConfig};
 use ws_monitor::engine::EngineConfig;
 use ws_monitor::events::EventLog;
+use ws_monitor::liveness::monotonic_ns;
 use ws_monitor::logs::{self, HeadlessLog, Totals};
 use ws_monitor::monitor::Monitor;
 use ws_monitor::prometheus::Exporter;
@@ -30,6 +31,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Replay(args)) => replay_file(&args),
         Some(Command::Demo(args)) => runtime().and_then(|rt| rt.block_on(run_demo(&args))),
+        Some(Command::Detach { iface }) => capture::detach(&iface).map(|said| eprintln!("ws-monitor: {said}")),
         Some(Command::Man) => print_man(),
         Some(Command::Completions { shell }) => {
             clap_complete::generate(shell, &mut Cli::command(), "ws-monitor", &mut std::io::stdout());
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
                 iface: cli.iface.unwrap_or_default(),
                 ports: cli.ports,
                 ring_size: cli.ring_size,
+                attach: cli.attach,
             };
             runtime().and_then(|rt| rt.block_on(live(&config, &cli.run, Live::default())))
         }
@@ -107,10 +110,6 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
     (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
-    clock_ns(libc::CLOCK_MONOTONIC)
-}
 
 /// Where findings and counters go besides the final report.
 #[derive(Default)]
@@ -221,12 +220,34 @@ async fn live(config: &CaptureConfig, args: &RunArgs, hooks: Live<'_>) -> anyhow
     }
 
     let mut capture = Capture::start(config)?;
+    let attachment = capture.attachment.clone();
+    let mut notes = Vec::new();
+    if attachment.stale_filters_removed > 0 {
+        notes.push(format!(
+            "removed {} stale ws-monitor filter(s) from {}, left by an instance that is no longer running",
+            attachment.stale_filters_removed, config.iface
+        ));
+    }
+    if !attachment.others_running.is_empty() {
+        notes.push(format!(
+            "another ws-monitor (pid {:?}) is attached to {} too; each sees its own ports",
+            attachment.others_running, config.iface
+        ));
+    }
+    for note in &notes {
+        if tui {
+            eprintln!("ws-monitor: {note}");
+        } else {
+            tracing::warn!("{note}");
+        }
+    }
     let ports: Vec<String> = config.ports.iter().map(u16::to_string).collect();
     tracing::info!(
-        "capturing TCP port {} on {} ({}); Ctrl-C to stop",
+        "capturing TCP port {} on {} ({}, {}); Ctrl-C to stop",
         ports.join(","),
         config.iface,
-        capture.hooks.join("+")
+        attachment.hooks.join("+"),
+        attachment.mode.name()
     );
     if tui {
         let session = TerminalSession::enter()?;
@@ -312,6 +333,7 @@ async fn live(config: &CaptureConfig, args: &RunArgs, hooks: Live<'_>) -> anyhow
     let demo_committed = hooks.demo.map(|d| d.committed());
     finish_report(&monitor, &config.ports, &capture_report, args.json, |out| {
         out.insert("kernel".into(), report::kernel_json(&counters));
+        out.insert("attach".into(), serde_json::to_value(&attachment).unwrap_or_default());
         out.insert("bad_records".into(), bad_records.into());
         if let Some(committed) = demo_committed {
             let map: serde_json::Map<String, serde_json::Value> = committed
@@ -329,6 +351,7 @@ async fn run_demo(args: &DemoArgs) -> anyhow::Result<()> {
         iface: "lo".into(),
         ports: vec![demo.server_port, demo.proxy_port],
         ring_size: args.ring_size,
+        attach: capture::AttachMode::Auto,
     };
     let result = live(&config, &args.run, Live { demo: Some(&demo) }).await;
     demo.stop().await;

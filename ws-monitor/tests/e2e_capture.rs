@@ -47,6 +47,8 @@ struct Traffic {
     down_bytes: usize,
     pattern: &'static str,
     ring_size: &'static str,
+    /// `--attach`: tcx (this kernel's default) or netlink (how kernels before 6.6 attach).
+    attach: &'static str,
 }
 
 struct Outcome {
@@ -94,7 +96,7 @@ fn run(t: &Traffic, tag: &str) -> Outcome {
     let mut monitor = server_ns
         .command(common::ws_monitor_bin())
         .args(["--iface", &veth, "--port", PORT, "--json", "--log-interval", "0"])
-        .args(["--ring-size", t.ring_size, "--streams-dir"])
+        .args(["--ring-size", t.ring_size, "--attach", t.attach, "--streams-dir"])
         .arg(&streams)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -153,8 +155,34 @@ fn streams_are_rebuilt_exactly_over_veth() {
         down_bytes: 2 << 20,
         pattern: "random",
         ring_size: "64M",
+        attach: "auto",
     };
-    let o = run(&t, "x");
+    assert_exact(&t, &run(&t, "x"));
+}
+
+/// The same through netlink filters on the clsact qdisc, as kernels before 6.6 attach.
+#[test]
+fn streams_are_rebuilt_exactly_through_netlink_filters() {
+    if !common::require_root("streams_are_rebuilt_exactly_through_netlink_filters") {
+        return;
+    }
+    let t = Traffic {
+        pre: 1,
+        post: 2,
+        up_bytes: 1 << 20,
+        down_bytes: 3 << 19,
+        pattern: "random",
+        ring_size: "64M",
+        attach: "netlink",
+    };
+    let o = run(&t, "n");
+    assert_eq!(o.report["attach"]["mode"], "netlink");
+    assert_eq!(o.report["attach"]["hooks"], serde_json::json!(["ingress", "egress"]));
+    assert_exact(&t, &o);
+}
+
+/// Every stream byte-identical to what the peers sent, and the report saying so.
+fn assert_exact(t: &Traffic, o: &Outcome) {
     let conns = (t.pre + t.post) as u64;
     assert_eq!(o.client_results.len() as u64, conns);
     for (key, c) in &o.client_results {
@@ -275,6 +303,7 @@ fn tiny_ring_reports_drops_and_gaps_that_add_up_and_never_wrong_bytes() {
         down_bytes: 1 << 20,
         pattern: "counter",
         ring_size: "16K",
+        attach: "auto",
     };
     let o = run(&t, "y");
     let cap = &o.report["capture"];

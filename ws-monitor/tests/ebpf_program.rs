@@ -6,14 +6,14 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 
-use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{SchedClassifier, TcAttachType, TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfLoader};
 use etherparse::PacketBuilder;
 use ws_monitor::capture::{decode, EBPF_OBJECT};
 use ws_monitor_common::{
-    ChunkHeader, Counter, CHUNK_SIZE, COUNTER_COUNT, DIR_TO_CLIENT, DIR_TO_SERVER, TCP_ACK,
-    TCP_FIN, TCP_SYN,
+    ChunkHeader, Counter, Liveness, CHUNK_SIZE, COUNTER_COUNT, DIR_TO_CLIENT, DIR_TO_SERVER,
+    ORPHAN_AFTER_NS, TCP_ACK, TCP_FIN, TCP_SYN,
 };
 
 const PORT: u16 = 8001;
@@ -32,12 +32,19 @@ fn load(ring_size: u32) -> Loaded {
         .expect("load object");
     let mut ports: HashMap<_, u16, u8> = HashMap::try_from(ebpf.map_mut("PORTS").unwrap()).unwrap();
     ports.insert(PORT, 1, 0).unwrap();
+    // A heartbeat that never ages: these tests are about packets, not the owner.
+    set_heartbeat(&mut ebpf, u64::MAX);
     for name in ["ws_monitor_ingress", "ws_monitor_egress"] {
         let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
         p.load().expect("verifier accepts the program");
     }
     let ring = RingBuf::try_from(ebpf.take_map("EVENTS").unwrap()).unwrap();
     Loaded { ebpf, ring }
+}
+
+fn set_heartbeat(ebpf: &mut Ebpf, heartbeat_ns: u64) {
+    let mut live: Array<_, Liveness> = Array::try_from(ebpf.map_mut("LIVENESS").unwrap()).unwrap();
+    live.set(0, Liveness { heartbeat_ns, ..Default::default() }, 0).unwrap();
 }
 
 impl Loaded {
@@ -220,6 +227,29 @@ fn full_ring_counts_lost_records_and_bytes() {
     assert_eq!(l.counter(Counter::RingFullRecords), 2);
     assert_eq!(l.counter(Counter::RingFullBytes), 3000);
     assert_eq!(l.counter(Counter::BytesCopied), 3000);
+}
+
+#[test]
+fn an_orphan_whose_heartbeat_stopped_does_nothing() {
+    if !common::require_root("an_orphan_whose_heartbeat_stopped_does_nothing") {
+        return;
+    }
+    let mut l = load(1 << 20);
+    let packet = v4_tcp(40000, PORT, 1, &payload(100));
+    // A heartbeat just now: the packet is captured.
+    set_heartbeat(&mut l.ebpf, ws_monitor::liveness::monotonic_ns());
+    l.run(&packet);
+    assert_eq!(l.records().len(), 1);
+    assert_eq!(l.counter(Counter::PacketsSeen), 1);
+    // Older than ORPHAN_AFTER_NS (its owner was killed): the program returns at once,
+    // before it counts or copies anything.
+    let stale = ws_monitor::liveness::monotonic_ns() - ORPHAN_AFTER_NS - 1_000_000_000;
+    set_heartbeat(&mut l.ebpf, stale);
+    for _ in 0..10 {
+        l.run(&packet);
+    }
+    assert!(l.records().is_empty(), "an orphan must not fill the ring");
+    assert_eq!(l.counters().iter().sum::<u64>(), 1 + 1 + 100, "only the first run counted: seen, matched, copied");
 }
 
 /// A real 64 KiB segment: on loopback (MTU 64 KiB, GSO) a single write becomes one

@@ -1,10 +1,14 @@
-//! Project tasks: `cargo xtask setup | run | test`.
+//! Project tasks: `cargo xtask setup | run | test | kernels`.
 //!
 //! `setup` installs, idempotently, what building the eBPF program needs on Debian/Ubuntu:
 //! Debian's `rustc-web` with its prebuilt `core` for `bpfel-unknown-none` (so no
 //! `-Z build-std` and no `rust-src`), LLVM 22, and `bpf-linker` 0.13 built against it.
 //! `setup --tests` adds what the test suite runs: Debian packages (TEST_PACKAGES), the
 //! Python `websockets` library (pip) and the Node `ws` library (`npm ci` in the peers dir).
+//! `kernels` tests ws-monitor on Debian's 5.10, 6.1 and 6.12 kernels under QEMU and on the
+//! host kernel (see kernels.rs).
+
+mod kernels;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -62,6 +66,36 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Test ws-monitor on Debian kernels under QEMU and on the host kernel (needs root):
+    /// exact capture, clean exits, kill -9, restarts, a foreign clsact qdisc, detach.
+    Kernels {
+        /// Kernels to test, comma-separated: 5.10, 6.1, 6.12, host.
+        #[arg(long, default_value = "5.10,6.1,6.12,host")]
+        kernels: String,
+        /// Seconds one boot (or the host run) may take before it is killed.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        /// Test this ws-monitor binary instead of building target/release/ws-monitor.
+        #[arg(long, value_name = "PATH")]
+        ws_monitor: Option<PathBuf>,
+    },
+    /// The scripted WebSocket peer of `kernels` (one connection on 127.0.0.1:PORT).
+    #[command(hide = true)]
+    WsPeer {
+        #[arg(value_enum)]
+        role: PeerRole,
+        #[arg(long, default_value_t = 8001)]
+        port: u16,
+        /// (server) File to create once listening.
+        #[arg(long, value_name = "FILE")]
+        ready: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PeerRole {
+    Server,
+    Client,
 }
 
 fn main() {
@@ -109,6 +143,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Task::Kernels { kernels, timeout, ws_monitor } => {
+            kernels::run(kernels::Options { kernels, timeout, ws_monitor })
+        }
+        Task::WsPeer { role: PeerRole::Server, port, ready } => kernels::peer_server(port, ready.as_deref()),
+        Task::WsPeer { role: PeerRole::Client, port, .. } => kernels::peer_client(port),
     }
 }
 
