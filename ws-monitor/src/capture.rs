@@ -148,15 +148,15 @@ impl Capture {
         let heartbeat = Heartbeat::start(map(&mut ebpf, liveness::MAP_NAME)?, liveness::this_process(flags))?;
 
         // On loopback every packet passes egress and then ingress: one hook sees it all.
-        let hooks: &[(&str, TcAttachType, &'static str)] = if is_loopback(&config.iface) {
-            &[("ws_monitor_ingress", TcAttachType::Ingress, "ingress")]
+        let hooks: &[(&str, TcAttachType, Hook)] = if is_loopback(&config.iface) {
+            &[("ws_monitor_ingress", TcAttachType::Ingress, Hook::Ingress)]
         } else {
             &[
-                ("ws_monitor_ingress", TcAttachType::Ingress, "ingress"),
-                ("ws_monitor_egress", TcAttachType::Egress, "egress"),
+                ("ws_monitor_ingress", TcAttachType::Ingress, Hook::Ingress),
+                ("ws_monitor_egress", TcAttachType::Egress, Hook::Egress),
             ]
         };
-        for (name, attach_type, label) in hooks {
+        for (name, attach_type, hook) in hooks {
             let program: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the eBPF object"))?
@@ -166,7 +166,7 @@ impl Capture {
                 .map_err(|e| explain(anyhow::Error::new(e).context(format!("loading {name}"))))?;
             let options = match mode {
                 AttachMode::Netlink => TcAttachOptions::Netlink(NlOptions {
-                    priority: first_priority(&mut rtnl, ifindex, *label)?,
+                    priority: first_priority(&mut rtnl, ifindex, *hook)?,
                     // The handle marks the filter as ours.
                     handle: TcHandle::from(FILTER_HANDLE),
                     ..Default::default()
@@ -174,7 +174,7 @@ impl Capture {
                 _ => TcAttachOptions::TcxOrder(LinkOrder::default()),
             };
             program.attach_with_options(&config.iface, *attach_type, options).map_err(|e| {
-                explain(anyhow::Error::new(e).context(format!("attaching to {} {label}", config.iface)))
+                explain(anyhow::Error::new(e).context(format!("attaching to {} {}", config.iface, hook.name())))
             })?;
         }
 
@@ -190,7 +190,7 @@ impl Capture {
             counters,
             attachment: Attachment {
                 mode,
-                hooks: hooks.iter().map(|h| h.2).collect(),
+                hooks: hooks.iter().map(|h| h.2.name()).collect(),
                 qdisc_owned: qdisc.as_ref().is_some_and(|q| q.owned),
                 stale_filters_removed: sweep.removed,
                 others_running: sweep.running,
@@ -383,8 +383,7 @@ fn sweep(rtnl: &mut Rtnl, ifindex: u32, iface: &str, remove_qdisc: bool) -> anyh
 /// classification (`action pass`, a final verdict) would otherwise keep the program from
 /// ever seeing a packet. The program returns TC_ACT_UNSPEC, so the others still run.
 /// 0 lets the kernel choose where nothing is there (or nothing is free ahead).
-fn first_priority(rtnl: &mut Rtnl, ifindex: u32, hook: &str) -> anyhow::Result<u16> {
-    let hook = if hook == "egress" { Hook::Egress } else { Hook::Ingress };
+fn first_priority(rtnl: &mut Rtnl, ifindex: u32, hook: Hook) -> anyhow::Result<u16> {
     let filters = rtnl.filters(ifindex, hook).context("listing the filters already attached")?;
     Ok(filters.iter().map(|f| f.priority).min().map_or(0, |p| p.saturating_sub(1)))
 }
