@@ -5,11 +5,32 @@
 /// Payload bytes carried by one ring-buffer record at most. A TCP segment larger than this
 /// (GSO/GRO super-packets reach 64 KiB) is split into consecutive records.
 pub const CHUNK_SIZE: usize = 2048;
-/// Records emitted per packet at most: `CHUNK_SIZE * MAX_CHUNKS` = 64 KiB of payload.
-/// Payload beyond that (BIG TCP) is not copied and is counted in `Counter::BytesTruncated`.
+/// Records of copied bytes emitted per packet at most: `CHUNK_SIZE * MAX_CHUNKS` = 64 KiB.
+/// Copied payload beyond that (BIG TCP packets copied whole) is counted in
+/// `Counter::BytesTruncated`; skipped payload has no such limit.
 pub const MAX_CHUNKS: usize = 32;
 /// Ports that can be monitored at once.
 pub const MAX_PORTS: u32 = 16;
+/// Entries of the `PORTS` array: one per TCP port, indexed by the port itself.
+pub const PORT_SLOTS: u32 = 65_536;
+
+/// Frame headers one run of the kernel's walk program reads; it tail-calls itself for
+/// more, up to [`WALK_RUNS`] runs.
+pub const MAX_WALK: usize = 8;
+/// Runs of the walk program per packet at most: a packet with more than
+/// `MAX_WALK * WALK_RUNS` frame headers falls back to a full copy (and its direction to
+/// [`WALK_COPY`] until it is re-anchored).
+pub const WALK_RUNS: u32 = 6;
+/// Copy/skip spans one packet is cut into at most (the walk's frames plus the packet's
+/// head and tail).
+pub const MAX_SPANS: usize = MAX_WALK * WALK_RUNS as usize + 2;
+/// Payload bytes copied at the start of every frame whose payload is otherwise skipped:
+/// what a finding quotes of it (the engine's excerpt).
+pub const EXCERPT_LEN: u32 = 64;
+/// Connections (and directions) the kernel keeps frame-walking state for.
+pub const MAX_FLOWS: u32 = 65_536;
+/// Anchors userspace may have pending at once.
+pub const MAX_ANCHORS: u32 = 4096;
 
 /// `ChunkHeader::direction`: towards the monitored port (from the connecting side).
 pub const DIR_TO_SERVER: u8 = 0;
@@ -40,6 +61,10 @@ pub struct ChunkHeader {
     pub payload_len: u32,
     /// Offset of this record's bytes inside the packet's payload.
     pub offset: u32,
+    /// Payload bytes right after this record's `len` copied bytes that the kernel left
+    /// out on purpose: the rest of a binary frame's payload, which the engine passes over
+    /// without reading (a known-length skip, not a loss).
+    pub skip: u32,
     pub sport: u16,
     pub dport: u16,
     /// Payload bytes that follow this header in the record.
@@ -52,19 +77,50 @@ pub struct ChunkHeader {
     pub flags: u8,
     /// 0 = TC ingress, 1 = TC egress (as the kernel program was attached).
     pub hook: u8,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
 }
 
 /// Size of [`ChunkHeader`] in a record; a multiple of 8 so the payload stays aligned.
 pub const HEADER_SIZE: usize = core::mem::size_of::<ChunkHeader>();
 const _: () = assert!(HEADER_SIZE.is_multiple_of(8));
+const _: () = assert!(HEADER_SIZE == 72);
 
-/// Per-CPU scratch buffer the kernel program assembles a record in before copying it
-/// into the ring buffer with its exact length.
+/// One piece of a packet's payload as the kernel hands it on: bytes `[start, copy_end)`
+/// copied, then `[copy_end, skip_end)` skipped (offsets inside the payload).
 #[repr(C)]
-pub struct Scratch {
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Span {
+    pub start: u32,
+    pub copy_end: u32,
+    pub skip_end: u32,
+}
+
+/// Per-CPU plan of one packet (kept off the 512-byte BPF stack): the record header being
+/// filled in, the flow direction, and the spans, in order, tiling the payload.
+#[repr(C)]
+pub struct Plan {
     pub header: ChunkHeader,
-    pub data: [u8; CHUNK_SIZE],
+    pub key: FlowDir,
+    /// A state to insert for a direction seen for the first time.
+    pub fresh: WalkState,
+    /// Loop state kept in memory rather than in registers, so that the verifier sees
+    /// every iteration start alike and verifies the loop body once per iteration:
+    /// the walk's next header and current copy run (payload offsets), and the emit
+    /// loop's span and position.
+    pub pos: i64,
+    pub cut: i64,
+    pub si: u32,
+    pub at: u32,
+    /// The walk stopped early (an implausible header, or `MAX_WALK` frames).
+    pub stopped: u32,
+    /// Runs of the walk program so far for this packet.
+    pub runs: u32,
+    /// Offset of the TCP payload in the packet.
+    pub off: u32,
+    /// The frame header being read: bytes kept from the previous packet, then this one's.
+    pub hdr: [u8; 32],
+    pub n: u32,
+    pub spans: [Span; MAX_SPANS],
 }
 
 /// Indices into the per-CPU `COUNTERS` array.
@@ -99,10 +155,25 @@ pub enum Counter {
     OtherPort,
     /// Payload bytes of matched packets beyond `MAX_CHUNKS * CHUNK_SIZE` (not copied).
     BytesTruncated,
+    /// Payload bytes left out as known-length skips (binary frame payload).
+    BytesSkipped,
+    /// Packets whose frame headers were walked (header-only capture in sync).
+    PacketsWalked,
+    /// Times a flow direction started walking frame headers: at a 101 response seen in
+    /// the kernel, or at an anchor set by userspace.
+    WalkStarts,
+    /// Times walking stopped and the flow went back to full copy: a hole or overlap in
+    /// the sequence, an implausible header, more frames in a packet than `MAX_WALK`.
+    WalkStops,
+    /// Flow state or anchor updates the kernel could not make (map full).
+    StateErrors,
+    /// Packets whose records were not written because a tail call into the walk or emit
+    /// program failed (their payload bytes are counted in `LoadErrorBytes`).
+    TailCallErrors,
 }
 
 /// Number of counters in `COUNTERS`.
-pub const COUNTER_COUNT: u32 = 14;
+pub const COUNTER_COUNT: u32 = 20;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -120,6 +191,12 @@ impl Counter {
         Counter::SkipTruncated,
         Counter::OtherPort,
         Counter::BytesTruncated,
+        Counter::BytesSkipped,
+        Counter::PacketsWalked,
+        Counter::WalkStarts,
+        Counter::WalkStops,
+        Counter::StateErrors,
+        Counter::TailCallErrors,
     ];
 
     /// Stable snake_case name for reports.
@@ -139,12 +216,100 @@ impl Counter {
             Counter::SkipTruncated => "skip_truncated",
             Counter::OtherPort => "other_port",
             Counter::BytesTruncated => "bytes_truncated",
+            Counter::BytesSkipped => "bytes_skipped",
+            Counter::PacketsWalked => "packets_walked",
+            Counter::WalkStarts => "walk_starts",
+            Counter::WalkStops => "walk_stops",
+            Counter::StateErrors => "state_errors",
+            Counter::TailCallErrors => "tail_call_errors",
         }
     }
 }
 
-/// Value of the `PORTS` hash map (key: port in host byte order).
+/// Slots of the `JUMP` program array: the program that walks frame headers, and the one
+/// that writes a packet's records.
+pub const JUMP_WALK: u32 = 0;
+pub const JUMP_EMIT: u32 = 1;
+/// Names of the programs userspace puts in those slots.
+pub const PROGRAM_WALK: &str = "ws_monitor_walk";
+pub const PROGRAM_EMIT: &str = "ws_monitor_emit";
+
+/// Value of a monitored port's slot in the `PORTS` array (index: port in host byte order).
 pub const PORT_MONITORED: u8 = 1;
+
+/// Key of the `FLOWS` and `ANCHORS` maps: one direction of one connection, as the packet
+/// travels (source first). Addresses in network byte order, IPv4 in the first 4 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowDir {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+impl FlowDir {
+    /// The other direction of the same connection.
+    pub const fn reverse(&self) -> FlowDir {
+        FlowDir {
+            saddr: self.daddr,
+            daddr: self.saddr,
+            sport: self.dport,
+            dport: self.sport,
+            family: self.family,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// `WalkState::mode`: every payload byte is copied; only `next_seq` is kept.
+pub const WALK_COPY: u8 = 0;
+/// `WalkState::mode`: frame headers are walked and binary payload is skipped.
+pub const WALK_HEADERS: u8 = 1;
+
+/// `WalkState::msg` / `Anchor::msg`: no data message is open (a continuation frame
+/// starting now would be an orphan: copied).
+pub const MSG_NONE: u8 = 0;
+/// An open message whose continuations are copied (text, compressed, or unknown).
+pub const MSG_COPY: u8 = 1;
+/// An open binary, uncompressed message: its continuations' payload is skipped.
+pub const MSG_SKIP: u8 = 2;
+
+/// Value of the kernel's `FLOWS` LRU map: where one direction's next frame header is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WalkState {
+    /// Sequence number just past the last in-order byte seen.
+    pub next_seq: u32,
+    /// `WALK_HEADERS`: sequence number of the next frame header.
+    pub hdr_seq: u32,
+    /// `WALK_HEADERS`: bytes of the current frame's payload from here up to `hdr_seq`
+    /// are skipped (equal to `hdr_seq` when the payload is copied).
+    pub skip_from: u32,
+    /// `WALK_COPY` or `WALK_HEADERS`.
+    pub mode: u8,
+    /// `MSG_*`: what continuation frames carry.
+    pub msg: u8,
+    /// Bytes of a header split across packets kept in `part` (it starts at `hdr_seq`).
+    pub part_len: u8,
+    pub _pad: u8,
+    pub part: [u8; 16],
+}
+
+/// Value of the `ANCHORS` map, written by userspace: a frame header the engine knows of
+/// in a direction the kernel is copying whole. The kernel starts walking there when a
+/// packet reaches it, and drops an anchor it has already passed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Anchor {
+    /// Sequence number of a frame header.
+    pub hdr_seq: u32,
+    /// `MSG_*` at that header.
+    pub msg: u8,
+    pub _pad: [u8; 3],
+}
 
 /// `ChunkHeader::hook`: which TC hook saw the packet.
 pub const HOOK_INGRESS: u8 = 0;
@@ -186,4 +351,12 @@ mod user {
     // SAFETY: `Liveness` is `repr(C)`, three u64 then two u32: no padding, and every bit
     // pattern is valid.
     unsafe impl aya::Pod for super::Liveness {}
+    // SAFETY: `FlowDir` is `repr(C)`: byte arrays, two u16 and bytes, padded explicitly
+    // to 40 bytes; every bit pattern is valid.
+    unsafe impl aya::Pod for super::FlowDir {}
+    // SAFETY: `WalkState` is `repr(C)`: three u32, four bytes and a byte array (32 bytes,
+    // no implicit padding); every bit pattern is valid.
+    unsafe impl aya::Pod for super::WalkState {}
+    // SAFETY: `Anchor` is `repr(C)`: a u32 and four bytes, no padding.
+    unsafe impl aya::Pod for super::Anchor {}
 }

@@ -1,6 +1,24 @@
-//! TC classifier (ingress + egress): copies the TCP payload of packets on the monitored
-//! ports into a ring buffer, in records of at most `CHUNK_SIZE` bytes, and counts every
-//! packet it skips or loses. It never changes or drops a packet.
+//! TC classifier (ingress + egress): hands the TCP payload of packets on the monitored
+//! ports to userspace through a ring buffer, and counts every packet it skips or loses.
+//! It never changes or drops a packet.
+//!
+//! Header-only capture (the default): per connection direction the program keeps where
+//! the next WebSocket frame header starts (`FLOWS`), walks the headers inside each
+//! in-order packet, and copies everything but the payload of binary frames past its
+//! first `EXCERPT_LEN` bytes, which it hands on as a known-length skip. A direction
+//! starts walking at a 101 response it sees (both directions), or at an anchor userspace
+//! sets (`ANCHORS`) once the engine is in sync; a hole or overlap in the sequence, an
+//! implausible header, or more frames in a packet than `MAX_WALK` send it back to full
+//! copy. With `HEADER_ONLY` = 0 every payload byte is copied.
+//!
+//! Records are written in place (`bpf_ringbuf_reserve`, then `bpf_skb_load_bytes` into
+//! the reservation): one copy per byte, in a few record sizes.
+//!
+//! Three programs share the work through tail calls, each verified on its own (together
+//! they exceed the verifier's budget): the entry program (one per hook) parses the
+//! packet and plans it; `ws_monitor_walk` reads up to `MAX_WALK` frame headers per run,
+//! again for more; `ws_monitor_emit` writes the records. Their shared state is the
+//! per-CPU `PLAN` (a tail call stays on the CPU).
 #![no_std]
 #![no_main]
 
@@ -8,21 +26,25 @@ use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
     helpers::generated::{bpf_ktime_get_ns, bpf_skb_load_bytes},
     macros::{classifier, map},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
     programs::TcContext,
 };
 use ws_monitor_common::{
-    ChunkHeader, Counter, Liveness, Scratch, CHUNK_SIZE, DIR_TO_CLIENT, DIR_TO_SERVER,
-    HEADER_SIZE, HOOK_EGRESS, HOOK_INGRESS, MAX_CHUNKS, MAX_PORTS, ORPHAN_AFTER_NS,
+    Anchor, ChunkHeader, Counter, FlowDir, Liveness, Plan, Span, WalkState, CHUNK_SIZE,
+    DIR_TO_CLIENT, DIR_TO_SERVER, EXCERPT_LEN, HEADER_SIZE, HOOK_EGRESS, HOOK_INGRESS,
+    JUMP_EMIT, JUMP_WALK, MAX_ANCHORS, MAX_CHUNKS, MAX_FLOWS, MAX_SPANS, MAX_WALK, MSG_COPY,
+    MSG_NONE, MSG_SKIP, ORPHAN_AFTER_NS, PORT_MONITORED, PORT_SLOTS, TCP_FIN, TCP_RST,
+    TCP_SYN, WALK_COPY, WALK_HEADERS, WALK_RUNS,
 };
 
 /// Ring buffer of records; its size is set by userspace (`--ring-size`) before load.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 
-/// Monitored ports (host byte order) → `PORT_MONITORED`.
+/// `PORT_MONITORED` at the index of every monitored port (host byte order): one array
+/// lookup per packet, no hashing.
 #[map]
-static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PORTS, 0);
+static PORTS: Array<u8> = Array::with_max_entries(PORT_SLOTS, 0);
 
 /// Per-CPU counters indexed by `Counter`.
 #[map]
@@ -33,9 +55,28 @@ static COUNTERS: PerCpuArray<u64> =
 #[map]
 static LIVENESS: Array<Liveness> = Array::with_max_entries(1, 0);
 
-/// Per-CPU buffer a record is assembled in (too large for the 512-byte stack).
+/// Where each connection direction's next frame header is (header-only capture).
 #[map]
-static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+static FLOWS: LruHashMap<FlowDir, WalkState> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+/// Frame headers userspace knows of in directions the program copies whole.
+#[map]
+static ANCHORS: HashMap<FlowDir, Anchor> = HashMap::with_max_entries(MAX_ANCHORS, 0);
+
+/// The walk and emit programs, at `JUMP_WALK` and `JUMP_EMIT` (set by userspace).
+#[map]
+static JUMP: ProgramArray = ProgramArray::with_max_entries(2, 0);
+
+/// Per-CPU plan of the packet being handled (too large for the 512-byte stack).
+#[map]
+static PLAN: PerCpuArray<Plan> = PerCpuArray::with_max_entries(1, 0);
+
+/// Bytes of a 101 response searched for the end of its head.
+const HEAD_SCAN: usize = 512;
+
+/// Per-CPU buffer a 101 response's head is searched in.
+#[map]
+static HEAD: PerCpuArray<[u8; HEAD_SCAN]> = PerCpuArray::with_max_entries(1, 0);
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
@@ -48,6 +89,10 @@ const ETH_HDR_LEN: u32 = 14;
 /// devices such as tun or WireGuard), set by userspace at load time.
 #[no_mangle]
 static L2_LEN: u32 = ETH_HDR_LEN;
+/// 1: header-only capture; 0: copy every payload byte (`--full-payload`). Set by
+/// userspace at load time.
+#[no_mangle]
+static HEADER_ONLY: u32 = 1;
 const IPV6_HDR_LEN: u32 = 40;
 const TCP_MIN_HDR_LEN: u32 = 20;
 
@@ -61,6 +106,37 @@ pub fn ws_monitor_ingress(ctx: TcContext) -> i32 {
 pub fn ws_monitor_egress(ctx: TcContext) -> i32 {
     let _ = try_capture(&ctx, HOOK_EGRESS);
     TC_ACT_UNSPEC
+}
+
+/// Tail-called by the entry programs (and by itself) for a packet of a direction whose
+/// frame headers are walked.
+#[classifier]
+pub fn ws_monitor_walk(ctx: TcContext) -> i32 {
+    if let Some(plan) = PLAN.get_ptr_mut(0) {
+        // SAFETY: per-CPU map value owned by this CPU for the duration of the program.
+        walk_run(&ctx, unsafe { &mut *plan });
+    }
+    TC_ACT_UNSPEC
+}
+
+/// Tail-called last: writes the planned records.
+#[classifier]
+pub fn ws_monitor_emit(ctx: TcContext) -> i32 {
+    if let Some(plan) = PLAN.get_ptr_mut(0) {
+        // SAFETY: per-CPU map value owned by this CPU for the duration of the program.
+        emit_plan(&ctx, unsafe { &mut *plan });
+    }
+    TC_ACT_UNSPEC
+}
+
+/// Continues with the program at `slot` of `JUMP`; returns only if that failed, which
+/// is counted with the packet's payload bytes.
+#[inline(always)]
+fn jump(ctx: &TcContext, plan: &Plan, slot: u32) {
+    // SAFETY: the slot holds a classifier of the same object, or nothing.
+    unsafe { JUMP.tail_call(ctx, slot) };
+    count(Counter::TailCallErrors, 1);
+    count(Counter::LoadErrorBytes, plan.header.payload_len as u64);
 }
 
 #[inline(always)]
@@ -131,7 +207,11 @@ fn parse_l3(ctx: &TcContext) -> Result<L3, Counter> {
             if ip[9] != IPPROTO_TCP {
                 return Err(Counter::SkipNotTcp);
             }
-            let total = u16::from_be_bytes([ip[2], ip[3]]) as u32;
+            let mut total = u16::from_be_bytes([ip[2], ip[3]]) as u32;
+            if total == 0 {
+                // BIG TCP (Linux 6.3+): a GSO packet over 64 KiB states no length.
+                total = ctx.len().saturating_sub(net);
+            }
             if total < ihl + TCP_MIN_HDR_LEN {
                 return Err(Counter::SkipTruncated);
             }
@@ -159,9 +239,13 @@ fn parse_l3(ctx: &TcContext) -> Result<L3, Counter> {
                 0 | 43 | 60 | 51 | 135 | 139 | 140 => return Err(Counter::SkipIpv6Ext),
                 _ => return Err(Counter::SkipNotTcp),
             }
-            let payload = u16::from_be_bytes([ip[4], ip[5]]) as u32;
+            let mut payload = u16::from_be_bytes([ip[4], ip[5]]) as u32;
+            if payload == 0 {
+                // BIG TCP: the kernel strips the jumbo option and leaves the length 0.
+                payload = ctx.len().saturating_sub(net + IPV6_HDR_LEN);
+            }
             if payload < TCP_MIN_HDR_LEN {
-                return Err(Counter::SkipTruncated); // also jumbograms (payload length 0)
+                return Err(Counter::SkipTruncated);
             }
             let mut l3 = L3 {
                 family: 6,
@@ -181,8 +265,7 @@ fn parse_l3(ctx: &TcContext) -> Result<L3, Counter> {
 
 #[inline(always)]
 fn is_monitored(port: u16) -> bool {
-    // SAFETY: read-only lookup of a plain `u8` value.
-    unsafe { PORTS.get(&port) }.is_some()
+    PORTS.get(port as u32).is_some_and(|v| *v == PORT_MONITORED)
 }
 
 /// False once the owner's heartbeat is older than `ORPHAN_AFTER_NS`: the process that
@@ -196,6 +279,19 @@ fn owner_alive(now: u64) -> bool {
     }
 }
 
+/// `a` is at or before `b` in sequence space.
+#[inline(always)]
+fn seq_le(a: u32, b: u32) -> bool {
+    (b.wrapping_sub(a) as i32) >= 0
+}
+
+/// Offset of sequence number `seq` from `base`, signed (a packet spans far less than 2 GiB).
+#[inline(always)]
+fn rel(seq: u32, base: u32) -> i64 {
+    seq.wrapping_sub(base) as i32 as i64
+}
+
+#[inline(always)]
 fn try_capture(ctx: &TcContext, hook: u8) -> Result<(), ()> {
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -233,16 +329,18 @@ fn try_capture(ctx: &TcContext, hook: u8) -> Result<(), ()> {
 
     let payload_len = l3.ip_payload_len - doff;
     let payload_offset = l3.net + l3.tcp_offset + doff;
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+    let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+    let flags = tcp[13];
+    let Some(plan) = PLAN.get_ptr_mut(0) else {
         return Err(());
     };
     // SAFETY: per-CPU map value owned by this CPU for the duration of the program.
-    let scratch = unsafe { &mut *scratch };
-    scratch.header = ChunkHeader {
+    let plan = unsafe { &mut *plan };
+    plan.header = ChunkHeader {
         ts_ns: now,
         saddr: l3.saddr,
         daddr: l3.daddr,
-        seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
+        seq,
         ack: u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]),
         payload_len,
         offset: 0,
@@ -251,67 +349,489 @@ fn try_capture(ctx: &TcContext, hook: u8) -> Result<(), ()> {
         len: 0,
         family: l3.family,
         direction,
-        flags: tcp[13],
+        flags,
         hook,
-        _pad: [0; 6],
+        skip: 0,
+        _pad: [0; 2],
     };
-
+    plan.key = FlowDir { saddr: l3.saddr, daddr: l3.daddr, sport, dport, family: l3.family, _pad: [0; 3] };
+    plan.n = 0;
+    // SAFETY: a read-only global written by userspace before load.
+    let header_only = unsafe { core::ptr::read_volatile(&HEADER_ONLY) } != 0;
     if payload_len == 0 {
         // SYN, FIN, RST or pure ACK: a header-only record.
-        emit(scratch, 0);
-        return Ok(());
-    }
-    let mut offset: u32 = 0;
-    for _ in 0..MAX_CHUNKS {
-        if offset >= payload_len {
-            break;
+        if header_only && flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
+            forget(&plan.key);
         }
-        let remaining = payload_len - offset;
-        // Clamp by mask so the verifier sees 1..=CHUNK_SIZE.
-        let n = ((remaining.min(CHUNK_SIZE as u32) - 1) & (CHUNK_SIZE as u32 - 1)) + 1;
-        scratch.header.offset = offset;
-        scratch.header.len = n as u16;
-        // SAFETY: `data` holds CHUNK_SIZE bytes and `n <= CHUNK_SIZE`.
-        let ret = unsafe {
-            bpf_skb_load_bytes(
-                ctx.skb.skb as *const _,
-                payload_offset + offset,
-                scratch.data.as_mut_ptr() as *mut _,
-                n,
-            )
-        };
-        if ret != 0 {
-            count(Counter::LoadErrors, 1);
-            count(Counter::LoadErrorBytes, remaining as u64);
+        // Through the emit program: a program that tail-calls may not call functions
+        // (without BTF), and records are written by a function per size.
+        push(plan, 0, 0, 0);
+        jump(ctx, plan, JUMP_EMIT);
+        return Err(());
+    }
+    plan.off = payload_offset;
+    if header_only {
+        if flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
+            // A connection that starts (TCP Fast Open) or ends: copied whole.
+            forget(&plan.key);
+        } else if walk(ctx, seq, payload_len, payload_offset, direction, plan) {
+            jump(ctx, plan, JUMP_WALK);
             return Err(());
         }
-        emit(scratch, n);
-        offset += n;
     }
-    if offset < payload_len {
-        count(Counter::BytesTruncated, (payload_len - offset) as u64);
-    }
-    Ok(())
+    push(plan, 0, payload_len as i64, payload_len as i64);
+    jump(ctx, plan, JUMP_EMIT);
+    Err(())
 }
 
-/// Copies the header and `n` payload bytes of `scratch` into the ring buffer.
+/// Drops what is kept for one direction of a connection that starts or ends.
 #[inline(always)]
-fn emit(scratch: &Scratch, n: u32) {
-    let size = if n == 0 {
-        HEADER_SIZE
-    } else {
-        // Clamp by mask again: the verifier must see HEADER_SIZE + 1..=CHUNK_SIZE.
-        HEADER_SIZE + (((n - 1) & (CHUNK_SIZE as u32 - 1)) + 1) as usize
-    };
-    // SAFETY: `Scratch` is `repr(C)` with the header first and `data` right after it, so
-    // the first `HEADER_SIZE + n` (n <= CHUNK_SIZE) bytes lie inside the map value.
-    let bytes = unsafe { core::slice::from_raw_parts(scratch as *const Scratch as *const u8, size) };
-    if EVENTS.output::<[u8]>(bytes, 0).is_ok() {
-        count(Counter::BytesCopied, n as u64);
-    } else {
-        count(Counter::RingFullRecords, 1);
-        count(Counter::RingFullBytes, n as u64);
+fn forget(key: &FlowDir) {
+    let _ = FLOWS.remove(key);
+    let _ = ANCHORS.remove(key);
+}
+
+#[inline(always)]
+fn push(plan: &mut Plan, start: i64, copy_end: i64, skip_end: i64) {
+    if let Some(span) = plan.spans.get_mut(plan.n as usize) {
+        *span = Span { start: start as u32, copy_end: copy_end as u32, skip_end: skip_end as u32 };
+        plan.n += 1;
     }
+}
+
+/// Header-only capture of one packet: true if its frame headers are to be walked (the
+/// walk program then fills `plan`), false for a full copy.
+#[inline(always)]
+fn walk(ctx: &TcContext, seq: u32, len: u32, off: u32, direction: u8, plan: &mut Plan) -> bool {
+    let key = &plan.key;
+    let st = match FLOWS.get_ptr_mut(key) {
+        Some(st) => st,
+        None => {
+            plan.fresh = WalkState { next_seq: seq, ..WalkState::default() };
+            if FLOWS.insert(&plan.key, &plan.fresh, 0).is_err() {
+                count(Counter::StateErrors, 1);
+                return false;
+            }
+            match FLOWS.get_ptr_mut(&plan.key) {
+                Some(st) => st,
+                None => return false,
+            }
+        }
+    };
+    // SAFETY: a value of the FLOWS map, valid while the program runs; a concurrent update
+    // of the same direction can only make the walk copy more.
+    let st = unsafe { &mut *st };
+    let end = seq.wrapping_add(len);
+    let in_order = st.next_seq == seq;
+    let nothing_new = seq_le(end, st.next_seq);
+    if !nothing_new {
+        st.next_seq = end;
+    }
+    if st.mode == WALK_HEADERS && !in_order {
+        if nothing_new {
+            return false; // a retransmission of bytes already walked: copied, still in step
+        }
+        stop(st); // a hole or an overlap: where the next header is is no longer known
+    }
+    if st.mode == WALK_COPY && !start(ctx, &plan.key, st, seq, len, off, direction) {
+        return false;
+    }
+    walk_start(st, seq, len, plan)
+}
+
+/// The direction goes back to full copy until it is anchored again.
+#[inline(always)]
+fn stop(st: &mut WalkState) {
+    st.mode = WALK_COPY;
+    st.part_len = 0;
+    count(Counter::WalkStops, 1);
+}
+
+/// Starts walking a direction at the frame header at `hdr_seq`.
+#[inline(always)]
+fn begin(st: &mut WalkState, hdr_seq: u32, msg: u8) {
+    st.mode = WALK_HEADERS;
+    st.hdr_seq = hdr_seq;
+    st.skip_from = hdr_seq;
+    st.msg = msg;
+    st.part_len = 0;
+    count(Counter::WalkStarts, 1);
+}
+
+/// A direction copied whole: does a frame header it can start at lie in this packet
+/// (an anchor from userspace, or the end of a 101 response)?
+#[inline(always)]
+fn start(ctx: &TcContext, key: &FlowDir, st: &mut WalkState, seq: u32, len: u32, off: u32, direction: u8) -> bool {
+    if let Some(anchor) = ANCHORS.get_ptr(key) {
+        // SAFETY: a value of the ANCHORS map, copied out at once.
+        let anchor = unsafe { *anchor };
+        let at = rel(anchor.hdr_seq, seq);
+        if at > len as i64 {
+            return false; // not reached yet
+        }
+        let _ = ANCHORS.remove(key);
+        if at < 0 {
+            return false; // already passed: userspace sets a newer one
+        }
+        begin(st, anchor.hdr_seq, anchor.msg);
+        return true;
+    }
+    if direction != DIR_TO_CLIENT {
+        return false;
+    }
+    let Some(head) = head_end_101(ctx, off, len) else {
+        return false;
+    };
+    begin(st, seq.wrapping_add(head), MSG_NONE);
+    // The client's frames start after whatever it has sent so far.
+    if let Some(peer) = FLOWS.get_ptr_mut(&key.reverse()) {
+        // SAFETY: a value of the FLOWS map, valid while the program runs.
+        let peer = unsafe { &mut *peer };
+        if peer.mode == WALK_COPY {
+            begin(peer, peer.next_seq, MSG_NONE);
+        }
+    }
+    true
+}
+
+/// Length of the HTTP head of a `101 Switching Protocols` response that starts this
+/// payload (and ends in it, within `HEAD_SCAN` bytes or at the payload's end).
+#[inline(always)]
+fn head_end_101(ctx: &TcContext, off: u32, len: u32) -> Option<u32> {
+    if len < 16 || load::<12>(ctx, off)? != *b"HTTP/1.1 101" {
+        return None;
+    }
+    if load::<4>(ctx, off + len - 4)? == *b"\r\n\r\n" {
+        return Some(len);
+    }
+    let buf = HEAD.get_ptr_mut(0)?;
+    // SAFETY: per-CPU map value owned by this CPU for the duration of the program.
+    let buf = unsafe { &mut *buf };
+    let n = len.min(HEAD_SCAN as u32);
+    let n = ((n - 1) & (HEAD_SCAN as u32 - 1)) + 1;
+    // SAFETY: `buf` holds HEAD_SCAN bytes and `n <= HEAD_SCAN`.
+    let ret = unsafe { bpf_skb_load_bytes(ctx.skb.skb as *const _, off, buf.as_mut_ptr() as *mut _, n) };
+    if ret != 0 {
+        return None;
+    }
+    let mut i = 3usize;
+    while i < HEAD_SCAN {
+        if i as u32 >= n {
+            break;
+        }
+        if buf[i] == b'\n' && buf[i - 1] == b'\r' && buf[i - 2] == b'\n' && buf[i - 3] == b'\r' {
+            return Some(i as u32 + 1);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// What a frame header tells the walk.
+struct Frame {
+    header_len: i64,
+    payload_len: i64,
+    opcode: u8,
+    fin: bool,
+    rsv1: bool,
+}
+
+enum Read {
+    Frame(Frame),
+    /// The header goes on in the next packet.
+    Partial,
+    /// Not a header to trust: copy and let userspace judge.
+    Doubt,
+}
+
+/// Reads the header at `pos` (negative: it began `-pos` bytes before this packet, and
+/// those bytes are in `st.part`) into `plan.hdr`.
+#[inline(always)]
+fn read_header(ctx: &TcContext, st: &mut WalkState, plan: &mut Plan, off: u32, pos: i64, len: i64) -> Read {
+    let k = if pos < 0 { (st.part_len & 15) as usize } else { 0 };
+    let from = if pos < 0 { 0 } else { pos };
+    let want = (14 - k as i64).min(len - from);
+    if want <= 0 || want > 14 {
+        return Read::Doubt;
+    }
+    plan.hdr[..16].copy_from_slice(&st.part);
+    let n = ((want as u32 - 1) & 15) + 1;
+    // SAFETY: `k <= 15` and `n <= 16` bytes land inside the 32-byte `hdr`; the helper
+    // bounds-checks the skb.
+    let ret = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb as *const _,
+            off + from as u32,
+            plan.hdr.as_mut_ptr().add(k & 15) as *mut _,
+            n,
+        )
+    };
+    if ret != 0 {
+        count(Counter::LoadErrors, 1);
+        return Read::Doubt;
+    }
+    let avail = k + n as usize;
+    match parse_header(&plan.hdr, avail) {
+        Some(Some(frame)) => Read::Frame(frame),
+        Some(None) => {
+            st.part.copy_from_slice(&plan.hdr[..16]);
+            st.part_len = avail as u8;
+            Read::Partial
+        }
+        None => Read::Doubt,
+    }
+}
+
+/// `Some(None)`: more bytes needed; `None`: implausible or unusual, copy instead.
+#[inline(always)]
+fn parse_header(hb: &[u8; 32], avail: usize) -> Option<Option<Frame>> {
+    if avail < 2 {
+        return Some(None);
+    }
+    let (b0, b1) = (hb[0], hb[1]);
+    let opcode = b0 & 0x0f;
+    if b0 & 0x30 != 0 || (3..=7).contains(&opcode) || opcode > 10 {
+        return None; // RSV2/RSV3 or a reserved opcode
+    }
+    let (ext, payload_len) = match b1 & 0x7f {
+        126 => {
+            if avail < 4 {
+                return Some(None);
+            }
+            (2, u16::from_be_bytes([hb[2], hb[3]]) as i64)
+        }
+        127 => {
+            if avail < 10 {
+                return Some(None);
+            }
+            let v = u64::from_be_bytes([hb[2], hb[3], hb[4], hb[5], hb[6], hb[7], hb[8], hb[9]]);
+            if v >= 1 << 31 {
+                return None; // MSB set, or too large to follow in sequence space
+            }
+            (8, v as i64)
+        }
+        n => (0, n as i64),
+    };
+    let header_len = 2 + ext + if b1 & 0x80 != 0 { 4 } else { 0 };
+    if (avail as i64) < header_len {
+        return Some(None);
+    }
+    let fin = b0 & 0x80 != 0;
+    if opcode >= 8 && (payload_len > 125 || !fin) {
+        return None; // a control frame out of bounds
+    }
+    Some(Some(Frame { header_len, payload_len, opcode, fin, rsv1: b0 & 0x40 != 0 }))
+}
+
+/// Reads a loop variable from memory (see `Plan::pos`).
+#[inline(always)]
+fn get<T: Copy>(v: &T) -> T {
+    // SAFETY: a volatile read of a valid reference.
+    unsafe { core::ptr::read_volatile(v) }
+}
+
+/// Writes a loop variable to memory (see `Plan::pos`).
+#[inline(always)]
+fn set<T>(v: &mut T, x: T) {
+    // SAFETY: a volatile write through a valid reference.
+    unsafe { core::ptr::write_volatile(v, x) }
+}
+
+/// Sets up the walk of a packet: the span before its first header (the rest of a frame's
+/// payload), and where that header is. False (and a full copy) if that is not known.
+#[inline(always)]
+fn walk_start(st: &mut WalkState, seq: u32, len: u32, plan: &mut Plan) -> bool {
+    let l = len as i64;
+    let pos = rel(st.hdr_seq, seq);
+    set(&mut plan.cut, 0);
+    set(&mut plan.stopped, 0);
+    set(&mut plan.runs, 0);
+    if pos > 0 {
+        // The packet starts inside a frame's payload: skip from `skip_from` on.
+        let from = rel(st.skip_from, seq).max(0);
+        if from < pos && from < l {
+            let cut = pos.min(l);
+            push(plan, 0, from, cut);
+            set(&mut plan.cut, cut);
+        }
+    } else if pos < 0 && -pos != st.part_len as i64 {
+        stop(st);
+        plan.n = 0;
+        return false;
+    } else if pos == 0 {
+        st.part_len = 0;
+    }
+    set(&mut plan.pos, pos);
+    true
+}
+
+/// One run of the walk program: up to `MAX_WALK` frame headers, then itself again or,
+/// once the packet is done, the emit program.
+#[inline(always)]
+fn walk_run(ctx: &TcContext, plan: &mut Plan) {
+    let (seq, len, off) = (plan.header.seq, plan.header.payload_len, plan.off);
+    let l = len as i64;
+    let Some(st) = FLOWS.get_ptr_mut(&plan.key) else {
+        // Evicted meanwhile: copy the packet whole.
+        plan.n = 0;
+        push(plan, 0, l, l);
+        return jump(ctx, plan, JUMP_EMIT);
+    };
+    // SAFETY: a value of the FLOWS map, valid while the program runs.
+    let st = unsafe { &mut *st };
+    for _ in 0..MAX_WALK {
+        let pos = get(&plan.pos);
+        if pos >= l {
+            break;
+        }
+        let frame = match read_header(ctx, st, plan, off, pos, l) {
+            Read::Frame(f) => f,
+            Read::Partial => {
+                st.hdr_seq = seq.wrapping_add(pos as u32);
+                break;
+            }
+            Read::Doubt => {
+                set(&mut plan.stopped, 1);
+                break;
+            }
+        };
+        st.part_len = 0;
+        let body = pos + frame.header_len;
+        let next = body + frame.payload_len;
+        let skipped = match frame.opcode {
+            2 => !frame.rsv1,
+            0 => !frame.rsv1 && st.msg == MSG_SKIP,
+            _ => false,
+        };
+        match frame.opcode {
+            1 | 2 => st.msg = if frame.fin { MSG_NONE } else if skipped { MSG_SKIP } else { MSG_COPY },
+            0 if frame.fin => st.msg = MSG_NONE,
+            0 if st.msg == MSG_NONE => st.msg = MSG_COPY,
+            _ => {}
+        }
+        let from = body + EXCERPT_LEN as i64;
+        if skipped && frame.payload_len > EXCERPT_LEN as i64 {
+            st.skip_from = seq.wrapping_add(from as u32);
+            if from < l {
+                let to = next.min(l);
+                push(plan, get(&plan.cut), from, to);
+                set(&mut plan.cut, to);
+            }
+        } else {
+            st.skip_from = seq.wrapping_add(next as u32);
+        }
+        set(&mut plan.pos, next);
+    }
+    let pos = get(&plan.pos);
+    let stopped = get(&plan.stopped) != 0;
+    let partial = !stopped && pos < l && st.part_len != 0;
+    if pos < l && !stopped && !partial {
+        let runs = get(&plan.runs) + 1;
+        if runs < WALK_RUNS {
+            set(&mut plan.runs, runs);
+            return jump(ctx, plan, JUMP_WALK);
+        }
+    }
+    if pos < l && !partial {
+        // An implausible header, or more frames than the walk takes: the rest is copied.
+        stop(st);
+    } else if pos >= 0 {
+        st.hdr_seq = seq.wrapping_add(pos as u32);
+    }
+    let cut = get(&plan.cut);
+    if cut < l {
+        push(plan, cut, l, l);
+    }
+    count(Counter::PacketsWalked, 1);
+    jump(ctx, plan, JUMP_EMIT);
+}
+
+/// Emits the packet's spans as records of at most `CHUNK_SIZE` copied bytes, each
+/// followed by the skip that ends its span.
+#[inline(always)]
+fn emit_plan(ctx: &TcContext, plan: &mut Plan) {
+    let off = plan.off;
+    let n = plan.n.min(MAX_SPANS as u32);
+    set(&mut plan.si, 0);
+    set(&mut plan.at, plan.spans[0].start);
+    for _ in 0..(MAX_CHUNKS + MAX_SPANS) {
+        let si = get(&plan.si);
+        if si >= n {
+            break;
+        }
+        let Some(&span) = plan.spans.get(si as usize) else { break };
+        let at = get(&plan.at);
+        let left = span.copy_end.saturating_sub(at);
+        let take = left.min(CHUNK_SIZE as u32);
+        let last = take == left;
+        let skip = if last { span.skip_end.saturating_sub(span.copy_end) } else { 0 };
+        let header = &mut plan.header;
+        header.offset = at;
+        header.len = take as u16;
+        header.skip = skip;
+        if emit(ctx, header, off + at, take) && skip > 0 {
+            count(Counter::BytesSkipped, skip as u64);
+        }
+        if last {
+            set(&mut plan.si, si + 1);
+            set(&mut plan.at, span.skip_end);
+        } else {
+            set(&mut plan.at, at + take);
+        }
+    }
+    if get(&plan.si) < n {
+        count(Counter::BytesTruncated, plan.header.payload_len.saturating_sub(get(&plan.at)) as u64);
+    }
+}
+
+/// Writes one record: the header, then `n` payload bytes loaded from packet offset `src`
+/// straight into the ring buffer. True if it was written.
+#[inline(always)]
+fn emit(ctx: &TcContext, header: &ChunkHeader, src: u32, n: u32) -> bool {
+    match n {
+        0 => emit_sized::<0>(ctx, header, src, n),
+        1..=128 => emit_sized::<128>(ctx, header, src, n),
+        129..=512 => emit_sized::<512>(ctx, header, src, n),
+        513..=1024 => emit_sized::<1024>(ctx, header, src, n),
+        _ => emit_sized::<CHUNK_SIZE>(ctx, header, src, n),
+    }
+}
+
+/// [`emit`] in a record of `HEADER_SIZE + N` bytes (`N`: 0 or a power of two ≥ `n`).
+/// A function of its own per size: merged into one call site, the sizes would no longer
+/// be constants the verifier can check the load against.
+#[inline(never)]
+fn emit_sized<const N: usize>(ctx: &TcContext, header: &ChunkHeader, src: u32, n: u32) -> bool {
+    let lost = n as u64 + header.skip as u64;
+    let Some(mut record) = EVENTS.reserve_bytes(HEADER_SIZE + N, 0) else {
+        count(Counter::RingFullRecords, 1);
+        count(Counter::RingFullBytes, lost);
+        return false;
+    };
+    let base = record.as_mut_ptr();
+    // SAFETY: the reservation holds HEADER_SIZE + N bytes, 8-byte aligned (the ring
+    // buffer's records are), and the header is HEADER_SIZE plain bytes.
+    unsafe { core::ptr::write(base as *mut ChunkHeader, *header) };
+    if N > 0 {
+        // Clamp by mask so the verifier sees 1..=N. LLVM knows the callers keep `n` in
+        // range and would drop the mask: hide the value from it first.
+        // SAFETY: a volatile read of a local.
+        let n = unsafe { core::ptr::read_volatile(&n) };
+        let len = ((n.max(1) - 1) & (N as u32 - 1)) + 1;
+        // SAFETY: `len <= N` bytes written after the header, inside the reservation.
+        let ret = unsafe {
+            bpf_skb_load_bytes(ctx.skb.skb as *const _, src, base.add(HEADER_SIZE) as *mut _, len)
+        };
+        if ret != 0 {
+            record.discard(0);
+            count(Counter::LoadErrors, 1);
+            count(Counter::LoadErrorBytes, lost);
+            return false;
+        }
+    }
+    record.submit(0);
+    count(Counter::BytesCopied, n as u64);
+    true
 }
 
 #[cfg(not(test))]

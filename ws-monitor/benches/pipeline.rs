@@ -158,6 +158,7 @@ fn measure(name: &str, conns: &[(Vec<u8>, Vec<u8>)]) {
             ack,
             flags: TcpFlags { syn: synf, ack: ackf, fin: false, rst: false },
             data: &[],
+            skip: 0,
             ts_ns: 1,
         };
         monitor.segment(&syn(Direction::ToServer, isn_c, 0, true, false));
@@ -178,6 +179,7 @@ fn measure(name: &str, conns: &[(Vec<u8>, Vec<u8>)]) {
                         ack: peer_isn.wrapping_add(1).wrapping_add(peer_delivered),
                         flags: TcpFlags { ack: true, ..TcpFlags::default() },
                         data: &data[off..end],
+                        skip: 0,
                         ts_ns: 2,
                     });
                     offs[i] = end;

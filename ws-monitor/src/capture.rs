@@ -15,19 +15,21 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{bail, Context as _};
-use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray, RingBuf};
 use aya::programs::tc::{NlOptions, TcAttachOptions, TcHandle};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfLoader};
 use tokio::io::unix::AsyncFd;
 use ws_monitor_common::{
-    ChunkHeader, Counter, DIR_TO_SERVER, HEADER_SIZE, LIVENESS_QDISC_OWNED, MAX_PORTS,
-    PORT_MONITORED, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    Anchor, ChunkHeader, Counter, FlowDir, WalkState, DIR_TO_SERVER, HEADER_SIZE, JUMP_EMIT,
+    JUMP_WALK, LIVENESS_QDISC_OWNED, PROGRAM_EMIT, PROGRAM_WALK, MAX_PORTS, MSG_COPY, MSG_NONE, MSG_SKIP, PORT_MONITORED, TCP_ACK,
+    TCP_FIN, TCP_RST, TCP_SYN,
 };
 
 use crate::clsact::{Hook, Rtnl, FILTER_HANDLE};
-use crate::flow::{key_for, Direction, Segment, TcpFlags};
+use crate::engine::{Hint, OpenMessage, Steer};
+use crate::flow::{key_for, Direction, FlowKey, Segment, TcpFlags};
 use crate::liveness::{self, Heartbeat, Owner};
 
 /// The kernel program, built by `build.rs` and embedded in this binary (public for the
@@ -42,6 +44,8 @@ pub struct CaptureConfig {
     /// Ring buffer size in bytes: a power of two, at least one page.
     pub ring_size: u32,
     pub attach: AttachMode,
+    /// Header-only capture: the kernel skips binary frame payload (`--full-payload` off).
+    pub header_only: bool,
 }
 
 /// How the program is attached to the interface.
@@ -99,11 +103,26 @@ pub struct Attachment {
     pub others_running: Vec<u32>,
 }
 
+/// What userspace told a header-only capture (the `header_only` object of the report).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SteerStats {
+    pub enabled: bool,
+    /// Anchors set: where the next frame header of a direction copied whole is.
+    pub anchors: u64,
+    /// Directions sent back to full copy (the engine lost sync there).
+    pub full_copies: u64,
+    /// Hints that could not be applied: the connection was gone, or a map was full.
+    pub errors: u64,
+}
+
 /// An attached capture. Dropping it detaches the programs (and removes a clsact qdisc
 /// ws-monitor added, once nothing else uses it).
 pub struct Capture {
     ring: AsyncFd<RingBuf<MapData>>,
     counters: PerCpuArray<MapData, u64>,
+    flows: HashMap<MapData, FlowDir, WalkState>,
+    anchors: HashMap<MapData, FlowDir, Anchor>,
+    pub steer_stats: SteerStats,
     pub attachment: Attachment,
     // Dropped in this order: the heartbeat stops, then the programs and their links go,
     // then the qdisc they hung on.
@@ -122,15 +141,18 @@ impl Capture {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", config.ring_size)
             .override_global("L2_LEN", &l2_len, true)
+            .override_global("HEADER_ONLY", &u32::from(config.header_only), true)
             .load(EBPF_OBJECT)
             .map_err(|e| explain(anyhow::Error::new(e).context("loading the eBPF program")))?;
 
-        let mut ports: HashMap<_, u16, u8> = map(&mut ebpf, "PORTS")?;
-        for port in &config.ports {
+        let mut ports: Array<_, u8> = map(&mut ebpf, "PORTS")?;
+        for &port in &config.ports {
             ports
-                .insert(port, PORT_MONITORED, 0)
+                .set(u32::from(port), PORT_MONITORED, 0)
                 .with_context(|| format!("configuring port {port}"))?;
         }
+
+        load_tail_programs(&mut ebpf)?;
 
         let mut rtnl = Rtnl::open().context("opening a netlink socket")?;
         // A netlink filter outlives a ws-monitor killed with SIGKILL, whatever the mode
@@ -180,6 +202,8 @@ impl Capture {
 
         let ring: RingBuf<MapData> = map(&mut ebpf, "EVENTS")?;
         let counters: PerCpuArray<MapData, u64> = map(&mut ebpf, "COUNTERS")?;
+        let flows = map(&mut ebpf, "FLOWS")?;
+        let anchors = map(&mut ebpf, "ANCHORS")?;
         // SAFETY: the RingBuf owns its map fd, which stays open and unchanged for as long
         // as the RingBuf lives, and the AsyncFd owns the RingBuf.
         let ring = unsafe { AsyncFd::register(ring) }
@@ -188,6 +212,9 @@ impl Capture {
         Ok(Capture {
             ring,
             counters,
+            flows,
+            anchors,
+            steer_stats: SteerStats { enabled: config.header_only, ..SteerStats::default() },
             attachment: Attachment {
                 mode,
                 hooks: hooks.iter().map(|h| h.2.name()).collect(),
@@ -220,6 +247,39 @@ impl Capture {
         n
     }
 
+    /// Applies an engine hint to the kernel's frame walk; `seq` is the TCP sequence
+    /// number of the hint's stream offset (None once the connection is gone).
+    pub fn steer(&mut self, hint: &Hint, seq: Option<u32>) {
+        if !self.steer_stats.enabled {
+            return;
+        }
+        let key = flow_dir(&hint.key, hint.dir);
+        let applied = match hint.steer {
+            Steer::FullCopy => {
+                self.steer_stats.full_copies += 1;
+                // The kernel starts over in full copy at the next packet. Missing
+                // entries are fine: the direction was copied whole already.
+                let _ = self.anchors.remove(&key);
+                let _ = self.flows.remove(&key);
+                true
+            }
+            Steer::Anchor { open, .. } => {
+                self.steer_stats.anchors += 1;
+                let msg = match open {
+                    OpenMessage::None => MSG_NONE,
+                    OpenMessage::Read => MSG_COPY,
+                    OpenMessage::Skip => MSG_SKIP,
+                };
+                seq.is_some_and(|hdr_seq| {
+                    self.anchors.insert(key, Anchor { hdr_seq, msg, _pad: [0; 3] }, 0).is_ok()
+                })
+            }
+        };
+        if !applied {
+            self.steer_stats.errors += 1;
+        }
+    }
+
     /// Kernel counters summed over all CPUs.
     pub fn counters(&self) -> anyhow::Result<KernelCounters> {
         let mut out = KernelCounters::default();
@@ -232,6 +292,30 @@ impl Capture {
         }
         Ok(out)
     }
+}
+
+/// Loads the programs the entry programs tail-call (the frame walk and the record
+/// writer) and puts them in the `JUMP` table (public for the program tests).
+pub fn load_tail_programs(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    let mut fds = Vec::new();
+    for (name, slot) in [(PROGRAM_WALK, JUMP_WALK), (PROGRAM_EMIT, JUMP_EMIT)] {
+        let program: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the eBPF object"))?
+            .try_into()?;
+        program
+            .load()
+            .map_err(|e| explain(anyhow::Error::new(e).context(format!("loading {name}"))))?;
+        let fd = program.fd().context("a loaded program has an fd")?.try_clone().context("duplicating a program fd")?;
+        fds.push((slot, fd));
+    }
+    let mut jump: ProgramArray<_> = ProgramArray::try_from(
+        ebpf.map_mut("JUMP").context("map JUMP missing from the eBPF object")?,
+    )?;
+    for (slot, fd) in &fds {
+        jump.set(*slot, fd, 0).context("filling the tail-call table")?;
+    }
+    Ok(())
 }
 
 fn map<T>(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<T>
@@ -554,6 +638,20 @@ fn explain(err: anyhow::Error) -> anyhow::Error {
     }
 }
 
+/// The kernel's key for the packets of `key` travelling in `dir`.
+fn flow_dir(key: &FlowKey, dir: Direction) -> FlowDir {
+    let (src, dst) = key.endpoints(dir);
+    let mut out = FlowDir { sport: src.port(), dport: dst.port(), ..FlowDir::default() };
+    let octets = |ip: IpAddr, slot: &mut [u8; 16]| match ip {
+        IpAddr::V4(v4) => slot[..4].copy_from_slice(&v4.octets()),
+        IpAddr::V6(v6) => *slot = v6.octets(),
+    };
+    octets(src.ip(), &mut out.saddr);
+    octets(dst.ip(), &mut out.daddr);
+    out.family = if src.is_ipv4() { 4 } else { 6 };
+    out
+}
+
 /// Why a ring-buffer record could not be used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecordError {
@@ -591,7 +689,7 @@ pub fn segment<'a>(header: &ChunkHeader, payload: &'a [u8]) -> Segment<'a> {
     };
     let dir = if header.direction == DIR_TO_SERVER { Direction::ToServer } else { Direction::ToClient };
     let first = header.offset == 0;
-    let last = header.offset.saturating_add(header.len as u32) >= header.payload_len;
+    let last = header.offset.saturating_add(header.len as u32).saturating_add(header.skip) >= header.payload_len;
     Segment {
         key: key_for((addr(&header.saddr), header.sport), (addr(&header.daddr), header.dport), dir),
         dir,
@@ -604,6 +702,7 @@ pub fn segment<'a>(header: &ChunkHeader, payload: &'a [u8]) -> Segment<'a> {
             rst: first && header.flags & TCP_RST != 0,
         },
         data: payload,
+        skip: header.skip,
         ts_ns: header.ts_ns,
     }
 }

@@ -33,6 +33,12 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub attach: AttachMode,
 
+    /// Copy every payload byte to userspace. By default the kernel walks frame headers and
+    /// leaves out binary payload past its first 64 bytes (nothing the checks read);
+    /// --streams-dir implies this.
+    #[arg(long)]
+    pub full_payload: bool,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -126,6 +132,10 @@ pub struct DemoArgs {
     /// Ring buffer between kernel and userspace, in bytes (K/M/G suffixes; a power of two).
     #[arg(long, default_value = "16M", value_parser = parse_ring_size)]
     pub ring_size: u32,
+
+    /// Copy every payload byte to userspace instead of walking frame headers in the kernel.
+    #[arg(long)]
+    pub full_payload: bool,
 
     #[command(flatten)]
     pub run: RunArgs,

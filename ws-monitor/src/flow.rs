@@ -91,6 +91,9 @@ pub struct Segment<'a> {
     pub ack: u32,
     pub flags: TcpFlags,
     pub data: &'a [u8],
+    /// Payload bytes right after `data` that the capture left out on purpose (binary frame
+    /// payload under header-only capture): known to exist, never to be read.
+    pub skip: u32,
     /// Monotonic timestamp in nanoseconds (kernel `bpf_ktime_get_ns`, or pcap time).
     pub ts_ns: u64,
 }
@@ -136,6 +139,11 @@ pub trait StreamSink {
     fn data(&mut self, id: FlowId, dir: Direction, offset: u64, data: &[u8], ts_ns: u64);
     /// `len` bytes at `offset` were on the wire but never seen (ring loss, capture loss).
     fn gap(&mut self, id: FlowId, dir: Direction, offset: u64, len: u64, ts_ns: u64);
+    /// `len` bytes at `offset` were seen but left out on purpose by the capture (the rest
+    /// of a binary frame's payload). A sink that needs every byte takes them for a gap.
+    fn skip(&mut self, id: FlowId, dir: Direction, offset: u64, len: u64, ts_ns: u64) {
+        self.gap(id, dir, offset, len, ts_ns);
+    }
     fn close(&mut self, id: FlowId, closing: Closing, ts_ns: u64);
 }
 
@@ -153,6 +161,10 @@ impl<A: StreamSink, B: StreamSink> StreamSink for (A, B) {
         self.0.gap(id, dir, offset, len, ts_ns);
         self.1.gap(id, dir, offset, len, ts_ns);
     }
+    fn skip(&mut self, id: FlowId, dir: Direction, offset: u64, len: u64, ts_ns: u64) {
+        self.0.skip(id, dir, offset, len, ts_ns);
+        self.1.skip(id, dir, offset, len, ts_ns);
+    }
     fn close(&mut self, id: FlowId, closing: Closing, ts_ns: u64) {
         self.0.close(id, closing, ts_ns);
         self.1.close(id, closing, ts_ns);
@@ -168,6 +180,9 @@ impl<S: StreamSink + ?Sized> StreamSink for &mut S {
     }
     fn gap(&mut self, id: FlowId, dir: Direction, offset: u64, len: u64, ts_ns: u64) {
         (**self).gap(id, dir, offset, len, ts_ns);
+    }
+    fn skip(&mut self, id: FlowId, dir: Direction, offset: u64, len: u64, ts_ns: u64) {
+        (**self).skip(id, dir, offset, len, ts_ns);
     }
     fn close(&mut self, id: FlowId, closing: Closing, ts_ns: u64) {
         (**self).close(id, closing, ts_ns);

@@ -55,6 +55,8 @@ impl Totals {
             ("packets".into(), capture.packets),
             ("bytes_client".into(), capture.bytes_client),
             ("bytes_server".into(), capture.bytes_server),
+            ("skipped_client".into(), capture.skipped_client),
+            ("skipped_server".into(), capture.skipped_server),
             ("connections".into(), engine.connections),
             ("connections_open".into(), open as u64),
             ("upgrades_ok".into(), engine.upgrades_ok),

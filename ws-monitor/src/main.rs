@@ -43,6 +43,7 @@ fn main() -> ExitCode {
                 ports: cli.ports,
                 ring_size: cli.ring_size,
                 attach: cli.attach,
+                header_only: !cli.full_payload && cli.run.streams_dir.is_none(),
             };
             runtime().and_then(|rt| rt.block_on(live(&config, &cli.run, Live::default())))
         }
@@ -88,13 +89,13 @@ fn usage_error(e: clap::Error) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn new_monitor(args: &RunArgs) -> anyhow::Result<Monitor> {
+fn new_monitor(args: &RunArgs, steer: bool) -> anyhow::Result<Monitor> {
     let reassembly = ReassemblyConfig {
         max_flows: args.max_flows.max(1),
         max_buffered_per_direction: usize::try_from(args.flow_buffer).unwrap_or(usize::MAX),
         idle_timeout_ns: secs_to_ns(args.idle_timeout),
     };
-    let engine = EngineConfig { max_frame_size: args.max_frame_size };
+    let engine = EngineConfig { max_frame_size: args.max_frame_size, steer };
     let dump = args.streams_dir.as_deref().map(StreamDump::new).transpose()?;
     Ok(Monitor::new(reassembly, engine, dump))
 }
@@ -206,7 +207,7 @@ async fn live(config: &CaptureConfig, args: &RunArgs, hooks: Live<'_>) -> anyhow
     // Handlers first: a signal that arrives once we are attached must detach cleanly.
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut monitor = new_monitor(args)?;
+    let mut monitor = new_monitor(args, config.header_only)?;
     let epoch_offset = clock_ns(libc::CLOCK_REALTIME) as i128 - monotonic_ns() as i128;
     // The dashboard is the default on a terminal; otherwise log lines.
     let tui = !args.no_tui && std::io::IsTerminal::is_terminal(&std::io::stdout());
@@ -276,6 +277,7 @@ async fn live(config: &CaptureConfig, args: &RunArgs, hooks: Live<'_>) -> anyhow
                     break Err(anyhow::Error::new(e).context("waiting on the ring buffer"));
                 }
                 capture.drain(|r| handle(&mut monitor, r));
+                monitor.steer(&mut capture);
                 outputs.findings(&mut monitor);
             }
             _ = sigint.recv() => break Ok(()),
@@ -312,6 +314,7 @@ async fn live(config: &CaptureConfig, args: &RunArgs, hooks: Live<'_>) -> anyhow
     // Read what is still in the ring, then detach before the final accounting.
     capture.drain(|r| handle(&mut monitor, r));
     let counters = capture.counters()?;
+    let steer_stats = capture.steer_stats;
     drop(capture);
     monitor.finish(monotonic_ns());
     outputs.findings(&mut monitor);
@@ -334,6 +337,7 @@ async fn live(config: &CaptureConfig, args: &RunArgs, hooks: Live<'_>) -> anyhow
     finish_report(&monitor, &config.ports, &capture_report, args.json, |out| {
         out.insert("kernel".into(), report::kernel_json(&counters));
         out.insert("attach".into(), serde_json::to_value(&attachment).unwrap_or_default());
+        out.insert("header_only".into(), serde_json::to_value(steer_stats).unwrap_or_default());
         out.insert("bad_records".into(), bad_records.into());
         if let Some(committed) = demo_committed {
             let map: serde_json::Map<String, serde_json::Value> = committed
@@ -352,6 +356,7 @@ async fn run_demo(args: &DemoArgs) -> anyhow::Result<()> {
         ports: vec![demo.server_port, demo.proxy_port],
         ring_size: args.ring_size,
         attach: capture::AttachMode::Auto,
+        header_only: !args.full_payload && args.run.streams_dir.is_none(),
     };
     let result = live(&config, &args.run, Live { demo: Some(&demo) }).await;
     demo.stop().await;
@@ -384,7 +389,7 @@ fn replay_file(args: &ReplayArgs) -> anyhow::Result<()> {
         args.ports.clone()
     };
     let run = &args.run;
-    let mut monitor = new_monitor(run)?;
+    let mut monitor = new_monitor(run, false)?;
     logs::init(run.log_format)?;
     let mut outputs = Outputs::new(run, 0, true)?;
     const TICK_NS: u64 = 1_000_000_000;

@@ -1,7 +1,8 @@
 //! The pipeline shared by live capture and replay: segments → reassembly → engine (and
 //! the optional stream dump). No I/O of its own beyond what the sinks do.
 
-use crate::engine::{Engine, EngineConfig, EngineStats, Finding};
+use crate::capture::Capture;
+use crate::engine::{Engine, EngineConfig, EngineStats, Finding, Steer};
 use crate::flow::{Closing, Direction, FlowId, FlowKey, Opening, Segment, StreamSink};
 use crate::reassembly::{Reassembler, ReassemblyConfig, ReassemblyStats};
 use crate::streams::StreamDump;
@@ -29,6 +30,12 @@ impl StreamSink for Sinks {
         self.engine.gap(id, dir, offset, len, ts_ns);
         if let Some(d) = &mut self.dump {
             d.gap(id, dir, offset, len, ts_ns);
+        }
+    }
+    fn skip(&mut self, id: FlowId, dir: Direction, offset: u64, len: u64, ts_ns: u64) {
+        self.engine.skip(id, dir, offset, len, ts_ns);
+        if let Some(d) = &mut self.dump {
+            d.skip(id, dir, offset, len, ts_ns);
         }
     }
     fn close(&mut self, id: FlowId, closing: Closing, ts_ns: u64) {
@@ -83,5 +90,17 @@ impl Monitor {
 
     pub fn open_flows(&self) -> usize {
         self.reassembler.open_flows()
+    }
+
+    /// Passes the engine's hints to a header-only capture.
+    pub fn steer(&mut self, capture: &mut Capture) {
+        let Monitor { reassembler, sinks } = self;
+        for hint in sinks.engine.drain_hints() {
+            let seq = match hint.steer {
+                Steer::Anchor { offset, .. } => reassembler.seq_at(&hint.key, hint.dir, offset),
+                Steer::FullCopy => None,
+            };
+            capture.steer(&hint, seq);
+        }
     }
 }

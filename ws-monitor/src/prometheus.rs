@@ -33,6 +33,10 @@ impl Exporter {
         describe_counter!("ws_monitor_close_codes_total", "Close frames by status code");
         describe_counter!("ws_monitor_capture_packets_total", "TCP packets captured on the monitored ports");
         describe_counter!("ws_monitor_capture_bytes_total", "Payload bytes delivered in order, by direction");
+        describe_counter!(
+            "ws_monitor_capture_bytes_skipped_total",
+            "Payload bytes left out by header-only capture (binary frame payload), by direction"
+        );
         describe_counter!("ws_monitor_capture_ring_drops_total", "Records lost because the kernel ring buffer was full");
         describe_counter!("ws_monitor_capture_gaps_total", "Holes in TCP streams that were never filled");
         describe_counter!("ws_monitor_capture_bytes_lost_total", "Bytes in those holes");
@@ -63,6 +67,8 @@ impl Exporter {
         counter!("ws_monitor_capture_packets_total").absolute(capture.packets);
         counter!("ws_monitor_capture_bytes_total", "direction" => "client").absolute(capture.bytes_client);
         counter!("ws_monitor_capture_bytes_total", "direction" => "server").absolute(capture.bytes_server);
+        counter!("ws_monitor_capture_bytes_skipped_total", "direction" => "client").absolute(capture.skipped_client);
+        counter!("ws_monitor_capture_bytes_skipped_total", "direction" => "server").absolute(capture.skipped_server);
         counter!("ws_monitor_capture_ring_drops_total").absolute(capture.ring_drops);
         counter!("ws_monitor_capture_gaps_total").absolute(capture.gaps);
         counter!("ws_monitor_capture_bytes_lost_total").absolute(capture.bytes_lost);

@@ -20,6 +20,10 @@
 //!   `close(CaptureEnded)`. A closed connection is forgotten at once; a segment without
 //!   payload or SYN never opens one.
 //!
+//! A segment may end in a known-length skip (header-only capture): those bytes take their
+//! place in the stream like data, are buffered out of order like data (without memory),
+//! and reach the sink as [`StreamSink::skip`], never as a gap.
+//!
 //! On a segment carrying both SYN and payload (TCP Fast Open), `seq` is taken to be the
 //! header's sequence number, i.e. the SYN's; the payload starts one further.
 
@@ -80,6 +84,10 @@ pub struct ReassemblyStats {
     pub bytes_client: u64,
     /// Bytes delivered in order from server to client.
     pub bytes_server: u64,
+    /// Bytes delivered as known-length skips (left out by header-only capture) from
+    /// client to server, and from server to client.
+    pub skipped_client: u64,
+    pub skipped_server: u64,
     /// Payload bytes dropped as already delivered, already buffered, or from before the
     /// point where tracking of the stream began.
     pub duplicate_bytes: u64,
@@ -94,6 +102,74 @@ pub struct ReassemblyStats {
 /// Adds without ever overflowing (counters fed by arbitrary input).
 fn bump(counter: &mut u64, n: u64) {
     *counter = counter.saturating_add(n);
+}
+
+/// A run of stream bytes: payload at hand, or a known-length skip.
+#[derive(Clone, Copy, Debug)]
+enum Run<'a> {
+    Bytes(&'a [u8]),
+    Skip(u64),
+}
+
+impl<'a> Run<'a> {
+    fn len(&self) -> u64 {
+        match self {
+            Run::Bytes(b) => b.len() as u64,
+            Run::Skip(n) => *n,
+        }
+    }
+
+    /// Bytes `from..to` of the run (clamped to it).
+    fn slice(&self, from: u64, to: u64) -> Run<'a> {
+        let to = to.min(self.len());
+        let from = from.min(to);
+        match self {
+            Run::Bytes(b) => Run::Bytes(b.get(from as usize..to as usize).unwrap_or(&[])),
+            Run::Skip(_) => Run::Skip(to - from),
+        }
+    }
+}
+
+/// An out-of-order run held until the stream reaches it.
+#[derive(Debug)]
+enum Held {
+    Bytes(Vec<u8>),
+    Skip(u64),
+}
+
+impl Held {
+    fn of(run: Run<'_>) -> Held {
+        match run {
+            Run::Bytes(b) => Held::Bytes(b.to_vec()),
+            Run::Skip(n) => Held::Skip(n),
+        }
+    }
+
+    fn run(&self) -> Run<'_> {
+        match self {
+            Held::Bytes(b) => Run::Bytes(b),
+            Held::Skip(n) => Run::Skip(*n),
+        }
+    }
+
+    fn len(&self) -> u64 {
+        self.run().len()
+    }
+
+    /// Memory held (a skip holds none).
+    fn memory(&self) -> usize {
+        match self {
+            Held::Bytes(b) => b.len(),
+            Held::Skip(_) => 0,
+        }
+    }
+
+    fn truncate(&mut self, keep: u64) {
+        match self {
+            Held::Bytes(b) => b.truncate(usize::try_from(keep).unwrap_or(usize::MAX)),
+            Held::Skip(n) => *n = (*n).min(keep),
+        }
+    }
 }
 
 /// Where a stream's events go: the sink and the counters, for one flow at one moment.
@@ -115,6 +191,21 @@ impl Out<'_> {
         };
         bump(counter, bytes.len() as u64);
         self.sink.data(self.id, dir, offset, bytes, self.ts);
+    }
+
+    fn run(&mut self, dir: Direction, offset: u64, run: Run<'_>) {
+        match run {
+            Run::Bytes(bytes) => self.data(dir, offset, bytes),
+            Run::Skip(0) => {}
+            Run::Skip(len) => {
+                let counter = match dir {
+                    Direction::ToServer => &mut self.stats.skipped_client,
+                    Direction::ToClient => &mut self.stats.skipped_server,
+                };
+                bump(counter, len);
+                self.sink.skip(self.id, dir, offset, len, self.ts);
+            }
+        }
     }
 
     fn gap(&mut self, dir: Direction, offset: u64, len: u64) {
@@ -140,8 +231,8 @@ struct Stream {
     next: u64,
     /// Out-of-order pieces past `next`, keyed by offset; they never overlap each other
     /// and never extend past `fin`.
-    pending: BTreeMap<u64, Vec<u8>>,
-    /// Bytes held in `pending`.
+    pending: BTreeMap<u64, Held>,
+    /// Bytes held in `pending` (skips hold none).
     buffered: usize,
     /// Offset of the FIN once seen: the end of the stream.
     fin: Option<u64>,
@@ -213,11 +304,11 @@ impl Stream {
         }
     }
 
-    /// Takes payload `data` found at offset `start`, followed by a FIN when `fin`.
+    /// Takes the run `data` found at offset `start`, followed by a FIN when `fin`.
     fn ingest(
         &mut self,
         start: i64,
-        data: &[u8],
+        data: Run<'_>,
         fin: bool,
         cfg: &ReassemblyConfig,
         out: &mut Out<'_>,
@@ -236,19 +327,14 @@ impl Stream {
         out.duplicate((end.min(next) - start).max(0) as u64);
         if pos > next && end > pos {
             bump(&mut out.stats.out_of_order_segments, 1);
-            if let Some(bytes) = data.get((pos - start) as usize..(end - start) as usize) {
-                self.buffer(pos as u64, bytes, out);
-            }
+            self.buffer(pos as u64, data.slice((pos - start) as u64, (end - start) as u64), out);
             self.relieve(cfg, out);
         }
         // At `next`: deliver from the segment itself up to the first held piece (held
         // bytes came first and win), let that piece through, and carry on after it.
         while pos == self.next as i64 && pos < end {
             let stop = self.pending.keys().next().map_or(end, |&at| end.min(at as i64));
-            let Some(bytes) = data.get((pos - start) as usize..(stop - start) as usize) else {
-                break;
-            };
-            out.data(self.dir, self.next, bytes);
+            out.run(self.dir, self.next, data.slice((pos - start) as u64, (stop - start) as u64));
             self.next = stop as u64;
             self.drain(out);
             pos = (self.next as i64).min(end);
@@ -258,12 +344,12 @@ impl Stream {
     }
 
     /// Holds `bytes` found at `start` (past `next`), keeping only what no held piece covers.
-    fn buffer(&mut self, start: u64, bytes: &[u8], out: &mut Out<'_>) {
-        let end = start.saturating_add(bytes.len() as u64);
+    fn buffer(&mut self, start: u64, bytes: Run<'_>, out: &mut Out<'_>) {
+        let end = start.saturating_add(bytes.len());
         let mut pos = start;
         while pos < end {
             if let Some((&at, piece)) = self.pending.range(..=pos).next_back() {
-                let covered = at.saturating_add(piece.len() as u64);
+                let covered = at.saturating_add(piece.len());
                 if covered > pos {
                     out.duplicate(covered.min(end) - pos);
                     pos = covered;
@@ -271,11 +357,9 @@ impl Stream {
                 }
             }
             let stop = self.pending.range(pos..end).next().map_or(end, |(&at, _)| at);
-            let range = (pos - start) as usize..(stop - start) as usize;
-            if let Some(piece) = bytes.get(range) {
-                self.buffered += piece.len();
-                self.pending.insert(pos, piece.to_vec());
-            }
+            let piece = Held::of(bytes.slice(pos - start, stop - start));
+            self.buffered += piece.memory();
+            self.pending.insert(pos, piece);
             pos = stop;
         }
     }
@@ -283,13 +367,12 @@ impl Stream {
     /// Drops held data at or past the FIN offset `fin`.
     fn truncate_pending(&mut self, fin: u64) {
         let beyond = self.pending.split_off(&fin);
-        self.buffered = self.buffered.saturating_sub(beyond.values().map(Vec::len).sum());
+        self.buffered = self.buffered.saturating_sub(beyond.values().map(Held::memory).sum());
         if let Some(mut last) = self.pending.last_entry() {
-            let keep = usize::try_from(fin - *last.key()).unwrap_or(usize::MAX);
-            if last.get().len() > keep {
-                self.buffered = self.buffered.saturating_sub(last.get().len() - keep);
-                last.get_mut().truncate(keep);
-            }
+            let keep = fin - *last.key();
+            let before = last.get().memory();
+            last.get_mut().truncate(keep);
+            self.buffered = self.buffered.saturating_sub(before - last.get().memory());
         }
     }
 
@@ -301,13 +384,12 @@ impl Stream {
                 break;
             }
             let piece = entry.remove();
-            self.buffered = self.buffered.saturating_sub(piece.len());
-            let skip = usize::try_from(self.next - at).unwrap_or(usize::MAX).min(piece.len());
-            out.duplicate(skip as u64);
-            if let Some(rest) = piece.get(skip..) {
-                out.data(self.dir, self.next, rest);
-                self.next += rest.len() as u64;
-            }
+            self.buffered = self.buffered.saturating_sub(piece.memory());
+            let seen = (self.next - at).min(piece.len());
+            out.duplicate(seen);
+            let rest = piece.run().slice(seen, u64::MAX);
+            out.run(self.dir, self.next, rest);
+            self.next += rest.len();
         }
     }
 
@@ -423,18 +505,18 @@ impl Flow {
         if flags.ack {
             peer.on_ack(seg.ack, out);
         }
-        if !seg.data.is_empty() || flags.fin {
+        if !seg.data.is_empty() || seg.skip > 0 || flags.fin {
             if own.base.is_none() {
                 own.anchor(seg.seq);
             }
             if let Some(start) = own.offset(seg.seq) {
-                own.ingest(
-                    start.saturating_add(i64::from(flags.syn)),
-                    seg.data,
-                    flags.fin,
-                    cfg,
-                    out,
-                );
+                let start = start.saturating_add(i64::from(flags.syn));
+                let skip = u64::from(seg.skip);
+                own.ingest(start, Run::Bytes(seg.data), flags.fin && skip == 0, cfg, out);
+                if skip > 0 {
+                    let after = start.saturating_add(seg.data.len() as i64);
+                    own.ingest(after, Run::Skip(skip), flags.fin, cfg, out);
+                }
             }
         }
         if flags.rst {
@@ -579,7 +661,7 @@ impl Reassembler {
                 }
                 _ => slot,
             },
-            None if seg.data.is_empty() && !seg.flags.syn => return,
+            None if seg.data.is_empty() && seg.skip == 0 && !seg.flags.syn => return,
             None => self.open(seg, sink),
         };
         self.table.touch(slot);
@@ -628,6 +710,14 @@ impl Reassembler {
     /// Connections currently tracked.
     pub fn open_flows(&self) -> usize {
         self.table.len()
+    }
+
+    /// The TCP sequence number of stream offset `offset` of `key` in `dir`, while that
+    /// connection is tracked and the stream's start is known.
+    pub fn seq_at(&self, key: &FlowKey, dir: Direction, offset: u64) -> Option<u32> {
+        let flow = self.table.get(self.table.find(key)?)?;
+        let base = flow.streams.get(dir.index())?.base?;
+        Some(base.wrapping_add(offset as u32))
     }
 
     /// Starts tracking the connection `seg` belongs to, making room first if needed.
@@ -817,6 +907,7 @@ mod tests {
                 rst: flags.contains('R'),
             },
             data,
+            skip: 0,
             ts_ns: 0,
         }
     }
@@ -1448,6 +1539,7 @@ mod tests {
                         ack: if flags & 16 != 0 { ack } else { base.wrapping_add(seq / 2) },
                         flags: TcpFlags { syn: flags & 1 != 0, ack: flags & 2 != 0, fin: flags & 4 != 0, rst: flags & 8 != 0 },
                         data: &data,
+                        skip: 0,
                         ts_ns: ts,
                     };
                     r.segment(&seg, &mut rec);

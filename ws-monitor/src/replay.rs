@@ -106,6 +106,7 @@ pub fn replay(
             ack: tcp.ack,
             flags: tcp.flags,
             data: tcp.payload,
+            skip: 0,
             ts_ns: frame.ts_ns,
         });
     })?;

@@ -17,6 +17,10 @@ pub struct CaptureReport {
     pub bytes_client: u64,
     /// Payload bytes delivered in order the other way.
     pub bytes_server: u64,
+    /// Payload bytes the kernel left out on purpose (header-only capture: binary frame
+    /// payload), client to server and back. Not lost: known, and not needed.
+    pub skipped_client: u64,
+    pub skipped_server: u64,
     pub flows_opened: u64,
     pub flows_closed: u64,
     pub flows_evicted: u64,
@@ -34,6 +38,8 @@ impl CaptureReport {
             packets,
             bytes_client: r.bytes_client,
             bytes_server: r.bytes_server,
+            skipped_client: r.skipped_client,
+            skipped_server: r.skipped_server,
             flows_opened: r.flows_opened,
             flows_closed: r.flows_closed,
             flows_evicted: r.flows_evicted,
@@ -51,7 +57,7 @@ pub fn kernel_json(k: &KernelCounters) -> serde_json::Value {
 
 /// The whole `--json` report, the same for live capture and replay:
 /// `{"ports", "connections", "upgrades_ok", "frames", "violations",
-/// "violations_by_direction", "close_codes", "capture"}`.
+/// "violations_by_direction", "close_codes", "sync", "capture"}`.
 pub fn report_json(ports: &[u16], engine: &EngineStats, capture: &CaptureReport) -> Value {
     let by_kind = |dir: Option<Direction>| -> Map<String, Value> {
         Kind::ALL
@@ -77,6 +83,13 @@ pub fn report_json(ports: &[u16], engine: &EngineStats, capture: &CaptureReport)
             "server": by_kind(Some(Direction::ToClient)),
         },
         "close_codes": engine.close_codes.iter().map(|(c, n)| (c.to_string(), Value::from(*n))).collect::<Map<String, Value>>(),
+        "sync": {
+            "desyncs": engine.desyncs,
+            "resyncs": engine.resyncs,
+            "unsynced_bytes": engine.unsynced_bytes,
+            "skipped_bytes": engine.skipped_bytes,
+            "skip_mismatches": engine.skip_mismatches,
+        },
         "capture": capture,
     })
 }

@@ -200,7 +200,19 @@ fn assert_exact(t: &Traffic, o: &Outcome) {
     let keys: Vec<&str> = cap.as_object().unwrap().keys().map(String::as_str).collect();
     assert_eq!(
         keys,
-        ["bytes_client", "bytes_lost", "bytes_server", "flows_closed", "flows_evicted", "flows_opened", "gaps", "packets", "ring_drops"]
+        [
+            "bytes_client",
+            "bytes_lost",
+            "bytes_server",
+            "flows_closed",
+            "flows_evicted",
+            "flows_opened",
+            "gaps",
+            "packets",
+            "ring_drops",
+            "skipped_client",
+            "skipped_server"
+        ]
     );
     assert_eq!(cap["ring_drops"], 0);
     assert_eq!(cap["gaps"], 0);

@@ -284,9 +284,13 @@ fn require_deps(python_websockets: bool, node_ws: bool, nginx: bool) {
 /// ws-monitor and tcpdump running on the server-side veth.
 struct Capture {
     tcpdump: Proc,
+    /// Header-only capture (the default) and, on the same hooks at the same time, a
+    /// full-payload one: both must report what the replay of the pcap reports.
     monitor: Proc,
+    full: Proc,
     pcap: PathBuf,
     live_events: PathBuf,
+    full_events: PathBuf,
     replay_events: PathBuf,
     ports: Vec<u16>,
     engine_args: Vec<String>,
@@ -313,21 +317,29 @@ fn start_capture(ns: &Netns, veth: &str, ports: &[u16], engine_args: &[&str], di
     let mut tcpdump = Proc::spawn(tcpdump, "tcpdump");
     tcpdump.wait_line("listening on", true);
 
+    let live = |events: &Path, extra: &[&str], name: &str| {
+        let mut monitor = ns.command(common::ws_monitor_bin());
+        monitor.args(["--iface", veth, "--json", "--stats-interval", "0"]).args(extra);
+        for p in ports {
+            monitor.args(["--port", &p.to_string()]);
+        }
+        monitor.args(engine_args).arg("--events").arg(events);
+        let mut monitor = Proc::spawn(monitor, name);
+        let line = monitor.wait_line("capturing", true);
+        assert!(line.contains("ingress") && line.contains("egress"), "both hooks on a veth: {line}");
+        monitor
+    };
     let live_events = dir.join("live-events.jsonl");
-    let mut monitor = ns.command(common::ws_monitor_bin());
-    monitor.args(["--iface", veth, "--json", "--stats-interval", "0"]);
-    for p in ports {
-        monitor.args(["--port", &p.to_string()]);
-    }
-    monitor.args(engine_args).arg("--events").arg(&live_events);
-    let mut monitor = Proc::spawn(monitor, "ws-monitor (live)");
-    let line = monitor.wait_line("capturing", true);
-    assert!(line.contains("ingress") && line.contains("egress"), "both hooks on a veth: {line}");
+    let full_events = dir.join("full-events.jsonl");
+    let monitor = live(&live_events, &[], "ws-monitor (live)");
+    let full = live(&full_events, &["--full-payload"], "ws-monitor (live, --full-payload)");
     Capture {
         tcpdump,
         monitor,
+        full,
         pcap,
         live_events,
+        full_events,
         replay_events: dir.join("replay-events.jsonl"),
         ports: ports.to_vec(),
         engine_args: engine_args.iter().map(|s| s.to_string()).collect(),
@@ -382,9 +394,12 @@ fn stop_capture(mut cap: Capture, tag: &str) -> Reports {
     // Let the last segments (FINs, ACKs) through both.
     std::thread::sleep(Duration::from_millis(500));
     cap.monitor.signal(libc::SIGINT);
+    cap.full.signal(libc::SIGINT);
     let mon = cap.monitor.finish_ok(STOP);
     let live = last_json(&mon.stdout, "ws-monitor (live)");
+    let full = last_json(&cap.full.finish_ok(STOP).stdout, "ws-monitor (live, --full-payload)");
     eprintln!("{tag} live: {}", protocol_view(&live));
+    eprintln!("{tag} live header-only: {}", live["header_only"]);
 
     // tcpdump drops what it has not read yet when interrupted: first let it write as many
     // packets as the monitor saw on the same hooks (the same packets; if it never gets
@@ -429,7 +444,7 @@ fn stop_capture(mut cap: Capture, tag: &str) -> Reports {
         eprintln!("{tag}: kept the capture in {}", keep.display());
     }
 
-    for (name, r) in [("live", &live), ("replay", &replay)] {
+    for (name, r) in [("live", &live), ("full", &full), ("replay", &replay)] {
         let mut want = KINDS.to_vec();
         want.sort_unstable();
         for counts in
@@ -444,8 +459,23 @@ fn stop_capture(mut cap: Capture, tag: &str) -> Reports {
             assert_eq!(counters[k], 0, "{tag} {name}: capture.{k} must be 0 (nothing lost): {counters}");
         }
     }
-    assert_eq!(live["capture"]["bytes_client"], replay["capture"]["bytes_client"], "{tag}: delivered client bytes");
-    assert_eq!(live["capture"]["bytes_server"], replay["capture"]["bytes_server"], "{tag}: delivered server bytes");
+    for side in ["client", "server"] {
+        let n = |r: &Value, what: &str| r["capture"][format!("{what}_{side}")].as_u64().expect("capture byte counts");
+        assert_eq!(n(&full, "bytes"), n(&replay, "bytes"), "{tag}: delivered {side} bytes, --full-payload");
+        assert_eq!(n(&full, "skipped"), 0, "{tag}: --full-payload skips nothing");
+        assert_eq!(
+            n(&live, "bytes") + n(&live, "skipped"),
+            n(&replay, "bytes"),
+            "{tag}: {side} bytes delivered or skipped under header-only capture"
+        );
+        assert_eq!(
+            live["sync"]["skipped_bytes"].as_u64(),
+            live["capture"]["skipped_client"].as_u64().zip(live["capture"]["skipped_server"].as_u64()).map(|(a, b)| a + b),
+            "{tag}: the engine passed over every skipped byte in sync"
+        );
+    }
+    assert_eq!(live["sync"]["skip_mismatches"], 0, "{tag}: no skip came where bytes were needed");
+    assert_eq!(protocol_view(&full), protocol_view(&live), "{tag}: header-only and full-payload capture disagree");
     assert_eq!(
         protocol_view(&replay),
         protocol_view(&live),
@@ -457,9 +487,12 @@ fn stop_capture(mut cap: Capture, tag: &str) -> Reports {
     let live_events = read_events(&cap.live_events);
     let mut a: Vec<_> = live_events.iter().map(event_key).collect();
     let mut b: Vec<_> = read_events(&cap.replay_events).iter().map(event_key).collect();
+    let mut c: Vec<_> = read_events(&cap.full_events).iter().map(event_key).collect();
     a.sort();
     b.sort();
+    c.sort();
     assert_eq!(a, b, "{tag}: live and replay findings differ");
+    assert_eq!(c, b, "{tag}: live --full-payload and replay findings differ");
     let total: u64 = live["violations"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
     assert_eq!(live_events.len() as u64, total, "{tag}: one event line per counted finding");
     Reports { live, replay, live_events }

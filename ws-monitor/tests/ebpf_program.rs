@@ -6,14 +6,14 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 
-use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use aya::programs::{SchedClassifier, TcAttachType, TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfLoader};
 use etherparse::PacketBuilder;
 use ws_monitor::capture::{decode, EBPF_OBJECT};
 use ws_monitor_common::{
-    ChunkHeader, Counter, Liveness, CHUNK_SIZE, COUNTER_COUNT, DIR_TO_CLIENT, DIR_TO_SERVER,
-    ORPHAN_AFTER_NS, TCP_ACK, TCP_FIN, TCP_SYN,
+    Anchor, ChunkHeader, Counter, FlowDir, Liveness, CHUNK_SIZE, COUNTER_COUNT, DIR_TO_CLIENT,
+    DIR_TO_SERVER, MSG_NONE, ORPHAN_AFTER_NS, TCP_ACK, TCP_FIN, TCP_SYN,
 };
 
 const PORT: u16 = 8001;
@@ -30,14 +30,15 @@ fn load(ring_size: u32) -> Loaded {
         .map_max_entries("EVENTS", ring_size)
         .load(EBPF_OBJECT)
         .expect("load object");
-    let mut ports: HashMap<_, u16, u8> = HashMap::try_from(ebpf.map_mut("PORTS").unwrap()).unwrap();
-    ports.insert(PORT, 1, 0).unwrap();
+    let mut ports: Array<_, u8> = Array::try_from(ebpf.map_mut("PORTS").unwrap()).unwrap();
+    ports.set(u32::from(PORT), 1, 0).unwrap();
     // A heartbeat that never ages: these tests are about packets, not the owner.
     set_heartbeat(&mut ebpf, u64::MAX);
     for name in ["ws_monitor_ingress", "ws_monitor_egress"] {
         let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
         p.load().expect("verifier accepts the program");
     }
+    ws_monitor::capture::load_tail_programs(&mut ebpf).expect("verifier accepts the walk and emit programs");
     let ring = RingBuf::try_from(ebpf.take_map("EVENTS").unwrap()).unwrap();
     Loaded { ebpf, ring }
 }
@@ -216,7 +217,8 @@ fn full_ring_counts_lost_records_and_bytes() {
         return;
     }
     // One page of ring, not read while packets arrive: the first packet's two records
-    // (3,160 bytes with headers) fit, the second packet's do not.
+    // (2,048 + 952 bytes in records of 2,048 and 1,024, 3,232 bytes with headers) fit,
+    // the second packet's do not.
     let mut l = load(4096);
     let big = payload(3000);
     l.run(&v4_tcp(40000, PORT, 1, &big));
@@ -310,4 +312,111 @@ fn set_rcvbuf(listener: &TcpListener, bytes: i32) {
         )
     };
     assert_eq!(rc, 0);
+}
+
+/// (offset, copied length, skip) of each record.
+fn spans(recs: &[(ChunkHeader, Vec<u8>)]) -> Vec<(u32, u16, u32)> {
+    recs.iter().map(|(h, _)| (h.offset, h.len, h.skip)).collect()
+}
+
+const RESPONSE_101: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+
+#[test]
+fn after_a_101_frame_headers_are_walked_and_binary_payload_skipped() {
+    if !common::require_root("after_a_101_frame_headers_are_walked_and_binary_payload_skipped") {
+        return;
+    }
+    let mut l = load(1 << 20);
+    let server = |seq: u32, data: &[u8]| v4_tcp(PORT, 40000, seq, data);
+
+    // The 101 is copied whole; the server's frames start right after it.
+    let mut seq = 7_000;
+    l.run(&server(seq, RESPONSE_101));
+    assert_eq!(spans(&l.records()), [(0, RESPONSE_101.len() as u16, 0)]);
+    seq += RESPONSE_101.len() as u32;
+
+    // Binary 3000 bytes (copied: header + 64), text "hello" (copied), then the first byte
+    // of a 64-bit-length binary header that goes on in the next packet.
+    let mut p2 = vec![0x82, 0x7e, 0x0b, 0xb8];
+    p2.extend(payload(3000));
+    p2.extend([0x81, 0x05]);
+    p2.extend(b"hello");
+    p2.push(0x82);
+    l.run(&server(seq, &p2));
+    let recs = l.records();
+    assert_eq!(spans(&recs), [(0, 68, 2936), (3004, 8, 0)]);
+    assert_eq!(recs[0].1, p2[..68]);
+    assert_eq!(recs[1].1, p2[3004..]);
+    let seq2 = seq;
+    seq += p2.len() as u32;
+
+    // The rest of that header (4096 bytes of payload), and 1000 bytes of it.
+    let mut p3 = vec![0x7f, 0, 0, 0, 0, 0, 0, 0x10, 0x00];
+    p3.extend(payload(1000));
+    l.run(&server(seq, &p3));
+    assert_eq!(spans(&l.records()), [(0, 73, 936)]);
+    seq += p3.len() as u32;
+
+    // The payload's last 3096 bytes (all skipped), and a text frame.
+    let mut p4 = payload(3096);
+    p4.extend([0x81, 0x02, b'o', b'k']);
+    l.run(&server(seq, &p4));
+    let recs = l.records();
+    assert_eq!(spans(&recs), [(0, 0, 3096), (3096, 4, 0)]);
+    assert_eq!(recs[1].1, b"\x81\x02ok");
+    seq += p4.len() as u32;
+    assert_eq!(l.counter(Counter::BytesSkipped), 2936 + 936 + 3096);
+    assert_eq!(l.counter(Counter::PacketsWalked), 4, "the 101's packet and the three after it");
+    assert_eq!(l.counter(Counter::WalkStarts), 1, "the server's direction (the client's has no state yet)");
+
+    // A retransmission is copied whole, and the walk stays in step.
+    l.run(&server(seq2, &p2));
+    assert_eq!(spans(&l.records()), [(0, 2048, 0), (2048, (p2.len() - 2048) as u16, 0)]);
+    let mut p5 = vec![0x82, 0x7e, 0x01, 0x00];
+    p5.extend(payload(256));
+    l.run(&server(seq, &p5));
+    assert_eq!(spans(&l.records()), [(0, 68, 192)]);
+    seq += p5.len() as u32;
+
+    // A hole: copied whole from then on.
+    l.run(&server(seq + 100, &p5));
+    assert_eq!(spans(&l.records()), [(0, p5.len() as u16, 0)]);
+    assert_eq!(l.counter(Counter::WalkStops), 1);
+    l.run(&server(seq + 100 + p5.len() as u32, &p5));
+    assert_eq!(spans(&l.records()), [(0, p5.len() as u16, 0)]);
+}
+
+#[test]
+fn an_anchor_from_userspace_starts_the_walk_where_it_points() {
+    if !common::require_root("an_anchor_from_userspace_starts_the_walk_where_it_points") {
+        return;
+    }
+    let mut l = load(1 << 20);
+    let client = |seq: u32, data: &[u8]| v4_tcp(40000, PORT, seq, data);
+    // Masked binary frames of 200 bytes, copied whole while there is no anchor.
+    let mut frame = vec![0x82, 0xfe, 0x00, 0xc8, 1, 2, 3, 4];
+    frame.extend(payload(200));
+    let two: Vec<u8> = [frame.clone(), frame.clone()].concat();
+    l.run(&client(100, &two));
+    assert_eq!(spans(&l.records()), [(0, two.len() as u16, 0)]);
+
+    // Userspace: the header after the next one starts at 100 + 3 * 208.
+    let key = FlowDir {
+        saddr: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        daddr: [10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        sport: 40000,
+        dport: PORT,
+        family: 4,
+        _pad: [0; 3],
+    };
+    let mut anchors: aya::maps::HashMap<_, FlowDir, Anchor> =
+        aya::maps::HashMap::try_from(l.ebpf.map_mut("ANCHORS").unwrap()).unwrap();
+    anchors.insert(key, Anchor { hdr_seq: 100 + 3 * 208, msg: MSG_NONE, _pad: [0; 3] }, 0).unwrap();
+    l.run(&client(100 + 416, &two));
+    // Copied up to the anchor, then header + 4 key bytes... + 64, the rest skipped.
+    assert_eq!(spans(&l.records()), [(0, 208 + 8 + 64, 136)]);
+    assert_eq!(l.counter(Counter::WalkStarts), 1);
+    let anchors: aya::maps::HashMap<_, FlowDir, Anchor> =
+        aya::maps::HashMap::try_from(l.ebpf.map("ANCHORS").unwrap()).unwrap();
+    assert!(anchors.get(&key, 0).is_err(), "an anchor is used once");
 }

@@ -6,6 +6,14 @@
 //! output depends only on the sequence of `open`/`data`/`gap`/`close` calls, never on how
 //! the bytes were cut into `data` calls.
 //!
+//! Under header-only capture, binary payload arrives as [`StreamSink::skip`]: a direction
+//! in sync passes over it exactly as over payload it does not read, so findings are the
+//! same as with every byte. A skip where bytes are needed (a header, text, a compressed
+//! or close payload, while scanning) counts in `skip_mismatches` and is taken for a gap.
+//! With [`EngineConfig::steer`], the engine also says what the capture should copy
+//! ([`Hint`]): everything in a direction that lost sync, and where the next frame header
+//! is in a direction in sync that is sent bytes it does not read.
+//!
 //! # Per connection
 //!
 //! * [`Opening::Handshake`]: the client stream must start with an HTTP request. A TLS
@@ -71,12 +79,44 @@ use stream::{DirState, Mode, ModeKind};
 pub struct EngineConfig {
     /// Frames with a larger payload are reported as [`Kind::OversizedFrame`].
     pub max_frame_size: u64,
+    /// Produce [`Hint`]s for a header-only capture ([`Engine::drain_hints`]).
+    pub steer: bool,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { max_frame_size: 16 * 1024 * 1024 }
+        EngineConfig { max_frame_size: 16 * 1024 * 1024, steer: false }
     }
+}
+
+/// What a header-only capture should do in one direction of one connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Steer {
+    /// Copy every byte: the direction lost sync (or was sent a skip it could not take)
+    /// and looking for frames needs them.
+    FullCopy,
+    /// In sync, and sent payload it does not read: the next frame header is at stream
+    /// offset `offset`, where continuations belong to `open`.
+    Anchor { offset: u64, open: OpenMessage },
+}
+
+/// The data message a continuation frame would belong to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenMessage {
+    None,
+    /// Its payload is read (text, compressed, or not known).
+    Read,
+    /// Binary, uncompressed: its payload can be skipped.
+    Skip,
+}
+
+/// A [`Steer`] for one direction of one connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hint {
+    pub id: FlowId,
+    pub key: FlowKey,
+    pub dir: Direction,
+    pub steer: Steer,
 }
 
 /// Frames seen, by opcode.
@@ -141,7 +181,13 @@ pub struct EngineStats {
     /// first sync of a mid-stream connection.
     pub resyncs: u64,
     /// Bytes passed over while unsynced (not counting gaps).
+    pub unsynced_bytes: u64,
+    /// Payload bytes the capture left out (header-only) and the engine passed over in
+    /// sync, as it passes over binary payload it has.
     pub skipped_bytes: u64,
+    /// Skips that came where bytes were needed, taken for gaps (a header-only capture
+    /// out of step with the engine; each also asks the capture to copy everything).
+    pub skip_mismatches: u64,
 }
 
 impl EngineStats {
@@ -263,9 +309,22 @@ pub(crate) struct Cx<'a> {
     pub ts_ns: u64,
     pub once: &'a mut KindSet,
     pub view: &'a mut ConnectionView,
+    /// Where hints go, when steering a header-only capture.
+    pub hints: Option<&'a mut Vec<Hint>>,
 }
 
 impl Cx<'_> {
+    pub fn steering(&self) -> bool {
+        self.hints.is_some()
+    }
+
+    pub fn steer(&mut self, dir: Direction, steer: Steer) {
+        let (id, key) = (self.id, self.key);
+        if let Some(hints) = self.hints.as_deref_mut() {
+            hints.push(Hint { id, key, dir, steer });
+        }
+    }
+
     /// Records a finding with the bytes at fault (see [`Finding::excerpt`]);
     /// once-per-connection kinds only the first time.
     pub fn emit_with(&mut self, dir: Direction, kind: Kind, offset: u64, header: FrameHeaderBytes, bytes: &[u8]) {
@@ -307,6 +366,7 @@ pub struct Engine {
     cfg: EngineConfig,
     stats: EngineStats,
     findings: Vec<Finding>,
+    hints: Vec<Hint>,
     conns: HashMap<FlowId, Conn>,
 }
 
@@ -318,7 +378,7 @@ impl Default for Engine {
 
 impl Engine {
     pub fn new(cfg: EngineConfig) -> Self {
-        Engine { cfg, stats: EngineStats::default(), findings: Vec::new(), conns: HashMap::new() }
+        Engine { cfg, stats: EngineStats::default(), findings: Vec::new(), hints: Vec::new(), conns: HashMap::new() }
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -332,6 +392,11 @@ impl Engine {
     /// Takes the findings reported since the last call, oldest first.
     pub fn drain_findings(&mut self) -> std::vec::Drain<'_, Finding> {
         self.findings.drain(..)
+    }
+
+    /// Hints for the capture since the last call, oldest first (with [`EngineConfig::steer`]).
+    pub fn drain_hints(&mut self) -> std::vec::Drain<'_, Hint> {
+        self.hints.drain(..)
     }
 
     pub fn connection(&self, id: FlowId) -> Option<&ConnectionView> {
@@ -536,7 +601,8 @@ impl Engine {
         {
             let Conn { view, once, hs, dirs } = &mut *conn;
             let key = view.key;
-            let mut cx = Cx { stats: &mut self.stats, findings: &mut self.findings, id, key, ts_ns, once, view };
+            let hints = self.cfg.steer.then_some(&mut self.hints);
+            let mut cx = Cx { stats: &mut self.stats, findings: &mut self.findings, id, key, ts_ns, once, view, hints };
             f(hs, dirs, &mut cx, max);
         }
         conn.refresh_state();
@@ -617,6 +683,28 @@ impl StreamSink for Engine {
             if stop > end {
                 gap_in(hs, dirs, dir, end, stop - end, cx, max);
             }
+        });
+    }
+
+    fn skip(&mut self, id: FlowId, dir: Direction, offset: u64, len: u64, ts_ns: u64) {
+        self.with_conn(id, ts_ns, |hs, dirs, cx, max| {
+            let end = dirs.get(dir.index()).map_or(offset, |d| d.end);
+            if offset > end {
+                gap_in(hs, dirs, dir, end, offset - end, cx, max);
+            }
+            let stop = offset.saturating_add(len);
+            let Some(d) = dirs.get_mut(dir.index()).filter(|_| stop > end) else {
+                return;
+            };
+            let (at, len) = (offset.max(end), stop - offset.max(end));
+            if d.mode_kind() == ModeKind::Hold {
+                // Skipped before the handshake was followed: nothing to pass over yet.
+                cx.stats.skip_mismatches += 1;
+                cx.steer(dir, Steer::FullCopy);
+                gap_in(hs, dirs, dir, at, len, cx, max);
+                return;
+            }
+            d.skip(at, len, cx);
         });
     }
 

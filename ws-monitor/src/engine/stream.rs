@@ -17,7 +17,7 @@ use super::inflate::{Inflater, SCRATCH, TAIL};
 use super::kind::Kind;
 use super::resync::{Chain, Scan, Search, PROBATION_FRAMES, RESYNC_CHAIN};
 use super::utf8::Utf8Stream;
-use super::{Cx, FrameCounts};
+use super::{Cx, FrameCounts, OpenMessage, Steer};
 
 /// Bytes of new input appended to a stashed partial header before parsing again.
 const TOPUP: usize = 64;
@@ -27,6 +27,13 @@ pub(crate) const HOLD_CAP: usize = 64 * 1024;
 
 /// Unmasking is done through a stack buffer of this size.
 const UNMASK_CHUNK: usize = 1024;
+
+/// Payload bytes a header-only capture copies at the start of a frame it otherwise skips
+/// (what a finding quotes): reading them is no reason to re-anchor it.
+const EXCERPT: u64 = super::Excerpt::CAP as u64;
+/// A direction in sync that reads payload it does not need tells the capture where the
+/// next header is at most once per this many stream bytes.
+const ANCHOR_EVERY: u64 = 1 << 20;
 
 /// What a direction does with its bytes.
 #[derive(Debug)]
@@ -84,6 +91,8 @@ struct Cur {
     left: u64,
     /// Part of the payload fell in a gap.
     gap: bool,
+    /// A header-only capture skips this payload (binary, uncompressed): so may we.
+    skippable: bool,
 }
 
 impl Default for Cur {
@@ -98,6 +107,7 @@ impl Default for Cur {
             seen: 0,
             left: 0,
             gap: false,
+            skippable: false,
         }
     }
 }
@@ -114,6 +124,8 @@ struct Msg {
     validate: bool,
     /// RSV1 under negotiated permessage-deflate.
     compressed: bool,
+    /// Binary without RSV1: its continuations' payload may be skipped.
+    skippable: bool,
     /// Payload goes through the inflater (to check it, or to keep the context).
     inflate: bool,
     /// Compressed text turned out invalid; reported at the end of the message if the
@@ -170,6 +182,11 @@ pub(crate) struct DirState {
     pub head_scan: usize,
     /// Bytes dropped after `held` filled up.
     held_dropped: u64,
+    /// A header-only capture may be skipping payload in this direction (so a loss of
+    /// sync must ask it to copy everything again).
+    capture_walks: bool,
+    /// Stream offset at which the capture was last told where a header is.
+    anchored_at: Option<u64>,
 }
 
 impl DirState {
@@ -198,6 +215,8 @@ impl DirState {
             held_base: 0,
             head_scan: 0,
             held_dropped: 0,
+            capture_walks: false,
+            anchored_at: None,
         }
     }
 
@@ -348,6 +367,79 @@ impl DirState {
         self.end = self.end.max(after);
     }
 
+    /// `len` bytes at `offset` (= everything delivered so far) were left out by the
+    /// capture. In sync inside payload that is not read, they are passed over as if
+    /// delivered; anywhere else they are a gap, and the capture is asked to copy all.
+    pub fn skip(&mut self, offset: u64, len: u64, cx: &mut Cx<'_>) {
+        if len == 0 {
+            return;
+        }
+        self.capture_walks = true;
+        let after = offset.saturating_add(len);
+        let fits = self.pending.is_empty()
+            && match &self.mode {
+                Mode::Ignore => true,
+                Mode::Frames => self.cur.skippable && self.cur.left >= len,
+                Mode::Track(t) => after <= t.next_at,
+                Mode::Hold | Mode::Scan(_) => false,
+            };
+        if !fits {
+            cx.stats.skip_mismatches += 1;
+            self.release_capture(cx);
+            return self.gap(offset, len, cx);
+        }
+        match self.mode_kind() {
+            ModeKind::Frames => {
+                cx.stats.skipped_bytes += len;
+                self.cur.left -= len;
+                self.cur.seen += len;
+                self.pos = after;
+                self.end = self.end.max(after);
+                if self.cur.left == 0 {
+                    self.end_frame(cx);
+                    if self.abort {
+                        self.abort_probation(after);
+                    }
+                }
+            }
+            ModeKind::Track => {
+                cx.stats.unsynced_bytes += len;
+                self.pos = after;
+                self.end = self.end.max(after);
+            }
+            _ => {
+                self.pos = after;
+                self.end = self.end.max(after);
+            }
+        }
+    }
+
+    /// Asks a capture that may be skipping in this direction to copy everything again.
+    fn release_capture(&mut self, cx: &mut Cx<'_>) {
+        if self.capture_walks {
+            self.capture_walks = false;
+            self.anchored_at = None;
+            cx.steer(self.dir, Steer::FullCopy);
+        }
+    }
+
+    /// Bytes of payload the capture could have skipped were read: tell it where the
+    /// next header is (at most every [`ANCHOR_EVERY`] bytes).
+    fn anchor_capture(&mut self, cx: &mut Cx<'_>) {
+        let next = self.cur.offset + self.cur.hdr.as_slice().len() as u64 + self.cur.len;
+        if !cx.steering() || self.anchored_at.is_some_and(|at| next < at.saturating_add(ANCHOR_EVERY)) {
+            return;
+        }
+        let open = match self.frag {
+            Frag::Idle => OpenMessage::None,
+            Frag::Open if self.msg.active && self.msg.skippable => OpenMessage::Skip,
+            _ => OpenMessage::Read,
+        };
+        self.anchored_at = Some(next);
+        self.capture_walks = true;
+        cx.steer(self.dir, Steer::Anchor { offset: next, open });
+    }
+
     /// The connection ends: a clean probation is committed.
     pub fn finish(&mut self, cx: &mut Cx<'_>) {
         if !self.abort {
@@ -362,6 +454,8 @@ impl DirState {
         self.rules = rules;
         self.deflate = deflate;
         self.mode = Mode::Frames;
+        // A header-only capture starts walking at the 101 it sees.
+        self.capture_walks = true;
         self.reset_frame_state();
         self.frag = Frag::Idle;
         self.ctx_lost = false;
@@ -373,6 +467,7 @@ impl DirState {
         self.rules = rules;
         self.deflate = None;
         cx.stats.desyncs += 1;
+        self.release_capture(cx);
         self.enter_scan(self.held_base, 0);
         self.release_held(cx);
     }
@@ -434,6 +529,7 @@ impl DirState {
         if !was_probation {
             cx.stats.desyncs += 1;
         }
+        self.release_capture(cx);
         self.enter_scan(at, start.min(at));
     }
 
@@ -544,7 +640,7 @@ impl DirState {
         }
         sc.push(s.get(..take).unwrap_or(&[]));
         let (decision, dropped) = sc.search(&self.rules);
-        cx.stats.skipped_bytes += dropped as u64;
+        cx.stats.unsynced_bytes += dropped as u64;
         match decision {
             Search::Wait => {}
             Search::Found(p) => {
@@ -560,7 +656,7 @@ impl DirState {
                 if !tail.is_empty() {
                     self.replay = Some((next_at, tail.to_vec()));
                 }
-                cx.stats.skipped_bytes += (sc.bytes_from(p).len() - tail.len()) as u64;
+                cx.stats.unsynced_bytes += (sc.bytes_from(p).len() - tail.len()) as u64;
                 self.mode = Mode::Track(Track { next_at, chain });
             }
         }
@@ -574,7 +670,7 @@ impl DirState {
         };
         if pos < t.next_at {
             let n = usize::try_from(t.next_at - pos).map_or(s.len(), |d| d.min(s.len()));
-            cx.stats.skipped_bytes += n as u64;
+            cx.stats.unsynced_bytes += n as u64;
             return Step::Used(n);
         }
         let h = match FrameHeader::parse(s) {
@@ -583,7 +679,7 @@ impl DirState {
         };
         let after = s.get(usize::from(h.header_len)..).unwrap_or(&[]);
         if !t.chain.accept(&h, after, &self.rules) {
-            cx.stats.skipped_bytes += 1;
+            cx.stats.unsynced_bytes += 1;
             self.mode = Mode::Scan(Box::new(Scan::new(pos.saturating_add(1), 0)));
             return Step::Used(1);
         }
@@ -648,7 +744,7 @@ impl DirState {
             return false;
         }
         self.count(class, cx);
-        self.cur = Cur { hdr, offset, class, fin: h.fin, mask: h.mask, len: h.len, seen: 0, left: h.len, gap: false };
+        self.cur = Cur { hdr, offset, class, fin: h.fin, mask: h.mask, len: h.len, seen: 0, left: h.len, gap: false, skippable: false };
         match class {
             OpClass::Text | OpClass::Binary => self.start_msg(class == OpClass::Text, h.rsv1(), offset, hdr),
             OpClass::Continuation if self.frag != Frag::Open => self.msg = Msg::default(),
@@ -659,11 +755,18 @@ impl DirState {
             _ => {}
         }
         self.frag = self.frag.after(class, h.fin);
+        // As the capture decides (ws-monitor-ebpf): binary without RSV1, and its continuations.
+        self.cur.skippable = !h.rsv1()
+            && match class {
+                OpClass::Binary => true,
+                OpClass::Continuation => self.msg.active && self.msg.skippable,
+                _ => false,
+            };
         kinds.contains(Kind::LengthMsbSet)
     }
 
     fn start_msg(&mut self, text: bool, rsv1: bool, offset: u64, hdr: FrameHeaderBytes) {
-        let mut m = Msg { active: true, offset, hdr, ..Msg::default() };
+        let mut m = Msg { active: true, offset, hdr, skippable: !text && !rsv1, ..Msg::default() };
         if !rsv1 {
             m.validate = text;
         } else if let (Some(reset), RsvPolicy::Deflate) = (self.deflate, self.rules.rsv) {
@@ -690,6 +793,9 @@ impl DirState {
     fn payload(&mut self, chunk: &[u8], cx: &mut Cx<'_>) {
         let phase = (self.cur.seen & 3) as usize;
         self.cur.seen += chunk.len() as u64;
+        if self.cur.skippable && self.cur.seen > EXCERPT && self.cur.left > chunk.len() as u64 && self.probation.is_none() {
+            self.anchor_capture(cx);
+        }
         match self.cur.class {
             OpClass::Close => {
                 let start = usize::from(self.close_len);

@@ -1182,7 +1182,7 @@ proptest! {
         handshake in any::<bool>(),
         prefix in any::<bool>(),
     ) {
-        let mut e = Engine::new(EngineConfig { max_frame_size: 1000 });
+        let mut e = Engine::new(EngineConfig { max_frame_size: 1000, ..EngineConfig::default() });
         let id = FlowId(11);
         e.open(id, &key(), if handshake { Opening::Handshake } else { Opening::MidStream }, 0);
         let mut off = [0u64; 2];
