@@ -771,6 +771,7 @@ mod tests {
         Open(FlowId, Opening),
         Data(FlowId, Direction, u64, Vec<u8>),
         Gap(FlowId, Direction, u64, u64),
+        Skip(FlowId, Direction, u64, u64),
         Close(FlowId, Closing),
     }
 
@@ -870,6 +871,10 @@ mod tests {
         fn gap(&mut self, id: FlowId, dir: Direction, offset: u64, len: u64, _ts: u64) {
             self.live(id, dir, offset, len);
             self.events.push(Ev::Gap(id, dir, offset, len));
+        }
+        fn skip(&mut self, id: FlowId, dir: Direction, offset: u64, len: u64, _ts: u64) {
+            self.live(id, dir, offset, len);
+            self.events.push(Ev::Skip(id, dir, offset, len));
         }
         fn close(&mut self, id: FlowId, closing: Closing, _ts: u64) {
             let flow = self.flows.get_mut(&id).expect("close before open");
@@ -978,6 +983,51 @@ mod tests {
         assert_eq!(r.stats().out_of_order_segments, 2);
         assert_eq!(r.stats().bytes_client, 11);
         assert_eq!(r.stats().gaps, 0);
+    }
+
+    /// Client data at `off` followed by a known-length skip.
+    fn cskip(off: u32, data: &[u8], skip: u32) -> Segment<'_> {
+        Segment { skip, ..cdata(off, data) }
+    }
+
+    #[test]
+    fn skips_take_their_place_in_the_stream_in_and_out_of_order() {
+        let (mut r, mut rec) = handshake();
+        r.segment(&cskip(0, b"hd", 100), &mut rec);
+        // Out of order: a skip-only segment and data after it wait for the hole.
+        r.segment(&cskip(152, b"", 48), &mut rec);
+        r.segment(&cdata(200, b"tail"), &mut rec);
+        r.segment(&cskip(102, b"xy", 48), &mut rec);
+        // A retransmission of skipped bytes, now copied: already delivered, dropped.
+        r.segment(&cdata(110, &[0u8; 20]), &mut rec);
+        let id = rec.only_flow();
+        let events: Vec<&Ev> = rec.events.iter().filter(|e| !matches!(e, Ev::Open(..))).collect();
+        assert_eq!(
+            events,
+            [
+                &Ev::Data(id, ToServer, 0, b"hd".to_vec()),
+                &Ev::Skip(id, ToServer, 2, 100),
+                &Ev::Data(id, ToServer, 102, b"xy".to_vec()),
+                &Ev::Skip(id, ToServer, 104, 48),
+                &Ev::Skip(id, ToServer, 152, 48),
+                &Ev::Data(id, ToServer, 200, b"tail".to_vec()),
+            ]
+        );
+        let st = r.stats();
+        assert_eq!((st.bytes_client, st.skipped_client, st.gaps, st.duplicate_bytes), (8, 196, 0, 20));
+        assert_eq!(st.out_of_order_segments, 2);
+    }
+
+    #[test]
+    fn a_fin_after_a_skip_ends_the_stream_there() {
+        let (mut r, mut rec) = handshake();
+        let mut fin = cskip(0, b"h", 9);
+        fin.flags.fin = true;
+        r.segment(&fin, &mut rec);
+        let id = rec.only_flow();
+        r.segment(&mk(ToClient, S + 1, Some(C + 1 + 11), "F", b""), &mut rec);
+        assert_eq!(rec.closes(), [(id, Closing::Fin)]);
+        assert_eq!(r.stats().skipped_client, 9);
     }
 
     #[test]

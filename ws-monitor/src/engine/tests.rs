@@ -302,10 +302,114 @@ fn run_cut(sc: &Script, cut: Cut) -> (EngineStats, Found) {
     (e.stats().clone(), found)
 }
 
-/// Runs `sc` whole, byte by byte and at random cuts; all must agree exactly.
+// ----- a model of header-only capture ------------------------------------------------------
+
+/// Stream ranges a header-only capture leaves out, per direction, as the kernel program
+/// decides (written from its rules, not from its code): once the server's stream starts
+/// with a 101 response, frames start after its head, and in the client's stream after
+/// what the client had sent by then; binary payload past its first 64 bytes (and that of
+/// its continuations) is skipped; anything unusual (RSV2/3, a reserved opcode, a control
+/// frame out of bounds, a length with the MSB set) ends the walk. None for scripts with
+/// gaps or without a handshake.
+fn header_only_skips(sc: &Script) -> Option<[Vec<(u64, u64)>; 2]> {
+    if sc.opening != Opening::Handshake || sc.evs.iter().any(|e| matches!(e, Ev::Gap(..))) {
+        return None;
+    }
+    let mut streams: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+    let mut client_at_101 = None;
+    for ev in &sc.evs {
+        if let Ev::Data(d, b) = ev {
+            streams[d.index()].extend_from_slice(b);
+            let s = &streams[S.index()];
+            if client_at_101.is_none() && s.starts_with(b"HTTP/1.1 101") && s.windows(4).any(|w| w == b"\r\n\r\n") {
+                client_at_101 = Some(streams[C.index()].len() as u64);
+            }
+        }
+    }
+    let client_start = client_at_101?;
+    let server_start = streams[S.index()].windows(4).position(|w| w == b"\r\n\r\n")? as u64 + 4;
+    let walk = |b: &[u8], mut at: u64| {
+        let mut skips = Vec::new();
+        let mut msg_skip = false;
+        loop {
+            let h = |i: u64| b.get((at + i) as usize).copied();
+            let (Some(b0), Some(b1)) = (h(0), h(1)) else { break };
+            let (op, fin, rsv1) = (b0 & 0x0f, b0 & 0x80 != 0, b0 & 0x40 != 0);
+            if b0 & 0x30 != 0 || (3..=7).contains(&op) || op > 10 {
+                break;
+            }
+            let (ext, len) = match b1 & 0x7f {
+                126 => (2, u64::from(u16::from_be_bytes([h(2).unwrap_or(0), h(3).unwrap_or(0)]))),
+                127 => (8, (2..10).fold(0u64, |v, i| (v << 8) | u64::from(h(i).unwrap_or(0)))),
+                n => (0, u64::from(n)),
+            };
+            if len >= 1 << 31 || (op >= 8 && (len > 125 || !fin)) {
+                break;
+            }
+            let body = at + 2 + ext + if b1 & 0x80 != 0 { 4 } else { 0 };
+            let skipped = !rsv1 && (op == 2 || (op == 0 && msg_skip));
+            if op < 8 {
+                msg_skip = !fin && skipped;
+            }
+            if skipped && len > 64 {
+                skips.push((body + 64, body + len));
+            }
+            at = body + len;
+        }
+        skips
+    };
+    let mut out = [Vec::new(), Vec::new()];
+    out[C.index()] = walk(&streams[C.index()], client_start);
+    out[S.index()] = walk(&streams[S.index()], server_start);
+    Some(out)
+}
+
+/// Runs `sc` as a header-only capture would deliver it (whole deliveries, skips cut out).
+fn run_header_only(sc: &Script, skips: &[Vec<(u64, u64)>; 2]) -> (EngineStats, Found) {
+    let mut e = Engine::new(EngineConfig { steer: true, ..sc.cfg });
+    let id = FlowId(42);
+    e.open(id, &key(), sc.opening, 1);
+    let mut off = [0u64; 2];
+    let mut found = Vec::new();
+    for (t, ev) in sc.evs.iter().enumerate() {
+        let Ev::Data(d, b) = ev else { continue };
+        let ts = 10 + t as u64;
+        let (start, end) = (off[d.index()], off[d.index()] + b.len() as u64);
+        let mut at = start;
+        for &(from, to) in skips[d.index()].iter().filter(|(f, t)| *t > start && *f < end) {
+            let (from, to) = (from.max(start), to.min(end));
+            if from > at {
+                e.data(id, *d, at, &b[(at - start) as usize..(from - start) as usize], ts);
+            }
+            e.skip(id, *d, from, to - from, ts);
+            at = to;
+        }
+        if at < end {
+            e.data(id, *d, at, &b[(at - start) as usize..], ts);
+        }
+        off[d.index()] = end;
+        found.extend(e.drain_findings().map(|f| (f.dir, f.kind, f.offset)));
+    }
+    e.close(id, Closing::Fin, 1000);
+    found.extend(e.drain_findings().map(|f| (f.dir, f.kind, f.offset)));
+    (e.stats().clone(), found)
+}
+
+/// Runs `sc` whole, byte by byte and at random cuts, and as a header-only capture would
+/// deliver it; all must agree exactly (but for the count of bytes skipped).
 fn run(sc: &Script) -> (EngineStats, Found) {
     let (stats, mut found) = run_cut(sc, Cut::Whole);
     found.sort();
+    if let Some(skips) = header_only_skips(sc) {
+        let (mut s2, mut f2) = run_header_only(sc, &skips);
+        f2.sort();
+        let skipped: u64 = skips.iter().flatten().map(|(a, b)| b - a).sum();
+        assert_eq!(s2.skipped_bytes, skipped, "every skip passed over in sync");
+        assert_eq!(s2.skip_mismatches, 0);
+        s2.skipped_bytes = 0;
+        assert_eq!(s2, stats, "stats differ under header-only capture");
+        assert_eq!(f2, found, "findings differ under header-only capture");
+    }
     let big = sc.evs.iter().map(|e| if let Ev::Data(_, b) = e { b.len() } else { 0 }).sum::<usize>();
     let mut cuts = vec![Cut::Random(1), Cut::Random(2), Cut::Random(3)];
     if big < 300_000 {
@@ -1177,6 +1281,33 @@ proptest! {
     }
 
     #[test]
+    fn header_only_capture_changes_no_finding(
+        cmsgs in prop::collection::vec(gen_msg(), 0..12),
+        smsgs in prop::collection::vec(gen_msg(), 0..12),
+        odd in prop::collection::vec((any::<bool>(), any::<u8>(), any::<bool>(), 0usize..400, any::<u16>()), 0..5),
+        compress in any::<bool>(),
+    ) {
+        // Valid traffic in both directions, with arbitrary frames (any opcode, RSV bits,
+        // FIN, mask, length) spliced in at message boundaries: whatever the engine
+        // reports, it must report the same when binary payload arrives as skips.
+        let ext = if compress { "Sec-WebSocket-Extensions: permessage-deflate\r\n" } else { "" };
+        let mut sc = Script::upgraded(ext, ext);
+        let (mut zc, mut zs) = (Compress::new(Compression::fast(), false), Compress::new(Compression::fast(), false));
+        let (mut cb, _) = encode_msgs_with(&cmsgs, C, compress.then_some(&mut zc));
+        let (mut sb, _) = encode_msgs_with(&smsgs, S, compress.then_some(&mut zs));
+        for &(to_server, b0, masked, len, at) in &odd {
+            let f = Fr::new(b0 & 0x0f, vec![0x5a; len]).fin(b0 & 0x80 != 0).rsv((b0 >> 4) & 7);
+            let f = if masked { f.masked() } else { f };
+            let bytes = if to_server { &mut cb } else { &mut sb };
+            // At a message boundary: the end, or the start of the stream.
+            let at = if at % 2 == 0 { 0 } else { bytes.len() };
+            bytes.splice(at..at, f.enc());
+        }
+        sc.data(C, cb).data(S, sb);
+        run(&sc);
+    }
+
+    #[test]
     fn arbitrary_bytes_never_panic(
         ops in prop::collection::vec((any::<bool>(), any::<bool>(), prop::collection::vec(any::<u8>(), 0..200), 0u64..50), 0..40),
         handshake in any::<bool>(),
@@ -1256,4 +1387,79 @@ fn bench_throughput() {
     let t = std::time::Instant::now();
     let (st, _) = run_cut(&sc, Cut::Random(5));
     eprintln!("garbage 20MB: {:?} skipped {} resyncs {}", t.elapsed(), st.skipped_bytes, st.resyncs);
+}
+
+// ----- header-only capture: skips and hints --------------------------------------------
+
+/// An upgraded connection with steering on; returns the engine and both stream offsets.
+fn steered() -> (Engine, [u64; 2]) {
+    let mut e = Engine::new(EngineConfig { steer: true, ..EngineConfig::default() });
+    e.open(FlowId(1), &key(), Opening::Handshake, 0);
+    let (req, resp) = (request(""), response(""));
+    e.data(FlowId(1), C, 0, &req, 0);
+    e.data(FlowId(1), S, 0, &resp, 0);
+    (e, [req.len() as u64, resp.len() as u64])
+}
+
+#[test]
+fn a_skip_inside_binary_payload_is_passed_over_in_sync() {
+    let (mut e, off) = steered();
+    let frame = sf(BIN, vec![7u8; 1000]).enc();
+    e.data(FlowId(1), S, off[1], &frame[..4 + 64], 0);
+    e.skip(FlowId(1), S, off[1] + 68, 936, 0);
+    let next = off[1] + frame.len() as u64;
+    e.data(FlowId(1), S, next, &sf(CLOSE, close_body(1000, b"")).enc(), 0);
+    let st = e.stats().clone();
+    assert_eq!((st.skipped_bytes, st.skip_mismatches, st.desyncs), (936, 0, 0));
+    assert_eq!(st.frames[S.index()].binary, 1);
+    assert_eq!(st.close_codes.get(&1000), Some(&1), "in sync after the skip");
+    assert!(e.drain_hints().all(|h| !matches!(h.steer, Steer::FullCopy)));
+}
+
+#[test]
+fn a_skip_where_bytes_are_needed_is_a_gap_and_asks_for_full_copy() {
+    let (mut e, off) = steered();
+    // Text is read (UTF-8): a capture must not skip it. Invalid UTF-8 in the skipped part
+    // cannot be seen, and the message is not judged at all.
+    let mut text = vec![b'a'; 500];
+    text[300] = 0xff;
+    let frame = sf(TEXT, text).enc();
+    e.data(FlowId(1), S, off[1], &frame[..100], 0);
+    e.skip(FlowId(1), S, off[1] + 100, frame.len() as u64 - 100, 0);
+    assert_eq!(e.stats().skip_mismatches, 1);
+    assert_eq!(e.stats().skipped_bytes, 0);
+    assert_eq!(e.drain_findings().count(), 0);
+    let hints: Vec<Hint> = e.drain_hints().collect();
+    assert_eq!(hints.len(), 1, "{hints:?}");
+    assert_eq!((hints[0].dir, hints[0].steer), (S, Steer::FullCopy));
+
+    // A skip over a header: sync is lost (and the capture already copies everything).
+    let (mut e, off) = steered();
+    e.skip(FlowId(1), C, off[0], 50, 0);
+    assert_eq!((e.stats().skip_mismatches, e.stats().desyncs), (1, 1));
+}
+
+#[test]
+fn binary_payload_read_in_full_anchors_the_capture_at_the_next_header() {
+    let (mut e, off) = steered();
+    // Two fragments of one binary message, copied whole (the capture is not walking).
+    let first = sf(BIN, vec![1u8; 5000]).fin(false).enc();
+    e.data(FlowId(1), S, off[1], &first[..2000], 0);
+    let hints: Vec<Hint> = e.drain_hints().collect();
+    let at = off[1] + first.len() as u64;
+    assert_eq!(hints.len(), 1, "{hints:?}");
+    assert_eq!((hints[0].dir, hints[0].steer), (S, Steer::Anchor { offset: at, open: OpenMessage::Skip }));
+    e.data(FlowId(1), S, off[1] + 2000, &first[2000..], 0);
+    assert_eq!(e.drain_hints().count(), 0, "at most one anchor per MiB of stream");
+
+    // Text is read anyway: no anchor. And nothing without steering.
+    let (mut e, off) = steered();
+    e.data(FlowId(1), S, off[1], &sf(TEXT, vec![b'x'; 5000]).enc(), 0);
+    assert_eq!(e.drain_hints().count(), 0);
+    let mut e = Engine::default();
+    e.open(FlowId(1), &key(), Opening::Handshake, 0);
+    e.data(FlowId(1), C, 0, &request(""), 0);
+    e.data(FlowId(1), S, 0, &response(""), 0);
+    e.data(FlowId(1), S, off[1], &sf(BIN, vec![1u8; 5000]).enc(), 0);
+    assert_eq!(e.drain_hints().count(), 0);
 }
