@@ -170,10 +170,12 @@ pub enum Counter {
     /// Packets whose records were not written because a tail call into the walk or emit
     /// program failed (their payload bytes are counted in `LoadErrorBytes`).
     TailCallErrors,
+    /// Bytes reserved in the ring buffer for records written, headers included.
+    RingBytes,
 }
 
 /// Number of counters in `COUNTERS`.
-pub const COUNTER_COUNT: u32 = 20;
+pub const COUNTER_COUNT: u32 = 21;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -197,6 +199,7 @@ impl Counter {
         Counter::WalkStops,
         Counter::StateErrors,
         Counter::TailCallErrors,
+        Counter::RingBytes,
     ];
 
     /// Stable snake_case name for reports.
@@ -222,6 +225,7 @@ impl Counter {
             Counter::WalkStops => "walk_stops",
             Counter::StateErrors => "state_errors",
             Counter::TailCallErrors => "tail_call_errors",
+            Counter::RingBytes => "ring_bytes",
         }
     }
 }

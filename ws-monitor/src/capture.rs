@@ -142,6 +142,7 @@ impl Capture {
             .map_max_entries("EVENTS", config.ring_size)
             .override_global("L2_LEN", &l2_len, true)
             .override_global("HEADER_ONLY", &u32::from(config.header_only), true)
+            .override_global("WAKE_BYTES", &wake_bytes(config.ring_size), true)
             .load(EBPF_OBJECT)
             .map_err(|e| explain(anyhow::Error::new(e).context("loading the eBPF program")))?;
 
@@ -292,6 +293,38 @@ impl Capture {
         }
         Ok(out)
     }
+}
+
+/// How often the reader drains the ring buffer without being woken: the kernel wakes it
+/// only once [`wake_bytes`] are waiting, so this bounds how late a quiet stream's last
+/// records are read.
+pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Unread bytes in the ring at which the kernel wakes the reader: a sixteenth of it,
+/// between 4 KiB and 1 MiB.
+fn wake_bytes(ring_size: u32) -> u32 {
+    (ring_size / 16).clamp(4096, 1 << 20)
+}
+
+/// Attaches `ws_monitor_null` (returns at once) to both TC hooks of `iface` with TCX
+/// links, which last as long as the returned object.
+pub fn attach_null(iface: &str) -> anyhow::Result<Ebpf> {
+    privileged_interface(iface)?;
+    resolve(AttachMode::Tcx, current_kernel())?;
+    let mut ebpf = EbpfLoader::new()
+        .load(EBPF_OBJECT)
+        .map_err(|e| explain(anyhow::Error::new(e).context("loading the eBPF object")))?;
+    let program: &mut SchedClassifier = ebpf
+        .program_mut("ws_monitor_null")
+        .context("program ws_monitor_null missing from the eBPF object")?
+        .try_into()?;
+    program.load().map_err(|e| explain(anyhow::Error::new(e).context("loading ws_monitor_null")))?;
+    for attach_type in [TcAttachType::Ingress, TcAttachType::Egress] {
+        program
+            .attach_with_options(iface, attach_type, TcAttachOptions::TcxOrder(LinkOrder::default()))
+            .map_err(|e| explain(anyhow::Error::new(e).context(format!("attaching to {iface}"))))?;
+    }
+    Ok(ebpf)
 }
 
 /// Loads the programs the entry programs tail-call (the frame walk and the record

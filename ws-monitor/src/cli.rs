@@ -116,6 +116,13 @@ pub enum Command {
     },
     /// Print the man page (roff) on stdout: ws-monitor man > ws-monitor.8
     Man,
+    /// For `cargo xtask bench`: attach a TC program that returns at once to both hooks of
+    /// an interface (TCX, Linux 6.6+) until SIGINT or SIGTERM, as a reference cost.
+    #[command(hide = true)]
+    NullProgram {
+        #[arg(long, short = 'i')]
+        iface: String,
+    },
     /// Print shell completions on stdout, e.g. ws-monitor completions bash > /etc/bash_completion.d/ws-monitor
     Completions {
         #[arg(value_enum)]

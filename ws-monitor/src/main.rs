@@ -33,6 +33,7 @@ fn main() -> ExitCode {
         Some(Command::Demo(args)) => runtime().and_then(|rt| rt.block_on(run_demo(&args))),
         Some(Command::Detach { iface }) => capture::detach(&iface).map(|said| eprintln!("ws-monitor: {said}")),
         Some(Command::Man) => print_man(),
+        Some(Command::NullProgram { iface }) => runtime().and_then(|rt| rt.block_on(null_program(&iface))),
         Some(Command::Completions { shell }) => {
             clap_complete::generate(shell, &mut Cli::command(), "ws-monitor", &mut std::io::stdout());
             Ok(())
@@ -269,6 +270,9 @@ async fn live(config: &CaptureConfig, args: &RunArgs, hooks: Live<'_>) -> anyhow
     let deadline = args.duration.map(|d| Instant::now() + Duration::from_secs_f64(d.max(0.0)));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut redraw = tokio::time::interval(Duration::from_millis(250));
+    // The kernel wakes us only once enough is waiting (see capture::DRAIN_INTERVAL).
+    let mut poll = tokio::time::interval(capture::DRAIN_INTERVAL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
 
     let result: anyhow::Result<()> = loop {
         tokio::select! {
@@ -276,6 +280,11 @@ async fn live(config: &CaptureConfig, args: &RunArgs, hooks: Live<'_>) -> anyhow
                 if let Err(e) = ready {
                     break Err(anyhow::Error::new(e).context("waiting on the ring buffer"));
                 }
+                capture.drain(|r| handle(&mut monitor, r));
+                monitor.steer(&mut capture);
+                outputs.findings(&mut monitor);
+            }
+            _ = poll.tick() => {
                 capture.drain(|r| handle(&mut monitor, r));
                 monitor.steer(&mut capture);
                 outputs.findings(&mut monitor);
@@ -432,6 +441,19 @@ fn finish_report(
             map.insert("reassembly".into(), serde_json::to_value(monitor.reassembly())?);
         }
         println!("{out}");
+    }
+    Ok(())
+}
+
+/// `ws-monitor null-program`: the bench's reference TC program, attached until a signal.
+async fn null_program(iface: &str) -> anyhow::Result<()> {
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let _attached = capture::attach_null(iface)?;
+    eprintln!("ws-monitor: null program attached to {iface} (ingress+egress); Ctrl-C to stop");
+    tokio::select! {
+        _ = sigint.recv() => {}
+        _ = sigterm.recv() => {}
     }
     Ok(())
 }

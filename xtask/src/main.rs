@@ -8,6 +8,7 @@
 //! `kernels` tests ws-monitor on Debian's 5.10, 6.1 and 6.12 kernels under QEMU and on the
 //! host kernel (see kernels.rs).
 
+mod bench;
 mod kernels;
 
 use std::path::PathBuf;
@@ -30,6 +31,8 @@ const TOOLCHAIN_PACKAGES: &[&str] = &[
 /// is replayed, pip for the `websockets` peer and Node.js for the `ws` peer.
 const TEST_PACKAGES: &[&str] =
     &["iproute2", "bpftool", "python3", "python3-pip", "procps", "util-linux", "nginx", "tcpdump", "nodejs", "tmux"];
+/// What `bench` needs on top: tshark, the reference the replay is measured against.
+const BENCH_PACKAGES: &[&str] = &["tshark"];
 /// The Python WebSocket library of the protocol-test peers (its asyncio API is from 13.0 on).
 const PY_WEBSOCKETS: &str = "websockets==14.2";
 /// Where the Node.js peers live (package.json and package-lock.json pin `ws`).
@@ -79,6 +82,38 @@ enum Task {
         #[arg(long, value_name = "PATH")]
         ws_monitor: Option<PathBuf>,
     },
+    /// Measure ws-monitor's cost on this machine and print one table (needs root and
+    /// Linux 6.6+): live bulk and small-frame traffic over veth, with references.
+    Bench {
+        /// Seconds each live measurement sends for.
+        #[arg(long, default_value_t = 3.0)]
+        secs: f64,
+        /// Rounds of the bulk measurements (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Measure this ws-monitor binary instead of building target/release/ws-monitor.
+        #[arg(long, value_name = "PATH")]
+        ws_monitor: Option<PathBuf>,
+    },
+    /// The load of `bench` (one side of it).
+    #[command(hide = true)]
+    BenchPeer {
+        #[arg(value_enum)]
+        role: PeerRole,
+        #[arg(long, default_value = "10.203.0.1")]
+        addr: String,
+        #[arg(long, default_value_t = 8001)]
+        port: u16,
+        #[arg(long, value_enum)]
+        load: bench::peer::Load,
+        #[arg(long)]
+        secs: f64,
+        #[arg(long, default_value_t = 1)]
+        conns: usize,
+        /// (client, small) Frames per second over all connections; 0 = unlimited.
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+    },
     /// The scripted WebSocket peer of `kernels` (one connection on 127.0.0.1:PORT).
     #[command(hide = true)]
     WsPeer {
@@ -107,9 +142,9 @@ fn main() {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.task {
-        Task::Setup { tests } => setup(tests),
+        Task::Setup { tests } => setup(tests, &[]),
         Task::Run { args } => {
-            setup(false)?;
+            setup(false, &[])?;
             step("building ws-monitor (release)");
             cargo(&["build", "--release", "--package", "ws-monitor"])?;
             let bin = workspace_root().join("target/release/ws-monitor");
@@ -120,7 +155,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         Task::Test { fuzz_seconds, args } => {
-            setup(true)?;
+            setup(true, &[])?;
             step("running the test suite");
             // The eBPF crate only builds for the BPF target (ws-monitor's build.rs does that).
             let mut test_args = vec!["test", "--workspace", "--exclude", "ws-monitor-ebpf"];
@@ -146,16 +181,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Task::Kernels { kernels, timeout, ws_monitor } => {
             kernels::run(kernels::Options { kernels, timeout, ws_monitor })
         }
+        Task::Bench { secs, rounds, ws_monitor } => {
+            setup(true, BENCH_PACKAGES)?;
+            bench::run(bench::Options { secs, rounds, ws_monitor })
+        }
+        Task::BenchPeer { role: PeerRole::Server, port, load, secs, conns, .. } => {
+            bench::peer::server(port, load, secs, conns)
+        }
+        Task::BenchPeer { role: PeerRole::Client, addr, port, load, secs, conns, rate } => {
+            bench::peer::client(&addr, port, load, secs, conns, rate)
+        }
         Task::WsPeer { role: PeerRole::Server, port, ready } => kernels::peer_server(port, ready.as_deref()),
         Task::WsPeer { role: PeerRole::Client, port, .. } => kernels::peer_client(port),
     }
 }
 
-fn setup(tests: bool) -> anyhow::Result<()> {
+fn setup(tests: bool, extra: &[&str]) -> anyhow::Result<()> {
     let mut packages: Vec<&str> = TOOLCHAIN_PACKAGES.to_vec();
     if tests {
         packages.extend_from_slice(TEST_PACKAGES);
     }
+    packages.extend_from_slice(extra);
     let missing: Vec<&str> = packages.iter().copied().filter(|p| !deb_installed(p)).collect();
     if missing.is_empty() {
         step("Debian packages: all present");

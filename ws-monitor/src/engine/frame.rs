@@ -268,9 +268,22 @@ pub fn close_code_valid(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
-/// XORs `src` with `key` starting at key position `phase` into `dst[..src.len()]`.
+/// XORs `src` with `key` starting at key position `phase` into `dst[..src.len()]`,
+/// eight bytes at a time.
 pub fn unmask_into(dst: &mut [u8], src: &[u8], key: [u8; 4], phase: usize) {
-    for ((d, s), k) in dst.iter_mut().zip(src).zip(key.iter().cycle().skip(phase & 3)) {
+    let n = src.len().min(dst.len());
+    let (dst, src) = (&mut dst[..n], &src[..n]);
+    let p = phase & 3;
+    let rot = [key[p], key[(p + 1) & 3], key[(p + 2) & 3], key[(p + 3) & 3]];
+    let wide = u64::from_ne_bytes([rot[0], rot[1], rot[2], rot[3], rot[0], rot[1], rot[2], rot[3]]);
+    let mut d8 = dst.chunks_exact_mut(8);
+    let mut s8 = src.chunks_exact(8);
+    for (d, s) in (&mut d8).zip(&mut s8) {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(s);
+        d.copy_from_slice(&(u64::from_ne_bytes(w) ^ wide).to_ne_bytes());
+    }
+    for ((d, s), k) in d8.into_remainder().iter_mut().zip(s8.remainder()).zip(rot.iter().cycle()) {
         *d = s ^ k;
     }
 }
@@ -394,6 +407,20 @@ mod tests {
         assert_eq!(FrameHeader::parse(&[0x81]), Status::Partial(2));
         assert_eq!(FrameHeader::parse(&[0x81, 0x85, 1]), Status::Partial(6));
         assert_eq!(FrameHeader::parse(&[0x81, 0xFF, 0]), Status::Partial(14));
+    }
+
+    #[test]
+    fn unmasking_word_wide_matches_byte_by_byte() {
+        let key = [0x12, 0x34, 0x56, 0x78];
+        let src: Vec<u8> = (0..70u8).collect();
+        for len in 0..src.len() {
+            for phase in 0..6 {
+                let mut dst = vec![0u8; len];
+                unmask_into(&mut dst, &src[..len], key, phase);
+                let want: Vec<u8> = src[..len].iter().enumerate().map(|(i, b)| b ^ key[(i + phase) % 4]).collect();
+                assert_eq!(dst, want, "len {len} phase {phase}");
+            }
+        }
     }
 
     #[test]
