@@ -237,15 +237,17 @@ impl Capture {
         Ok(())
     }
 
-    /// Passes every record in the ring buffer to `f` without waiting.
-    pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> usize {
+    /// Passes up to `max` records from the ring buffer to `f` without waiting; true if
+    /// it stopped at `max` (more may be waiting).
+    pub fn drain(&mut self, max: usize, mut f: impl FnMut(&[u8])) -> bool {
         let ring = self.ring.get_mut();
-        let mut n = 0;
-        while let Some(item) = ring.next() {
-            f(&item);
-            n += 1;
+        for _ in 0..max {
+            match ring.next() {
+                Some(item) => f(&item),
+                None => return false,
+            }
         }
-        n
+        true
     }
 
     /// Applies an engine hint to the kernel's frame walk; `seq` is the TCP sequence
@@ -294,6 +296,10 @@ impl Capture {
         Ok(out)
     }
 }
+
+/// Records read in one go before the other work of the loop (ticks, keys, redraws) gets
+/// its turn.
+pub const DRAIN_BATCH: usize = 16_384;
 
 /// How often the reader drains the ring buffer without being woken: the kernel wakes it
 /// only once [`wake_bytes`] are waiting, so this bounds how late a quiet stream's last

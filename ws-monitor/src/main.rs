@@ -274,18 +274,26 @@ async fn live(config: &CaptureConfig, args: &RunArgs, hooks: Live<'_>) -> anyhow
     let mut poll = tokio::time::interval(capture::DRAIN_INTERVAL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
 
+    // Set when a drain stopped at DRAIN_BATCH: the next batch competes with the other
+    // branches instead of running ahead of them.
+    let mut more = false;
     let result: anyhow::Result<()> = loop {
         tokio::select! {
-            ready = capture.readable() => {
+            ready = capture.readable(), if !more => {
                 if let Err(e) = ready {
                     break Err(anyhow::Error::new(e).context("waiting on the ring buffer"));
                 }
-                capture.drain(|r| handle(&mut monitor, r));
+                more = capture.drain(capture::DRAIN_BATCH, |r| handle(&mut monitor, r));
+                monitor.steer(&mut capture);
+                outputs.findings(&mut monitor);
+            }
+            _ = std::future::ready(()), if more => {
+                more = capture.drain(capture::DRAIN_BATCH, |r| handle(&mut monitor, r));
                 monitor.steer(&mut capture);
                 outputs.findings(&mut monitor);
             }
             _ = poll.tick() => {
-                capture.drain(|r| handle(&mut monitor, r));
+                more = capture.drain(capture::DRAIN_BATCH, |r| handle(&mut monitor, r));
                 monitor.steer(&mut capture);
                 outputs.findings(&mut monitor);
             }
@@ -320,8 +328,14 @@ async fn live(config: &CaptureConfig, args: &RunArgs, hooks: Live<'_>) -> anyhow
     outputs.dashboard = None;
     result?;
 
-    // Read what is still in the ring, then detach before the final accounting.
-    capture.drain(|r| handle(&mut monitor, r));
+    // Read what is still in the ring (at most what a full ring holds, so that traffic
+    // going on cannot keep us here), then detach before the final accounting.
+    let most = (config.ring_size as usize / ws_monitor_common::HEADER_SIZE).div_ceil(capture::DRAIN_BATCH);
+    for _ in 0..most {
+        if !capture.drain(capture::DRAIN_BATCH, |r| handle(&mut monitor, r)) {
+            break;
+        }
+    }
     let counters = capture.counters()?;
     let steer_stats = capture.steer_stats;
     drop(capture);

@@ -470,14 +470,17 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     println!();
     println!("Live bulk (one connection, 64 KiB binary frames server→client, veth between two netns, {secs} s each, median of {rounds} rounds)");
     println!();
-    println!("| attached | MB/s | ÷ nothing | ring drops | gaps | ring bytes ÷ payload | eBPF ns/packet egress (÷ null) | ingress (÷ null) | ws-monitor CPU |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| attached | MB/s | ÷ nothing | ring drops | gaps | ring bytes ÷ payload | of which retransmissions | eBPF ns/packet egress (÷ null) | ingress (÷ null) | ws-monitor CPU |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for (attached, r) in &bulk {
         let rep = r.report.as_ref();
         let k = |name: &str| rep.and_then(|v| v["kernel"][name].as_u64());
         let cap = |name: &str| rep.and_then(|v| v["capture"][name].as_u64());
         let payload = cap("bytes_server").zip(cap("skipped_server")).map(|(a, b)| a + b);
-        let ring = k("ring_bytes").zip(payload).map_or("—".into(), |(r, p)| format!("{:.4} %", 100.0 * r as f64 / p.max(1) as f64));
+        let share = |n: Option<u64>| n.zip(payload).map_or("—".into(), |(r, p)| format!("{:.2} %", 100.0 * r as f64 / p.max(1) as f64));
+        let ring = share(k("ring_bytes"));
+        // Retransmitted segments are copied whole (and dropped as duplicates by reassembly).
+        let retransmitted = share(rep.and_then(|v| v["reassembly"]["duplicate_bytes"].as_u64()));
         let ns = |i: usize| {
             r.ns_per_packet[i].map_or("—".into(), |v| match null_ns[i] {
                 Some(n) if *attached != Attached::Null => format!("{v:.0} ({})", ratio(v, n)),
@@ -485,13 +488,14 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             })
         };
         println!(
-            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
             attached.label(),
             r.bytes_per_s / 1e6,
             ratio(r.bytes_per_s, base),
             cap("ring_drops").map_or("—".into(), |v| v.to_string()),
             cap("gaps").map_or("—".into(), |v| v.to_string()),
             ring,
+            retransmitted,
             ns(1),
             ns(0),
             r.cpu.map_or("—".into(), |c| format!("{:.0} %", c * 100.0)),
