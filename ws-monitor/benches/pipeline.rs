@@ -13,6 +13,7 @@ use std::time::Instant;
 use ws_monitor::engine::{Engine, EngineConfig};
 use ws_monitor::flow::{key_for, Closing, Direction, FlowId, Opening, Segment, StreamSink, TcpFlags};
 use ws_monitor::monitor::Monitor;
+use ws_monitor::pipeline::{default_workers, Pipeline};
 use ws_monitor::reassembly::ReassemblyConfig;
 
 const CONNECTIONS: u16 = 64;
@@ -153,6 +154,51 @@ fn streams(seed: u16, traffic: Traffic) -> (Vec<u8>, Vec<u8>) {
     (c, s)
 }
 
+/// Every connection's segments, MSS-sized, both directions interleaved, acking each other.
+fn segments(conns: &[(Vec<u8>, Vec<u8>)], f: &mut dyn FnMut(&Segment<'_>)) {
+    for (i, (c, s)) in conns.iter().enumerate() {
+        let client = SocketAddr::from((Ipv4Addr::new(10, 0, 0, 1), 40000 + i as u16));
+        let server = SocketAddr::from((Ipv4Addr::new(10, 0, 0, 2), 8001));
+        let key = key_for((client.ip(), client.port()), (server.ip(), server.port()), Direction::ToServer);
+        let (isn_c, isn_s) = (1000u32, 5000u32);
+        let syn = |dir, seq, ack, synf: bool, ackf: bool| Segment {
+            key,
+            dir,
+            seq,
+            ack,
+            flags: TcpFlags { syn: synf, ack: ackf, fin: false, rst: false },
+            data: &[],
+            skip: 0,
+            ts_ns: 1,
+        };
+        f(&syn(Direction::ToServer, isn_c, 0, true, false));
+        f(&syn(Direction::ToClient, isn_s, isn_c + 1, true, true));
+        let mut offs = [0usize; 2];
+        while offs[0] < c.len() || offs[1] < s.len() {
+            for (i, dir, data, isn, peer_isn) in
+                [(0, Direction::ToServer, c, isn_c, isn_s), (1, Direction::ToClient, s, isn_s, isn_c)]
+            {
+                let off = offs[i];
+                if off < data.len() {
+                    let end = (off + MSS).min(data.len());
+                    let peer_delivered = offs[1 - i] as u32;
+                    f(&Segment {
+                        key,
+                        dir,
+                        seq: isn.wrapping_add(1).wrapping_add(off as u32),
+                        ack: peer_isn.wrapping_add(1).wrapping_add(peer_delivered),
+                        flags: TcpFlags { ack: true, ..TcpFlags::default() },
+                        data: &data[off..end],
+                        skip: 0,
+                        ts_ns: 2,
+                    });
+                    offs[i] = end;
+                }
+            }
+        }
+    }
+}
+
 fn mb_per_s(bytes: usize, secs: f64) -> f64 {
     bytes as f64 / 1e6 / secs
 }
@@ -165,8 +211,9 @@ fn peak_rss_kib() -> u64 {
 }
 
 fn main() {
-    println!("| traffic ({CONNECTIONS} connections) | MB | frames | memcpy MB/s | engine alone, 64 KiB deliveries | reassembly + engine, {MSS} B segments |");
-    println!("|---|---|---|---|---|---|");
+    let workers = default_workers();
+    println!("| traffic ({CONNECTIONS} connections) | MB | frames | memcpy MB/s | engine alone, 64 KiB deliveries | reassembly + engine, {MSS} B segments, 1 thread | the same, {workers} worker threads |");
+    println!("|---|---|---|---|---|---|---|");
     for traffic in Traffic::ALL {
         let conns: Vec<(Vec<u8>, Vec<u8>)> = (0..CONNECTIONS).map(|i| streams(i, traffic)).collect();
         measure(traffic, &conns);
@@ -221,51 +268,11 @@ fn measure(traffic: Traffic, conns: &[(Vec<u8>, Vec<u8>)]) {
     let frames: u64 = engine.stats().frames.iter().map(|f| f.total()).sum();
     assert_eq!(frames, conns.len() as u64 * 2 * (u64::from(traffic.frames()) + 1));
 
-    // Reassembly + engine from MSS-sized segments, both directions interleaved.
+    // Reassembly + engine from MSS-sized segments, both directions interleaved: one
+    // monitor on this thread, then the multi-core pipeline with one worker per CPU.
     let start = Instant::now();
     let mut monitor = Monitor::new(ReassemblyConfig::default(), EngineConfig::default(), None);
-    for (i, (c, s)) in conns.iter().enumerate() {
-        let client = SocketAddr::from((Ipv4Addr::new(10, 0, 0, 1), 40000 + i as u16));
-        let server = SocketAddr::from((Ipv4Addr::new(10, 0, 0, 2), 8001));
-        let key = key_for((client.ip(), client.port()), (server.ip(), server.port()), Direction::ToServer);
-        let (isn_c, isn_s) = (1000u32, 5000u32);
-        let syn = |dir, seq, ack, synf: bool, ackf: bool| Segment {
-            key,
-            dir,
-            seq,
-            ack,
-            flags: TcpFlags { syn: synf, ack: ackf, fin: false, rst: false },
-            data: &[],
-            skip: 0,
-            ts_ns: 1,
-        };
-        monitor.segment(&syn(Direction::ToServer, isn_c, 0, true, false));
-        monitor.segment(&syn(Direction::ToClient, isn_s, isn_c + 1, true, true));
-        let mut offs = [0usize; 2];
-        while offs[0] < c.len() || offs[1] < s.len() {
-            for (i, dir, data, isn, peer_isn) in
-                [(0, Direction::ToServer, c, isn_c, isn_s), (1, Direction::ToClient, s, isn_s, isn_c)]
-            {
-                let off = offs[i];
-                if off < data.len() {
-                    let end = (off + MSS).min(data.len());
-                    let peer_delivered = offs[1 - i] as u32;
-                    monitor.segment(&Segment {
-                        key,
-                        dir,
-                        seq: isn.wrapping_add(1).wrapping_add(off as u32),
-                        ack: peer_isn.wrapping_add(1).wrapping_add(peer_delivered),
-                        flags: TcpFlags { ack: true, ..TcpFlags::default() },
-                        data: &data[off..end],
-                        skip: 0,
-                        ts_ns: 2,
-                    });
-                    offs[i] = end;
-                }
-            }
-        }
-        black_box(monitor.drain_findings().count());
-    }
+    segments(conns, &mut |seg| monitor.segment(seg));
     monitor.finish(3);
     let pipeline_secs = start.elapsed().as_secs_f64();
     assert_eq!(monitor.engine_stats().violations_total(), 0);
@@ -273,8 +280,17 @@ fn measure(traffic: Traffic, conns: &[(Vec<u8>, Vec<u8>)]) {
     assert_eq!(monitor.engine_stats().frames.iter().map(|f| f.total()).sum::<u64>(), frames);
     assert_eq!(monitor.reassembly().gaps, 0);
 
+    let workers = default_workers();
+    let start = Instant::now();
+    let mut pipeline =
+        Pipeline::start(workers, ReassemblyConfig::default(), EngineConfig::default(), None, true).expect("workers");
+    segments(conns, &mut |seg| pipeline.segment(seg));
+    pipeline.finish(3);
+    let workers_secs = start.elapsed().as_secs_f64();
+    assert_eq!(pipeline.totals().engine, *monitor.engine_stats(), "the workers count what one monitor counts");
+
     println!(
-        "| {} | {:.1} | {frames} | {:.0} | {:.0} MB/s = {:.2}× memcpy | {:.0} MB/s = {:.2}× memcpy, {:.2} M frames/s |",
+        "| {} | {:.1} | {frames} | {:.0} | {:.0} MB/s = {:.2}× memcpy | {:.0} MB/s = {:.2}× memcpy, {:.2} M frames/s | {:.0} MB/s = {:.2}× memcpy, {:.2} M frames/s |",
         traffic.name(),
         total as f64 / 1e6,
         mb_per_s(total, reference),
@@ -283,5 +299,8 @@ fn measure(traffic: Traffic, conns: &[(Vec<u8>, Vec<u8>)]) {
         mb_per_s(total, pipeline_secs),
         reference / pipeline_secs,
         frames as f64 / 1e6 / pipeline_secs,
+        mb_per_s(total, workers_secs),
+        reference / workers_secs,
+        frames as f64 / 1e6 / workers_secs,
     );
 }

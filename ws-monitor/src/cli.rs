@@ -98,6 +98,11 @@ pub struct RunArgs {
     /// Seconds without traffic after which a connection is evicted.
     #[arg(long, default_value_t = 300.0, value_name = "SECS")]
     pub idle_timeout: f64,
+
+    /// Worker threads that reassemble and check connections (sharded by connection;
+    /// 0 = one per CPU this process may use).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub workers: usize,
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,7 +3,8 @@
 //! Data flows one way, one module per stage:
 //! [`capture`] (kernel ring buffer) → [`flow::Segment`] → [`reassembly`] →
 //! [`flow::StreamSink`] → [`engine`] → findings → outputs ([`report`], [`streams`]).
-//! [`monitor`] wires the stages together for live capture and replay alike.
+//! [`monitor`] wires the stages together; [`pipeline`] runs monitors on worker threads,
+//! sharded by connection, for live capture and replay alike.
 
 pub mod capture;
 pub mod clsact;
@@ -16,6 +17,7 @@ pub mod flow;
 pub mod liveness;
 pub mod logs;
 pub mod monitor;
+pub mod pipeline;
 pub mod prometheus;
 pub mod reassembly;
 pub mod replay;

@@ -15,12 +15,11 @@ use ws_monitor::engine::EngineConfig;
 use ws_monitor::events::EventLog;
 use ws_monitor::liveness::monotonic_ns;
 use ws_monitor::logs::{self, HeadlessLog, Totals};
-use ws_monitor::monitor::Monitor;
+use ws_monitor::pipeline::{self, Pipeline};
 use ws_monitor::prometheus::Exporter;
 use ws_monitor::reassembly::ReassemblyConfig;
 use ws_monitor::replay;
 use ws_monitor::report::{self, CaptureReport};
-use ws_monitor::streams::StreamDump;
 use ws_monitor_common::Counter;
 
 fn main() -> ExitCode {
@@ -90,15 +89,15 @@ fn usage_error(e: clap::Error) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn new_monitor(args: &RunArgs, steer: bool) -> anyhow::Result<Monitor> {
+fn new_pipeline(args: &RunArgs, steer: bool, lossless: bool) -> anyhow::Result<Pipeline> {
     let reassembly = ReassemblyConfig {
         max_flows: args.max_flows.max(1),
         max_buffered_per_direction: usize::try_from(args.flow_buffer).unwrap_or(usize::MAX),
         idle_timeout_ns: secs_to_ns(args.idle_timeout),
     };
     let engine = EngineConfig { max_frame_size: args.max_frame_size, steer };
-    let dump = args.streams_dir.as_deref().map(StreamDump::new).transpose()?;
-    Ok(Monitor::new(reassembly, engine, dump))
+    let workers = if args.workers == 0 { pipeline::default_workers() } else { args.workers };
+    Pipeline::start(workers, reassembly, engine, args.streams_dir.as_deref(), lossless)
 }
 
 fn secs_to_ns(secs: f64) -> u64 {
@@ -137,9 +136,9 @@ impl Outputs {
         })
     }
 
-    /// Sends the findings the engine has produced since the last call.
-    fn findings(&mut self, monitor: &mut Monitor) {
-        for finding in monitor.drain_findings() {
+    /// Sends the findings the workers have produced since the last call.
+    fn findings(&mut self, pipeline: &mut Pipeline) {
+        for finding in pipeline.drain_findings() {
             if let Some(events) = self.events.as_mut() {
                 events.write(&finding);
             }
@@ -173,12 +172,12 @@ impl Outputs {
     }
 
     /// About once a second: periodic log line, metrics.
-    fn tick(&mut self, now_ns: u64, monitor: &Monitor, capture: &CaptureReport) {
+    fn tick(&mut self, now_ns: u64, totals: &pipeline::Totals, capture: &CaptureReport) {
         if let Some(log) = self.log.as_mut() {
-            log.tick(now_ns, || Totals::new(capture, monitor.engine_stats(), monitor.open_flows()));
+            log.tick(now_ns, || Totals::new(capture, &totals.engine, totals.open_flows));
         }
         if let Some(metrics) = &self.metrics {
-            metrics.update(monitor.engine_stats(), capture, monitor.open_flows());
+            metrics.update(&totals.engine, capture, totals.open_flows);
         }
         if let Some((dashboard, _)) = self.dashboard.as_mut() {
             let health = CaptureHealth {
@@ -188,8 +187,7 @@ impl Outputs {
                 gaps: capture.gaps,
                 ring_drops: capture.ring_drops,
             };
-            let engine = monitor.engine();
-            dashboard.on_tick(now_ns, health, engine.stats(), engine.connections());
+            dashboard.on_tick(now_ns, health, &totals.engine, totals.connections.iter().map(|(id, v)| (*id, v)));
         }
         if let Some(events) = self.events.as_mut() {
             events.flush();
@@ -208,7 +206,7 @@ async fn live(config: &CaptureConfig, args: &RunArgs, hooks: Live<'_>) -> anyhow
     // Handlers first: a signal that arrives once we are attached must detach cleanly.
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut monitor = new_monitor(args, config.header_only)?;
+    let mut pipeline = new_pipeline(args, config.header_only, false)?;
     let epoch_offset = clock_ns(libc::CLOCK_REALTIME) as i128 - monotonic_ns() as i128;
     // The dashboard is the default on a terminal; otherwise log lines.
     let tui = !args.no_tui && std::io::IsTerminal::is_terminal(&std::io::stdout());
@@ -262,8 +260,8 @@ async fn live(config: &CaptureConfig, args: &RunArgs, hooks: Live<'_>) -> anyhow
     }
 
     let mut bad_records = 0u64;
-    let mut handle = |monitor: &mut Monitor, record: &[u8]| match capture::decode(record) {
-        Ok((header, payload)) => monitor.segment(&capture::segment(&header, payload)),
+    let mut handle = |pipeline: &mut Pipeline, record: &[u8]| match capture::decode(record) {
+        Ok((header, payload)) => pipeline.segment(&capture::segment(&header, payload)),
         Err(_) => bad_records += 1,
     };
 
@@ -283,19 +281,22 @@ async fn live(config: &CaptureConfig, args: &RunArgs, hooks: Live<'_>) -> anyhow
                 if let Err(e) = ready {
                     break Err(anyhow::Error::new(e).context("waiting on the ring buffer"));
                 }
-                more = capture.drain(capture::DRAIN_BATCH, |r| handle(&mut monitor, r));
-                monitor.steer(&mut capture);
-                outputs.findings(&mut monitor);
+                more = capture.drain(capture::DRAIN_BATCH, |r| handle(&mut pipeline, r));
+                pipeline.flush();
+                pipeline.steer(&mut capture);
+                outputs.findings(&mut pipeline);
             }
             _ = std::future::ready(()), if more => {
-                more = capture.drain(capture::DRAIN_BATCH, |r| handle(&mut monitor, r));
-                monitor.steer(&mut capture);
-                outputs.findings(&mut monitor);
+                more = capture.drain(capture::DRAIN_BATCH, |r| handle(&mut pipeline, r));
+                pipeline.flush();
+                pipeline.steer(&mut capture);
+                outputs.findings(&mut pipeline);
             }
             _ = poll.tick() => {
-                more = capture.drain(capture::DRAIN_BATCH, |r| handle(&mut monitor, r));
-                monitor.steer(&mut capture);
-                outputs.findings(&mut monitor);
+                more = capture.drain(capture::DRAIN_BATCH, |r| handle(&mut pipeline, r));
+                pipeline.flush();
+                pipeline.steer(&mut capture);
+                outputs.findings(&mut pipeline);
             }
             _ = sigint.recv() => break Ok(()),
             _ = sigterm.recv() => break Ok(()),
@@ -315,10 +316,10 @@ async fn live(config: &CaptureConfig, args: &RunArgs, hooks: Live<'_>) -> anyhow
             }
             _ = tick.tick() => {
                 let now = monotonic_ns();
-                monitor.tick(now);
-                outputs.findings(&mut monitor);
+                pipeline.tick(now, outputs.dashboard.is_some());
+                outputs.findings(&mut pipeline);
                 match capture.counters() {
-                    Ok(counters) => outputs.tick(now, &monitor, &live_report(&counters, &monitor)),
+                    Ok(counters) => outputs.tick(now, pipeline.totals(), &live_report(&counters, pipeline.totals())),
                     Err(e) => break Err(e),
                 }
             }
@@ -332,33 +333,42 @@ async fn live(config: &CaptureConfig, args: &RunArgs, hooks: Live<'_>) -> anyhow
     // going on cannot keep us here), then detach before the final accounting.
     let most = (config.ring_size as usize / ws_monitor_common::HEADER_SIZE).div_ceil(capture::DRAIN_BATCH);
     for _ in 0..most {
-        if !capture.drain(capture::DRAIN_BATCH, |r| handle(&mut monitor, r)) {
+        if !capture.drain(capture::DRAIN_BATCH, |r| handle(&mut pipeline, r)) {
             break;
         }
     }
     let counters = capture.counters()?;
     let steer_stats = capture.steer_stats;
     drop(capture);
-    monitor.finish(monotonic_ns());
-    outputs.findings(&mut monitor);
+    pipeline.finish(monotonic_ns());
+    outputs.findings(&mut pipeline);
+    let findings_dropped = pipeline.findings_dropped();
+    if findings_dropped > 0 {
+        tracing::warn!("{findings_dropped} findings were dropped: the outputs fell behind the workers (counted in every total)");
+    }
     if bad_records > 0 {
         tracing::warn!("{bad_records} malformed ring-buffer records were dropped");
     }
 
-    let capture_report = live_report(&counters, &monitor);
-    outputs.tick(monotonic_ns(), &monitor, &capture_report);
+    let totals = pipeline.totals();
+    let capture_report = live_report(&counters, totals);
+    outputs.tick(monotonic_ns(), totals, &capture_report);
     if let Some(log) = outputs.log.as_mut() {
-        log.summary(&capture_report, monitor.engine_stats());
+        log.summary(&capture_report, &totals.engine);
     } else {
         // After the dashboard: a plain summary on stderr.
-        eprintln!("ws-monitor: {}", report::stats_line(&monitor, capture_report.packets, capture_report.ring_drops));
-        for line in report::violation_lines(monitor.engine_stats()) {
+        eprintln!("ws-monitor: {}", report::stats_line(totals, capture_report.packets, capture_report.ring_drops));
+        for line in report::violation_lines(&totals.engine) {
             eprintln!("ws-monitor:   {line}");
         }
     }
     let demo_committed = hooks.demo.map(|d| d.committed());
-    finish_report(&monitor, &config.ports, &capture_report, args.json, |out| {
+    finish_report(totals, &config.ports, &capture_report, args.json, |out| {
         out.insert("kernel".into(), report::kernel_json(&counters));
+        out.insert(
+            "pipeline".into(),
+            serde_json::json!({"workers": pipeline.workers(), "findings_dropped": findings_dropped, "hints_dropped": pipeline.hints_dropped()}),
+        );
         out.insert("attach".into(), serde_json::to_value(&attachment).unwrap_or_default());
         out.insert("header_only".into(), serde_json::to_value(steer_stats).unwrap_or_default());
         out.insert("bad_records".into(), bad_records.into());
@@ -386,12 +396,8 @@ async fn run_demo(args: &DemoArgs) -> anyhow::Result<()> {
     result
 }
 
-fn live_report(counters: &capture::KernelCounters, monitor: &Monitor) -> CaptureReport {
-    CaptureReport::new(
-        counters.get(Counter::PacketsMatched),
-        counters.get(Counter::RingFullRecords),
-        monitor.reassembly(),
-    )
+fn live_report(counters: &capture::KernelCounters, totals: &pipeline::Totals) -> CaptureReport {
+    CaptureReport::new(counters.get(Counter::PacketsMatched), counters.get(Counter::RingFullRecords), &totals.reassembly)
 }
 
 fn replay_file(args: &ReplayArgs) -> anyhow::Result<()> {
@@ -412,47 +418,53 @@ fn replay_file(args: &ReplayArgs) -> anyhow::Result<()> {
         args.ports.clone()
     };
     let run = &args.run;
-    let mut monitor = new_monitor(run, false)?;
+    let mut pipeline = new_pipeline(run, false, true)?;
     logs::init(run.log_format)?;
     let mut outputs = Outputs::new(run, 0, true)?;
     const TICK_NS: u64 = 1_000_000_000;
     let (mut last_tick, mut last_ts) = (0u64, 0u64);
+    let mut since_findings = 0u32;
     let stats = replay::replay(&args.file, &ports, |seg| {
-        monitor.segment(seg);
+        pipeline.segment(seg);
         last_ts = last_ts.max(seg.ts_ns);
         if last_ts >= last_tick.saturating_add(TICK_NS) {
-            monitor.tick(last_ts);
+            pipeline.tick(last_ts, false);
             last_tick = last_ts;
         }
-        outputs.findings(&mut monitor);
+        since_findings += 1;
+        if since_findings >= 1024 {
+            since_findings = 0;
+            outputs.findings(&mut pipeline);
+        }
     })?;
-    monitor.finish(last_ts);
-    outputs.findings(&mut monitor);
+    pipeline.finish(last_ts);
+    outputs.findings(&mut pipeline);
     if stats.truncated_file {
         tracing::warn!("{} ends in the middle of a record; the rest was not read", args.file.display());
     }
-    let capture_report = CaptureReport::new(stats.matched, 0, monitor.reassembly());
+    let totals = pipeline.totals();
+    let capture_report = CaptureReport::new(stats.matched, 0, &totals.reassembly);
     if let Some(log) = outputs.log.as_mut() {
-        log.summary(&capture_report, monitor.engine_stats());
+        log.summary(&capture_report, &totals.engine);
     }
-    finish_report(&monitor, &ports, &capture_report, run.json, |out| {
+    finish_report(totals, &ports, &capture_report, run.json, |out| {
         out.insert("replay".into(), serde_json::to_value(&stats).unwrap_or_default());
     })
 }
 
 /// The summary on stderr, and the JSON report on stdout with `--json`.
 fn finish_report(
-    monitor: &Monitor,
+    totals: &pipeline::Totals,
     ports: &[u16],
     capture: &CaptureReport,
     json: bool,
     extra: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
 ) -> anyhow::Result<()> {
     if json {
-        let mut out = report::report_json(ports, monitor.engine_stats(), capture);
+        let mut out = report::report_json(ports, &totals.engine, capture);
         if let Some(map) = out.as_object_mut() {
             extra(map);
-            map.insert("reassembly".into(), serde_json::to_value(monitor.reassembly())?);
+            map.insert("reassembly".into(), serde_json::to_value(totals.reassembly)?);
         }
         println!("{out}");
     }

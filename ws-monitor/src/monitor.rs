@@ -1,8 +1,7 @@
 //! The pipeline shared by live capture and replay: segments → reassembly → engine (and
 //! the optional stream dump). No I/O of its own beyond what the sinks do.
 
-use crate::capture::Capture;
-use crate::engine::{Engine, EngineConfig, EngineStats, Finding, Steer};
+use crate::engine::{Engine, EngineConfig, EngineStats, Finding, Hint, Steer};
 use crate::flow::{Closing, Direction, FlowId, FlowKey, Opening, Segment, StreamSink};
 use crate::reassembly::{Reassembler, ReassemblyConfig, ReassemblyStats};
 use crate::streams::StreamDump;
@@ -53,8 +52,14 @@ pub struct Monitor {
 
 impl Monitor {
     pub fn new(reassembly: ReassemblyConfig, engine: EngineConfig, dump: Option<StreamDump>) -> Self {
+        Self::with_ids(reassembly, engine, dump, 1, 1)
+    }
+
+    /// A monitor whose flow ids are `first`, `first + step`, ... (one of several side by
+    /// side, see [`crate::pipeline`]).
+    pub fn with_ids(reassembly: ReassemblyConfig, engine: EngineConfig, dump: Option<StreamDump>, first: u64, step: u64) -> Self {
         Monitor {
-            reassembler: Reassembler::new(reassembly),
+            reassembler: Reassembler::with_ids(reassembly, first, step),
             sinks: Sinks { engine: Engine::new(engine), dump },
         }
     }
@@ -92,15 +97,20 @@ impl Monitor {
         self.reassembler.open_flows()
     }
 
-    /// Passes the engine's hints to a header-only capture.
-    pub fn steer(&mut self, capture: &mut Capture) {
+    /// The engine's hints for a header-only capture, each with the sequence number of its
+    /// stream offset (while the connection is tracked).
+    pub fn drain_hints(&mut self) -> Vec<(Hint, Option<u32>)> {
         let Monitor { reassembler, sinks } = self;
-        for hint in sinks.engine.drain_hints() {
-            let seq = match hint.steer {
-                Steer::Anchor { offset, .. } => reassembler.seq_at(&hint.key, hint.dir, offset),
-                Steer::FullCopy => None,
-            };
-            capture.steer(&hint, seq);
-        }
+        sinks
+            .engine
+            .drain_hints()
+            .map(|hint| {
+                let seq = match hint.steer {
+                    Steer::Anchor { offset, .. } => reassembler.seq_at(&hint.key, hint.dir, offset),
+                    Steer::FullCopy => None,
+                };
+                (hint, seq)
+            })
+            .collect()
     }
 }

@@ -99,6 +99,48 @@ pub struct ReassemblyStats {
     pub table_full_evictions: u64,
 }
 
+impl ReassemblyStats {
+    /// Adds another reassembler's counters (of other connections) to these.
+    pub fn add(&mut self, o: &ReassemblyStats) {
+        let ReassemblyStats {
+            segments,
+            flows_opened,
+            flows_closed,
+            flows_evicted,
+            flows_open_at_end,
+            gaps,
+            bytes_lost,
+            bytes_client,
+            bytes_server,
+            skipped_client,
+            skipped_server,
+            duplicate_bytes,
+            out_of_order_segments,
+            buffer_overflows,
+            table_full_evictions,
+        } = o;
+        for (mine, theirs) in [
+            (&mut self.segments, segments),
+            (&mut self.flows_opened, flows_opened),
+            (&mut self.flows_closed, flows_closed),
+            (&mut self.flows_evicted, flows_evicted),
+            (&mut self.flows_open_at_end, flows_open_at_end),
+            (&mut self.gaps, gaps),
+            (&mut self.bytes_lost, bytes_lost),
+            (&mut self.bytes_client, bytes_client),
+            (&mut self.bytes_server, bytes_server),
+            (&mut self.skipped_client, skipped_client),
+            (&mut self.skipped_server, skipped_server),
+            (&mut self.duplicate_bytes, duplicate_bytes),
+            (&mut self.out_of_order_segments, out_of_order_segments),
+            (&mut self.buffer_overflows, buffer_overflows),
+            (&mut self.table_full_evictions, table_full_evictions),
+        ] {
+            bump(mine, *theirs);
+        }
+    }
+}
+
 /// Adds without ever overflowing (counters fed by arbitrary input).
 fn bump(counter: &mut u64, n: u64) {
     *counter = counter.saturating_add(n);
@@ -639,12 +681,19 @@ pub struct Reassembler {
     stats: ReassemblyStats,
     table: FlowTable,
     next_id: u64,
+    /// Ids go up by this much (reassemblers side by side hand out distinct ids).
+    id_step: u64,
 }
 
 impl Reassembler {
     /// An empty reassembler with the given limits.
     pub fn new(config: ReassemblyConfig) -> Self {
-        Self { config, stats: ReassemblyStats::default(), table: FlowTable::new(), next_id: 1 }
+        Self::with_ids(config, 1, 1)
+    }
+
+    /// A reassembler whose flow ids are `first`, `first + step`, `first + 2 * step`, ...
+    pub fn with_ids(config: ReassemblyConfig, first: u64, step: u64) -> Self {
+        Self { config, stats: ReassemblyStats::default(), table: FlowTable::new(), next_id: first, id_step: step.max(1) }
     }
 
     /// Takes one captured segment, reporting resulting events to `sink`.
@@ -729,7 +778,7 @@ impl Reassembler {
             }
         }
         let id = FlowId(self.next_id);
-        self.next_id += 1;
+        self.next_id += self.id_step;
         // Both ISNs are known from a client SYN or a server SYN-ACK.
         let handshake = seg.flags.syn && seg.flags.ack == (seg.dir == Direction::ToClient);
         let opening = if handshake { Opening::Handshake } else { Opening::MidStream };

@@ -95,12 +95,12 @@ pub fn report_json(ports: &[u16], engine: &EngineStats, capture: &CaptureReport)
 }
 
 /// One line of capture and protocol counters, for stderr.
-pub fn stats_line(monitor: &crate::monitor::Monitor, packets: u64, drops: u64) -> String {
-    let r = monitor.reassembly();
-    let e = monitor.engine_stats();
+pub fn stats_line(totals: &crate::pipeline::Totals, packets: u64, drops: u64) -> String {
+    let r = &totals.reassembly;
+    let e = &totals.engine;
     format!(
         "{packets} packets, {} connections open ({} opened, {} closed, {} evicted), {} upgrades, {} frames, {} violations, {} B client->server, {} B server->client, ring drops {drops}, gaps {} ({} B lost)",
-        monitor.open_flows(),
+        totals.open_flows,
         r.flows_opened,
         r.flows_closed,
         r.flows_evicted,

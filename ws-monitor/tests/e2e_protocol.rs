@@ -432,6 +432,25 @@ fn stop_capture(mut cap: Capture, tag: &str) -> Reports {
     replay.args(["--json", "--stats-interval", "0"]).args(&cap.engine_args).arg("--events").arg(&cap.replay_events);
     let rep = Proc::spawn(replay, "ws-monitor replay").finish_ok(STOP);
     let replay = last_json(&rep.stdout, "ws-monitor replay");
+    // However many workers share the connections, the report and the findings are the same.
+    for workers in ["1", "3"] {
+        let events = cap.replay_events.with_extension(format!("{workers}.jsonl"));
+        let mut again = Command::new(common::ws_monitor_bin());
+        again.arg("replay").arg(&cap.pcap).args(["--workers", workers]);
+        for p in &cap.ports {
+            again.args(["--port", &p.to_string()]);
+        }
+        again.args(["--json", "--stats-interval", "0"]).args(&cap.engine_args).arg("--events").arg(&events);
+        let out = last_json(&Proc::spawn(again, "ws-monitor replay --workers").finish_ok(STOP).stdout, "ws-monitor replay --workers");
+        for key in PROTOCOL_KEYS.iter().chain(&["capture", "sync"]) {
+            assert_eq!(out[*key], replay[*key], "{tag}: replay with {workers} worker(s) differs in {key}");
+        }
+        let mut a: Vec<_> = read_events(&events).iter().map(event_key).collect();
+        let mut b: Vec<_> = read_events(&cap.replay_events).iter().map(event_key).collect();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b, "{tag}: findings of a replay with {workers} worker(s) differ");
+    }
     // WSM_E2E_KEEP=DIR keeps the pcap, the reports and the findings for a look afterwards.
     if let Some(keep) = std::env::var_os("WSM_E2E_KEEP") {
         let keep = Path::new(&keep).join(tag);

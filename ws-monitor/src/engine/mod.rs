@@ -191,6 +191,38 @@ pub struct EngineStats {
 }
 
 impl EngineStats {
+    /// Adds another engine's totals (of other connections) to these.
+    pub fn add(&mut self, o: &EngineStats) {
+        let EngineStats {
+            connections,
+            upgrades_ok,
+            frames,
+            violations,
+            close_codes,
+            desyncs,
+            resyncs,
+            unsynced_bytes,
+            skipped_bytes,
+            skip_mismatches,
+        } = o;
+        self.connections += connections;
+        self.upgrades_ok += upgrades_ok;
+        for (mine, theirs) in self.frames.iter_mut().zip(frames) {
+            mine.add(theirs);
+        }
+        for (mine, theirs) in self.violations.iter_mut().flatten().zip(violations.iter().flatten()) {
+            *mine += theirs;
+        }
+        for (code, n) in close_codes {
+            *self.close_codes.entry(*code).or_insert(0) += n;
+        }
+        self.desyncs += desyncs;
+        self.resyncs += resyncs;
+        self.unsynced_bytes += unsynced_bytes;
+        self.skipped_bytes += skipped_bytes;
+        self.skip_mismatches += skip_mismatches;
+    }
+
     /// Findings of `kind` in both directions.
     pub fn violation_count(&self, kind: Kind) -> u64 {
         self.violations.iter().map(|d| d.get(kind.index()).copied().unwrap_or(0)).sum()
