@@ -273,7 +273,8 @@ async fn live(config: &CaptureConfig, args: &RunArgs, hooks: Live<'_>) -> anyhow
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
 
     // Set when a drain stopped at DRAIN_BATCH: the next batch competes with the other
-    // branches instead of running ahead of them.
+    // branches instead of running ahead of them. While the workers are congested, the
+    // records wait in the ring and the poll timer tries again.
     let mut more = false;
     let result: anyhow::Result<()> = loop {
         tokio::select! {
@@ -281,22 +282,14 @@ async fn live(config: &CaptureConfig, args: &RunArgs, hooks: Live<'_>) -> anyhow
                 if let Err(e) = ready {
                     break Err(anyhow::Error::new(e).context("waiting on the ring buffer"));
                 }
-                more = capture.drain(capture::DRAIN_BATCH, |r| handle(&mut pipeline, r));
-                pipeline.flush();
-                pipeline.steer(&mut capture);
-                outputs.findings(&mut pipeline);
+                more = drain_into(&mut capture, &mut pipeline, &mut outputs, &mut handle);
             }
-            _ = std::future::ready(()), if more => {
-                more = capture.drain(capture::DRAIN_BATCH, |r| handle(&mut pipeline, r));
-                pipeline.flush();
-                pipeline.steer(&mut capture);
-                outputs.findings(&mut pipeline);
+            // Through the runtime (not `ready()`): its timers and I/O are polled meanwhile.
+            _ = tokio::task::yield_now(), if more => {
+                more = drain_into(&mut capture, &mut pipeline, &mut outputs, &mut handle);
             }
             _ = poll.tick() => {
-                more = capture.drain(capture::DRAIN_BATCH, |r| handle(&mut pipeline, r));
-                pipeline.flush();
-                pipeline.steer(&mut capture);
-                outputs.findings(&mut pipeline);
+                more = drain_into(&mut capture, &mut pipeline, &mut outputs, &mut handle);
             }
             _ = sigint.recv() => break Ok(()),
             _ = sigterm.recv() => break Ok(()),
@@ -336,6 +329,8 @@ async fn live(config: &CaptureConfig, args: &RunArgs, hooks: Live<'_>) -> anyhow
         if !capture.drain(capture::DRAIN_BATCH, |r| handle(&mut pipeline, r)) {
             break;
         }
+        pipeline.flush();
+        pipeline.pump();
     }
     let counters = capture.counters()?;
     let steer_stats = capture.steer_stats;
@@ -380,6 +375,22 @@ async fn live(config: &CaptureConfig, args: &RunArgs, hooks: Live<'_>) -> anyhow
             out.insert("demo_committed".into(), map.into());
         }
     })
+}
+
+/// One batch from the ring to the workers (none while they are congested), then hints
+/// and findings; true if the ring may hold more and the workers can take it.
+fn drain_into(
+    capture: &mut Capture,
+    pipeline: &mut Pipeline,
+    outputs: &mut Outputs,
+    handle: &mut impl FnMut(&mut Pipeline, &[u8]),
+) -> bool {
+    pipeline.pump();
+    let more = !pipeline.congested() && capture.drain(capture::DRAIN_BATCH, |r| handle(pipeline, r));
+    pipeline.flush();
+    pipeline.steer(capture);
+    outputs.findings(pipeline);
+    more && !pipeline.congested()
 }
 
 async fn run_demo(args: &DemoArgs) -> anyhow::Result<()> {

@@ -13,17 +13,20 @@ use crate::engine::{EngineStats, FrameCounts, Kind};
 use crate::flow::Direction;
 use crate::report::CaptureReport;
 
-/// The installed exporter; the HTTP listener runs on the current tokio runtime.
+/// The installed exporter; the HTTP listener runs on a thread of its own, so that a busy
+/// capture loop never keeps a scrape waiting.
 pub struct Exporter {
     _private: (),
 }
 
 impl Exporter {
-    /// Binds `addr` and serves `/metrics`. Must be called inside a tokio runtime.
+    /// Binds `addr` and serves `/metrics`.
     pub fn start(addr: SocketAddr) -> anyhow::Result<Exporter> {
-        PrometheusBuilder::new()
-            .with_http_listener(addr)
-            .install()
+        // Installed from a thread outside any tokio runtime, the exporter starts its own
+        // runtime on a background thread for the listener.
+        std::thread::spawn(move || PrometheusBuilder::new().with_http_listener(addr).install())
+            .join()
+            .map_err(|_| anyhow::anyhow!("the metrics exporter panicked while starting"))?
             .with_context(|| format!("cannot serve metrics on {addr} (is the port in use? pick another --metrics-addr)"))?;
         describe_counter!("ws_monitor_violations_total", "WebSocket protocol violations by kind and direction of the offending bytes");
         describe_counter!("ws_monitor_frames_total", "WebSocket frames parsed, by opcode and direction");

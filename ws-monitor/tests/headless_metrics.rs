@@ -36,8 +36,12 @@ fn wait_line(reader: &mut impl BufRead, needle: &str, sink: &mut Vec<String>) {
 
 /// `name{labels} value` lines of a Prometheus text exposition, keyed by `name{labels}`.
 fn scrape(ns: &common::Netns) -> BTreeMap<String, f64> {
-    let body = ns.run(|| {
-        let mut s = TcpStream::connect(METRICS).expect("metrics endpoint");
+    scrape_at(ns, METRICS)
+}
+
+fn scrape_at(ns: &common::Netns, addr: &'static str) -> BTreeMap<String, f64> {
+    let body = ns.run(move || {
+        let mut s = TcpStream::connect(addr).expect("metrics endpoint");
         s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
@@ -180,4 +184,136 @@ fn log_payload_shows_the_bytes_at_fault() {
         .find(|l| l.contains("kind=\"http_in_stream\"") && l.contains("direction=\"client\""))
         .expect("an http_in_stream finding line");
     assert!(line.contains("payload=") && line.contains("GET /next"), "{line}");
+}
+
+/// A child killed if the test panics before it is waited for.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A thread in namespace `ns` (left running, unlike `Netns::run`).
+fn spawn_in(ns: &common::Netns, f: impl FnOnce() + Send + 'static) -> std::thread::JoinHandle<()> {
+    let path = ns.path();
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("open netns");
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid namespace fd; setns only affects this thread.
+        assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        f()
+    })
+}
+
+#[test]
+fn counters_and_metrics_keep_coming_under_load() {
+    if !common::require_root("counters_and_metrics_keep_coming_under_load") {
+        return;
+    }
+    const LOAD_PORT: u16 = 9101;
+    const LOAD_METRICS: &str = "127.0.0.1:19641";
+    const CONNS: usize = 2;
+    const SECS: u64 = 6;
+    let (client_ns, server_ns, veth) = common::veth_pair("hl");
+    let mut monitor = Killed(
+        server_ns
+            .command(common::ws_monitor_bin())
+            .args(["--iface", &veth, "--port", &LOAD_PORT.to_string(), "--json", "--no-tui", "--log-interval", "1"])
+            .args(["--metrics-addr", LOAD_METRICS])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut err = BufReader::new(monitor.0.stderr.take().unwrap());
+    let mut log = Vec::new();
+    wait_line(&mut err, "capturing", &mut log);
+    // The rest of stderr, with the time each line came.
+    let lines = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        for line in err.lines().map_while(Result::ok) {
+            out.push((Instant::now(), line));
+        }
+        out
+    });
+
+    // As many small masked text frames as 2 connections take, for 6 s (far more than
+    // the monitor can follow on this machine: what matters is that it stays responsive;
+    // the bounds are loose, for a machine whose every core is busy).
+    let server = spawn_in(&server_ns, move || {
+        let listener = std::net::TcpListener::bind(("10.201.0.2", LOAD_PORT)).unwrap();
+        let mut readers = Vec::new();
+        for _ in 0..CONNS {
+            let (mut s, _) = listener.accept().unwrap();
+            readers.push(std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
+                    head.push(b[0]);
+                }
+                s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n").unwrap();
+                let mut buf = vec![0u8; 1 << 16];
+                while s.read(&mut buf).map(|n| n > 0).unwrap_or(false) {}
+            }));
+        }
+        for r in readers {
+            r.join().unwrap();
+        }
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let clients: Vec<_> = (0..CONNS)
+        .map(|_| {
+            spawn_in(&client_ns, move || {
+                let mut s = TcpStream::connect(("10.201.0.2", LOAD_PORT)).unwrap();
+                s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
+                let mut resp = [0u8; 129];
+                s.read_exact(&mut resp).unwrap();
+                let mut batch = Vec::new();
+                while batch.len() < 1 << 16 {
+                    batch.extend([0x81, 0x80 | 40, 1, 2, 3, 4]);
+                    batch.extend((0..40u8).map(|i| (b'a' + i % 26) ^ [1, 2, 3, 4][usize::from(i % 4)]));
+                }
+                let end = Instant::now() + Duration::from_secs(SECS);
+                while Instant::now() < end {
+                    s.write_all(&batch).unwrap();
+                }
+            })
+        })
+        .collect();
+
+    // Meanwhile /metrics answers, every time, within 3 s.
+    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
+    let mut scrapes = 0;
+    while started.elapsed() < Duration::from_secs(SECS - 1) {
+        let t = Instant::now();
+        let m = scrape_at(&server_ns, LOAD_METRICS);
+        slowest = slowest.max(t.elapsed());
+        scrapes += 1;
+        assert!(m.contains_key("ws_monitor_capture_packets_total"), "{m:?}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    for c in clients {
+        c.join().unwrap();
+    }
+    server.join().unwrap();
+    // SAFETY: signalling our own child by pid.
+    unsafe { libc::kill(monitor.0.id() as i32, libc::SIGINT) };
+    let mut stdout = Vec::new();
+    monitor.0.stdout.take().unwrap().read_to_end(&mut stdout).unwrap();
+    assert!(monitor.0.wait().unwrap().success());
+    let lines = lines.join().unwrap();
+    assert!(slowest < Duration::from_secs(3), "/metrics took {slowest:?} under load");
+    assert!(scrapes >= 10);
+    // Counter lines (one a second is asked for) keep coming while the load runs: no gap
+    // of 4 s or more.
+    let ticks: Vec<Instant> = lines.iter().filter(|(_, l)| l.contains("counters:")).map(|(t, _)| *t).take_while(|t| *t < started + Duration::from_secs(SECS)).collect();
+    assert!(ticks.len() >= 2, "{} counter lines in {SECS} s of load: {:?}", ticks.len(), lines.iter().map(|(t, l)| (t.duration_since(started), l)).collect::<Vec<_>>());
+    let gap = ticks.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
+    assert!(gap < Duration::from_secs(4), "counter lines {gap:?} apart under load");
+    let report: Value = serde_json::from_slice(&stdout).unwrap();
+    assert!(report["frames"]["client"]["text"].as_u64().unwrap_or(0) > 10_000, "{}", report["frames"]);
 }
