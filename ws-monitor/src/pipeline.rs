@@ -10,8 +10,9 @@
 //! bounded. In replay (`lossless`) a driver that outruns them waits. Live, it never
 //! waits (ticks, keys and redraws share its thread): work a worker has no room for is
 //! held back, [`Pipeline::congested`] says so, and the driver leaves the records in the
-//! kernel's ring until [`Pipeline::pump`] has handed the backlog on.
-//! Live, a worker whose findings the driver does not take in time drops them and counts
+//! kernel's ring until [`Pipeline::pump`] has handed the backlog on. Workers run a
+//! little nicer than the driver, which keeps the dashboard, the counter lines and the
+//! ring going when CPUs are short. Live, a worker whose findings the driver does not take in time drops them and counts
 //! them; in replay (`lossless`) nothing is dropped (the driver takes findings as it goes).
 
 use std::hash::{BuildHasher, Hash, Hasher};
@@ -33,7 +34,8 @@ use crate::streams::StreamDump;
 const BATCH_SEGMENTS: usize = 1024;
 /// Payload bytes per batch sent to a worker.
 const BATCH_BYTES: usize = 1 << 20;
-/// Batches waiting per worker before the driver blocks.
+/// Batches queued per worker; beyond it the driver waits (replay) or holds work back
+/// (live).
 const QUEUE: usize = 8;
 /// Batches of findings waiting for the driver before workers drop (and count) new ones.
 const FINDINGS_QUEUE: usize = 1024;
