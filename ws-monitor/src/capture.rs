@@ -180,13 +180,7 @@ impl Capture {
             ]
         };
         for (name, attach_type, hook) in hooks {
-            let program: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .with_context(|| format!("program {name} missing from the eBPF object"))?
-                .try_into()?;
-            program
-                .load()
-                .map_err(|e| explain(anyhow::Error::new(e).context(format!("loading {name}"))))?;
+            let program = load_classifier(&mut ebpf, name)?;
             let options = match mode {
                 AttachMode::Netlink => TcAttachOptions::Netlink(NlOptions {
                     priority: first_priority(&mut rtnl, ifindex, *hook)?,
@@ -320,11 +314,7 @@ pub fn attach_null(iface: &str) -> anyhow::Result<Ebpf> {
     let mut ebpf = EbpfLoader::new()
         .load(EBPF_OBJECT)
         .map_err(|e| explain(anyhow::Error::new(e).context("loading the eBPF object")))?;
-    let program: &mut SchedClassifier = ebpf
-        .program_mut("ws_monitor_null")
-        .context("program ws_monitor_null missing from the eBPF object")?
-        .try_into()?;
-    program.load().map_err(|e| explain(anyhow::Error::new(e).context("loading ws_monitor_null")))?;
+    let program = load_classifier(&mut ebpf, "ws_monitor_null")?;
     for attach_type in [TcAttachType::Ingress, TcAttachType::Egress] {
         program
             .attach_with_options(iface, attach_type, TcAttachOptions::TcxOrder(LinkOrder::default()))
@@ -338,13 +328,7 @@ pub fn attach_null(iface: &str) -> anyhow::Result<Ebpf> {
 pub fn load_tail_programs(ebpf: &mut Ebpf) -> anyhow::Result<()> {
     let mut fds = Vec::new();
     for (name, slot) in [(PROGRAM_WALK, JUMP_WALK), (PROGRAM_EMIT, JUMP_EMIT)] {
-        let program: &mut SchedClassifier = ebpf
-            .program_mut(name)
-            .with_context(|| format!("program {name} missing from the eBPF object"))?
-            .try_into()?;
-        program
-            .load()
-            .map_err(|e| explain(anyhow::Error::new(e).context(format!("loading {name}"))))?;
+        let program = load_classifier(ebpf, name)?;
         let fd = program.fd().context("a loaded program has an fd")?.try_clone().context("duplicating a program fd")?;
         fds.push((slot, fd));
     }
@@ -355,6 +339,18 @@ pub fn load_tail_programs(ebpf: &mut Ebpf) -> anyhow::Result<()> {
         jump.set(*slot, fd, 0).context("filling the tail-call table")?;
     }
     Ok(())
+}
+
+/// The classifier `name` of the object, loaded into the kernel (verified).
+fn load_classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut SchedClassifier> {
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing from the eBPF object"))?
+        .try_into()?;
+    program
+        .load()
+        .map_err(|e| explain(anyhow::Error::new(e).context(format!("loading {name}"))))?;
+    Ok(program)
 }
 
 fn map<T>(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<T>
