@@ -274,7 +274,7 @@ async fn live(config: &CaptureConfig, args: &RunArgs, hooks: Live<'_>) -> anyhow
 
     // Set when a drain stopped at DRAIN_BATCH: the next batch competes with the other
     // branches instead of running ahead of them. While the workers are congested, the
-    // records wait in the ring and the poll timer tries again.
+    // records wait in the ring and a short timer tries again.
     let mut more = false;
     let result: anyhow::Result<()> = loop {
         tokio::select! {
@@ -289,6 +289,11 @@ async fn live(config: &CaptureConfig, args: &RunArgs, hooks: Live<'_>) -> anyhow
                 more = drain_into(&mut capture, &mut pipeline, &mut outputs, &mut handle);
             }
             _ = poll.tick() => {
+                more = drain_into(&mut capture, &mut pipeline, &mut outputs, &mut handle);
+            }
+            // The workers were full: try again soon (they free up within a millisecond or
+            // so), without spinning on the CPU they need.
+            _ = tokio::time::sleep(Duration::from_millis(1)), if pipeline.congested() => {
                 more = drain_into(&mut capture, &mut pipeline, &mut outputs, &mut handle);
             }
             _ = sigint.recv() => break Ok(()),

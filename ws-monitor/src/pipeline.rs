@@ -36,7 +36,7 @@ const BATCH_SEGMENTS: usize = 1024;
 const BATCH_BYTES: usize = 1 << 20;
 /// Batches queued per worker; beyond it the driver waits (replay) or holds work back
 /// (live).
-const QUEUE: usize = 8;
+const QUEUE: usize = 16;
 /// Batches of findings waiting for the driver before workers drop (and count) new ones.
 const FINDINGS_QUEUE: usize = 1024;
 /// Hints waiting for the driver before workers drop (and count) new ones.
