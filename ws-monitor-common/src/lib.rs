@@ -172,10 +172,13 @@ pub enum Counter {
     TailCallErrors,
     /// Bytes reserved in the ring buffer for records written, headers included.
     RingBytes,
+    /// Payload bytes of retransmissions of bytes already walked and handed on, passed on
+    /// without their payload (userspace would drop them as duplicates).
+    RetransmittedBytes,
 }
 
 /// Number of counters in `COUNTERS`.
-pub const COUNTER_COUNT: u32 = 21;
+pub const COUNTER_COUNT: u32 = 22;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -200,6 +203,7 @@ impl Counter {
         Counter::StateErrors,
         Counter::TailCallErrors,
         Counter::RingBytes,
+        Counter::RetransmittedBytes,
     ];
 
     /// Stable snake_case name for reports.
@@ -226,6 +230,7 @@ impl Counter {
             Counter::StateErrors => "state_errors",
             Counter::TailCallErrors => "tail_call_errors",
             Counter::RingBytes => "ring_bytes",
+            Counter::RetransmittedBytes => "retransmitted_bytes",
         }
     }
 }
@@ -298,7 +303,9 @@ pub struct WalkState {
     pub msg: u8,
     /// Bytes of a header split across packets kept in `part` (it starts at `hdr_seq`).
     pub part_len: u8,
-    pub _pad: u8,
+    /// 1 once a record of this direction was lost (ring full): retransmissions are then
+    /// copied whole, since they may carry the only copy userspace will get.
+    pub lost: u8,
     pub part: [u8; 16],
 }
 

@@ -397,7 +397,9 @@ fn try_capture(ctx: &TcContext, hook: u8) -> Result<(), ()> {
             return Err(());
         }
     }
-    push(plan, 0, payload_len as i64, payload_len as i64);
+    if plan.n == 0 {
+        push(plan, 0, payload_len as i64, payload_len as i64);
+    }
     jump(ctx, plan, JUMP_EMIT);
     Err(())
 }
@@ -447,7 +449,13 @@ fn walk(ctx: &TcContext, seq: u32, len: u32, off: u32, direction: u8, plan: &mut
     }
     if st.mode == WALK_HEADERS && !in_order {
         if nothing_new {
-            return false; // a retransmission of bytes already walked: copied, still in step
+            // A retransmission of bytes already walked and handed on: its header only
+            // (flags, ACK), the walk still in step. Copied whole if a record was lost.
+            if st.lost == 0 {
+                count(Counter::RetransmittedBytes, len as u64);
+                push(plan, 0, 0, 0);
+            }
+            return false;
         }
         stop(st); // a hole or an overlap: where the next header is is no longer known
     }
@@ -787,7 +795,9 @@ fn emit_plan(ctx: &TcContext, plan: &mut Plan) {
         header.offset = at;
         header.len = take as u16;
         header.skip = skip;
-        if emit(ctx, header, off + at, take) && skip > 0 {
+        if !emit(ctx, header, off + at, take) {
+            mark_lost(&plan.key);
+        } else if skip > 0 {
             count(Counter::BytesSkipped, skip as u64);
         }
         if last {
@@ -799,6 +809,15 @@ fn emit_plan(ctx: &TcContext, plan: &mut Plan) {
     }
     if get(&plan.si) < n {
         count(Counter::BytesTruncated, plan.header.payload_len.saturating_sub(get(&plan.at)) as u64);
+    }
+}
+
+/// A record of this direction was lost: from now on its retransmissions are copied.
+#[inline(always)]
+fn mark_lost(key: &FlowDir) {
+    if let Some(st) = FLOWS.get_ptr_mut(key) {
+        // SAFETY: a value of the FLOWS map, valid while the program runs.
+        unsafe { (*st).lost = 1 };
     }
 }
 

@@ -12,8 +12,8 @@ use aya::{Ebpf, EbpfLoader};
 use etherparse::PacketBuilder;
 use ws_monitor::capture::{decode, EBPF_OBJECT};
 use ws_monitor_common::{
-    Anchor, ChunkHeader, Counter, FlowDir, Liveness, CHUNK_SIZE, COUNTER_COUNT, DIR_TO_CLIENT,
-    DIR_TO_SERVER, MSG_NONE, ORPHAN_AFTER_NS, TCP_ACK, TCP_FIN, TCP_SYN,
+    Anchor, ChunkHeader, Counter, FlowDir, Liveness, WalkState, CHUNK_SIZE, COUNTER_COUNT,
+    DIR_TO_CLIENT, DIR_TO_SERVER, MSG_NONE, ORPHAN_AFTER_NS, TCP_ACK, TCP_FIN, TCP_SYN,
 };
 
 const PORT: u16 = 8001;
@@ -373,14 +373,34 @@ fn after_a_101_frame_headers_are_walked_and_binary_payload_skipped() {
     assert_eq!(l.counter(Counter::PacketsWalked), 4, "the 101's packet and the three after it");
     assert_eq!(l.counter(Counter::WalkStarts), 1, "the server's direction (the client's has no state yet)");
 
-    // A retransmission is copied whole, and the walk stays in step.
+    // A retransmission of what was handed on: its header only, and the walk stays in step.
     l.run(&server(seq2, &p2));
-    assert_eq!(spans(&l.records()), [(0, 2048, 0), (2048, (p2.len() - 2048) as u16, 0)]);
+    let recs = l.records();
+    assert_eq!(spans(&recs), [(0, 0, 0)]);
+    assert_eq!(recs[0].0.payload_len as usize, p2.len());
+    assert_eq!(l.counter(Counter::RetransmittedBytes), p2.len() as u64);
     let mut p5 = vec![0x82, 0x7e, 0x01, 0x00];
     p5.extend(payload(256));
     l.run(&server(seq, &p5));
     assert_eq!(spans(&l.records()), [(0, 68, 192)]);
     seq += p5.len() as u32;
+
+    // Once a record of the direction was lost (ring full), retransmissions are copied.
+    let key = FlowDir {
+        saddr: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        daddr: [10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        sport: PORT,
+        dport: 40000,
+        family: 4,
+        _pad: [0; 3],
+    };
+    let mut flows: aya::maps::HashMap<_, FlowDir, WalkState> =
+        aya::maps::HashMap::try_from(l.ebpf.map_mut("FLOWS").unwrap()).unwrap();
+    let mut st = flows.get(&key, 0).expect("the server's direction has state");
+    st.lost = 1;
+    flows.insert(key, st, 0).unwrap();
+    l.run(&server(seq2, &p2));
+    assert_eq!(spans(&l.records()), [(0, 2048, 0), (2048, (p2.len() - 2048) as u16, 0)]);
 
     // A hole: copied whole from then on.
     l.run(&server(seq + 100, &p5));
