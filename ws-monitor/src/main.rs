@@ -96,6 +96,9 @@ fn new_pipeline(args: &RunArgs, steer: bool, lossless: bool) -> anyhow::Result<P
         idle_timeout_ns: secs_to_ns(args.idle_timeout),
     };
     let engine = EngineConfig { max_frame_size: args.max_frame_size, steer };
+    if args.workers > pipeline::MAX_WORKERS {
+        bail!("--workers {}: at most {} (0 = one per CPU)", args.workers, pipeline::MAX_WORKERS);
+    }
     let workers = if args.workers == 0 { pipeline::default_workers() } else { args.workers };
     Pipeline::start(workers, reassembly, engine, args.streams_dir.as_deref(), lossless)
 }

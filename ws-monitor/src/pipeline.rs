@@ -122,9 +122,12 @@ pub struct Pipeline {
     lossless: bool,
 }
 
+/// Most workers `--workers` takes (each holds a 1 MiB batch and a queue of them).
+pub const MAX_WORKERS: usize = 256;
+
 /// How many workers by default: the CPUs this process may run on.
 pub fn default_workers() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_WORKERS)
 }
 
 impl Pipeline {

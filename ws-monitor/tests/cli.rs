@@ -43,6 +43,12 @@ fn bad_ports_are_one_line_usage_errors() {
 }
 
 #[test]
+fn too_many_workers_is_refused() {
+    let err = one_line_error(&ws_monitor(&["replay", "/dev/null", "--port", "8001", "--workers", "1000"]));
+    assert!(err.contains("--workers 1000: at most 256"), "{err}");
+}
+
+#[test]
 fn unknown_interface_says_how_to_list_them() {
     if !common::require_root("unknown_interface_says_how_to_list_them") {
         return;
