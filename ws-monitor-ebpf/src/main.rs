@@ -8,8 +8,9 @@
 //! first `EXCERPT_LEN` bytes, which it hands on as a known-length skip. A direction
 //! starts walking at a 101 response it sees (both directions), or at an anchor userspace
 //! sets (`ANCHORS`) once the engine is in sync; a hole or overlap in the sequence, an
-//! implausible header, or more frames in a packet than `MAX_WALK` send it back to full
-//! copy. With `HEADER_ONLY` = 0 every payload byte is copied.
+//! implausible header, or more frames in a packet than `MAX_WALK * WALK_RUNS` send it back
+//! to full copy; a retransmission of bytes already handed on goes as its header alone.
+//! With `HEADER_ONLY` = 0 every payload byte is copied.
 //!
 //! Records are written in place (`bpf_ringbuf_reserve`, then `bpf_skb_load_bytes` into
 //! the reservation): one copy per byte, in a few record sizes.
@@ -420,7 +421,8 @@ fn push(plan: &mut Plan, start: i64, copy_end: i64, skip_end: i64) {
 }
 
 /// Header-only capture of one packet: true if its frame headers are to be walked (the
-/// walk program then fills `plan`), false for a full copy.
+/// walk program then fills `plan`); false for a full copy, or for the header alone when
+/// `plan` already holds an empty span (a retransmission).
 #[inline(always)]
 fn walk(ctx: &TcContext, seq: u32, len: u32, off: u32, direction: u8, plan: &mut Plan) -> bool {
     let key = &plan.key;
