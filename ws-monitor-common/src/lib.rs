@@ -111,7 +111,7 @@ pub struct Plan {
     pub cut: i64,
     pub si: u32,
     pub at: u32,
-    /// The walk stopped early (an implausible header, or `MAX_WALK` frames).
+    /// The walk met a header it does not trust (the rest of the packet is copied).
     pub stopped: u32,
     /// Runs of the walk program so far for this packet.
     pub runs: u32,
@@ -163,7 +163,8 @@ pub enum Counter {
     /// the kernel, or at an anchor set by userspace.
     WalkStarts,
     /// Times walking stopped and the flow went back to full copy: a hole or overlap in
-    /// the sequence, an implausible header, more frames in a packet than `MAX_WALK`.
+    /// the sequence, an implausible header, more frames in a packet than
+    /// `MAX_WALK * WALK_RUNS`.
     WalkStops,
     /// Flow state or anchor updates the kernel could not make (map full).
     StateErrors,
@@ -303,8 +304,9 @@ pub struct WalkState {
     pub msg: u8,
     /// Bytes of a header split across packets kept in `part` (it starts at `hdr_seq`).
     pub part_len: u8,
-    /// 1 once a record of this direction was lost (ring full): retransmissions are then
-    /// copied whole, since they may carry the only copy userspace will get.
+    /// 1 once a record of this direction was lost (ring full, load error):
+    /// retransmissions are then copied whole, since they may carry the only copy
+    /// userspace will get.
     pub lost: u8,
     pub part: [u8; 16],
 }

@@ -425,8 +425,7 @@ fn push(plan: &mut Plan, start: i64, copy_end: i64, skip_end: i64) {
 /// `plan` already holds an empty span (a retransmission).
 #[inline(always)]
 fn walk(ctx: &TcContext, seq: u32, len: u32, off: u32, direction: u8, plan: &mut Plan) -> bool {
-    let key = &plan.key;
-    let st = match FLOWS.get_ptr_mut(key) {
+    let st = match FLOWS.get_ptr_mut(&plan.key) {
         Some(st) => st,
         None => {
             plan.fresh = WalkState { next_seq: seq, ..WalkState::default() };
@@ -870,14 +869,13 @@ fn emit_sized<const N: usize>(ctx: &TcContext, header: &ChunkHeader, src: u32, n
         }
     }
     // SAFETY: a read-only global written by userspace before load.
-    let wake = unsafe { core::ptr::read_volatile(&WAKE_BYTES) } as u64;
+    let wake = (unsafe { core::ptr::read_volatile(&WAKE_BYTES) } as u64).max(1);
     let size = (HEADER_SIZE + N) as u64;
     // Once per `wake` bytes produced (a crossing of a multiple of it): exact enough
     // even when other CPUs commit records between the query and this one.
-    let wake = wake.max(1);
     record.submit(if unread / wake != (unread + size) / wake { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP });
     count(Counter::BytesCopied, n as u64);
-    count(Counter::RingBytes, (HEADER_SIZE + N) as u64);
+    count(Counter::RingBytes, size);
     true
 }
 

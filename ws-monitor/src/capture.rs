@@ -23,8 +23,8 @@ use aya::{Ebpf, EbpfLoader};
 use tokio::io::unix::AsyncFd;
 use ws_monitor_common::{
     Anchor, ChunkHeader, Counter, FlowDir, WalkState, DIR_TO_SERVER, HEADER_SIZE, JUMP_EMIT,
-    JUMP_WALK, LIVENESS_QDISC_OWNED, PROGRAM_EMIT, PROGRAM_WALK, MAX_PORTS, MSG_COPY, MSG_NONE, MSG_SKIP, PORT_MONITORED, TCP_ACK,
-    TCP_FIN, TCP_RST, TCP_SYN,
+    JUMP_WALK, LIVENESS_QDISC_OWNED, MAX_PORTS, MSG_COPY, MSG_NONE, MSG_SKIP, PORT_MONITORED,
+    PROGRAM_EMIT, PROGRAM_WALK, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 
 use crate::clsact::{Hook, Rtnl, FILTER_HANDLE};

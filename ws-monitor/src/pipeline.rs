@@ -59,7 +59,6 @@ struct Meta {
     len: usize,
 }
 
-#[derive(Default)]
 struct Batch {
     metas: Vec<Meta>,
     data: Vec<u8>,
@@ -353,11 +352,10 @@ impl Pipeline {
 
 impl Drop for Pipeline {
     fn drop(&mut self) {
-        // Dropping the senders ends the workers' loops.
-        for w in &mut self.workers {
-            let (tx, _) = mpsc::sync_channel(0);
-            drop(std::mem::replace(&mut w.tx, tx));
-            if let Some(h) = w.handle.take() {
+        // Dropping a worker's sender ends its loop.
+        for Worker { tx, handle, .. } in std::mem::take(&mut self.workers) {
+            drop(tx);
+            if let Some(h) = handle {
                 let _ = h.join();
             }
         }

@@ -271,7 +271,6 @@ fn live(ws_monitor: &Path, load: peer::Load, attached: Attached, secs: f64, rate
         "bench server",
     )?;
     server.wait_for("listening", false)?;
-    // The monitor's hook names on the server's veth: ingress, egress.
     let mut monitor = None;
     match attached {
         Attached::Nothing => {}

@@ -729,14 +729,12 @@ impl StreamSink for Engine {
                 return;
             };
             let (at, len) = (offset.max(end), stop - offset.max(end));
-            if d.mode_kind() == ModeKind::Hold {
-                // Skipped before the handshake was followed: nothing to pass over yet.
-                cx.stats.skip_mismatches += 1;
-                cx.steer(dir, Steer::FullCopy);
+            if d.takes_skip(at, len) {
+                d.skip(at, len, cx);
+            } else {
+                d.skip_mismatch(cx);
                 gap_in(hs, dirs, dir, at, len, cx, max);
-                return;
             }
-            d.skip(at, len, cx);
         });
     }
 

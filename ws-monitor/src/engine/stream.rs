@@ -28,9 +28,11 @@ pub(crate) const HOLD_CAP: usize = 64 * 1024;
 /// Unmasking is done through a stack buffer of this size.
 const UNMASK_CHUNK: usize = 1024;
 
-/// Payload bytes a header-only capture copies at the start of a frame it otherwise skips
-/// (what a finding quotes): reading them is no reason to re-anchor it.
-const EXCERPT: u64 = super::Excerpt::CAP as u64;
+/// Payload bytes a header-only capture copies at the start of a frame it otherwise skips:
+/// reading them is no reason to re-anchor it.
+const EXCERPT: u64 = ws_monitor_common::EXCERPT_LEN as u64;
+// What a finding quotes of a skipped frame's payload must be in what the capture copies.
+const _: () = assert!(EXCERPT as usize >= super::Excerpt::CAP);
 /// A direction in sync that reads payload it does not need tells the capture where the
 /// next header is at most once per this many stream bytes.
 const ANCHOR_EVERY: u64 = 1 << 20;
@@ -367,34 +369,31 @@ impl DirState {
         self.end = self.end.max(after);
     }
 
-    /// `len` bytes at `offset` (= everything delivered so far) were left out by the
-    /// capture. In sync inside payload that is not read, they are passed over as if
-    /// delivered; anywhere else they are a gap, and the capture is asked to copy all.
-    pub fn skip(&mut self, offset: u64, len: u64, cx: &mut Cx<'_>) {
-        if len == 0 {
-            return;
-        }
-        self.capture_walks = true;
-        let after = offset.saturating_add(len);
-        let fits = self.pending.is_empty()
+    /// Whether `len` bytes at `offset` (= everything delivered so far) that the capture
+    /// left out can be passed over: in sync inside payload that is not read, while
+    /// following a resync candidate short of its next header, or in an ignored stream.
+    pub fn takes_skip(&self, offset: u64, len: u64) -> bool {
+        self.pending.is_empty()
             && match &self.mode {
                 Mode::Ignore => true,
                 Mode::Frames => self.cur.skippable && self.cur.left >= len,
-                Mode::Track(t) => after <= t.next_at,
+                Mode::Track(t) => offset.saturating_add(len) <= t.next_at,
                 Mode::Hold | Mode::Scan(_) => false,
-            };
-        if !fits {
-            cx.stats.skip_mismatches += 1;
-            self.release_capture(cx);
-            return self.gap(offset, len, cx);
-        }
+            }
+    }
+
+    /// Passes over `len` skipped bytes at `offset`, as over payload that is not read
+    /// (only where [`Self::takes_skip`]).
+    pub fn skip(&mut self, offset: u64, len: u64, cx: &mut Cx<'_>) {
+        self.capture_walks = true;
+        let after = offset.saturating_add(len);
+        self.pos = after;
+        self.end = self.end.max(after);
         match self.mode_kind() {
             ModeKind::Frames => {
                 cx.stats.skipped_bytes += len;
                 self.cur.left -= len;
                 self.cur.seen += len;
-                self.pos = after;
-                self.end = self.end.max(after);
                 if self.cur.left == 0 {
                     self.end_frame(cx);
                     if self.abort {
@@ -402,16 +401,17 @@ impl DirState {
                     }
                 }
             }
-            ModeKind::Track => {
-                cx.stats.unsynced_bytes += len;
-                self.pos = after;
-                self.end = self.end.max(after);
-            }
-            _ => {
-                self.pos = after;
-                self.end = self.end.max(after);
-            }
+            ModeKind::Track => cx.stats.unsynced_bytes += len,
+            _ => {}
         }
+    }
+
+    /// A skip came where bytes were needed: counted, and the capture (evidently
+    /// skipping here) is asked to copy everything. The caller reports the bytes as a gap.
+    pub fn skip_mismatch(&mut self, cx: &mut Cx<'_>) {
+        cx.stats.skip_mismatches += 1;
+        self.capture_walks = true;
+        self.release_capture(cx);
     }
 
     /// Asks a capture that may be skipping in this direction to copy everything again.
