@@ -3,8 +3,9 @@
 //! MSS-sized segments, each as a ratio to a memcpy of the same bytes measured in the same
 //! run. The engine reads every header and unmasks and validates text payloads (inflating
 //! compressed ones), but only skips over binary payloads, so it can beat a copy. Also the
-//! peak resident memory. One thread (the multi-worker pipeline is not built yet). Run:
-//! `cargo bench -p ws-monitor --bench pipeline`.
+//! peak resident memory. Reassembly + engine run three ways: one monitor on the bench's
+//! own thread, and the pipeline (this thread hands segments to worker threads) with one
+//! worker and with one per CPU. Run: `cargo bench -p ws-monitor --bench pipeline`.
 
 use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -212,8 +213,8 @@ fn peak_rss_kib() -> u64 {
 
 fn main() {
     let workers = default_workers();
-    println!("| traffic ({CONNECTIONS} connections) | MB | frames | memcpy MB/s | engine alone, 64 KiB deliveries | reassembly + engine, {MSS} B segments, 1 thread | the same, {workers} worker threads |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| traffic ({CONNECTIONS} connections) | MB | frames | memcpy MB/s | engine alone, 64 KiB deliveries | reassembly + engine, {MSS} B segments, on one thread | the same, pipeline of 1 worker | the same, pipeline of {workers} workers (÷ 1 worker) |");
+    println!("|---|---|---|---|---|---|---|---|");
     for traffic in Traffic::ALL {
         let conns: Vec<(Vec<u8>, Vec<u8>)> = (0..CONNECTIONS).map(|i| streams(i, traffic)).collect();
         measure(traffic, &conns);
@@ -280,27 +281,32 @@ fn measure(traffic: Traffic, conns: &[(Vec<u8>, Vec<u8>)]) {
     assert_eq!(monitor.engine_stats().frames.iter().map(|f| f.total()).sum::<u64>(), frames);
     assert_eq!(monitor.reassembly().gaps, 0);
 
-    let workers = default_workers();
-    let start = Instant::now();
-    let mut pipeline =
-        Pipeline::start(workers, ReassemblyConfig::default(), EngineConfig::default(), None, true).expect("workers");
-    segments(conns, &mut |seg| pipeline.segment(seg));
-    pipeline.finish(3);
-    let workers_secs = start.elapsed().as_secs_f64();
-    assert_eq!(pipeline.totals().engine, *monitor.engine_stats(), "the workers count what one monitor counts");
+    let pipelined = |workers: usize| {
+        let start = Instant::now();
+        let mut pipeline =
+            Pipeline::start(workers, ReassemblyConfig::default(), EngineConfig::default(), None, true).expect("workers");
+        segments(conns, &mut |seg| pipeline.segment(seg));
+        pipeline.finish(3);
+        let secs = start.elapsed().as_secs_f64();
+        assert_eq!(pipeline.totals().engine, *monitor.engine_stats(), "the workers count what one monitor counts");
+        secs
+    };
+    let one_secs = pipelined(1);
+    let workers_secs = pipelined(default_workers());
+    let rate = |secs: f64| {
+        format!("{:.0} MB/s = {:.2}× memcpy, {:.2} M frames/s", mb_per_s(total, secs), reference / secs, frames as f64 / 1e6 / secs)
+    };
 
     println!(
-        "| {} | {:.1} | {frames} | {:.0} | {:.0} MB/s = {:.2}× memcpy | {:.0} MB/s = {:.2}× memcpy, {:.2} M frames/s | {:.0} MB/s = {:.2}× memcpy, {:.2} M frames/s |",
+        "| {} | {:.1} | {frames} | {:.0} | {:.0} MB/s = {:.2}× memcpy | {} | {} | {} ({:.2}×) |",
         traffic.name(),
         total as f64 / 1e6,
         mb_per_s(total, reference),
         mb_per_s(total, engine_secs),
         reference / engine_secs,
-        mb_per_s(total, pipeline_secs),
-        reference / pipeline_secs,
-        frames as f64 / 1e6 / pipeline_secs,
-        mb_per_s(total, workers_secs),
-        reference / workers_secs,
-        frames as f64 / 1e6 / workers_secs,
+        rate(pipeline_secs),
+        rate(one_secs),
+        rate(workers_secs),
+        one_secs / workers_secs,
     );
 }

@@ -363,8 +363,8 @@ fn small_ok(r: &Live) -> bool {
     zero("ring_drops") && zero("gaps") && zero("bytes_lost") && counted == r.frames
 }
 
-fn replay_args() -> [&'static str; 6] {
-    ["--port", "8001", "--json", "--log-interval", "0", "--no-tui"]
+fn replay_args() -> [&'static str; 4] {
+    ["--json", "--log-interval", "0", "--no-tui"]
 }
 
 fn last_json(out: &str) -> Option<Value> {
@@ -526,12 +526,17 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let small_pcap = dir.join("small-frames.pcap");
     let written = pcap::small_frames(&small_pcap, 8, 80_000)?;
     let size = std::fs::metadata(&small_pcap).map(|m| m.len()).unwrap_or(0) as f64;
-    let (wm_secs, wm_out, _) = timed(Command::new(&ws_monitor).arg("replay").arg(&small_pcap).args(replay_args()))?;
-    let wm: Value = last_json(&wm_out).context("ws-monitor replay's report")?;
-    let wm_frames: u64 = ["client", "server"]
-        .iter()
-        .map(|d| wm["frames"][d].as_object().map_or(0, |o| o.values().filter_map(Value::as_u64).sum::<u64>()))
-        .sum();
+    let replay = |file: &Path, args: &[&str]| -> anyhow::Result<(f64, u64)> {
+        let (secs, out, _) = timed(Command::new(&ws_monitor).arg("replay").arg(file).args(replay_args()).args(args))?;
+        let report: Value = last_json(&out).context("ws-monitor replay's report")?;
+        let frames = ["client", "server"]
+            .iter()
+            .map(|d| report["frames"][d].as_object().map_or(0, |o| o.values().filter_map(Value::as_u64).sum::<u64>()))
+            .sum();
+        Ok((secs, frames))
+    };
+    let port = pcap::PORT.to_string();
+    let wm = replay(&small_pcap, &["--port", &port])?;
     let (ts_secs, ts_out, _) = timed(
         Command::new("tshark")
             .arg("-r")
@@ -545,7 +550,48 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     println!("| tool | seconds | MB/s | ÷ tshark | frames found |");
     println!("|---|---|---|---|---|");
     println!("| tshark -Y websocket | {ts_secs:.2} | {:.1} | 1.00× | {ts_frames} |", size / 1e6 / ts_secs);
-    println!("| ws-monitor replay | {wm_secs:.2} | {:.1} | {} | {wm_frames} |", size / 1e6 / wm_secs, ratio(ts_secs, wm_secs));
+    println!("| ws-monitor replay | {:.2} | {:.1} | {} | {} |", wm.0, size / 1e6 / wm.0, ratio(ts_secs, wm.0), wm.1);
+
+    crate::step("replay with 1 worker and with one per CPU");
+    let many_pcap = dir.join("small-frames-64.pcap");
+    let written = pcap::small_frames(&many_pcap, 64, 30_000)?;
+    let size = std::fs::metadata(&many_pcap).map(|m| m.len()).unwrap_or(0) as f64;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // The median of 5 runs each, in turn.
+    let (cpus_text, one) = (cpus.to_string(), "1".to_string());
+    let setups: [(&str, [&str; 4]); 3] = [
+        (&one, ["--port", &port, "--workers", &one]),
+        (&cpus_text, ["--port", &port, "--workers", &cpus_text]),
+        // The driver's share alone: the file read and decoded, its port not watched, so
+        // no segment reaches a worker.
+        ("reading and decoding only (port not watched)", ["--port", "9", "--workers", &one]),
+    ];
+    let mut runs: Vec<Vec<(f64, u64)>> = setups.iter().map(|_| Vec::new()).collect();
+    for _ in 0..5 {
+        for ((_, args), r) in setups.iter().zip(&mut runs) {
+            r.push(replay(&many_pcap, args)?);
+        }
+    }
+    let medians: Vec<(f64, u64)> = runs
+        .into_iter()
+        .map(|mut r| {
+            r.sort_by(|a, b| a.0.total_cmp(&b.0));
+            r[r.len() / 2]
+        })
+        .collect();
+    println!();
+    println!("Replay with workers (64 connections interleaved, {written} frames of 20–200 bytes, {:.1} MB, median of 5 runs)", size / 1e6);
+    println!();
+    println!("| workers | seconds | MB/s | M frames/s | ÷ 1 worker | frames found |");
+    println!("|---|---|---|---|---|---|");
+    for ((label, _), (secs, frames)) in setups.iter().zip(&medians) {
+        println!(
+            "| {label} | {secs:.3} | {:.0} | {:.2} | {} | {frames} |",
+            size / 1e6 / secs,
+            *frames as f64 / 1e6 / secs,
+            ratio(medians[0].0, *secs)
+        );
+    }
 
     crate::step("peak RSS of ws-monitor replay with 100,000 connections open at once");
     let one = dir.join("one-connection.pcap");
@@ -553,7 +599,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     pcap::many_connections(&one, 1)?;
     pcap::many_connections(&many, 100_000)?;
     let rss = |file: &Path| -> anyhow::Result<(u64, Value)> {
-        let (_, out, rss) = timed(Command::new(&ws_monitor).arg("replay").arg(file).args(replay_args()).args(["--max-flows", "200000"]))?;
+        let (_, out, rss) = timed(Command::new(&ws_monitor).arg("replay").arg(file).args(["--port", "8001"]).args(replay_args()).args(["--max-flows", "200000"]))?;
         Ok((rss, last_json(&out).context("ws-monitor replay's report")?))
     };
     let (rss_one, _) = rss(&one)?;
