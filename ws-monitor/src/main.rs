@@ -484,6 +484,7 @@ fn finish_report(
         if let Some(map) = out.as_object_mut() {
             extra(map);
             map.insert("reassembly".into(), serde_json::to_value(totals.reassembly)?);
+            map.insert("peak_rss_bytes".into(), report::peak_rss_bytes().into());
         }
         println!("{out}");
     }

@@ -94,6 +94,13 @@ pub fn report_json(ports: &[u16], engine: &EngineStats, capture: &CaptureReport)
     })
 }
 
+/// This process's peak resident memory (`VmHWM`), or `None` where `/proc` does not say.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()?;
+    Some(kib * 1024)
+}
+
 /// One line of capture and protocol counters, for stderr.
 pub fn stats_line(totals: &crate::pipeline::Totals, packets: u64, drops: u64) -> String {
     let r = &totals.reassembly;

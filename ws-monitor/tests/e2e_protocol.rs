@@ -432,6 +432,9 @@ fn stop_capture(mut cap: Capture, tag: &str) -> Reports {
     replay.args(["--json", "--stats-interval", "0"]).args(&cap.engine_args).arg("--events").arg(&cap.replay_events);
     let rep = Proc::spawn(replay, "ws-monitor replay").finish_ok(STOP);
     let replay = last_json(&rep.stdout, "ws-monitor replay");
+    // Its own peak memory: more than the binary's code, far less than a GiB.
+    let rss = replay["peak_rss_bytes"].as_u64().unwrap_or(0);
+    assert!((1 << 20..1 << 30).contains(&rss), "{tag}: peak_rss_bytes {rss}");
     // However many workers share the connections, the report and the findings are the same.
     for workers in ["1", "3"] {
         let events = cap.replay_events.with_extension(format!("{workers}.jsonl"));

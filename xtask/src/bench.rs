@@ -371,34 +371,15 @@ fn last_json(out: &str) -> Option<Value> {
     out.lines().rev().find(|l| l.starts_with('{')).and_then(|l| serde_json::from_str(l).ok())
 }
 
-/// Runs `cmd` to the end: wall seconds, stdout, peak RSS in bytes (from wait4).
-fn timed(cmd: &mut Command) -> anyhow::Result<(f64, String, u64)> {
+/// Runs `cmd` to the end: wall seconds and stdout.
+fn timed(cmd: &mut Command) -> anyhow::Result<(f64, String)> {
     let started = Instant::now();
-    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("starting a timed command")?;
-    let mut stdout = child.stdout.take().context("no stdout")?;
-    let mut stderr = child.stderr.take().context("no stderr")?;
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value to be overwritten.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waits for our own child by pid; `status` and `usage` are valid for writes.
-    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    let out = cmd.stdin(Stdio::null()).output().context("starting a timed command")?;
     let secs = started.elapsed().as_secs_f64();
-    let stdout = out.join().unwrap_or_default();
-    let stderr = err.join().unwrap_or_default();
-    if pid <= 0 || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
-        bail!("{:?} failed: {}", cmd.get_program(), stderr.trim());
+    if !out.status.success() {
+        bail!("{:?} failed: {}", cmd.get_program(), String::from_utf8_lossy(&out.stderr).trim());
     }
-    Ok((secs, stdout, usage.ru_maxrss as u64 * 1024))
+    Ok((secs, String::from_utf8_lossy(&out.stdout).into_owned()))
 }
 
 fn ratio(a: f64, b: f64) -> String {
@@ -527,7 +508,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let written = pcap::small_frames(&small_pcap, 8, 80_000)?;
     let size = std::fs::metadata(&small_pcap).map(|m| m.len()).unwrap_or(0) as f64;
     let replay = |file: &Path, args: &[&str]| -> anyhow::Result<(f64, u64)> {
-        let (secs, out, _) = timed(Command::new(&ws_monitor).arg("replay").arg(file).args(replay_args()).args(args))?;
+        let (secs, out) = timed(Command::new(&ws_monitor).arg("replay").arg(file).args(replay_args()).args(args))?;
         let report: Value = last_json(&out).context("ws-monitor replay's report")?;
         let frames = ["client", "server"]
             .iter()
@@ -537,7 +518,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     };
     let port = pcap::PORT.to_string();
     let wm = replay(&small_pcap, &["--port", &port])?;
-    let (ts_secs, ts_out, _) = timed(
+    let (ts_secs, ts_out) = timed(
         Command::new("tshark")
             .arg("-r")
             .arg(&small_pcap)
@@ -599,8 +580,12 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     pcap::many_connections(&one, 1)?;
     pcap::many_connections(&many, 100_000)?;
     let rss = |file: &Path| -> anyhow::Result<(u64, Value)> {
-        let (_, out, rss) = timed(Command::new(&ws_monitor).arg("replay").arg(file).args(["--port", "8001"]).args(replay_args()).args(["--max-flows", "200000"]))?;
-        Ok((rss, last_json(&out).context("ws-monitor replay's report")?))
+        let (_, out) = timed(Command::new(&ws_monitor).arg("replay").arg(file).args(["--port", "8001"]).args(replay_args()).args(["--max-flows", "200000"]))?;
+        let report = last_json(&out).context("ws-monitor replay's report")?;
+        // Its own measure: wait4's ru_maxrss also counts this process's memory, which a
+        // spawned child inherits as its high-water mark until it execs.
+        let rss = report["peak_rss_bytes"].as_u64().context("ws-monitor's report has no peak_rss_bytes")?;
+        Ok((rss, report))
     };
     let (rss_one, _) = rss(&one)?;
     let (rss_many, report) = rss(&many)?;
