@@ -51,10 +51,14 @@
 //! | `HttpToServer` | `GET /health HTTP/1.1` instead of the client's frame (last) | `http_in_stream` (client) |
 //! | `LengthMsb` | a 64-bit length with the MSB set (last) | `length_msb_set` (server) |
 //! | `HttpToClient` | `HTTP/1.1 200 OK` instead of the echo (last) | `http_in_stream` (server) |
+//! | `EarlyFrame` | a masked ping sent upstream right behind the request, before the 101 | `frame_before_upgrade` (client) |
+//! | `ManyHeaders` | 300 extra header fields in the request; the server drops it, the proxy answers 502 | `handshake_too_large` (client), `handshake_rejected` (server) |
 //!
+//! `rsv1_invalid` and `invalid_compressed_data` need permessage-deflate, which the demo's
+//! tungstenite peers do not negotiate; the protocol end-to-end tests commit them.
 //! Every data frame the proxy writes after a close frame in the same direction is also
 //! counted as `data_after_close`. tungstenite peers answer most faults by dropping the
-//! connection; the client then reconnects (a cycle of the 25 entries takes about 10 s
+//! connection; the client then reconnects (a cycle of the 27 entries takes about 10 s
 //! with the default 4 clients).
 
 use std::collections::{BTreeMap, HashMap};
@@ -954,10 +958,12 @@ enum Fault {
     HttpToServer,
     LengthMsb,
     HttpToClient,
+    EarlyFrame,
+    ManyHeaders,
 }
 
 /// The rotating schedule: connection `n` to the proxy gets `SCHEDULE[(start + n) % len]`.
-const SCHEDULE: [Fault; 25] = [
+const SCHEDULE: [Fault; 27] = [
     Fault::Rsv1Data,
     Fault::StripUpgrade,
     Fault::Unmask,
@@ -983,6 +989,8 @@ const SCHEDULE: [Fault; 25] = [
     Fault::HttpToServer,
     Fault::LengthMsb,
     Fault::HttpToClient,
+    Fault::EarlyFrame,
+    Fault::ManyHeaders,
 ];
 
 /// Where a fault strikes.
@@ -1012,7 +1020,7 @@ struct Strike {
 impl Fault {
     fn stage(self) -> Stage {
         match self {
-            Fault::StripUpgrade | Fault::TlsHello => Stage::Request,
+            Fault::StripUpgrade | Fault::TlsHello | Fault::EarlyFrame | Fault::ManyHeaders => Stage::Request,
             Fault::WrongAccept | Fault::No101Upgrade | Fault::ExtraExtension => Stage::Response,
             Fault::Unmask | Fault::NonMinimal | Fault::Rsv2Data | Fault::HttpToServer => {
                 Stage::Frames(Direction::ToServer)
@@ -1028,6 +1036,15 @@ impl Fault {
                 Out::raw(edit_head(head, &["upgrade", "connection"], None, None), &[Kind::UpgradeMissing], None)
             }
             Fault::TlsHello => Out::raw(TLS_HELLO, &[Kind::TlsOnPlainPort], None),
+            Fault::EarlyFrame => {
+                let mut bytes = head.to_vec();
+                bytes.extend(Frame { mask: Some([1, 2, 3, 4]), ..Frame::new(op::PING, "early") }.encode());
+                Out::raw(bytes, &[Kind::FrameBeforeUpgrade], None)
+            }
+            Fault::ManyHeaders => {
+                let many: Vec<String> = (0..300).map(|i| format!("X-Filler-{i}: x")).collect();
+                Out::raw(edit_head(head, &[], None, Some(&many.join("\r\n"))), &[Kind::HandshakeTooLarge], None)
+            }
             _ => Out::raw(head, &[], None),
         }
     }
@@ -1148,6 +1165,8 @@ impl Fault {
             // Handshake faults never reach the frames.
             Fault::StripUpgrade
             | Fault::TlsHello
+            | Fault::EarlyFrame
+            | Fault::ManyHeaders
             | Fault::WrongAccept
             | Fault::No101Upgrade
             | Fault::ExtraExtension => changed(&frame, &[]),

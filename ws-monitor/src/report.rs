@@ -57,7 +57,7 @@ pub fn kernel_json(k: &KernelCounters) -> serde_json::Value {
 
 /// The whole `--json` report, the same for live capture and replay:
 /// `{"ports", "connections", "upgrades_ok", "frames", "violations",
-/// "violations_by_direction", "close_codes", "sync", "capture"}`.
+/// "violations_by_direction", "close_codes", "http_requests", "not_http", "sync", "capture"}`.
 pub fn report_json(ports: &[u16], engine: &EngineStats, capture: &CaptureReport) -> Value {
     let by_kind = |dir: Option<Direction>| -> Map<String, Value> {
         Kind::ALL
@@ -83,6 +83,8 @@ pub fn report_json(ports: &[u16], engine: &EngineStats, capture: &CaptureReport)
             "server": by_kind(Some(Direction::ToClient)),
         },
         "close_codes": engine.close_codes.iter().map(|(c, n)| (c.to_string(), Value::from(*n))).collect::<Map<String, Value>>(),
+        "http_requests": engine.http_requests.iter().map(|(p, n)| (p.to_string(), Value::from(*n))).collect::<Map<String, Value>>(),
+        "not_http": engine.not_http,
         "sync": {
             "desyncs": engine.desyncs,
             "resyncs": engine.resyncs,

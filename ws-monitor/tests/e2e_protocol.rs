@@ -30,12 +30,14 @@ use serde_json::{json, Map, Value};
 use common::Netns;
 
 /// Every violation kind the report lists, in ws-monitor's order.
-const KINDS: [&str; 24] = [
+const KINDS: [&str; 26] = [
     "handshake_rejected",
     "upgrade_missing",
     "accept_mismatch",
     "bad_handshake",
     "extension_not_offered",
+    "handshake_too_large",
+    "frame_before_upgrade",
     "rsv_without_extension",
     "rsv1_invalid",
     "reserved_opcode",
@@ -59,8 +61,16 @@ const KINDS: [&str; 24] = [
 
 /// The report keys that live capture and replay must agree on (capture counters differ:
 /// live counts kernel packets).
-const PROTOCOL_KEYS: [&str; 6] =
-    ["connections", "upgrades_ok", "frames", "violations", "violations_by_direction", "close_codes"];
+const PROTOCOL_KEYS: [&str; 8] = [
+    "connections",
+    "upgrades_ok",
+    "frames",
+    "violations",
+    "violations_by_direction",
+    "close_codes",
+    "http_requests",
+    "not_http",
+];
 
 const SERVER_V4: &str = "10.201.0.2";
 const SERVER_V6: &str = "fd00:201::2";
@@ -887,5 +897,7 @@ fn violator_commits_every_kind_and_is_counted_exactly() {
         assert_eq!(r["upgrades_ok"], expected["upgrades_ok"], "{ctx}: upgrades_ok");
         assert_eq!(r["frames"], expected["frames"], "{ctx}: frames");
         assert_eq!(r["close_codes"], expected["close_codes"], "{ctx}: close codes");
+        assert_eq!(r["http_requests"], expected["http_requests"], "{ctx}: plain HTTP requests");
+        assert_eq!(r["not_http"], 0, "{ctx}: not_http");
     }
 }

@@ -148,9 +148,21 @@ fn logs_and_metrics_agree_with_the_json_report() {
     assert!(total > 50, "the violator commits many violations, got {total}");
     assert_eq!(metric(&metrics, "ws_monitor_upgrades_total", &[]), report["upgrades_ok"].as_u64().unwrap());
     assert_eq!(metric(&metrics, "ws_monitor_connections_total", &[]), report["connections"].as_u64().unwrap());
+    // Codes allowed on the wire under their number, every other one under "invalid".
+    let (mut invalid, mut valid) = (0, 0);
     for (code, n) in report["close_codes"].as_object().unwrap() {
-        assert_eq!(metric(&metrics, "ws_monitor_close_codes_total", &[("code", code)]), n.as_u64().unwrap());
+        let (c, n) = (code.parse::<u16>().unwrap(), n.as_u64().unwrap());
+        if matches!(c, 1000..=1003 | 1007..=1014 | 3000..=4999) {
+            assert_eq!(metric(&metrics, "ws_monitor_close_codes_total", &[("code", code)]), n);
+            valid += 1;
+        } else {
+            invalid += n;
+        }
     }
+    assert!(invalid > 0, "the violator sends invalid close codes");
+    assert_eq!(metric(&metrics, "ws_monitor_close_codes_total", &[("code", "invalid")]), invalid);
+    let series = metrics.keys().filter(|k| k.starts_with("ws_monitor_close_codes_total{")).count();
+    assert_eq!(series, valid + 1, "an invalid code got its own series");
     assert_eq!(metric(&metrics, "ws_monitor_capture_gaps_total", &[]), report["capture"]["gaps"].as_u64().unwrap());
 
     // Logs: per kind, finding lines + suppressed counts == the report's count, and at

@@ -2,22 +2,27 @@
 //! `httparse`, request checks, and judging a 101 response against the request.
 //!
 //! Everything here works on a complete HTTP head that the caller buffered (at most
-//! [`HEAD_CAP`] bytes); allocation is fine at this point (once per connection).
+//! [`HEAD_CAP`] bytes); allocation is fine at this point (once per HTTP exchange).
 
 use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine as _;
 use sha1::{Digest, Sha1};
 
+use super::http::{framing, Framing};
 use super::kind::{Kind, KindSet};
 
-/// Longest HTTP head (request or response line plus headers) we buffer.
-pub const HEAD_CAP: usize = 16 * 1024;
+/// Longest HTTP head (request or response line plus headers) we buffer: twice what
+/// nginx (`large_client_header_buffers 4 8k`) and Node (16 KiB) accept, so that a
+/// browser's handshake with large cookies fits. A longer head is
+/// [`Kind::HandshakeTooLarge`].
+pub const HEAD_CAP: usize = 32 * 1024;
 
 /// The GUID of RFC 6455 §1.3.
 pub const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
-const MAX_HEADERS: usize = 96;
+/// Most header fields in one head (beyond: [`Kind::HandshakeTooLarge`]).
+pub const MAX_HEADERS: usize = 256;
 
 /// Base64 that accepts non-zero trailing bits (a lenient reading of the client key).
 const LENIENT_B64: GeneralPurpose = GeneralPurpose::new(
@@ -46,8 +51,10 @@ pub fn key_valid(key: &str) -> bool {
 pub enum Head<T> {
     /// The head is not complete yet.
     Partial,
-    /// Not HTTP (or longer than [`HEAD_CAP`] / too many headers).
+    /// Not HTTP.
     Invalid,
+    /// Longer than [`HEAD_CAP`] or more than [`MAX_HEADERS`] header fields.
+    TooLarge,
     /// A complete head of this many bytes.
     Complete(usize, T),
 }
@@ -76,11 +83,20 @@ pub struct Extension {
     pub params: Vec<(String, Option<String>)>,
 }
 
-/// What the engine needs to know about an upgrade request.
-#[derive(Clone, Debug, Default)]
+/// What the engine needs to know about a request.
+#[derive(Clone, Debug)]
 pub struct Request {
     /// Both `Upgrade: websocket` and `Connection: upgrade` are present.
     pub upgrade: bool,
+    /// Some sign of WebSocket: `Upgrade: websocket`, or a `Sec-WebSocket-Key` or
+    /// `Sec-WebSocket-Version` header.
+    pub intent: bool,
+    /// A HEAD request (its response has no body).
+    pub head_method: bool,
+    /// A CONNECT request (a 2xx answer turns the connection into a tunnel).
+    pub connect: bool,
+    /// How its body is delimited.
+    pub body: Framing,
     /// Not GET HTTP/1.1, Version not 13, or a key that is not 16 bytes of base64.
     pub bad: bool,
     /// The key as sent (trimmed), when exactly one was sent.
@@ -91,10 +107,28 @@ pub struct Request {
     pub protocols: Vec<String>,
 }
 
+impl Default for Request {
+    fn default() -> Self {
+        Request {
+            upgrade: false,
+            intent: false,
+            head_method: false,
+            connect: false,
+            body: Framing::Empty,
+            bad: false,
+            key: None,
+            offers: Vec::new(),
+            protocols: Vec::new(),
+        }
+    }
+}
+
 /// What the engine needs to know about a response head.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Response {
     pub status: u16,
+    /// How a body would be delimited, if the status and request allow one.
+    pub body: Framing,
     /// Both `Upgrade: websocket` and `Connection: upgrade` are present.
     pub upgrade: bool,
     /// Every `Sec-WebSocket-Accept` value (trimmed).
@@ -103,6 +137,32 @@ pub struct Response {
     pub extensions: Option<Vec<Extension>>,
     /// Every subprotocol token of `Sec-WebSocket-Protocol`.
     pub protocols: Vec<String>,
+}
+
+impl Default for Response {
+    fn default() -> Self {
+        Response {
+            status: 0,
+            body: Framing::Empty,
+            upgrade: false,
+            accepts: Vec::new(),
+            extensions: None,
+            protocols: Vec::new(),
+        }
+    }
+}
+
+impl Response {
+    /// How the body that follows this response to `req` is delimited (RFC 9112 §6.3).
+    pub fn body_after(&self, req: &Request) -> Framing {
+        if req.head_method || (100..200).contains(&self.status) || matches!(self.status, 204 | 304) {
+            Framing::Empty
+        } else if req.connect && (200..300).contains(&self.status) {
+            Framing::UntilClose
+        } else {
+            self.body
+        }
+    }
 }
 
 fn header_values<'a>(headers: &'a [httparse::Header<'a>], name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
@@ -126,6 +186,33 @@ fn list_tokens(headers: &[httparse::Header<'_>], name: &str) -> Vec<String> {
         .collect()
 }
 
+fn body_framing(h: &[httparse::Header<'_>], request: bool) -> Framing {
+    let te: Vec<&str> = header_values(h, "transfer-encoding").collect();
+    let cl: Vec<&str> = header_values(h, "content-length").collect();
+    framing(&te, &cl, request)
+}
+
+/// Maps an `httparse` outcome to a [`Head`] of the parsed length.
+fn outcome(r: Result<httparse::Status<usize>, httparse::Error>, buffered: usize) -> Result<usize, Head<()>> {
+    match r {
+        Ok(httparse::Status::Complete(n)) if n > HEAD_CAP => Err(Head::TooLarge),
+        Ok(httparse::Status::Complete(n)) => Ok(n),
+        Ok(httparse::Status::Partial) if buffered < HEAD_CAP => Err(Head::Partial),
+        Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => Err(Head::TooLarge),
+        Err(_) => Err(Head::Invalid),
+    }
+}
+
+impl<T> Head<T> {
+    fn retag<U>(self) -> Head<U> {
+        match self {
+            Head::Partial => Head::Partial,
+            Head::TooLarge => Head::TooLarge,
+            Head::Invalid | Head::Complete(..) => Head::Invalid,
+        }
+    }
+}
+
 fn extensions(headers: &[httparse::Header<'_>]) -> Option<Vec<Extension>> {
     let mut all = Vec::new();
     for v in header_values(headers, "sec-websocket-extensions") {
@@ -140,16 +227,13 @@ pub fn parse_request(buf: &[u8]) -> Head<Request> {
     let mut req = httparse::Request::new(&mut headers);
     let mut cfg = httparse::ParserConfig::default();
     cfg.allow_multiple_spaces_in_request_line_delimiters(true);
-    let n = match cfg.parse_request(&mut req, buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() < HEAD_CAP => return Head::Partial,
-        _ => return Head::Invalid,
+    let n = match outcome(cfg.parse_request(&mut req, buf), buf.len()) {
+        Ok(n) => n,
+        Err(h) => return h.retag(),
     };
-    if n > HEAD_CAP {
-        return Head::Invalid;
-    }
     let h: &[httparse::Header<'_>] = req.headers;
-    let upgrade = has_token(h, "upgrade", "websocket") && has_token(h, "connection", "upgrade");
+    let ws_token = has_token(h, "upgrade", "websocket");
+    let upgrade = ws_token && has_token(h, "connection", "upgrade");
     let keys: Vec<&str> = header_values(h, "sec-websocket-key").map(str::trim).collect();
     let versions: Vec<&str> = header_values(h, "sec-websocket-version").map(str::trim).collect();
     let key = match keys.as_slice() {
@@ -164,6 +248,10 @@ pub fn parse_request(buf: &[u8]) -> Head<Request> {
         n,
         Request {
             upgrade,
+            intent: ws_token || !keys.is_empty() || !versions.is_empty(),
+            head_method: req.method == Some("HEAD"),
+            connect: req.method == Some("CONNECT"),
+            body: body_framing(h, true),
             bad,
             key,
             // An unparsable offer list is kept empty: nothing counts as offered.
@@ -181,20 +269,17 @@ pub fn parse_response(buf: &[u8]) -> Head<Response> {
     cfg.allow_spaces_after_header_name_in_responses(true)
         .allow_obsolete_multiline_headers_in_responses(true)
         .allow_multiple_spaces_in_response_status_delimiters(true);
-    let n = match cfg.parse_response(&mut resp, buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() < HEAD_CAP => return Head::Partial,
-        _ => return Head::Invalid,
+    let n = match outcome(cfg.parse_response(&mut resp, buf), buf.len()) {
+        Ok(n) => n,
+        Err(h) => return h.retag(),
     };
-    if n > HEAD_CAP {
-        return Head::Invalid;
-    }
     let status = resp.code.unwrap_or(0);
     let h: &[httparse::Header<'_>] = resp.headers;
     Head::Complete(
         n,
         Response {
             status,
+            body: body_framing(h, false),
             upgrade: has_token(h, "upgrade", "websocket") && has_token(h, "connection", "upgrade"),
             accepts: header_values(h, "sec-websocket-accept").map(|v| v.trim().to_owned()).collect(),
             extensions: extensions(h),
@@ -467,7 +552,7 @@ mod tests {
             upgrade: true,
             accepts: vec!["s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into()],
             extensions: parse_extensions(ext),
-            protocols: vec![],
+            ..Response::default()
         }
     }
 

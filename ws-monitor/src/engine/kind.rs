@@ -20,6 +20,10 @@ pub enum Kind {
     BadHandshake,
     /// The 101 accepts an extension/parameter/subprotocol the client did not offer.
     ExtensionNotOffered,
+    /// An HTTP head over the size or header-count limit: the handshake is not read.
+    HandshakeTooLarge,
+    /// The client sent bytes (frames) after its upgrade request before the 101 came.
+    FrameBeforeUpgrade,
     // --- frame header ---
     /// RSV1 without permessage-deflate, or RSV2/RSV3 set.
     RsvWithoutExtension,
@@ -75,7 +79,7 @@ pub enum Category {
 
 impl Kind {
     /// Number of kinds.
-    pub const COUNT: usize = 24;
+    pub const COUNT: usize = 26;
 
     /// Every kind, in index order.
     pub const ALL: [Kind; Kind::COUNT] = [
@@ -84,6 +88,8 @@ impl Kind {
         Kind::AcceptMismatch,
         Kind::BadHandshake,
         Kind::ExtensionNotOffered,
+        Kind::HandshakeTooLarge,
+        Kind::FrameBeforeUpgrade,
         Kind::RsvWithoutExtension,
         Kind::Rsv1Invalid,
         Kind::ReservedOpcode,
@@ -118,6 +124,8 @@ impl Kind {
             Kind::AcceptMismatch => "accept_mismatch",
             Kind::BadHandshake => "bad_handshake",
             Kind::ExtensionNotOffered => "extension_not_offered",
+            Kind::HandshakeTooLarge => "handshake_too_large",
+            Kind::FrameBeforeUpgrade => "frame_before_upgrade",
             Kind::RsvWithoutExtension => "rsv_without_extension",
             Kind::Rsv1Invalid => "rsv1_invalid",
             Kind::ReservedOpcode => "reserved_opcode",
@@ -152,7 +160,7 @@ impl Kind {
                 "the server answered a WebSocket upgrade request with a status other than 101"
             }
             Kind::UpgradeMissing => {
-                "an HTTP request reached the port without `Upgrade: websocket` and `Connection: Upgrade`"
+                "an HTTP request with WebSocket headers (Sec-WebSocket-Key/-Version or Upgrade: websocket) lacks `Upgrade: websocket` or `Connection: Upgrade`"
             }
             Kind::AcceptMismatch => {
                 "Sec-WebSocket-Accept is not base64(SHA-1(Sec-WebSocket-Key + 258EAFA5-E914-47DA-95CA-C5AB0DC85B11))"
@@ -162,6 +170,12 @@ impl Kind {
             }
             Kind::ExtensionNotOffered => {
                 "the 101 accepts an extension, extension parameter or subprotocol the client did not offer"
+            }
+            Kind::HandshakeTooLarge => {
+                "an HTTP head on the port is over 32 KiB or has more than 256 header fields; the monitor does not read it and scans for frames instead"
+            }
+            Kind::FrameBeforeUpgrade => {
+                "the client sent data after its upgrade request before the server's 101 arrived"
             }
             Kind::RsvWithoutExtension => {
                 "a frame sets RSV1 without negotiated permessage-deflate, or RSV2/RSV3 which no negotiated extension defines"
@@ -212,7 +226,7 @@ impl Kind {
                 "check the server or proxy logs for why: auth (401/403), wrong path (404), origin check, version (426), overload (503)"
             }
             Kind::UpgradeMissing => {
-                "a proxy or load balancer strips hop-by-hop headers (nginx needs proxy_set_header Upgrade/Connection), or a plain HTTP client hits the port"
+                "a proxy or load balancer strips hop-by-hop headers (nginx needs proxy_set_header Upgrade/Connection); plain HTTP requests without WebSocket headers are only counted (http_requests)"
             }
             Kind::AcceptMismatch => {
                 "a proxy rewrote Sec-WebSocket-Key, or the server computes the accept value wrongly (wrong GUID, key not trimmed, hex instead of base64)"
@@ -222,6 +236,12 @@ impl Kind {
             }
             Kind::ExtensionNotOffered => {
                 "server configured with a fixed extension/subprotocol regardless of the offer, or a proxy rewrote the client's offer"
+            }
+            Kind::HandshakeTooLarge => {
+                "oversized cookies or many proxy-added headers; most servers refuse heads this large (nginx 4x8 KiB, Node 16 KiB) with 431/400"
+            }
+            Kind::FrameBeforeUpgrade => {
+                "a client that does not wait for the 101 (optimistic sending); a server that rejects the upgrade would read those frames as HTTP"
             }
             Kind::RsvWithoutExtension => {
                 "the peer compresses although the handshake did not negotiate it (proxy dropped Sec-WebSocket-Extensions?) or a buggy framing library"
@@ -286,7 +306,9 @@ impl Kind {
             | Kind::UpgradeMissing
             | Kind::AcceptMismatch
             | Kind::BadHandshake
-            | Kind::ExtensionNotOffered => Category::Handshake,
+            | Kind::ExtensionNotOffered
+            | Kind::HandshakeTooLarge
+            | Kind::FrameBeforeUpgrade => Category::Handshake,
             Kind::InvalidUtf8Text
             | Kind::InvalidClosePayload
             | Kind::InvalidCloseCode

@@ -52,6 +52,7 @@
 
 pub mod frame;
 pub mod handshake;
+pub mod http;
 pub mod inflate;
 pub mod kind;
 pub mod resync;
@@ -71,7 +72,8 @@ pub use frame::FrameHeaderBytes;
 pub use kind::{Category, Kind, KindSet};
 
 use frame::{OpClass, Rules, RsvPolicy};
-use handshake::{head_end, judge_101, parse_request, parse_response, Head, Request, HEAD_CAP};
+use handshake::{head_end, judge_101, parse_request, parse_response, Head, Request, Response, HEAD_CAP};
+use http::Framing;
 use stream::{DirState, Mode, ModeKind};
 
 /// Engine settings.
@@ -174,6 +176,12 @@ pub struct EngineStats {
     pub violations: [[u64; Kind::COUNT]; 2],
     /// Close status codes seen in close frames (valid or not).
     pub close_codes: BTreeMap<u16, u64>,
+    /// Plain HTTP requests (no WebSocket header at all) by server port: health checks,
+    /// long-polling, pages served on the WebSocket port. Not violations.
+    pub http_requests: BTreeMap<u16, u64>,
+    /// Connections given up during the handshake because their bytes stopped being
+    /// HTTP (no request or status line, broken body framing).
+    pub not_http: u64,
     /// Times a direction lost sync it had (gap over a header, HTTP in the stream,
     /// unusable length, handshake that could not be followed).
     pub desyncs: u64,
@@ -199,6 +207,8 @@ impl EngineStats {
             frames,
             violations,
             close_codes,
+            http_requests,
+            not_http,
             desyncs,
             resyncs,
             unsynced_bytes,
@@ -216,6 +226,10 @@ impl EngineStats {
         for (code, n) in close_codes {
             *self.close_codes.entry(*code).or_insert(0) += n;
         }
+        for (port, n) in http_requests {
+            *self.http_requests.entry(*port).or_insert(0) += n;
+        }
+        self.not_http += not_http;
         self.desyncs += desyncs;
         self.resyncs += resyncs;
         self.unsynced_bytes += unsynced_bytes;
@@ -310,7 +324,8 @@ pub enum ConnState {
     Closed,
     /// At least one direction is unsynced (or on probation after a resync).
     Desync,
-    /// Not a WebSocket connection (plain HTTP, rejected upgrade, TLS, garbage).
+    /// Not a WebSocket connection (plain HTTP, rejected upgrade, TLS, garbage); a
+    /// keep-alive connection between HTTP exchanges may still upgrade later.
     NotWebSocket,
 }
 
@@ -375,10 +390,16 @@ impl Cx<'_> {
     }
 }
 
-/// Handshake progress of a connection.
+/// Handshake progress of a connection: a loop over HTTP exchanges until an upgrade
+/// succeeds.
 #[derive(Debug)]
 enum Hs {
+    /// Waiting for the first request.
     AwaitRequest,
+    /// Plain HTTP so far (or a rejected upgrade): waiting for the previous response's
+    /// body to end and for a next request, which may be an upgrade.
+    NextRequest,
+    /// A request was read; waiting for its response.
     AwaitResponse(Box<Request>),
     Done,
 }
@@ -441,14 +462,18 @@ impl Engine {
     }
 }
 
-fn rules(dir: Direction, rsv: RsvPolicy, max_frame_size: u64) -> Rules {
-    Rules { client_to_server: dir == Direction::ToServer, rsv, max_frame_size }
+impl EngineConfig {
+    fn rules(&self, dir: Direction, rsv: RsvPolicy) -> Rules {
+        Rules { client_to_server: dir == Direction::ToServer, rsv, max_frame_size: self.max_frame_size }
+    }
 }
 
 impl Conn {
     fn refresh_state(&mut self) {
         let kinds = [self.dirs[0].mode_kind(), self.dirs[1].mode_kind()];
-        self.view.state = if !matches!(self.hs, Hs::Done) || kinds.contains(&ModeKind::Hold) {
+        self.view.state = if matches!(self.hs, Hs::NextRequest) {
+            ConnState::NotWebSocket
+        } else if !matches!(self.hs, Hs::Done) || kinds.contains(&ModeKind::Hold) {
             ConnState::Handshake
         } else if kinds.contains(&ModeKind::Ignore) {
             ConnState::NotWebSocket
@@ -473,7 +498,7 @@ fn not_websocket(hs: &mut Hs, dirs: &mut [DirState; 2]) {
 }
 
 /// The handshake cannot be followed (bytes lost): look for frames in both directions.
-fn handshake_lost(hs: &mut Hs, dirs: &mut [DirState; 2], cx: &mut Cx<'_>, max_frame_size: u64) {
+fn handshake_lost(hs: &mut Hs, dirs: &mut [DirState; 2], cx: &mut Cx<'_>, cfg: &EngineConfig) {
     // If the request was read and offered no extension, none can be in force.
     let policy = match hs {
         Hs::AwaitResponse(req) if req.offers.is_empty() => RsvPolicy::Plain,
@@ -482,7 +507,7 @@ fn handshake_lost(hs: &mut Hs, dirs: &mut [DirState; 2], cx: &mut Cx<'_>, max_fr
     *hs = Hs::Done;
     for d in dirs.iter_mut() {
         if d.mode_kind() == ModeKind::Hold {
-            let r = rules(d.dir, policy, max_frame_size);
+            let r = cfg.rules(d.dir, policy);
             d.start_scan(r, cx);
         }
     }
@@ -498,7 +523,8 @@ fn tls_record(b: &[u8]) -> Option<bool> {
     }
 }
 
-/// Looks for a complete head in `d.held`, remembering how far it searched.
+/// Looks for a complete head in `d.held`, remembering how far it searched:
+/// `Some(true)` found, `Some(false)` not yet, `None` the head is too large.
 fn head_ready(d: &mut DirState) -> Option<bool> {
     match head_end(&d.held, d.head_scan) {
         Some(_) => Some(true),
@@ -513,119 +539,195 @@ fn head_ready(d: &mut DirState) -> Option<bool> {
     }
 }
 
-/// Advances the handshake as far as the held bytes allow.
-fn advance(hs: &mut Hs, dirs: &mut [DirState; 2], cx: &mut Cx<'_>, max_frame_size: u64) {
+/// What became of a direction's held bytes when looking for the next head.
+enum NextHead<T> {
+    /// Wait for more bytes.
+    Wait,
+    /// The handshake is over (not HTTP, too large): already dealt with.
+    Stop,
+    /// A complete head of this many bytes.
+    Head(usize, T),
+}
+
+/// Finds the next head in `d.held` (parsed by `parse`); a head too large is reported as
+/// [`Kind::HandshakeTooLarge`] by `dir` and the handshake is given up as lost, bytes
+/// that are not HTTP end it as not WebSocket.
+fn next_head<T>(
+    hs: &mut Hs,
+    dirs: &mut [DirState; 2],
+    dir: Direction,
+    cx: &mut Cx<'_>,
+    cfg: &EngineConfig,
+    parse: impl Fn(&[u8]) -> Head<T>,
+) -> NextHead<T> {
+    let Some(d) = dirs.get_mut(dir.index()) else {
+        return NextHead::Stop;
+    };
+    if d.body_bad {
+        cx.stats.not_http += 1;
+        not_websocket(hs, dirs);
+        return NextHead::Stop;
+    }
+    if d.held.is_empty() || d.body.active() {
+        return NextHead::Wait;
+    }
+    let head = match head_ready(d) {
+        None => Head::TooLarge,
+        Some(false) => return NextHead::Wait,
+        Some(true) => parse(&d.held),
+    };
+    match head {
+        Head::Partial => {
+            d.head_scan = d.held.len();
+            NextHead::Wait
+        }
+        Head::Complete(n, t) => NextHead::Head(n, t),
+        Head::Invalid => {
+            cx.stats.not_http += 1;
+            not_websocket(hs, dirs);
+            NextHead::Stop
+        }
+        Head::TooLarge => {
+            cx.emit_with(dir, Kind::HandshakeTooLarge, d.held_base, FrameHeaderBytes::EMPTY, &d.held);
+            handshake_lost(hs, dirs, cx, cfg);
+            NextHead::Stop
+        }
+    }
+}
+
+/// Advances the handshake as far as the held bytes allow: HTTP exchanges one after the
+/// other (bodies passed over, interim responses skipped) until a 101 switches to frames.
+fn advance(hs: &mut Hs, dirs: &mut [DirState; 2], cx: &mut Cx<'_>, cfg: &EngineConfig) {
     loop {
         match hs {
             Hs::Done => return,
-            Hs::AwaitRequest => {
-                let [c, _] = &mut *dirs;
-                if c.held.is_empty() {
-                    return;
-                }
-                match tls_record(&c.held) {
-                    None => return,
-                    Some(true) => {
-                        cx.emit_with(Direction::ToServer, Kind::TlsOnPlainPort, c.held_base, FrameHeaderBytes::EMPTY, &c.held);
-                        return not_websocket(hs, dirs);
-                    }
-                    Some(false) => {}
-                }
-                match head_ready(c) {
-                    None => return not_websocket(hs, dirs),
-                    Some(false) => return,
-                    Some(true) => {}
-                }
-                match parse_request(&c.held) {
-                    Head::Partial => {
-                        c.head_scan = c.held.len();
-                        return;
-                    }
-                    Head::Invalid => return not_websocket(hs, dirs),
-                    Head::Complete(n, req) => {
-                        let at = c.held_base;
-                        if !req.upgrade {
-                            cx.emit_with(Direction::ToServer, Kind::UpgradeMissing, at, FrameHeaderBytes::EMPTY, &c.held);
-                            return not_websocket(hs, dirs);
-                        }
-                        if req.bad {
-                            cx.emit_with(Direction::ToServer, Kind::BadHandshake, at, FrameHeaderBytes::EMPTY, &c.held);
-                        }
-                        c.held.drain(..n.min(c.held.len()));
-                        c.held_base += n as u64;
-                        c.head_scan = 0;
-                        *hs = Hs::AwaitResponse(Box::new(req));
-                    }
-                }
-            }
-            Hs::AwaitResponse(req) => {
-                let [_, s] = &mut *dirs;
-                if s.held.is_empty() {
-                    return;
-                }
-                match head_ready(s) {
-                    None => return not_websocket(hs, dirs),
-                    Some(false) => return,
-                    Some(true) => {}
-                }
-                let resp = match parse_response(&s.held) {
-                    Head::Partial => {
-                        s.head_scan = s.held.len();
-                        return;
-                    }
-                    Head::Invalid => return not_websocket(hs, dirs),
-                    Head::Complete(n, resp) => {
-                        let at = s.held_base;
-                        let head = Excerpt::new(&s.held);
-                        s.held.drain(..n.min(s.held.len()));
-                        s.held_base += n as u64;
-                        s.head_scan = 0;
-                        (at, resp, head)
-                    }
-                };
-                let (at, resp, head) = resp;
-                if resp.status != 101 {
-                    if (100..200).contains(&resp.status) {
-                        continue; // interim response (100 Continue, 103 Early Hints)
-                    }
-                    cx.emit_with(Direction::ToClient, Kind::HandshakeRejected, at, FrameHeaderBytes::EMPTY, head.as_slice());
+            Hs::AwaitRequest | Hs::NextRequest => {
+                let [c, s] = &mut *dirs;
+                if s.body_bad {
+                    cx.stats.not_http += 1;
                     return not_websocket(hs, dirs);
                 }
-                let verdict = judge_101(req, &resp);
-                for k in verdict.kinds.iter() {
-                    cx.emit_with(Direction::ToClient, k, at, FrameHeaderBytes::EMPTY, head.as_slice());
+                if s.body.active() || c.held.is_empty() {
+                    return;
                 }
-                if verdict.kinds.is_empty() {
-                    cx.stats.upgrades_ok += 1;
+                if c.held_base == 0 {
+                    match tls_record(&c.held) {
+                        None => return,
+                        Some(true) => {
+                            cx.emit_with(Direction::ToServer, Kind::TlsOnPlainPort, c.held_base, FrameHeaderBytes::EMPTY, &c.held);
+                            return not_websocket(hs, dirs);
+                        }
+                        Some(false) => {}
+                    }
                 }
-                let neg = verdict.negotiated;
-                let policy = if neg.unknown_extension {
-                    RsvPolicy::Unknown
-                } else if neg.deflate.is_some() {
-                    RsvPolicy::Deflate
-                } else {
-                    RsvPolicy::Plain
+                let (n, req) = match next_head(hs, dirs, Direction::ToServer, cx, cfg, parse_request) {
+                    NextHead::Wait | NextHead::Stop => return,
+                    NextHead::Head(n, req) => (n, req),
                 };
-                cx.view.deflate = neg.deflate.is_some();
-                cx.view.subprotocol = neg.subprotocol.clone();
-                *hs = Hs::Done;
-                for d in dirs.iter_mut() {
-                    let reset = neg.deflate.map(|p| match d.dir {
-                        Direction::ToServer => p.client_no_context_takeover,
-                        Direction::ToClient => p.server_no_context_takeover,
-                    });
-                    d.start_frames(rules(d.dir, policy, max_frame_size), reset, cx);
+                let [c, _] = &mut *dirs;
+                let at = c.held_base;
+                if req.body == Framing::Invalid {
+                    cx.stats.not_http += 1;
+                    return not_websocket(hs, dirs);
                 }
-                return;
+                if req.upgrade {
+                    if req.bad {
+                        cx.emit_with(Direction::ToServer, Kind::BadHandshake, at, FrameHeaderBytes::EMPTY, &c.held);
+                    }
+                } else {
+                    if req.intent {
+                        cx.emit_with(Direction::ToServer, Kind::UpgradeMissing, at, FrameHeaderBytes::EMPTY, &c.held);
+                    } else {
+                        *cx.stats.http_requests.entry(cx.key.server.port()).or_insert(0) += 1;
+                    }
+                }
+                c.consume_head(n, req.body);
+                *hs = Hs::AwaitResponse(Box::new(req));
+            }
+            Hs::AwaitResponse(_) => {
+                let (n, resp) = match next_head(hs, dirs, Direction::ToClient, cx, cfg, parse_response) {
+                    NextHead::Wait | NextHead::Stop => return,
+                    NextHead::Head(n, resp) => (n, resp),
+                };
+                let Hs::AwaitResponse(req) = hs else {
+                    return;
+                };
+                let [_, s] = &mut *dirs;
+                let at = s.held_base;
+                let head = Excerpt::new(&s.held);
+                let body = resp.body_after(req);
+                if resp.status == 101 && req.intent {
+                    s.consume_head(n, Framing::Empty);
+                    return upgraded(hs, dirs, cx, cfg, at, &resp, head);
+                }
+                if (100..200).contains(&resp.status) && resp.status != 101 {
+                    // Interim response (100 Continue, 103 Early Hints): the final one follows.
+                    s.consume_head(n, Framing::Empty);
+                    continue;
+                }
+                if req.upgrade && resp.status != 101 {
+                    early_bytes(hs, dirs, cx);
+                    cx.emit_with(Direction::ToClient, Kind::HandshakeRejected, at, FrameHeaderBytes::EMPTY, head.as_slice());
+                }
+                if resp.status == 101 || matches!(body, Framing::UntilClose | Framing::Invalid) {
+                    // Another protocol, a tunnel, or a body that runs to the end.
+                    return not_websocket(hs, dirs);
+                }
+                let [_, s] = &mut *dirs;
+                s.consume_head(n, body);
+                *hs = Hs::NextRequest;
             }
         }
     }
 }
 
+/// RFC 6455 §4.1: the client sends nothing after its upgrade request until the 101.
+/// Called when the response comes (or the connection ends without one): client bytes
+/// held by then were sent too early. After a 101 they are still parsed as frames.
+fn early_bytes(hs: &Hs, dirs: &[DirState; 2], cx: &mut Cx<'_>) {
+    let [c, _] = dirs;
+    if matches!(hs, Hs::AwaitResponse(req) if req.upgrade) && !c.held.is_empty() {
+        cx.emit_with(Direction::ToServer, Kind::FrameBeforeUpgrade, c.held_base, FrameHeaderBytes::EMPTY, &c.held);
+    }
+}
+
+/// A 101 answered a WebSocket request: judge it and switch both directions to frames.
+fn upgraded(hs: &mut Hs, dirs: &mut [DirState; 2], cx: &mut Cx<'_>, cfg: &EngineConfig, at: u64, resp: &Response, head: Excerpt) {
+    let Hs::AwaitResponse(req) = hs else {
+        return;
+    };
+    let verdict = judge_101(req, resp);
+    for k in verdict.kinds.iter() {
+        cx.emit_with(Direction::ToClient, k, at, FrameHeaderBytes::EMPTY, head.as_slice());
+    }
+    if verdict.kinds.is_empty() {
+        cx.stats.upgrades_ok += 1;
+    }
+    let neg = verdict.negotiated;
+    let policy = if neg.unknown_extension {
+        RsvPolicy::Unknown
+    } else if neg.deflate.is_some() {
+        RsvPolicy::Deflate
+    } else {
+        RsvPolicy::Plain
+    };
+    cx.view.deflate = neg.deflate.is_some();
+    cx.view.subprotocol = neg.subprotocol.clone();
+    early_bytes(hs, dirs, cx);
+    *hs = Hs::Done;
+    for d in dirs.iter_mut() {
+        let reset = neg.deflate.map(|p| match d.dir {
+            Direction::ToServer => p.client_no_context_takeover,
+            Direction::ToClient => p.server_no_context_takeover,
+        });
+        d.start_frames(cfg.rules(d.dir, policy), reset, cx);
+    }
+}
+
 impl Engine {
     /// Splits the engine into the connection `id` and a reporting context.
-    fn with_conn(&mut self, id: FlowId, ts_ns: u64, f: impl FnOnce(&mut Hs, &mut [DirState; 2], &mut Cx<'_>, u64)) {
-        let max = self.cfg.max_frame_size;
+    fn with_conn(&mut self, id: FlowId, ts_ns: u64, f: impl FnOnce(&mut Hs, &mut [DirState; 2], &mut Cx<'_>, &EngineConfig)) {
+        let cfg = self.cfg;
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
@@ -633,24 +735,27 @@ impl Engine {
         {
             let Conn { view, once, hs, dirs } = &mut *conn;
             let key = view.key;
-            let hints = self.cfg.steer.then_some(&mut self.hints);
+            let hints = cfg.steer.then_some(&mut self.hints);
             let mut cx = Cx { stats: &mut self.stats, findings: &mut self.findings, id, key, ts_ns, once, view, hints };
-            f(hs, dirs, &mut cx, max);
+            f(hs, dirs, &mut cx, &cfg);
         }
         conn.refresh_state();
     }
 }
 
 /// A gap in `dir`, wherever the handshake stands.
-fn gap_in(hs: &mut Hs, dirs: &mut [DirState; 2], dir: Direction, offset: u64, len: u64, cx: &mut Cx<'_>, max: u64) {
+fn gap_in(hs: &mut Hs, dirs: &mut [DirState; 2], dir: Direction, offset: u64, len: u64, cx: &mut Cx<'_>, cfg: &EngineConfig) {
     if len == 0 {
         return;
     }
-    let Some(d) = dirs.get(dir.index()) else {
+    let Some(d) = dirs.get_mut(dir.index()) else {
         return;
     };
     if d.mode_kind() == ModeKind::Hold {
-        handshake_lost(hs, dirs, cx, max);
+        if d.lose_in_body(len) {
+            return; // inside an HTTP body being passed over: nothing else is affected
+        }
+        handshake_lost(hs, dirs, cx, cfg);
     }
     if let Some(d) = dirs.get_mut(dir.index()) {
         d.gap(offset, len, cx);
@@ -660,13 +765,14 @@ fn gap_in(hs: &mut Hs, dirs: &mut [DirState; 2], dir: Direction, offset: u64, le
 impl StreamSink for Engine {
     fn open(&mut self, id: FlowId, key: &FlowKey, opening: Opening, ts_ns: u64) {
         self.stats.connections += 1;
-        let max = self.cfg.max_frame_size;
+        let cfg = self.cfg;
         let (hs, dirs) = match opening {
-            Opening::Handshake => (
-                Hs::AwaitRequest,
-                Direction::BOTH.map(|d| DirState::new(d, Mode::Hold, rules(d, RsvPolicy::Plain, max))),
-            ),
-            Opening::MidStream => (Hs::Done, Direction::BOTH.map(|d| DirState::mid_stream(d, max))),
+            Opening::Handshake => {
+                (Hs::AwaitRequest, Direction::BOTH.map(|d| DirState::new(d, Mode::Hold, cfg.rules(d, RsvPolicy::Plain))))
+            }
+            Opening::MidStream => {
+                (Hs::Done, Direction::BOTH.map(|d| DirState::new_mid_stream(cfg.rules(d, RsvPolicy::Unknown))))
+            }
         };
         let view = ConnectionView {
             key: *key,
@@ -686,10 +792,10 @@ impl StreamSink for Engine {
     }
 
     fn data(&mut self, id: FlowId, dir: Direction, offset: u64, data: &[u8], ts_ns: u64) {
-        self.with_conn(id, ts_ns, |hs, dirs, cx, max| {
+        self.with_conn(id, ts_ns, |hs, dirs, cx, cfg| {
             let end = dirs.get(dir.index()).map_or(offset, |d| d.end);
             if offset > end {
-                gap_in(hs, dirs, dir, end, offset - end, cx, max);
+                gap_in(hs, dirs, dir, end, offset - end, cx, cfg);
             }
             let Some(d) = dirs.get_mut(dir.index()) else {
                 return;
@@ -702,27 +808,27 @@ impl StreamSink for Engine {
             d.end = d.end.saturating_add(fresh.len() as u64);
             d.feed(fresh, cx);
             if !matches!(hs, Hs::Done) {
-                advance(hs, dirs, cx, max);
+                advance(hs, dirs, cx, cfg);
             }
         });
     }
 
     fn gap(&mut self, id: FlowId, dir: Direction, offset: u64, len: u64, ts_ns: u64) {
-        self.with_conn(id, ts_ns, |hs, dirs, cx, max| {
+        self.with_conn(id, ts_ns, |hs, dirs, cx, cfg| {
             let end = dirs.get(dir.index()).map_or(offset, |d| d.end);
             // Treat anything between what we have and the gap's end as lost.
             let stop = offset.saturating_add(len);
             if stop > end {
-                gap_in(hs, dirs, dir, end, stop - end, cx, max);
+                gap_in(hs, dirs, dir, end, stop - end, cx, cfg);
             }
         });
     }
 
     fn skip(&mut self, id: FlowId, dir: Direction, offset: u64, len: u64, ts_ns: u64) {
-        self.with_conn(id, ts_ns, |hs, dirs, cx, max| {
+        self.with_conn(id, ts_ns, |hs, dirs, cx, cfg| {
             let end = dirs.get(dir.index()).map_or(offset, |d| d.end);
             if offset > end {
-                gap_in(hs, dirs, dir, end, offset - end, cx, max);
+                gap_in(hs, dirs, dir, end, offset - end, cx, cfg);
             }
             let stop = offset.saturating_add(len);
             let Some(d) = dirs.get_mut(dir.index()).filter(|_| stop > end) else {
@@ -733,13 +839,14 @@ impl StreamSink for Engine {
                 d.skip(at, len, cx);
             } else {
                 d.skip_mismatch(cx);
-                gap_in(hs, dirs, dir, at, len, cx, max);
+                gap_in(hs, dirs, dir, at, len, cx, cfg);
             }
         });
     }
 
     fn close(&mut self, id: FlowId, _closing: Closing, ts_ns: u64) {
-        self.with_conn(id, ts_ns, |_, dirs, cx, _| {
+        self.with_conn(id, ts_ns, |hs, dirs, cx, _| {
+            early_bytes(hs, dirs, cx);
             for d in dirs.iter_mut() {
                 d.finish(cx);
             }

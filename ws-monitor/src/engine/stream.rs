@@ -13,6 +13,7 @@ use super::frame::{
     check_header, close_code_valid, http_line_start, unmask_into, Frag, FrameHeader, FrameHeaderBytes, HttpLine,
     OpClass, Rules, RsvPolicy, Status, MAX_CONTROL_PAYLOAD,
 };
+use super::http::{Framing, Skip};
 use super::inflate::{Inflater, SCRATCH, TAIL};
 use super::kind::Kind;
 use super::resync::{Chain, Scan, Search, PROBATION_FRAMES, RESYNC_CHAIN};
@@ -189,6 +190,10 @@ pub(crate) struct DirState {
     capture_walks: bool,
     /// Stream offset at which the capture was last told where a header is.
     anchored_at: Option<u64>,
+    /// Handshake phase: the body of an HTTP message being passed over.
+    pub body: Skip,
+    /// That body's framing broke: the stream is not HTTP.
+    pub body_bad: bool,
 }
 
 impl DirState {
@@ -219,12 +224,15 @@ impl DirState {
             held_dropped: 0,
             capture_walks: false,
             anchored_at: None,
+            body: Skip::Idle,
+            body_bad: false,
         }
     }
 
-    /// A direction of a connection first seen mid-stream: unsynced, negotiation unknown.
-    pub fn mid_stream(dir: Direction, max_frame_size: u64) -> Self {
-        let rules = Rules { client_to_server: dir == Direction::ToServer, rsv: RsvPolicy::Unknown, max_frame_size };
+    /// A direction of a connection first seen mid-stream: unsynced, negotiation unknown
+    /// (`rules` with [`RsvPolicy::Unknown`]).
+    pub fn new_mid_stream(rules: Rules) -> Self {
+        let dir = if rules.client_to_server { Direction::ToServer } else { Direction::ToClient };
         let mut d = DirState::new(dir, Mode::Scan(Box::new(Scan::new(0, 0))), rules);
         d.frag = Frag::Unknown;
         d
@@ -482,6 +490,49 @@ impl DirState {
         self.probation = None;
     }
 
+    /// Handshake phase: the head of `n` bytes at the start of `held` was parsed; its
+    /// body (`framing`) is passed over, from the held bytes and then as it arrives.
+    pub fn consume_head(&mut self, n: usize, framing: Framing) {
+        let n = n.min(self.held.len());
+        self.held.drain(..n);
+        self.held_base += n as u64;
+        self.head_scan = 0;
+        self.body = Skip::start(framing);
+        if !self.body.active() {
+            return;
+        }
+        match self.body.skip(&self.held) {
+            Ok(k) => {
+                self.held.drain(..k);
+                self.held_base += k as u64;
+                if self.body.active() && self.held_dropped > 0 {
+                    // What overflowed the hold buffer was body too, as far as it goes.
+                    let lost = self.held_dropped;
+                    if self.body.lose(lost) {
+                        self.held_base += lost;
+                        self.held_dropped = 0;
+                    }
+                }
+            }
+            Err(_) => {
+                self.body = Skip::Idle;
+                self.body_bad = true;
+            }
+        }
+    }
+
+    /// Handshake phase: `len` bytes lost at the end of the stream; `true` when they fell
+    /// inside a body being passed over (the handshake can still be followed).
+    pub fn lose_in_body(&mut self, len: u64) -> bool {
+        if self.held.is_empty() && self.held_dropped == 0 && self.body.lose(len) {
+            self.held_base += len;
+            self.pos = self.pos.saturating_add(len);
+            self.end = self.end.max(self.pos);
+            return true;
+        }
+        false
+    }
+
     fn release_held(&mut self, cx: &mut Cx<'_>) {
         let held = std::mem::take(&mut self.held);
         let dropped = std::mem::take(&mut self.held_dropped);
@@ -561,6 +612,21 @@ impl DirState {
     // ----- handlers ---------------------------------------------------------------------
 
     fn hold(&mut self, s: &[u8]) -> Step {
+        if self.held.is_empty() && self.held_dropped == 0 && self.body.active() {
+            // Body bytes of a plain HTTP message are passed over, not held.
+            let n = match self.body.skip(s) {
+                Ok(n) => n,
+                Err(_) => {
+                    self.body = Skip::Idle;
+                    self.body_bad = true;
+                    0
+                }
+            };
+            self.held_base += n as u64;
+            if n > 0 {
+                return Step::Used(n);
+            }
+        }
         let room = HOLD_CAP.saturating_sub(self.held.len());
         let keep = if self.held_dropped > 0 { 0 } else { room.min(s.len()) };
         self.held.extend_from_slice(s.get(..keep).unwrap_or(&[]));

@@ -483,6 +483,127 @@ fn upgrade_missing() {
     expect(&sc, &[(C, Kind::UpgradeMissing)]);
 }
 
+/// A load-balancer health check: a plain request, no WebSocket headers.
+const HEALTH: &[u8] = b"GET /health HTTP/1.1\r\nHost: backend\r\nUser-Agent: lb/1.0\r\n\r\n";
+
+fn http_requests(st: &EngineStats) -> u64 {
+    st.http_requests.get(&key().server.port()).copied().unwrap_or(0)
+}
+
+#[test]
+fn health_checks_are_counted_not_reported() {
+    let mut sc = Script::handshake();
+    sc.data(C, HEALTH.to_vec()).data(S, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec());
+    let st = clean(&sc);
+    assert_eq!(http_requests(&st), 1);
+    // Several on one keep-alive connection, bodies by length and chunked, a HEAD.
+    let mut sc = Script::handshake();
+    for _ in 0..2 {
+        sc.data(C, HEALTH.to_vec()).data(S, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nGET\r\n2;x=y\r\n \x88\r\n0\r\n\r\n".to_vec());
+        sc.data(C, b"HEAD /health HTTP/1.1\r\nHost: b\r\n\r\n".to_vec())
+            .data(S, b"HTTP/1.1 204 No Content\r\n\r\n".to_vec());
+        sc.data(C, b"POST /ping HTTP/1.1\r\nContent-Length: 6\r\n\r\nGET /x".to_vec())
+            .data(S, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n\x81\x01a".to_vec());
+    }
+    let st = clean(&sc);
+    assert_eq!(http_requests(&st), 6);
+    assert_eq!(st.frames[0].total() + st.frames[1].total(), 0);
+}
+
+/// A plain exchange, then the upgrade on the same connection: the session is analysed.
+#[test]
+fn upgrade_after_plain_requests_on_keep_alive() {
+    let mut sc = Script::handshake();
+    sc.data(C, b"GET /index HTTP/1.1\r\nHost: x\r\n\r\n".to_vec())
+        .data(S, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\r\nhello".to_vec());
+    sc.data(C, b"POST /form HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n".to_vec())
+        .data(S, b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec());
+    sc.data(C, request("")).data(S, response(""));
+    sc.c(cf(TEXT, "hi")).s(sf(TEXT, "hello")).s(sf(PING, vec![0u8; 126]));
+    let st = expect(&sc, &[(S, Kind::ControlTooLong)]);
+    assert_eq!((st.upgrades_ok, http_requests(&st)), (1, 2));
+    assert_eq!((st.frames[0].text, st.frames[1].text, st.frames[1].ping), (1, 1, 1));
+}
+
+/// 401 then an authenticated retry (and a 403 then a retry): one rejection, one session.
+#[test]
+fn rejected_upgrade_then_retry_on_same_connection() {
+    for reject in [
+        &b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"ws\"\r\nContent-Length: 12\r\n\r\nUnauthorized"[..],
+        &b"HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\n\r\n9\r\nForbidden\r\n0\r\n\r\n"[..],
+    ] {
+        let mut sc = Script::handshake();
+        sc.data(C, request("")).data(S, reject.to_vec());
+        sc.data(C, request("Authorization: Basic dXNlcjpwYXNz\r\n")).data(S, response(""));
+        sc.c(cf(TEXT, "hi")).s(sf(CLOSE, close_body(1005, b"")));
+        let st = expect(&sc, &[(S, Kind::HandshakeRejected), (S, Kind::InvalidCloseCode)]);
+        assert_eq!((st.upgrades_ok, st.frames[0].text, st.frames[1].close), (1, 1, 1));
+        assert_eq!(http_requests(&st), 0);
+    }
+}
+
+/// Only a request showing WebSocket intent without the upgrade tokens is upgrade_missing.
+#[test]
+fn upgrade_missing_needs_websocket_intent() {
+    let mut sc = Script::handshake();
+    sc.data(C, b"GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n".to_vec());
+    sc.data(S, b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 0\r\n\r\n".to_vec());
+    let st = expect(&sc, &[(C, Kind::UpgradeMissing)]);
+    assert_eq!(http_requests(&st), 0);
+    // Another protocol's upgrade (h2c) is not WebSocket and not a violation.
+    let mut sc = Script::handshake();
+    sc.data(C, b"GET / HTTP/1.1\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\r\n".to_vec());
+    sc.data(S, b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n\x00\x00\x12\x04".to_vec());
+    sc.data(C, vec![0x81, 0x05, 1, 2]);
+    clean(&sc);
+}
+
+#[test]
+fn frame_before_upgrade() {
+    let mut sc = Script::handshake();
+    let mut early = request("");
+    early.extend(cf(TEXT, "too early").enc());
+    sc.data(C, early).data(S, response(""));
+    sc.c(cf(TEXT, "in time")).s(sf(TEXT, "ok"));
+    let st = expect(&sc, &[(C, Kind::FrameBeforeUpgrade)]);
+    assert_eq!((st.frames[0].text, st.upgrades_ok), (2, 1));
+    // The server never answers (it drops the junk): still reported when the connection ends.
+    let mut sc = Script::handshake();
+    let mut early = request("");
+    early.extend(cf(PING, "early").enc());
+    sc.data(C, early);
+    expect(&sc, &[(C, Kind::FrameBeforeUpgrade)]);
+}
+
+/// A browser-sized head (20 KB cookie) is read; beyond 32 KiB or 256 fields it is
+/// reported, never silently dropped.
+#[test]
+fn handshake_head_limits() {
+    let cookie = format!("Cookie: session={}\r\n", "a".repeat(20_000));
+    let mut sc = Script::upgraded(&cookie, "");
+    sc.c(cf(TEXT, "hi"));
+    assert_eq!(clean(&sc).upgrades_ok, 1);
+    let mut sc = Script::handshake();
+    sc.data(C, request(&format!("Cookie: session={}\r\n", "a".repeat(40_000)))).data(S, response(""));
+    expect(&sc, &[(C, Kind::HandshakeTooLarge)]);
+    let many: String = (0..300).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let mut sc = Script::handshake();
+    sc.data(C, request(&many)).data(S, response(""));
+    expect(&sc, &[(C, Kind::HandshakeTooLarge)]);
+    let many: String = (0..240).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let mut sc = Script::upgraded(&many, "");
+    sc.c(cf(TEXT, "hi"));
+    assert_eq!(clean(&sc).upgrades_ok, 1);
+}
+
+#[test]
+fn response_body_until_close_ends_http_silently() {
+    let mut sc = Script::handshake();
+    sc.data(C, HEALTH.to_vec()).data(S, b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nGET / HTTP/1.1 \x81\x00".to_vec());
+    let st = clean(&sc);
+    assert_eq!(http_requests(&st), 1);
+}
+
 #[test]
 fn accept_mismatch() {
     let mut sc = Script::handshake();
@@ -1258,14 +1379,18 @@ proptest! {
         let mut e = Engine::default();
         let id = FlowId(12);
         e.open(id, &key(), Opening::Handshake, 0);
-        for (d, bytes) in [(C, &cb), (S, &sb)] {
+        // The request, then the server's side, then the client's frames (sent after the 101).
+        let rl = request(ext).len() as u64;
+        let mut offs = [0u64; 2];
+        for (d, bytes, hi) in [(C, &cb, rl), (S, &sb, sb.len() as u64), (C, &cb, cb.len() as u64)] {
             let mut holes: Vec<(u64, u64)> = gaps
                 .iter()
                 .filter(|g| g.0 == (d == S))
                 .map(|g| (u64::from(g.1) % bytes.len() as u64, g.2))
+                .filter(|&(at, _)| at < hi)
                 .collect();
             holes.sort();
-            let mut off = 0u64;
+            let mut off = offs[d.index()];
             for (at, len) in holes {
                 if at < off { continue; }
                 off = feed_cut(&mut e, id, d, off, &bytes[off as usize..at as usize], &cuts);
@@ -1273,7 +1398,10 @@ proptest! {
                 e.gap(id, d, off, len, 0);
                 off += len;
             }
-            feed_cut(&mut e, id, d, off, &bytes[off as usize..], &cuts);
+            if off < hi {
+                off = feed_cut(&mut e, id, d, off, &bytes[off as usize..hi as usize], &cuts);
+            }
+            offs[d.index()] = off;
         }
         e.close(id, Closing::Fin, 1);
         let found: Vec<Finding> = e.drain_findings().collect();

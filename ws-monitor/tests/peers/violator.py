@@ -27,12 +27,14 @@ TIMEOUT = 20.0
 
 KINDS = [
     "handshake_rejected", "upgrade_missing", "accept_mismatch", "bad_handshake", "extension_not_offered",
-    "rsv_without_extension", "rsv1_invalid", "reserved_opcode", "unmasked_client_frame", "masked_server_frame",
+    "handshake_too_large", "frame_before_upgrade", "rsv_without_extension", "rsv1_invalid", "reserved_opcode", "unmasked_client_frame", "masked_server_frame",
     "control_too_long", "control_fragmented", "orphan_continuation", "interleaved_data_frame", "non_minimal_length",
     "length_msb_set", "oversized_frame", "invalid_utf8_text", "invalid_close_payload", "invalid_close_code",
     "invalid_close_reason", "data_after_close", "http_in_stream", "tls_on_plain_port",
 ]
-HANDSHAKE_KINDS = {"handshake_rejected", "upgrade_missing", "accept_mismatch", "bad_handshake", "extension_not_offered"}
+# Kinds of the 101 (or of a connection never upgraded) that keep it out of upgrades_ok.
+HANDSHAKE_KINDS = {"handshake_rejected", "upgrade_missing", "accept_mismatch", "bad_handshake", "extension_not_offered",
+                   "handshake_too_large"}
 
 # The monitor runs with --max-frame-size MAX_FRAME: only the oversized_frame scenario goes beyond it.
 MAX_FRAME = 64 * 1024
@@ -134,9 +136,15 @@ def response_101(key, accept=None, upgrade_header=True, extra=""):
     return ("\r\n".join(lines) + "\r\n" + extra + "\r\n").encode()
 
 
-def plain_response(status, body=b"", extra=""):
-    head = f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n{extra}\r\n"
+def plain_response(status, body=b"", extra="", keep_alive=False):
+    conn = "keep-alive" if keep_alive else "close"
+    head = f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\nConnection: {conn}\r\n{extra}\r\n"
     return head.encode() + body
+
+
+def plain_request(name, what):
+    """A request without any WebSocket header (a health check, a page)."""
+    return f"GET /case/{name}/{what} HTTP/1.1\r\nHost: violator.test\r\nUser-Agent: check/1\r\n\r\n".encode()
 
 
 PMD = "Sec-WebSocket-Extensions: permessage-deflate\r\n"
@@ -147,12 +155,16 @@ PMD = "Sec-WebSocket-Extensions: permessage-deflate\r\n"
 #   response(key) -> bytes  (server's head),
 #   upgraded: a 101 puts both directions in frame parsing,
 #   client / server: steps (Frame or Raw) sent after the handshake, with the kinds each
-#   must raise, plus handshake kinds as ("client"|"server", kind) in `hs`.
+#   must raise, plus handshake kinds as ("client"|"server", kind) in `hs`;
+#   pre: HTTP exchanges [(request(key), response(key), plain)] on the same connection
+#   before the final request (keep-alive responses with a Content-Length body); `plain`
+#   ones have no WebSocket header and count as http_requests;
+#   early: the client sends its frames right behind the request, before the response.
 
 
-def S(name, request, response, upgraded, client=(), server=(), hs=(), deflate=False):
+def S(name, request, response, upgraded, client=(), server=(), hs=(), deflate=False, pre=(), early=False):
     return dict(name=name, request=request, response=response, upgraded=upgraded, client=list(client),
-                server=list(server), hs=list(hs), deflate=deflate)
+                server=list(server), hs=list(hs), deflate=deflate, pre=list(pre), early=early)
 
 
 def client_close():
@@ -194,6 +206,30 @@ def build_scenarios():
                 lambda k: response_101(k, upgrade_header=False), True,
                 client=client_close(), server=[Frame(BIN, b"\x01\x02\x03")] + server_close(),
                 hs=[("server", "bad_handshake")]))
+    # 300 header fields: beyond the monitor's 256; the server refuses it (431).
+    many = "".join(f"X-Filler-{i}: x\r\n" for i in range(300))
+    sc.append(S("handshake_too_large", lambda k: request("handshake_too_large", k, extra=many),
+                lambda k: plain_response("431 Request Header Fields Too Large"), False,
+                hs=[("client", "handshake_too_large")]))
+    # Frames right behind the request, before the 101: still parsed as frames.
+    sc.append(S("frame_before_upgrade", lambda k: request("frame_before_upgrade", k), ok101, True, early=True,
+                client=[Frame(TEXT, "too early"), Frame(PING, "p")] + client_close(),
+                server=[Frame(TEXT, "hello")] + server_close(),
+                hs=[("client", "frame_before_upgrade")]))
+    # Keep-alive HTTP before the upgrade (health checks, a page, a 401 and an authenticated
+    # retry): counted as http_requests, one handshake_rejected, and a fully analysed session.
+    sc.append(S("http_then_upgrade", lambda k: request("http_then_upgrade", k), ok101, True,
+                pre=[(lambda k: plain_request("http_then_upgrade", "health"),
+                      lambda k: plain_response("200 OK", b"healthy", keep_alive=True), True),
+                     (lambda k: plain_request("http_then_upgrade", "index"),
+                      lambda k: plain_response("200 OK", b"GET / HTTP/1.1 \x81\x05", keep_alive=True), True),
+                     (lambda k: request("http_then_upgrade", k),
+                      lambda k: plain_response("401 Unauthorized", b"who?", keep_alive=True,
+                                               extra='WWW-Authenticate: Basic realm="ws"\r\n'), False)],
+                client=[Frame(TEXT, "after the retry"), Frame(PING, b"\x07" * 126, kinds=["control_too_long"])]
+                + client_close(),
+                server=[Frame(TEXT, "welcome"), Frame(CLOSE, close_body(1005), kinds=["invalid_close_code"])],
+                hs=[("server", "handshake_rejected")]))
     # permessage-deflate accepted although the client offered no extension; the server
     # then compresses (legal once it is in force).
     sc.append(S("extension_not_offered", lambda k: request("extension_not_offered", k),
@@ -353,7 +389,7 @@ def expectations(scenarios):
         "connections": len(scenarios), "upgrades_ok": 0,
         "violations_by_direction": {"client": zero_kinds(), "server": zero_kinds()},
         "frames": {"client": empty_frames(), "server": empty_frames()},
-        "close_codes": {},
+        "close_codes": {}, "http_requests": 0,
     }
     per = {}
     for sc in scenarios:
@@ -366,7 +402,10 @@ def expectations(scenarios):
 
         for d, k in sc["hs"]:
             add(d, k)
-        if sc["upgraded"] and not any(k in HANDSHAKE_KINDS for _, k in sc["hs"]):
+        exp["http_requests"] += sum(1 for p in sc["pre"] if p[2])
+        # A rejection before a retry does not spoil the retry's 101.
+        spoilt = [k for _, k in sc["hs"] if k in HANDSHAKE_KINDS and not (sc["pre"] and k == "handshake_rejected")]
+        if sc["upgraded"] and not spoilt:
             exp["upgrades_ok"] += 1
         for d in ("client", "server"):
             synced = sc["upgraded"]
@@ -454,11 +493,16 @@ def serve(a):
             served.append("tls_on_plain_port")
             finish(c, drain_in_background(c))
             continue
-        head, _rest = read_head(c, first)
+        head, rest = read_head(c, first)
         lines = head.decode("latin-1").split("\r\n")
-        name = lines[0].split(" ")[1].rsplit("/", 1)[-1]
+        name = lines[0].split(" ")[1].split("/")[2]
         key = next((l.split(":", 1)[1].strip() for l in lines if l.lower().startswith("sec-websocket-key:")), "")
         sc = scenarios[name]
+        for _req, resp, _plain in sc["pre"]:
+            c.sendall(resp(key))
+            head, rest = read_head(c, rest)
+            lines = head.decode("latin-1").split("\r\n")
+            key = next((l.split(":", 1)[1].strip() for l in lines if l.lower().startswith("sec-websocket-key:")), "")
         drained = drain_in_background(c)
         c.sendall(sc["response"](key))
         if sc["upgraded"]:
@@ -480,17 +524,29 @@ def run_client(a):
             finish(c, drain_in_background(c))
             continue
         key = base64.b64encode(hashlib.sha256(f"key-{i}".encode()).digest()[:16]).decode()
-        c.sendall(sc["request"](key))
-        head, rest = read_head(c)
+        rest = b""
+        for req, _resp, _plain in sc["pre"]:
+            c.sendall(req(key))
+            head, rest = read_head(c, rest)
+            length = next(int(l.split(b":", 1)[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:"))
+            while len(rest) < length:
+                rest += c.recv(65536)
+            rest = rest[length:]
+        if sc["early"]:
+            c.sendall(sc["request"](key) + encode_steps(sc["client"], masked=True))
+        else:
+            c.sendall(sc["request"](key))
+        head, rest = read_head(c, rest)
         while head.split(b" ", 2)[1].startswith(b"1") and head.split(b" ", 2)[1] != b"101":
             head, rest = read_head(c, rest)  # an interim response (100 Continue)
         status = head.split(b" ", 2)[1]
         if sc["upgraded"] != (status == b"101"):
             raise RuntimeError(f"{sc['name']}: unexpected response {head[:40]!r}")
         drained = drain_in_background(c)
-        if sc["upgraded"]:
+        if sc["upgraded"] and not sc["early"]:
             c.sendall(encode_steps(sc["client"], masked=True))
         finish(c, drained)
+    exp["http_requests"] = {str(a.port): exp["http_requests"]} if exp["http_requests"] else {}
     exp["scenarios"] = {n: {"client_port": ports[n], "expect": per[n]} for n in per}
     print(json.dumps(exp), flush=True)
 

@@ -1,0 +1,254 @@
+//! HTTP/1.1 message bodies (RFC 9112 §6-7): how long a body is, and skipping it as it
+//! streams by without keeping it, so that plain HTTP exchanges on a keep-alive
+//! connection can be passed over until an upgrade comes.
+
+/// How the body after a head is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// No body.
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Until the connection closes (a response without length): nothing after it can
+    /// be HTTP again.
+    UntilClose,
+    /// Framing headers that no conformant receiver can follow (conflicting
+    /// Content-Length, a request with an unknown transfer coding).
+    Invalid,
+}
+
+/// The framing that `Transfer-Encoding` and `Content-Length` values announce.
+/// `request`: a request (no length means no body), otherwise a response that has a body
+/// at all (no length means until close).
+pub fn framing(transfer_encoding: &[&str], content_length: &[&str], request: bool) -> Framing {
+    let codings: Vec<&str> = transfer_encoding.iter().flat_map(|v| v.split(',')).map(str::trim).filter(|t| !t.is_empty()).collect();
+    if let Some(last) = codings.last() {
+        return if last.eq_ignore_ascii_case("chunked") {
+            Framing::Chunked
+        } else if request {
+            Framing::Invalid
+        } else {
+            Framing::UntilClose
+        };
+    }
+    let mut len: Option<u64> = None;
+    for v in content_length.iter().flat_map(|v| v.split(',')).map(str::trim) {
+        let Some(n) = (!v.is_empty() && v.bytes().all(|b| b.is_ascii_digit())).then(|| v.parse::<u64>().ok()).flatten() else {
+            return Framing::Invalid;
+        };
+        if len.is_some_and(|l| l != n) {
+            return Framing::Invalid;
+        }
+        len = Some(n);
+    }
+    match len {
+        Some(0) => Framing::Empty,
+        Some(n) => Framing::Length(n),
+        None if request => Framing::Empty,
+        None => Framing::UntilClose,
+    }
+}
+
+/// Where a chunked body stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Chunk {
+    /// Reading the hex size (`digits` so far).
+    Size { size: u64, digits: u8 },
+    /// After the size: an extension or whitespace up to the line feed.
+    SizeLine { size: u64 },
+    /// Chunk data still to come.
+    Data(u64),
+    /// The CR LF after chunk data (`cr`: the CR was seen).
+    DataEnd { cr: bool },
+    /// Trailer section: at the start of a line (`empty` line so far: only a CR).
+    TrailerLineStart { cr: bool },
+    /// Inside a trailer field line.
+    TrailerLine,
+}
+
+/// A body being skipped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Skip {
+    /// No body pending.
+    #[default]
+    Idle,
+    Length(u64),
+    Chunked(Chunk),
+}
+
+/// The body framing is broken: the stream is no longer HTTP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Malformed;
+
+impl Skip {
+    /// Starts skipping a body of this framing (`UntilClose` and `Invalid` are the
+    /// caller's to handle; they start nothing).
+    pub fn start(framing: Framing) -> Skip {
+        match framing {
+            Framing::Length(n) => Skip::Length(n),
+            Framing::Chunked => Skip::Chunked(Chunk::Size { size: 0, digits: 0 }),
+            _ => Skip::Idle,
+        }
+    }
+
+    /// A body is still pending.
+    pub fn active(&self) -> bool {
+        *self != Skip::Idle
+    }
+
+    /// Passes over the body bytes at the start of `b`; returns how many belonged to it.
+    pub fn skip(&mut self, b: &[u8]) -> Result<usize, Malformed> {
+        let mut i = 0usize;
+        loop {
+            let rest = b.get(i..).unwrap_or(&[]);
+            match self {
+                Skip::Idle => return Ok(i),
+                Skip::Length(n) => {
+                    let take = usize::try_from(*n).map_or(rest.len(), |n| n.min(rest.len()));
+                    *n -= take as u64;
+                    i += take;
+                    if *n == 0 {
+                        *self = Skip::Idle;
+                    }
+                    return Ok(i);
+                }
+                Skip::Chunked(c) => {
+                    if let Chunk::Data(n) = c {
+                        let take = usize::try_from(*n).map_or(rest.len(), |n| n.min(rest.len()));
+                        *n -= take as u64;
+                        i += take;
+                        if *n == 0 {
+                            *c = Chunk::DataEnd { cr: false };
+                        }
+                        if rest.len() == take {
+                            return Ok(i);
+                        }
+                        continue;
+                    }
+                    let Some(&byte) = rest.first() else {
+                        return Ok(i);
+                    };
+                    i += 1;
+                    match chunk_byte(*c, byte)? {
+                        Some(next) => *c = next,
+                        None => *self = Skip::Idle,
+                    }
+                }
+            }
+        }
+    }
+
+    /// `n` body bytes were lost; `true` when the loss lies entirely inside a body of
+    /// known length (nothing else is affected).
+    pub fn lose(&mut self, n: u64) -> bool {
+        match self {
+            Skip::Length(left) if n <= *left => {
+                *left -= n;
+                if *left == 0 {
+                    *self = Skip::Idle;
+                }
+                true
+            }
+            Skip::Chunked(Chunk::Data(left)) if n <= *left => {
+                *left -= n;
+                if *left == 0 {
+                    *self = Skip::Chunked(Chunk::DataEnd { cr: false });
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// One byte of chunked framing outside chunk data; `None` when the body ended.
+fn chunk_byte(c: Chunk, b: u8) -> Result<Option<Chunk>, Malformed> {
+    let next = match c {
+        Chunk::Size { size, digits } => match (b as char).to_digit(16) {
+            Some(d) if digits < 16 => Chunk::Size { size: (size << 4) | u64::from(d), digits: digits + 1 },
+            None if digits > 0 => return chunk_byte(Chunk::SizeLine { size }, b),
+            _ => return Err(Malformed),
+        },
+        Chunk::SizeLine { size } => match b {
+            b'\n' if size == 0 => Chunk::TrailerLineStart { cr: false },
+            b'\n' => Chunk::Data(size),
+            b'\r' | b';' | b' ' | b'\t' | b'=' | b'"' => c,
+            _ if b.is_ascii_graphic() => c,
+            _ => return Err(Malformed),
+        },
+        Chunk::Data(_) => c,
+        Chunk::DataEnd { cr } => match b {
+            b'\r' if !cr => Chunk::DataEnd { cr: true },
+            b'\n' => Chunk::Size { size: 0, digits: 0 },
+            _ => return Err(Malformed),
+        },
+        Chunk::TrailerLineStart { cr } => match b {
+            b'\n' => return Ok(None),
+            b'\r' if !cr => Chunk::TrailerLineStart { cr: true },
+            _ if cr => return Err(Malformed),
+            _ => Chunk::TrailerLine,
+        },
+        Chunk::TrailerLine => match b {
+            b'\n' => Chunk::TrailerLineStart { cr: false },
+            _ => c,
+        },
+    };
+    Ok(Some(next))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn skip_all(f: Framing, b: &[u8], step: usize) -> Result<usize, Malformed> {
+        let mut s = Skip::start(f);
+        let mut used = 0;
+        for piece in b.chunks(step) {
+            let n = s.skip(piece)?;
+            used += n;
+            if n < piece.len() {
+                assert!(!s.active());
+                break;
+            }
+        }
+        Ok(used)
+    }
+
+    #[test]
+    fn framing_rules() {
+        assert_eq!(framing(&[], &["12"], true), Framing::Length(12));
+        assert_eq!(framing(&[], &["12, 12"], false), Framing::Length(12));
+        assert_eq!(framing(&[], &["12", "13"], false), Framing::Invalid);
+        assert_eq!(framing(&[], &["-1"], true), Framing::Invalid);
+        assert_eq!(framing(&[], &[], true), Framing::Empty);
+        assert_eq!(framing(&[], &[], false), Framing::UntilClose);
+        assert_eq!(framing(&["gzip, chunked"], &["5"], false), Framing::Chunked);
+        assert_eq!(framing(&["gzip"], &[], false), Framing::UntilClose);
+        assert_eq!(framing(&["gzip"], &[], true), Framing::Invalid);
+    }
+
+    #[test]
+    fn chunked_body_any_cut() {
+        let body = b"4;ext=\"a b\"\r\nWiki\r\n5\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nX-Trailer: 1\r\n\r\n";
+        let mut b = body.to_vec();
+        b.extend_from_slice(b"GET / HTTP/1.1\r\n");
+        for step in 1..b.len() {
+            assert_eq!(skip_all(Framing::Chunked, &b, step), Ok(body.len()), "step {step}");
+        }
+        assert_eq!(skip_all(Framing::Chunked, b"0\r\n\r\nrest", 3), Ok(5));
+        assert_eq!(skip_all(Framing::Chunked, b"zz\r\n", 1), Err(Malformed));
+        assert_eq!(skip_all(Framing::Chunked, b"2\r\nabXY", 1), Err(Malformed));
+    }
+
+    #[test]
+    fn length_body_and_losses() {
+        assert_eq!(skip_all(Framing::Length(3), b"abcdef", 2), Ok(3));
+        let mut s = Skip::start(Framing::Length(10));
+        assert!(s.lose(4));
+        assert!(!s.lose(7));
+        assert_eq!(s.skip(b"abcdefgh"), Ok(6));
+        assert!(!s.active());
+    }
+}
