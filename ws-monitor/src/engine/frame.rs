@@ -219,11 +219,12 @@ pub fn check_header(h: &FrameHeader, r: &Rules, frag: Frag, closed: bool) -> Kin
         k.insert(Kind::RsvWithoutExtension);
     }
     if h.rsv1() {
-        match class {
-            OpClass::Close | OpClass::Ping | OpClass::Pong => k.insert(Kind::Rsv1Invalid),
-            OpClass::Continuation if r.rsv != RsvPolicy::Unknown => k.insert(Kind::Rsv1Invalid),
-            OpClass::Text | OpClass::Binary if r.rsv == RsvPolicy::Plain => {
-                k.insert(Kind::RsvWithoutExtension)
+        // Without permessage-deflate RSV1 means nothing anywhere; with it, only on the
+        // first frame of a data message. Unknown negotiation: not judged.
+        match (r.rsv, class) {
+            (RsvPolicy::Plain, _) => k.insert(Kind::RsvWithoutExtension),
+            (RsvPolicy::Deflate, OpClass::Continuation | OpClass::Close | OpClass::Ping | OpClass::Pong) => {
+                k.insert(Kind::Rsv1Invalid)
             }
             _ => {}
         }

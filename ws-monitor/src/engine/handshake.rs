@@ -46,6 +46,12 @@ pub fn key_valid(key: &str) -> bool {
     key.len() == 24 && matches!(LENIENT_B64.decode_slice(key, &mut out), Ok(16))
 }
 
+/// Whether `accept` is the base64 encoding of a 20-byte SHA-1 digest.
+pub fn accept_valid(accept: &str) -> bool {
+    let mut out = [0u8; 21];
+    accept.len() == 28 && matches!(base64::engine::general_purpose::STANDARD.decode_slice(accept, &mut out), Ok(20))
+}
+
 /// Outcome of parsing a buffered HTTP head.
 #[derive(Debug)]
 pub enum Head<T> {
@@ -457,10 +463,18 @@ pub fn judge_101(req: &Request, resp: &Response) -> Verdict {
     if !resp.upgrade {
         v.kinds.insert(Kind::BadHandshake);
     }
-    if let Some(key) = &req.key {
-        if resp.accepts.as_slice() != [accept_for(key)] {
+    match resp.accepts.as_slice() {
+        // Missing, or a well-formed value that is not the one the key asks for.
+        [] => {
             v.kinds.insert(Kind::AcceptMismatch);
         }
+        [a] if accept_valid(a) => {
+            if req.key.as_ref().is_some_and(|key| *a != accept_for(key)) {
+                v.kinds.insert(Kind::AcceptMismatch);
+            }
+        }
+        // Duplicated, or not base64 of a 20-byte digest: a malformed handshake.
+        _ => v.kinds.insert(Kind::BadHandshake),
     }
     match &resp.extensions {
         None => {

@@ -25,9 +25,9 @@ pub enum Kind {
     /// The client sent bytes (frames) after its upgrade request before the 101 came.
     FrameBeforeUpgrade,
     // --- frame header ---
-    /// RSV1 without permessage-deflate, or RSV2/RSV3 set.
+    /// RSV1 without permessage-deflate (on any frame), or RSV2/RSV3 set.
     RsvWithoutExtension,
-    /// RSV1 on a continuation or control frame.
+    /// RSV1 on a continuation or control frame under permessage-deflate.
     Rsv1Invalid,
     /// Opcode 3-7 or 11-15.
     ReservedOpcode,
@@ -166,7 +166,7 @@ impl Kind {
                 "Sec-WebSocket-Accept is not base64(SHA-1(Sec-WebSocket-Key + 258EAFA5-E914-47DA-95CA-C5AB0DC85B11))"
             }
             Kind::BadHandshake => {
-                "malformed handshake: a 101 without Upgrade/Connection headers, or a request that is not GET HTTP/1.1, has a Sec-WebSocket-Version other than 13 or a key that is not 16 bytes of base64"
+                "malformed handshake: a 101 without Upgrade/Connection headers or with a duplicated or malformed Sec-WebSocket-Accept, or a request that is not GET HTTP/1.1, has a Sec-WebSocket-Version other than 13 or a key that is not 16 bytes of base64"
             }
             Kind::ExtensionNotOffered => {
                 "the 101 accepts an extension, extension parameter or subprotocol the client did not offer"
@@ -181,7 +181,7 @@ impl Kind {
                 "a frame sets RSV1 without negotiated permessage-deflate, or RSV2/RSV3 which no negotiated extension defines"
             }
             Kind::Rsv1Invalid => {
-                "RSV1 is set on a continuation or control frame (permessage-deflate allows it only on the first frame of a data message)"
+                "with permessage-deflate negotiated, RSV1 is set on a continuation or control frame (allowed only on the first frame of a data message)"
             }
             Kind::ReservedOpcode => "the frame opcode is reserved (3-7 or 11-15)",
             Kind::UnmaskedClientFrame => "a client-to-server frame is not masked",

@@ -712,6 +712,34 @@ fn rsv_without_extension() {
     expect(&sc, &[(S, Kind::RsvWithoutExtension)]);
 }
 
+/// Without permessage-deflate RSV1 is rsv_without_extension on every frame; rsv1_invalid
+/// is only where deflate is in force.
+#[test]
+fn rsv1_without_deflate_on_control_and_continuation() {
+    let mut sc = Script::plain();
+    sc.c(cf(PING, "p").rsv(4)).s(sf(TEXT, "a").fin(false)).s(sf(CONT, "b").rsv(4)).s(sf(CLOSE, close_body(1000, b"")).rsv(4));
+    expect(&sc, &[(C, Kind::RsvWithoutExtension), (S, Kind::RsvWithoutExtension), (S, Kind::RsvWithoutExtension)]);
+    let mut sc = Script::plain();
+    sc.c(cf(PING, "p").rsv(1)).s(sf(PONG, "q").rsv(2));
+    expect(&sc, &[(C, Kind::RsvWithoutExtension), (S, Kind::RsvWithoutExtension)]);
+}
+
+#[test]
+fn duplicated_or_malformed_accept_is_bad_handshake() {
+    for accept in [format!("{0}\r\nSec-WebSocket-Accept: {0}", accept(KEY)), "not-base64!".to_owned()] {
+        let mut sc = Script::handshake();
+        sc.data(C, request(""));
+        sc.data(
+            S,
+            format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n")
+                .into_bytes(),
+        );
+        sc.s(sf(TEXT, "still parsed"));
+        let st = expect(&sc, &[(S, Kind::BadHandshake)]);
+        assert_eq!(st.frames[1].text, 1);
+    }
+}
+
 #[test]
 fn rsv1_invalid() {
     let mut z = Compress::new(Compression::default(), false);

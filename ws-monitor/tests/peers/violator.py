@@ -245,7 +245,11 @@ def build_scenarios():
 
     # --- frame kinds -------------------------------------------------------------------
     sc.append(S("rsv_plain", lambda k: request("rsv_plain", k), ok101, True,
-                client=[Frame(TEXT, "x", rsv=0b100, kinds=["rsv_without_extension"]), Frame(TEXT, "fine")] + client_close(),
+                client=[Frame(TEXT, "x", rsv=0b100, kinds=["rsv_without_extension"]), Frame(TEXT, "fine"),
+                        # No deflate: RSV1 on control and continuation frames is rsv_without_extension too.
+                        Frame(PING, "p", rsv=0b100, kinds=["rsv_without_extension"]),
+                        Frame(TEXT, "a", fin=False), Frame(CONT, "b", rsv=0b100, kinds=["rsv_without_extension"])]
+                + client_close(),
                 server=[Frame(BIN, b"\x01", rsv=0b010, kinds=["rsv_without_extension"]),
                         Frame(TEXT, "y", rsv=0b001, kinds=["rsv_without_extension"])] + server_close()))
     # permessage-deflate negotiated: RSV1 on a control frame and on a continuation,
