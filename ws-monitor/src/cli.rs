@@ -83,6 +83,16 @@ pub struct RunArgs {
     #[arg(long, default_value = "16M", value_parser = parse_size)]
     pub max_frame_size: u64,
 
+    /// Messages larger than this (all fragments, or once inflated) are reported as
+    /// oversized_message; inflating a message stops there (K/M/G suffixes).
+    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    pub max_message_size: u64,
+
+    /// Bytes inflated per second at most (permessage-deflate, all connections); messages
+    /// beyond it are not inflated and are counted as inflate_skipped (K/M/G suffixes).
+    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    pub max_inflate_rate: u64,
+
     /// Write every reassembled stream to files in DIR (gaps as holes, listed in .gaps files).
     #[arg(long, value_name = "DIR")]
     pub streams_dir: Option<PathBuf>,

@@ -55,7 +55,8 @@
 //! | `ManyHeaders` | 300 extra header fields in the request; the server drops it, the proxy answers 502 | `handshake_too_large` (client), `handshake_rejected` (server) |
 //!
 //! `rsv1_invalid` and `invalid_compressed_data` need permessage-deflate, which the demo's
-//! tungstenite peers do not negotiate; the protocol end-to-end tests commit them.
+//! tungstenite peers do not negotiate, and `oversized_message` over 64 MiB of one message;
+//! the protocol end-to-end tests commit them.
 //! Every data frame the proxy writes after a close frame in the same direction is also
 //! counted as `data_after_close`. tungstenite peers answer most faults by dropping the
 //! connection; the client then reconnects (a cycle of the 27 entries takes about 10 s
@@ -88,9 +89,10 @@ use tokio_tungstenite::WebSocketStream;
 use crate::engine::Kind;
 use crate::flow::{Closing, Direction, FlowId, FlowKey, Opening, StreamSink};
 
-/// Kinds the demo cannot commit: they need permessage-deflate, which its tungstenite
-/// peers do not negotiate (the protocol end-to-end tests commit them).
-pub const NOT_IN_DEMO: [Kind; 1] = [Kind::Rsv1Invalid];
+/// Kinds the demo does not commit: two need permessage-deflate, which its tungstenite
+/// peers do not negotiate, and oversized_message needs over 64 MiB of one message (the
+/// protocol end-to-end tests commit all three).
+pub const NOT_IN_DEMO: [Kind; 3] = [Kind::Rsv1Invalid, Kind::InvalidCompressedData, Kind::OversizedMessage];
 
 /// Payload length the `Oversized` fault claims: over the monitor's default 16 MiB.
 pub const OVERSIZED_CLAIM: u64 = 20 * 1024 * 1024;

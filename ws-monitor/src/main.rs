@@ -95,7 +95,12 @@ fn new_pipeline(args: &RunArgs, steer: bool, lossless: bool) -> anyhow::Result<P
         max_buffered_per_direction: usize::try_from(args.flow_buffer).unwrap_or(usize::MAX),
         idle_timeout_ns: secs_to_ns(args.idle_timeout),
     };
-    let engine = EngineConfig { max_frame_size: args.max_frame_size, steer };
+    let engine = EngineConfig {
+        max_frame_size: args.max_frame_size,
+        max_message_size: args.max_message_size,
+        max_inflate_rate: args.max_inflate_rate,
+        steer,
+    };
     if args.workers > pipeline::MAX_WORKERS {
         bail!("--workers {}: at most {} (0 = one per CPU)", args.workers, pipeline::MAX_WORKERS);
     }

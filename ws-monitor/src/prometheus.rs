@@ -37,6 +37,7 @@ impl Exporter {
         describe_counter!("ws_monitor_upgrades_total", "Connections that completed a valid HTTP 101 upgrade");
         describe_counter!("ws_monitor_close_codes_total", "Close frames by status code (codes not allowed on the wire as code=\"invalid\")");
         describe_counter!("ws_monitor_http_requests_total", "Plain HTTP requests (no WebSocket header) by server port: health checks, polling");
+        describe_counter!("ws_monitor_inflate_skipped_total", "Compressed messages not inflated to their end (max_message_size, max_inflate_rate)");
         describe_counter!("ws_monitor_not_http_total", "Connections given up during the handshake because their bytes were not HTTP");
         describe_counter!("ws_monitor_capture_packets_total", "TCP packets captured on the monitored ports");
         describe_counter!("ws_monitor_capture_bytes_total", "Payload bytes delivered in order, by direction");
@@ -75,6 +76,7 @@ impl Exporter {
             counter!("ws_monitor_http_requests_total", "port" => port.to_string()).absolute(*n);
         }
         counter!("ws_monitor_not_http_total").absolute(engine.not_http);
+        counter!("ws_monitor_inflate_skipped_total").absolute(engine.inflate_skipped);
         counter!("ws_monitor_capture_packets_total").absolute(capture.packets);
         counter!("ws_monitor_capture_bytes_total", "direction" => "client").absolute(capture.bytes_client);
         counter!("ws_monitor_capture_bytes_total", "direction" => "server").absolute(capture.bytes_server);

@@ -85,6 +85,7 @@ pub fn report_json(ports: &[u16], engine: &EngineStats, capture: &CaptureReport)
         "close_codes": engine.close_codes.iter().map(|(c, n)| (c.to_string(), Value::from(*n))).collect::<Map<String, Value>>(),
         "http_requests": engine.http_requests.iter().map(|(p, n)| (p.to_string(), Value::from(*n))).collect::<Map<String, Value>>(),
         "not_http": engine.not_http,
+        "inflate_skipped": engine.inflate_skipped,
         "sync": {
             "desyncs": engine.desyncs,
             "resyncs": engine.resyncs,

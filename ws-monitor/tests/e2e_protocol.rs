@@ -30,7 +30,7 @@ use serde_json::{json, Map, Value};
 use common::Netns;
 
 /// Every violation kind the report lists, in ws-monitor's order.
-const KINDS: [&str; 26] = [
+const KINDS: [&str; 28] = [
     "handshake_rejected",
     "upgrade_missing",
     "accept_mismatch",
@@ -50,7 +50,9 @@ const KINDS: [&str; 26] = [
     "non_minimal_length",
     "length_msb_set",
     "oversized_frame",
+    "oversized_message",
     "invalid_utf8_text",
+    "invalid_compressed_data",
     "invalid_close_payload",
     "invalid_close_code",
     "invalid_close_reason",
@@ -846,8 +848,10 @@ fn violator_commits_every_kind_and_is_counted_exactly() {
     let mut server = Proc::spawn(server, "violator server");
     server.wait_line("listening", false);
 
-    // The violator's oversized frames are beyond 64 KiB (its MAX_FRAME).
-    let cap = start_capture(&server_ns, &veth, &[WS_PORT], &["--max-frame-size", "64K"], dir.path());
+    // The violator's oversized frames are beyond 64 KiB (its MAX_FRAME), its oversized
+    // messages beyond 128 KiB (MAX_MESSAGE).
+    let limits = ["--max-frame-size", "64K", "--max-message-size", "128K"];
+    let cap = start_capture(&server_ns, &veth, &[WS_PORT], &limits, dir.path());
 
     let mut client = client_ns.command("python3");
     client.arg(peer("violator.py")).args(["client", "--host", SERVER_V4, "--port", &port]);

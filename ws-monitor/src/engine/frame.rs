@@ -206,6 +206,7 @@ pub struct Rules {
     pub client_to_server: bool,
     pub rsv: RsvPolicy,
     pub max_frame_size: u64,
+    pub max_message_size: u64,
 }
 
 /// Every violation `h` raises on its own and against the direction's state.
@@ -440,7 +441,7 @@ mod tests {
         assert_eq!(http_line_start(b"GEX"), HttpLine::No);
         assert_eq!(http_line_start(&[0x81, 0x00]), HttpLine::No);
         // Every byte that can begin an HTTP line is an invalid frame start.
-        let rules = Rules { client_to_server: false, rsv: RsvPolicy::Deflate, max_frame_size: 1 << 24 };
+        let rules = Rules { client_to_server: false, rsv: RsvPolicy::Deflate, max_frame_size: 1 << 24, max_message_size: 1 << 26 };
         for first in *b"GPHDOCT" {
             if let Status::Complete(h) = FrameHeader::parse(&[first, 0x00]) {
                 assert!(!check_header(&h, &rules, Frag::Unknown, false).is_empty(), "{}", first as char);

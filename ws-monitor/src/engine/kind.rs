@@ -49,9 +49,13 @@ pub enum Kind {
     LengthMsbSet,
     /// Payload over `max_frame_size`.
     OversizedFrame,
+    /// A message (all its fragments, or its inflated size) over `max_message_size`.
+    OversizedMessage,
     // --- payload ---
     /// A complete text message that is not UTF-8.
     InvalidUtf8Text,
+    /// A compressed message that does not inflate (corrupt DEFLATE data).
+    InvalidCompressedData,
     /// A close frame with a 1-byte body.
     InvalidClosePayload,
     /// A close status code not allowed on the wire.
@@ -79,7 +83,7 @@ pub enum Category {
 
 impl Kind {
     /// Number of kinds.
-    pub const COUNT: usize = 26;
+    pub const COUNT: usize = 28;
 
     /// Every kind, in index order.
     pub const ALL: [Kind; Kind::COUNT] = [
@@ -102,7 +106,9 @@ impl Kind {
         Kind::NonMinimalLength,
         Kind::LengthMsbSet,
         Kind::OversizedFrame,
+        Kind::OversizedMessage,
         Kind::InvalidUtf8Text,
+        Kind::InvalidCompressedData,
         Kind::InvalidClosePayload,
         Kind::InvalidCloseCode,
         Kind::InvalidCloseReason,
@@ -138,7 +144,9 @@ impl Kind {
             Kind::NonMinimalLength => "non_minimal_length",
             Kind::LengthMsbSet => "length_msb_set",
             Kind::OversizedFrame => "oversized_frame",
+            Kind::OversizedMessage => "oversized_message",
             Kind::InvalidUtf8Text => "invalid_utf8_text",
+            Kind::InvalidCompressedData => "invalid_compressed_data",
             Kind::InvalidClosePayload => "invalid_close_payload",
             Kind::InvalidCloseCode => "invalid_close_code",
             Kind::InvalidCloseReason => "invalid_close_reason",
@@ -201,7 +209,13 @@ impl Kind {
             }
             Kind::LengthMsbSet => "the 64-bit payload length has its most significant bit set",
             Kind::OversizedFrame => "the frame payload exceeds the configured max_frame_size",
+            Kind::OversizedMessage => {
+                "a fragmented message, or a compressed message once inflated, exceeds the configured max_message_size"
+            }
             Kind::InvalidUtf8Text => "a text message is not valid UTF-8",
+            Kind::InvalidCompressedData => {
+                "a permessage-deflate message does not inflate (corrupt DEFLATE data); RFC 7692 requires failing the connection"
+            }
             Kind::InvalidClosePayload => {
                 "a close frame has a 1-byte body (a status code takes 2 bytes)"
             }
@@ -277,6 +291,12 @@ impl Kind {
             Kind::OversizedFrame => {
                 "the application sends very large messages in one frame; check the peers' message size limits"
             }
+            Kind::OversizedMessage => {
+                "the application streams very large messages in many fragments or compresses huge payloads (a decompression bomb?); compare with the peers' limits"
+            }
+            Kind::InvalidCompressedData => {
+                "a compressor that keeps its context although no_context_takeover was agreed, a proxy altering compressed payloads, or memory corruption in the sender"
+            }
             Kind::InvalidUtf8Text => {
                 "binary data sent as text, a string cut in the middle of a character, or a non-UTF-8 encoder"
             }
@@ -310,6 +330,7 @@ impl Kind {
             | Kind::HandshakeTooLarge
             | Kind::FrameBeforeUpgrade => Category::Handshake,
             Kind::InvalidUtf8Text
+            | Kind::InvalidCompressedData
             | Kind::InvalidClosePayload
             | Kind::InvalidCloseCode
             | Kind::InvalidCloseReason

@@ -81,13 +81,42 @@ use stream::{DirState, Mode, ModeKind};
 pub struct EngineConfig {
     /// Frames with a larger payload are reported as [`Kind::OversizedFrame`].
     pub max_frame_size: u64,
+    /// Messages larger than this (all fragments, or inflated) are
+    /// [`Kind::OversizedMessage`]; inflating a message stops there.
+    pub max_message_size: u64,
+    /// Bytes the engine inflates per second at most, over all connections; a message
+    /// that would go beyond is not inflated further (counted in
+    /// [`EngineStats::inflate_skipped`]).
+    pub max_inflate_rate: u64,
     /// Produce [`Hint`]s for a header-only capture ([`Engine::drain_hints`]).
     pub steer: bool,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { max_frame_size: 16 * 1024 * 1024, steer: false }
+        EngineConfig { max_frame_size: 16 << 20, max_message_size: 64 << 20, max_inflate_rate: 256 << 20, steer: false }
+    }
+}
+
+/// What is left of the inflate rate in the current second.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct InflateBudget {
+    second_start_ns: u64,
+    used: u64,
+}
+
+impl InflateBudget {
+    /// Bytes that may still be inflated at `ts_ns`.
+    pub fn left(&mut self, ts_ns: u64, rate: u64) -> u64 {
+        if ts_ns.saturating_sub(self.second_start_ns) >= 1_000_000_000 || ts_ns < self.second_start_ns {
+            self.second_start_ns = ts_ns;
+            self.used = 0;
+        }
+        rate.saturating_sub(self.used)
+    }
+
+    pub fn spend(&mut self, n: u64) {
+        self.used = self.used.saturating_add(n);
     }
 }
 
@@ -196,6 +225,10 @@ pub struct EngineStats {
     /// Skips that came where bytes were needed, taken for gaps (a header-only capture
     /// out of step with the engine; each also asks the capture to copy everything).
     pub skip_mismatches: u64,
+    /// Compressed messages not inflated to their end because of an inflate budget
+    /// (`max_message_size`, `max_inflate_rate`); their frames stay in sync. Under context
+    /// takeover that direction's later compressed messages cannot be inflated either.
+    pub inflate_skipped: u64,
 }
 
 impl EngineStats {
@@ -214,6 +247,7 @@ impl EngineStats {
             unsynced_bytes,
             skipped_bytes,
             skip_mismatches,
+            inflate_skipped,
         } = o;
         self.connections += connections;
         self.upgrades_ok += upgrades_ok;
@@ -235,6 +269,7 @@ impl EngineStats {
         self.unsynced_bytes += unsynced_bytes;
         self.skipped_bytes += skipped_bytes;
         self.skip_mismatches += skip_mismatches;
+        self.inflate_skipped += inflate_skipped;
     }
 
     /// Findings of `kind` in both directions.
@@ -358,6 +393,8 @@ pub(crate) struct Cx<'a> {
     pub view: &'a mut ConnectionView,
     /// Where hints go, when steering a header-only capture.
     pub hints: Option<&'a mut Vec<Hint>>,
+    pub budget: &'a mut InflateBudget,
+    pub cfg: &'a EngineConfig,
 }
 
 impl Cx<'_> {
@@ -421,6 +458,7 @@ pub struct Engine {
     findings: Vec<Finding>,
     hints: Vec<Hint>,
     conns: HashMap<FlowId, Conn>,
+    budget: InflateBudget,
 }
 
 impl Default for Engine {
@@ -431,7 +469,14 @@ impl Default for Engine {
 
 impl Engine {
     pub fn new(cfg: EngineConfig) -> Self {
-        Engine { cfg, stats: EngineStats::default(), findings: Vec::new(), hints: Vec::new(), conns: HashMap::new() }
+        Engine {
+            cfg,
+            stats: EngineStats::default(),
+            findings: Vec::new(),
+            hints: Vec::new(),
+            conns: HashMap::new(),
+            budget: InflateBudget::default(),
+        }
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -464,7 +509,12 @@ impl Engine {
 
 impl EngineConfig {
     fn rules(&self, dir: Direction, rsv: RsvPolicy) -> Rules {
-        Rules { client_to_server: dir == Direction::ToServer, rsv, max_frame_size: self.max_frame_size }
+        Rules {
+            client_to_server: dir == Direction::ToServer,
+            rsv,
+            max_frame_size: self.max_frame_size,
+            max_message_size: self.max_message_size,
+        }
     }
 }
 
@@ -736,7 +786,9 @@ impl Engine {
             let Conn { view, once, hs, dirs } = &mut *conn;
             let key = view.key;
             let hints = cfg.steer.then_some(&mut self.hints);
-            let mut cx = Cx { stats: &mut self.stats, findings: &mut self.findings, id, key, ts_ns, once, view, hints };
+            let budget = &mut self.budget;
+            let mut cx =
+                Cx { stats: &mut self.stats, findings: &mut self.findings, id, key, ts_ns, once, view, hints, budget, cfg: &cfg };
             f(hs, dirs, &mut cx, &cfg);
         }
         conn.refresh_state();

@@ -298,7 +298,8 @@ impl Scan {
 mod tests {
     use super::*;
 
-    const SERVER: Rules = Rules { client_to_server: false, rsv: RsvPolicy::Unknown, max_frame_size: 1 << 24 };
+    const SERVER: Rules =
+        Rules { client_to_server: false, rsv: RsvPolicy::Unknown, max_frame_size: 1 << 24, max_message_size: 1 << 26 };
 
     #[test]
     fn chain_of_valid_frames_confirms() {

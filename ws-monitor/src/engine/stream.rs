@@ -14,7 +14,7 @@ use super::frame::{
     OpClass, Rules, RsvPolicy, Status, MAX_CONTROL_PAYLOAD,
 };
 use super::http::{Framing, Skip};
-use super::inflate::{Inflater, SCRATCH, TAIL};
+use super::inflate::{Inflater, Stop, SCRATCH, TAIL};
 use super::kind::Kind;
 use super::resync::{Chain, Scan, Search, PROBATION_FRAMES, RESYNC_CHAIN};
 use super::utf8::Utf8Stream;
@@ -134,6 +134,12 @@ struct Msg {
     /// Compressed text turned out invalid; reported at the end of the message if the
     /// whole message inflated cleanly (so the outcome never depends on delivery cuts).
     bad: bool,
+    /// Payload bytes of all its frames so far.
+    size: u64,
+    /// Bytes inflated from it so far.
+    inflated: u64,
+    /// Already reported as oversized (message or frame).
+    oversized: bool,
 }
 
 /// Findings are held back for the first frames after a resync.
@@ -820,6 +826,15 @@ impl DirState {
             }
             _ => {}
         }
+        if class.is_data() {
+            self.msg.size = self.msg.size.saturating_add(h.len);
+            if kinds.contains(Kind::OversizedFrame) || kinds.contains(Kind::LengthMsbSet) {
+                self.msg.oversized = true;
+            } else if self.msg.size > self.rules.max_message_size && !self.msg.oversized {
+                self.msg.oversized = true;
+                self.report(cx, Kind::OversizedMessage, offset, hdr);
+            }
+        }
         self.frag = self.frag.after(class, h.fin);
         // As the capture decides (ws-monitor-ebpf): binary without RSV1, and its continuations.
         self.cur.skippable = !h.rsv1()
@@ -845,7 +860,9 @@ impl DirState {
             }
             let ended = self.inflater.as_ref().is_some_and(|i| i.ended());
             let usable = !self.ctx_lost && !ended;
-            m.inflate = usable && (text || !reset);
+            // Every compressed message is inflated (binary too): corrupt data and a
+            // window misused after no_context_takeover only show that way.
+            m.inflate = usable;
             m.validate = usable && text;
             if m.inflate && self.inflater.is_none() {
                 self.inflater = Some(Box::new(Inflater::new()));
@@ -902,7 +919,7 @@ impl DirState {
     /// Unmasked message bytes: inflate and/or validate.
     fn message_piece(&mut self, data: &[u8], cx: &mut Cx<'_>) {
         if self.msg.compressed {
-            if self.inflate(data, false) {
+            if self.inflate(data, false, cx) {
                 self.msg.bad = true;
             }
         } else if self.msg.validate && !self.utf8.feed(data) {
@@ -912,10 +929,11 @@ impl DirState {
         }
     }
 
-    /// Inflates message bytes, validating the output when checking text. Returns `true`
-    /// when the text turned out invalid.
-    fn inflate(&mut self, data: &[u8], tail: bool) -> bool {
-        let DirState { inflater, utf8, msg, ctx_lost, deflate, .. } = self;
+    /// Inflates message bytes within the budgets (`max_message_size` for this message,
+    /// `max_inflate_rate` for the engine), validating the output when checking text.
+    /// Returns `true` when the text turned out invalid.
+    fn inflate(&mut self, data: &[u8], tail: bool, cx: &mut Cx<'_>) -> bool {
+        let DirState { inflater, utf8, msg, .. } = self;
         let Some(inf) = inflater.as_mut() else {
             msg.inflate = false;
             msg.validate = false;
@@ -924,24 +942,42 @@ impl DirState {
         if !msg.inflate {
             return false;
         }
+        let msg_left = cx.cfg.max_message_size.saturating_sub(msg.inflated);
+        let rate_left = cx.budget.left(cx.ts_ns, cx.cfg.max_inflate_rate);
+        let mut budget = msg_left.min(rate_left);
+        let before = budget;
         let mut scratch = [0u8; SCRATCH];
         let check = msg.validate;
         let mut bad = false;
-        let r = inf.push(data, tail, &mut scratch, |out| {
+        let r = inf.push(data, tail, &mut scratch, &mut budget, |out| {
             if check && !bad && !utf8.feed(out) {
                 bad = true;
             }
         });
-        if r.is_err() {
+        let made = before.saturating_sub(budget);
+        msg.inflated = msg.inflated.saturating_add(made);
+        cx.budget.spend(made);
+        if let Err(stop) = r {
             msg.inflate = false;
             msg.validate = false;
-            if *deflate == Some(false) {
-                *ctx_lost = true;
+            if self.deflate == Some(false) {
+                self.ctx_lost = true;
+            }
+            let (offset, hdr) = (self.msg.offset, self.msg.hdr);
+            match stop {
+                Stop::Corrupt => self.report(cx, Kind::InvalidCompressedData, offset, hdr),
+                Stop::Budget => {
+                    cx.stats.inflate_skipped += 1;
+                    if msg_left <= rate_left && !self.msg.oversized {
+                        self.msg.oversized = true;
+                        self.report(cx, Kind::OversizedMessage, offset, hdr);
+                    }
+                }
             }
             return false;
         }
         if bad {
-            msg.validate = false;
+            self.msg.validate = false;
         }
         bad
     }
@@ -965,7 +1001,7 @@ impl DirState {
             c if c.is_data() && self.cur.fin && self.msg.active => {
                 let mut bad = false;
                 if self.msg.compressed && self.msg.inflate {
-                    let tail_bad = self.inflate(&TAIL, true);
+                    let tail_bad = self.inflate(&TAIL, true, cx);
                     // Only a message that inflated completely is judged.
                     bad = self.msg.inflate && (self.msg.bad || tail_bad);
                 }

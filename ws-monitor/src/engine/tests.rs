@@ -5,7 +5,7 @@ use std::cell::Cell;
 use std::net::SocketAddr;
 
 use base64::Engine as _;
-use flate2::{Compress, Compression, FlushCompress};
+use flate2::{Compress, Compression};
 use proptest::prelude::*;
 use sha1::{Digest, Sha1};
 
@@ -136,15 +136,7 @@ fn close_body(code: u16, reason: &[u8]) -> Vec<u8> {
 
 /// permessage-deflate sender: sync flush, trailing 00 00 ff ff removed.
 fn deflate(c: &mut Compress, msg: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(msg.len() * 2 + 64);
-    c.compress_vec(msg, &mut out, FlushCompress::Sync).unwrap();
-    while out.len() == out.capacity() {
-        out.reserve(1024);
-        c.compress_vec(&[], &mut out, FlushCompress::Sync).unwrap();
-    }
-    assert!(out.ends_with(&[0, 0, 0xFF, 0xFF]));
-    out.truncate(out.len() - 4);
-    out
+    super::inflate::tests::pmd_compress(c, msg)
 }
 
 // ----- handshake builder -----------------------------------------------------------------
@@ -738,6 +730,59 @@ fn duplicated_or_malformed_accept_is_bad_handshake() {
         let st = expect(&sc, &[(S, Kind::BadHandshake)]);
         assert_eq!(st.frames[1].text, 1);
     }
+}
+
+#[test]
+fn oversized_message_fragmented() {
+    let mut sc = Script::plain();
+    sc.cfg.max_message_size = 1000;
+    sc.c(cf(BIN, vec![1u8; 600]).fin(false)).c(cf(CONT, vec![2u8; 300]).fin(false)).c(cf(CONT, vec![3u8; 200]).fin(false));
+    sc.c(cf(CONT, vec![4u8; 200])).c(cf(TEXT, vec![b'a'; 900]));
+    // One frame over the frame limit is oversized_frame only.
+    sc.cfg.max_frame_size = 2000;
+    sc.s(sf(BIN, vec![0u8; 2500]).fin(false)).s(sf(CONT, vec![0u8; 10]));
+    let st = expect(&sc, &[(C, Kind::OversizedMessage), (S, Kind::OversizedFrame)]);
+    assert_eq!(st.frames[0].continuation, 3);
+}
+
+/// Corrupt DEFLATE data is invalid_compressed_data, binary messages too (once per
+/// message); the frames stay in sync and later messages are checked again when the
+/// window resets with each message.
+#[test]
+fn invalid_compressed_data() {
+    let mut sc = Script::deflate();
+    sc.s(sf(BIN, vec![0xFF, 0xFF, 0xFF, 0xFF]).rsv(4)).s(sf(TEXT, "plain text is fine"));
+    expect(&sc, &[(S, Kind::InvalidCompressedData)]);
+    let mut sc = Script::upgraded(
+        "Sec-WebSocket-Extensions: permessage-deflate; client_no_context_takeover\r\n",
+        "Sec-WebSocket-Extensions: permessage-deflate; client_no_context_takeover\r\n",
+    );
+    let mut z = Compress::new(Compression::default(), false);
+    sc.c(cf(BIN, vec![0xFF, 0x00, 0x12]).fin(false).rsv(4)).c(cf(CONT, vec![0xFF; 40]));
+    sc.c(cf(TEXT, deflate(&mut z, b"fresh window: ok")).rsv(4));
+    let st = expect(&sc, &[(C, Kind::InvalidCompressedData)]);
+    assert_eq!((st.frames[0].binary, st.frames[0].text), (1, 1));
+}
+
+/// A message that inflates beyond max_message_size is oversized_message; inflating stops
+/// there (counted), and the frames stay in sync.
+#[test]
+fn inflate_budget_per_message_and_per_second() {
+    let mut z = Compress::new(Compression::default(), false);
+    let bomb = deflate(&mut z, &vec![b'a'; 4 << 20]);
+    assert!(bomb.len() < 10_000);
+    let mut sc = Script::deflate();
+    sc.cfg.max_message_size = 1 << 20;
+    sc.s(sf(TEXT, bomb.clone()).rsv(4)).s(sf(TEXT, "after")).s(sf(PING, vec![0u8; 126]));
+    let st = expect(&sc, &[(S, Kind::OversizedMessage), (S, Kind::ControlTooLong)]);
+    assert_eq!((st.inflate_skipped, st.frames[1].text), (1, 2));
+    // The engine-wide rate: beyond it a message is skipped, not reported.
+    let mut sc = Script::deflate();
+    sc.cfg.max_inflate_rate = 1 << 20;
+    let mut z = Compress::new(Compression::default(), false);
+    sc.s(sf(TEXT, deflate(&mut z, &vec![b'b'; 2 << 20])).rsv(4)).s(sf(TEXT, "after"));
+    let st = clean(&sc);
+    assert_eq!(st.inflate_skipped, 1);
 }
 
 #[test]
@@ -1469,7 +1514,7 @@ proptest! {
         handshake in any::<bool>(),
         prefix in any::<bool>(),
     ) {
-        let mut e = Engine::new(EngineConfig { max_frame_size: 1000, ..EngineConfig::default() });
+        let mut e = Engine::new(EngineConfig { max_frame_size: 1000, max_message_size: 3000, ..EngineConfig::default() });
         let id = FlowId(11);
         e.open(id, &key(), if handshake { Opening::Handshake } else { Opening::MidStream }, 0);
         let mut off = [0u64; 2];

@@ -29,15 +29,17 @@ KINDS = [
     "handshake_rejected", "upgrade_missing", "accept_mismatch", "bad_handshake", "extension_not_offered",
     "handshake_too_large", "frame_before_upgrade", "rsv_without_extension", "rsv1_invalid", "reserved_opcode", "unmasked_client_frame", "masked_server_frame",
     "control_too_long", "control_fragmented", "orphan_continuation", "interleaved_data_frame", "non_minimal_length",
-    "length_msb_set", "oversized_frame", "invalid_utf8_text", "invalid_close_payload", "invalid_close_code",
+    "length_msb_set", "oversized_frame", "oversized_message", "invalid_utf8_text", "invalid_compressed_data", "invalid_close_payload", "invalid_close_code",
     "invalid_close_reason", "data_after_close", "http_in_stream", "tls_on_plain_port",
 ]
 # Kinds of the 101 (or of a connection never upgraded) that keep it out of upgrades_ok.
 HANDSHAKE_KINDS = {"handshake_rejected", "upgrade_missing", "accept_mismatch", "bad_handshake", "extension_not_offered",
                    "handshake_too_large"}
 
-# The monitor runs with --max-frame-size MAX_FRAME: only the oversized_frame scenario goes beyond it.
+# The monitor runs with --max-frame-size MAX_FRAME and --max-message-size MAX_MESSAGE: only
+# the oversized_frame and oversized_message scenarios go beyond them.
 MAX_FRAME = 64 * 1024
+MAX_MESSAGE = 128 * 1024
 
 CONT, TEXT, BIN, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 OPNAMES = {CONT: "continuation", TEXT: "text", BIN: "binary", CLOSE: "close", PING: "ping", PONG: "pong"}
@@ -306,6 +308,14 @@ def build_scenarios():
                         Frame(BIN, b"\x02" * MAX_FRAME), Frame(TEXT, "after")] + client_close(),
                 server=[Frame(BIN, b"\x03" * 70_000, kinds=["oversized_frame"]), Frame(TEXT, "after")] + server_close()))
 
+    # Three fragments under the frame limit, together over the message limit (once).
+    sc.append(S("oversized_message", lambda k: request("oversized_message", k), ok101, True,
+                client=[Frame(BIN, b"\x01" * 60_000, fin=False), Frame(CONT, b"\x02" * 60_000, fin=False),
+                        Frame(CONT, b"\x03" * 60_000, fin=False, kinds=["oversized_message"]),
+                        Frame(CONT, b"\x04" * 100), Frame(TEXT, "after")] + client_close(),
+                server=[Frame(TEXT, "a" * 50_000, fin=False), Frame(CONT, "b" * 50_000, fin=False),
+                        Frame(CONT, "c" * 50_000, kinds=["oversized_message"])] + server_close()))
+
     # --- payload kinds -------------------------------------------------------------------
     sc.append(S("invalid_utf8_text", lambda k: request("invalid_utf8_text", k), ok101, True,
                 client=[Frame(TEXT, b"a\xffb", kinds=["invalid_utf8_text"]),
@@ -321,6 +331,15 @@ def build_scenarios():
                 lambda k: response_101(k, extra=PMD), True, deflate=True,
                 client=["DEFLATE_TEXT:fine ✓", "DEFLATE_BAD_TEXT", "DEFLATE_TEXT:fine again ✓"] + client_close(),
                 server=["DEFLATE_TEXT:fine ✓", "DEFLATE_BAD_TEXT", "DEFLATE_TEXT:fine again ✓"] + server_close()))
+    # Compressed messages that do not inflate (binary and text), then fine ones with a
+    # fresh window (no_context_takeover).
+    nct = "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n"
+    sc.append(S("invalid_compressed_data", lambda k: request("invalid_compressed_data", k, extra=nct),
+                lambda k: response_101(k, extra=nct), True, deflate=True,
+                client=[Frame(BIN, b"\xff\xff\xff\xff", rsv=0b100, kinds=["invalid_compressed_data"]),
+                        "DEFLATE_TEXT_FRESH:fine ✓"] + client_close(),
+                server=[Frame(TEXT, b"\x07\xff\x00\x12\xff", rsv=0b100, kinds=["invalid_compressed_data"]),
+                        "DEFLATE_TEXT_FRESH:fine too ✓"] + server_close()))
     sc.append(S("invalid_close_payload", lambda k: request("invalid_close_payload", k), ok101, True,
                 client=[Frame(CLOSE, b"\x03", kinds=["invalid_close_payload"])],
                 server=[Frame(CLOSE, b"\x03", kinds=["invalid_close_payload"])]))
@@ -360,6 +379,8 @@ def expand(steps, masked, comp):
     for st in steps:
         if isinstance(st, str) and st.startswith("DEFLATE_TEXT:"):
             out.append(Frame(TEXT, deflate_message(comp, st.split(":", 1)[1].encode()), rsv=0b100))
+        elif isinstance(st, str) and st.startswith("DEFLATE_TEXT_FRESH:"):
+            out.append(Frame(TEXT, deflate_message(new_deflater(), st.split(":", 1)[1].encode()), rsv=0b100))
         elif st == "DEFLATE_BAD_TEXT":
             out.append(Frame(TEXT, deflate_message(comp, b"x\xc3\x28 not utf-8"), rsv=0b100,
                              kinds=["invalid_utf8_text"]))
