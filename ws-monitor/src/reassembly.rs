@@ -15,6 +15,10 @@
 //!   buffer exceeds its cap, or when the connection is flushed (RST, eviction, end of
 //!   capture). A flush also reports a final gap up to the stream's known end: its FIN, or
 //!   else the highest byte the peer acknowledged.
+//! - A RST is believed only inside its sender's window (RFC 5961 style: from the next
+//!   expected byte to 16 MiB past the furthest seen or acknowledged); others are counted
+//!   (`rst_ignored`). A SYN that repeats the ISN of a connection just closed on the same
+//!   4-tuple is a retransmission and opens nothing (`phantom_syns`).
 //! - Both FINs delivered → `close(Fin)`; RST → flush, `close(Rst)`; idle or pushed out by
 //!   the table cap → flush, `close(Evicted)`; [`Reassembler::finish`] → flush,
 //!   `close(CaptureEnded)`. A closed connection is forgotten at once; a segment without
@@ -37,6 +41,13 @@ const ANCHOR_WINDOW: u32 = 1 << 20;
 const MAX_PENDING_PIECES: usize = 8192;
 /// "No slot" in the recency list.
 const NIL: usize = usize::MAX;
+/// A RST is believed only if its sequence number lies this far at most past what its
+/// sender is known to have sent (RFC 5961 §3: inside the receive window; 16 MiB is more
+/// than any common window).
+const RST_WINDOW: i64 = 16 << 20;
+/// Connections closed by FIN or RST remembered (with their ISNs), so that a SYN
+/// retransmitted after the close does not open a phantom connection.
+const RECENT_CLOSED: usize = 4096;
 
 /// Limits of a [`Reassembler`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,6 +108,12 @@ pub struct ReassemblyStats {
     pub buffer_overflows: u64,
     /// Connections evicted because the table was full.
     pub table_full_evictions: u64,
+    /// RSTs ignored because their sequence number is outside the window (stale, spoofed
+    /// or from an older incarnation of the 4-tuple).
+    pub rst_ignored: u64,
+    /// SYNs ignored because they repeat the ISN of a connection just closed (a
+    /// retransmission, not a new connection).
+    pub phantom_syns: u64,
 }
 
 impl ReassemblyStats {
@@ -118,6 +135,8 @@ impl ReassemblyStats {
             out_of_order_segments,
             buffer_overflows,
             table_full_evictions,
+            rst_ignored,
+            phantom_syns,
         } = o;
         for (mine, theirs) in [
             (&mut self.segments, segments),
@@ -135,6 +154,8 @@ impl ReassemblyStats {
             (&mut self.out_of_order_segments, out_of_order_segments),
             (&mut self.buffer_overflows, buffer_overflows),
             (&mut self.table_full_evictions, table_full_evictions),
+            (&mut self.rst_ignored, rst_ignored),
+            (&mut self.phantom_syns, phantom_syns),
         ] {
             bump(mine, *theirs);
         }
@@ -323,6 +344,18 @@ impl Stream {
 
     fn done(&self) -> bool {
         self.fin == Some(self.next)
+    }
+
+    /// Whether a RST from this stream's sender at `seq` lies in the window: from the
+    /// next byte expected up to [`RST_WINDOW`] past the furthest byte seen or acked.
+    /// Unknown base (nothing seen from that side): believed.
+    fn rst_acceptable(&self, seq: u32) -> bool {
+        let Some(off) = self.offset(seq) else {
+            return true;
+        };
+        let seen = self.pending.last_key_value().map_or(self.next, |(&at, p)| at + p.len() as u64);
+        let far = seen.max(self.acked).max(self.fin.unwrap_or(0)) as i64;
+        off >= (self.next as i64).min(far) && off <= far.saturating_add(RST_WINDOW)
     }
 
     /// The peer acknowledged everything before `ack`.
@@ -561,7 +594,10 @@ impl Flow {
                 }
             }
         }
-        if flags.rst {
+        if flags.rst && !own.rst_acceptable(seg.seq) {
+            bump(&mut out.stats.rst_ignored, 1);
+            None
+        } else if flags.rst {
             Some(Closing::Rst)
         } else if own.done() && peer.done() {
             Some(Closing::Fin)
@@ -683,6 +719,10 @@ pub struct Reassembler {
     next_id: u64,
     /// Ids go up by this much (reassemblers side by side hand out distinct ids).
     id_step: u64,
+    /// Recently closed connections: key → offset-0 sequence numbers `[to_server, to_client]`.
+    closed: HashMap<FlowKey, [Option<u32>; 2]>,
+    /// Their keys, oldest first (bounds `closed`).
+    closed_order: std::collections::VecDeque<FlowKey>,
 }
 
 impl Reassembler {
@@ -693,7 +733,15 @@ impl Reassembler {
 
     /// A reassembler whose flow ids are `first`, `first + step`, `first + 2 * step`, ...
     pub fn with_ids(config: ReassemblyConfig, first: u64, step: u64) -> Self {
-        Self { config, stats: ReassemblyStats::default(), table: FlowTable::new(), next_id: first, id_step: step.max(1) }
+        Self {
+            config,
+            stats: ReassemblyStats::default(),
+            table: FlowTable::new(),
+            next_id: first,
+            id_step: step.max(1),
+            closed: HashMap::new(),
+            closed_order: std::collections::VecDeque::new(),
+        }
     }
 
     /// Takes one captured segment, reporting resulting events to `sink`.
@@ -711,6 +759,10 @@ impl Reassembler {
                 _ => slot,
             },
             None if seg.data.is_empty() && seg.skip == 0 && !seg.flags.syn => return,
+            None if self.phantom_syn(seg) => {
+                bump(&mut self.stats.phantom_syns, 1);
+                return;
+            }
             None => self.open(seg, sink),
         };
         self.table.touch(slot);
@@ -769,6 +821,28 @@ impl Reassembler {
         Some(base.wrapping_add(offset as u32))
     }
 
+    /// Whether `seg` is a SYN (or SYN-ACK) repeating the ISN of the connection just closed
+    /// on its 4-tuple.
+    fn phantom_syn(&self, seg: &Segment<'_>) -> bool {
+        seg.flags.syn
+            && seg.data.is_empty()
+            && seg.skip == 0
+            && self.closed.get(&seg.key).is_some_and(|bases| {
+                bases.get(seg.dir.index()).copied().flatten() == Some(seg.seq.wrapping_add(1))
+            })
+    }
+
+    fn remember_closed(&mut self, key: FlowKey, bases: [Option<u32>; 2]) {
+        if self.closed.insert(key, bases).is_none() {
+            self.closed_order.push_back(key);
+        }
+        while self.closed_order.len() > RECENT_CLOSED {
+            if let Some(old) = self.closed_order.pop_front() {
+                self.closed.remove(&old);
+            }
+        }
+    }
+
     /// Starts tracking the connection `seg` belongs to, making room first if needed.
     fn open(&mut self, seg: &Segment<'_>, sink: &mut dyn StreamSink) -> usize {
         if self.table.len() >= self.config.max_flows.max(1) {
@@ -790,7 +864,11 @@ impl Reassembler {
     /// Flushes the flow in `slot`, closes it with `closing` and forgets it; false if there
     /// was no flow there.
     fn close(&mut self, slot: usize, closing: Closing, ts: u64, sink: &mut dyn StreamSink) -> bool {
+        let key = self.table.slots.get(slot).map(|s| s.key);
         let Some(mut flow) = self.table.remove(slot) else { return false };
+        if let (Some(key), Closing::Fin | Closing::Rst) = (key, closing) {
+            self.remember_closed(key, flow.streams.each_ref().map(|s| s.base));
+        }
         let mut out = Out { sink, stats: &mut self.stats, id: flow.id, ts };
         for stream in &mut flow.streams {
             stream.flush(&mut out);
@@ -998,6 +1076,38 @@ mod tests {
 
     fn bytes(n: usize) -> Vec<u8> {
         (0..n).map(|i| (i * 7 + 3) as u8).collect()
+    }
+
+    #[test]
+    fn rst_outside_the_window_is_ignored() {
+        let (mut r, mut rec) = handshake();
+        r.segment(&cdata(0, b"hello"), &mut rec);
+        // A stale or spoofed RST far from the client's sequence space.
+        r.segment(&mk(ToServer, C.wrapping_add(0x4000_0000), None, "R", b""), &mut rec);
+        r.segment(&mk(ToClient, S.wrapping_sub(70_000), None, "R", b""), &mut rec);
+        assert!(rec.closes().is_empty());
+        assert_eq!(r.stats().rst_ignored, 2);
+        r.segment(&cdata(5, b" world"), &mut rec);
+        // In the window: believed.
+        r.segment(&mk(ToServer, C + 1 + 11, None, "R", b""), &mut rec);
+        assert_eq!(rec.closes().len(), 1);
+        assert_eq!(rec.closes()[0].1, Closing::Rst);
+    }
+
+    #[test]
+    fn syn_retransmitted_after_close_opens_nothing() {
+        let (mut r, mut rec) = handshake();
+        r.segment(&cdata(0, b"x"), &mut rec);
+        r.segment(&mk(ToServer, C + 2, Some(S + 1), "F", b""), &mut rec);
+        r.segment(&mk(ToClient, S + 1, Some(C + 3), "F", b""), &mut rec);
+        assert_eq!(rec.closes().len(), 1);
+        // A spurious retransmission of the old SYN and SYN-ACK: no new connection.
+        r.segment(&mk(ToServer, C, None, "S", b""), &mut rec);
+        r.segment(&mk(ToClient, S, Some(C + 1), "S", b""), &mut rec);
+        assert_eq!((rec.opened().len(), r.open_flows(), r.stats().phantom_syns), (1, 0, 2));
+        // A new ISN is a new connection.
+        r.segment(&mk(ToServer, C + 100_000, None, "S", b""), &mut rec);
+        assert_eq!((rec.opened().len(), r.open_flows()), (2, 1));
     }
 
     #[test]
