@@ -72,12 +72,16 @@ fn dashboard_renders_switches_panes_pauses_and_restores_the_terminal() {
     assert!(screen.contains("Violations") && screen.contains("Connections"), "{screen}");
     assert!(screen.contains("q quit"), "footer lists the keys:\n{screen}");
 
-    // Traffic on the monitored port: a plain HTTP request without Upgrade headers.
+    // Traffic on the monitored port: a WebSocket request that lost its Upgrade headers
+    // (a plain HTTP request without any WebSocket header is only counted).
     let server = ns.command("python3").args(["-m", "http.server", "8001", "--bind", "127.0.0.1"]).spawn().unwrap();
     let _server = KillOnDrop(server);
     std::thread::sleep(Duration::from_millis(500));
     let _ = ns.command("python3")
-        .args(["-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8001/').read()"])
+        .args([
+            "-c",
+            "import urllib.request as u; u.urlopen(u.Request('http://127.0.0.1:8001/', headers={'Sec-WebSocket-Key': 'dGhlIHNhbXBsZSBub25jZQ==', 'Sec-WebSocket-Version': '13'})).read()",
+        ])
         .output();
     tmux.wait_for("upgrade_missing");
 
