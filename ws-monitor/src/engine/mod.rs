@@ -437,8 +437,18 @@ enum Hs {
     /// body to end and for a next request, which may be an upgrade.
     NextRequest,
     /// A request was read; waiting for its response.
-    AwaitResponse(Box<Request>),
+    AwaitResponse(Box<Request>, Early),
     Done,
+}
+
+/// Client bytes held after an upgrade request that came before the server began to
+/// answer it (RFC 6455 §4.1: the client waits for the 101).
+#[derive(Clone, Copy, Debug)]
+enum Early {
+    /// No byte of the response yet: every client byte held so far came before it.
+    Open,
+    /// The response began when this many client bytes were held after the request.
+    Closed(usize),
 }
 
 #[derive(Debug)]
@@ -551,7 +561,7 @@ fn not_websocket(hs: &mut Hs, dirs: &mut [DirState; 2]) {
 fn handshake_lost(hs: &mut Hs, dirs: &mut [DirState; 2], cx: &mut Cx<'_>, cfg: &EngineConfig) {
     // If the request was read and offered no extension, none can be in force.
     let policy = match hs {
-        Hs::AwaitResponse(req) if req.offers.is_empty() => RsvPolicy::Plain,
+        Hs::AwaitResponse(req, _) if req.offers.is_empty() => RsvPolicy::Plain,
         _ => RsvPolicy::Unknown,
     };
     *hs = Hs::Done;
@@ -674,7 +684,7 @@ fn advance(hs: &mut Hs, dirs: &mut [DirState; 2], cx: &mut Cx<'_>, cfg: &EngineC
                     NextHead::Wait | NextHead::Stop => return,
                     NextHead::Head(n, req) => (n, req),
                 };
-                let [c, _] = &mut *dirs;
+                let [c, s] = &mut *dirs;
                 let at = c.held_base;
                 if req.body == Framing::Invalid {
                     cx.stats.not_http += 1;
@@ -692,14 +702,17 @@ fn advance(hs: &mut Hs, dirs: &mut [DirState; 2], cx: &mut Cx<'_>, cfg: &EngineC
                     }
                 }
                 c.consume_head(n, req.body);
-                *hs = Hs::AwaitResponse(Box::new(req));
+                // Server bytes already here: the response began before the client's bytes
+                // after the request could have been sent early.
+                let early = if s.held.is_empty() { Early::Open } else { Early::Closed(0) };
+                *hs = Hs::AwaitResponse(Box::new(req), early);
             }
-            Hs::AwaitResponse(_) => {
+            Hs::AwaitResponse(..) => {
                 let (n, resp) = match next_head(hs, dirs, Direction::ToClient, cx, cfg, parse_response) {
                     NextHead::Wait | NextHead::Stop => return,
                     NextHead::Head(n, resp) => (n, resp),
                 };
-                let Hs::AwaitResponse(req) = hs else {
+                let Hs::AwaitResponse(req, _) = hs else {
                     return;
                 };
                 let [_, s] = &mut *dirs;
@@ -733,17 +746,35 @@ fn advance(hs: &mut Hs, dirs: &mut [DirState; 2], cx: &mut Cx<'_>, cfg: &EngineC
 
 /// RFC 6455 §4.1: the client sends nothing after its upgrade request until the 101.
 /// Called when the response comes (or the connection ends without one): client bytes
-/// held by then were sent too early. After a 101 they are still parsed as frames.
+/// held from before the response began were sent too early. After a 101 they are still
+/// parsed as frames.
 fn early_bytes(hs: &Hs, dirs: &[DirState; 2], cx: &mut Cx<'_>) {
     let [c, _] = dirs;
-    if matches!(hs, Hs::AwaitResponse(req) if req.upgrade) && !c.held.is_empty() {
-        cx.emit_with(Direction::ToServer, Kind::FrameBeforeUpgrade, c.held_base, FrameHeaderBytes::EMPTY, &c.held);
+    let Hs::AwaitResponse(req, early) = hs else {
+        return;
+    };
+    let n = match early {
+        Early::Open => c.held.len(),
+        Early::Closed(n) => (*n).min(c.held.len()),
+    };
+    if req.upgrade && n > 0 {
+        let bytes = c.held.get(..n).unwrap_or(&[]);
+        cx.emit_with(Direction::ToServer, Kind::FrameBeforeUpgrade, c.held_base, FrameHeaderBytes::EMPTY, bytes);
+    }
+}
+
+/// Server bytes arrive: if they begin the response to an upgrade request, the client
+/// bytes held by now are the ones that came before it.
+fn response_begins(hs: &mut Hs, dirs: &[DirState; 2]) {
+    if let Hs::AwaitResponse(_, early @ Early::Open) = hs {
+        let [c, _] = dirs;
+        *early = Early::Closed(c.held.len());
     }
 }
 
 /// A 101 answered a WebSocket request: judge it and switch both directions to frames.
 fn upgraded(hs: &mut Hs, dirs: &mut [DirState; 2], cx: &mut Cx<'_>, cfg: &EngineConfig, at: u64, resp: &Response, head: Excerpt) {
-    let Hs::AwaitResponse(req) = hs else {
+    let Hs::AwaitResponse(req, _) = hs else {
         return;
     };
     let verdict = judge_101(req, resp);
@@ -858,6 +889,12 @@ impl StreamSink for Engine {
                 return;
             };
             d.end = d.end.saturating_add(fresh.len() as u64);
+            if dir == Direction::ToClient {
+                response_begins(hs, dirs);
+            }
+            let Some(d) = dirs.get_mut(dir.index()) else {
+                return;
+            };
             d.feed(fresh, cx);
             if !matches!(hs, Hs::Done) {
                 advance(hs, dirs, cx, cfg);

@@ -565,6 +565,22 @@ fn frame_before_upgrade() {
     early.extend(cf(PING, "early").enc());
     sc.data(C, early);
     expect(&sc, &[(C, Kind::FrameBeforeUpgrade)]);
+    // Frames that come after the server began its answer were not sent early, even in
+    // the delivery that also completes the request.
+    let mut sc = Script::handshake();
+    let mut late = request("");
+    late.extend(cf(TEXT, "after the 101 was sent").enc());
+    sc.data(S, response("")).data(C, late).c(cf(TEXT, "later"));
+    let st = clean(&sc);
+    assert_eq!((st.frames[0].text, st.upgrades_ok), (2, 1));
+    let mut sc = Script::handshake();
+    let mut early = request("");
+    early.extend(cf(TEXT, "early").enc());
+    let resp = response("");
+    let (head, tail) = resp.split_at(10);
+    sc.data(C, early).data(S, head.to_vec()).c(cf(TEXT, "late")).data(S, tail.to_vec());
+    let st = expect(&sc, &[(C, Kind::FrameBeforeUpgrade)]);
+    assert_eq!(st.frames[0].text, 2);
 }
 
 /// A browser-sized head (20 KB cookie) is read; beyond 32 KiB or 256 fields it is
