@@ -386,6 +386,9 @@ impl DirState {
     /// Whether `len` bytes at `offset` (= everything delivered so far) that the capture
     /// left out can be passed over: in sync inside payload that is not read, while
     /// following a resync candidate short of its next header, or in an ignored stream.
+    /// Never during the handshake: the capture walks only from a 101 on, so a skip there
+    /// means it is out of step, even inside an HTTP body being passed over (the gap it
+    /// becomes is then absorbed by that body, see [`Self::lose_in_body`]).
     pub fn takes_skip(&self, offset: u64, len: u64) -> bool {
         self.pending.is_empty()
             && match &self.mode {

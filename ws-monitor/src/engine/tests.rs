@@ -297,29 +297,31 @@ fn run_cut(sc: &Script, cut: Cut) -> (EngineStats, Found) {
 // ----- a model of header-only capture ------------------------------------------------------
 
 /// Stream ranges a header-only capture leaves out, per direction, as the kernel program
-/// decides (written from its rules, not from its code): once the server's stream starts
-/// with a 101 response, frames start after its head, and in the client's stream after
-/// what the client had sent by then; binary payload past its first 64 bytes (and that of
-/// its continuations) is skipped; anything unusual (RSV2/3, a reserved opcode, a control
-/// frame out of bounds, a length with the MSB set) ends the walk. None for scripts with
-/// gaps or without a handshake.
+/// decides (written from its rules, not from its code): once a server delivery starts
+/// with a 101 response whose head ends in it (the first exchange on the connection, or
+/// one after plain HTTP exchanges), frames start after its head, and in the client's
+/// stream after what the client had sent by then; binary payload past its first 64 bytes
+/// (and that of its continuations) is skipped; anything unusual (RSV2/3, a reserved
+/// opcode, a control frame out of bounds, a length with the MSB set) ends the walk. None
+/// for scripts with gaps or without a handshake.
 fn header_only_skips(sc: &Script) -> Option<[Vec<(u64, u64)>; 2]> {
     if sc.opening != Opening::Handshake || sc.evs.iter().any(|e| matches!(e, Ev::Gap(..))) {
         return None;
     }
     let mut streams: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
-    let mut client_at_101 = None;
+    let mut starts = None;
     for ev in &sc.evs {
         if let Ev::Data(d, b) = ev {
-            streams[d.index()].extend_from_slice(b);
-            let s = &streams[S.index()];
-            if client_at_101.is_none() && s.starts_with(b"HTTP/1.1 101") && s.windows(4).any(|w| w == b"\r\n\r\n") {
-                client_at_101 = Some(streams[C.index()].len() as u64);
+            if starts.is_none() && *d == S && b.starts_with(b"HTTP/1.1 101") {
+                if let Some(end) = b.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let server = streams[S.index()].len() + end + 4;
+                    starts = Some((streams[C.index()].len() as u64, server as u64));
+                }
             }
+            streams[d.index()].extend_from_slice(b);
         }
     }
-    let client_start = client_at_101?;
-    let server_start = streams[S.index()].windows(4).position(|w| w == b"\r\n\r\n")? as u64 + 4;
+    let (client_start, server_start) = starts?;
     let walk = |b: &[u8], mut at: u64| {
         let mut skips = Vec::new();
         let mut msg_skip = false;
@@ -527,9 +529,14 @@ fn rejected_upgrade_then_retry_on_same_connection() {
         let mut sc = Script::handshake();
         sc.data(C, request("")).data(S, reject.to_vec());
         sc.data(C, request("Authorization: Basic dXNlcjpwYXNz\r\n")).data(S, response(""));
-        sc.c(cf(TEXT, "hi")).s(sf(CLOSE, close_body(1005, b"")));
+        sc.c(cf(TEXT, "hi")).c(cf(BIN, vec![7u8; 300])).s(sf(BIN, vec![9u8; 500]));
+        sc.s(sf(CLOSE, close_body(1005, b"")));
+        // A header-only capture starts walking at the retry's 101 and skips binary payload.
+        let skips = header_only_skips(&sc).expect("a 101 starts a server delivery");
+        assert_eq!(skips.iter().map(Vec::len).sum::<usize>(), 2);
         let st = expect(&sc, &[(S, Kind::HandshakeRejected), (S, Kind::InvalidCloseCode)]);
         assert_eq!((st.upgrades_ok, st.frames[0].text, st.frames[1].close), (1, 1, 1));
+        assert_eq!((st.frames[0].binary, st.frames[1].binary), (1, 1));
         assert_eq!(http_requests(&st), 0);
     }
 }
@@ -1654,6 +1661,32 @@ fn a_skip_where_bytes_are_needed_is_a_gap_and_asks_for_full_copy() {
     let (mut e, off) = steered();
     e.skip(FlowId(1), C, off[0], 50, 0);
     assert_eq!((e.stats().skip_mismatches, e.stats().desyncs), (1, 1));
+}
+
+/// The capture walks only after a 101: a skip during the handshake is out of step even
+/// inside an HTTP body (counted, full copy asked); a body of known length takes the loss
+/// and the exchanges go on to the upgrade.
+#[test]
+fn a_skip_inside_an_http_body_is_a_mismatch_the_handshake_survives() {
+    let mut e = Engine::new(EngineConfig { steer: true, ..EngineConfig::default() });
+    let id = FlowId(1);
+    e.open(id, &key(), Opening::Handshake, 0);
+    let get = b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n";
+    let head = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n";
+    let body = head.len() as u64;
+    e.data(id, C, 0, get, 0);
+    e.data(id, S, 0, head, 0);
+    e.data(id, S, body, &[b'x'; 100], 0);
+    e.skip(id, S, body + 100, 900, 0);
+    e.data(id, C, get.len() as u64, &request(""), 0);
+    e.data(id, S, body + 1000, &response(""), 0);
+    let st = e.stats().clone();
+    assert_eq!((st.skip_mismatches, st.skipped_bytes, st.desyncs, st.upgrades_ok), (1, 0, 0, 1));
+    assert_eq!(http_requests(&st), 1);
+    assert_eq!(e.connection(id).map(|c| c.state), Some(ConnState::Open));
+    let hints: Vec<Hint> = e.drain_hints().collect();
+    assert_eq!(hints.len(), 1, "{hints:?}");
+    assert_eq!((hints[0].dir, hints[0].steer), (S, Steer::FullCopy));
 }
 
 #[test]
