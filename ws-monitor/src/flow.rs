@@ -4,12 +4,12 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
-/// Which way bytes travel, seen from the monitored port.
+/// Which way bytes travel between the connection's client and server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Direction {
-    /// From the connecting side (the client) to the monitored port (the server).
+    /// From the connecting side (the client) to the server.
     ToServer,
-    /// From the monitored port (the server) back to the client.
+    /// From the server back to the client.
     ToClient,
 }
 
@@ -40,7 +40,10 @@ impl Direction {
     }
 }
 
-/// A TCP connection, oriented: `server` holds the monitored port.
+/// A TCP connection, oriented: `client` sent the SYN, `server` answered it. The capture
+/// stage labels each segment by ports alone (the monitored port is the server's);
+/// reassembly turns a connection the other way round when its SYN says so (see
+/// [`crate::reassembly`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
     pub client: SocketAddr,
@@ -48,6 +51,21 @@ pub struct FlowKey {
 }
 
 impl FlowKey {
+    /// The same connection with client and server swapped.
+    pub fn reversed(&self) -> FlowKey {
+        FlowKey { client: self.server, server: self.client }
+    }
+
+    /// One key for both orientations of the 4-tuple (the lower endpoint as `client`): the
+    /// segments of one connection share it however the capture labelled them.
+    pub fn unordered(&self) -> FlowKey {
+        if self.client <= self.server {
+            *self
+        } else {
+            self.reversed()
+        }
+    }
+
     /// Source and destination of a segment travelling in `dir`.
     pub fn endpoints(&self, dir: Direction) -> (SocketAddr, SocketAddr) {
         match dir {
@@ -96,6 +114,13 @@ pub struct Segment<'a> {
     pub skip: u32,
     /// Monotonic timestamp in nanoseconds (kernel `bpf_ktime_get_ns`, or pcap time).
     pub ts_ns: u64,
+}
+
+impl<'a> Segment<'a> {
+    /// The same segment labelled the other way round (its sender taken as the other end).
+    pub fn reversed(&self) -> Segment<'a> {
+        Segment { key: self.key.reversed(), dir: self.dir.reverse(), ..*self }
+    }
 }
 
 /// Builds a key from a packet's addresses, given which end holds the monitored port.

@@ -1,6 +1,15 @@
 //! Flow reassembly: turns captured TCP [`Segment`]s into each connection's two ordered byte
 //! streams and hands them to a [`StreamSink`], with explicit gaps for bytes never seen.
 //!
+//! Who is the client: the capture labels each segment by ports alone (destination port
+//! monitored → towards the server, else source port monitored → towards the client), so a
+//! client whose own port is also monitored gets both directions labelled "towards the
+//! server". A connection is tracked under one key for both orientations of its 4-tuple
+//! and oriented once, when it opens: by its SYN (the sender of a SYN without ACK is the
+//! client, of a SYN-ACK the server), or for a connection picked up mid-stream by the
+//! capture's port rule as it labelled the first segment. Every later segment is turned
+//! to that orientation.
+//!
 //! Model, per connection and direction:
 //! - Sequence numbers map to 64-bit stream offsets. Offset 0 is the byte after the SYN
 //!   (ISN + 1) when the SYN or SYN-ACK was seen; for a connection already open when capture
@@ -518,9 +527,27 @@ impl Stream {
     }
 }
 
+/// `seg` as its SYN orients it: the sender of a SYN without ACK is the client, the sender
+/// of a SYN-ACK the server. Any other segment keeps the capture's label (the side whose
+/// port is monitored is the server; the destination's, when both are).
+fn syn_oriented<'a>(seg: &Segment<'a>) -> Segment<'a> {
+    let sender_is_client = match (seg.flags.syn, seg.flags.ack) {
+        (true, false) => true,
+        (true, true) => false,
+        (false, _) => return *seg,
+    };
+    if sender_is_client == (seg.dir == Direction::ToServer) {
+        *seg
+    } else {
+        seg.reversed()
+    }
+}
+
 /// One tracked connection.
 struct Flow {
     id: FlowId,
+    /// Its orientation: who is the client (see [`Reassembler`]).
+    key: FlowKey,
     /// `[ToServer, ToClient]`.
     streams: [Stream; 2],
     /// Latest segment timestamp seen.
@@ -528,9 +555,10 @@ struct Flow {
 }
 
 impl Flow {
-    fn new(id: FlowId, ts: u64) -> Self {
+    fn new(id: FlowId, key: FlowKey, ts: u64) -> Self {
         Self {
             id,
+            key,
             streams: [Stream::new(Direction::ToServer), Stream::new(Direction::ToClient)],
             last_ts: ts,
         }
@@ -545,19 +573,32 @@ impl Flow {
         }
     }
 
+    /// `seg` (of this connection, labelled either way) as this flow is oriented.
+    fn orient<'a>(&self, seg: &Segment<'a>) -> Segment<'a> {
+        if seg.key == self.key {
+            *seg
+        } else {
+            seg.reversed()
+        }
+    }
+
     fn both_fins_seen(&self) -> bool {
         self.streams.iter().all(|s| s.fin.is_some())
     }
 
-    /// Whether `seg` is a client SYN starting a new connection on this 4-tuple: its ISN
-    /// differs from this one's, or this one is already closing.
+    /// Whether `seg` (as this flow is oriented) is a SYN without ACK starting a new
+    /// connection on this 4-tuple: this one is already closing, or the SYN's ISN is not
+    /// its sender's here. From the server side (a new connection the other way round) an
+    /// unknown ISN counts only once this flow carried data, so that a simultaneous open
+    /// stays one connection.
     fn restarted_by(&self, seg: &Segment<'_>) -> bool {
-        let [to_server, _] = &self.streams;
-        seg.flags.syn
-            && !seg.flags.ack
-            && seg.dir == Direction::ToServer
-            && (to_server.base != Some(seg.seq.wrapping_add(1))
-                || self.streams.iter().any(|s| s.fin.is_some()))
+        let Some(own) = self.streams.get(seg.dir.index()) else { return false };
+        let new_isn = match (own.base, seg.dir) {
+            (Some(base), _) => base != seg.seq.wrapping_add(1),
+            (None, Direction::ToServer) => true,
+            (None, Direction::ToClient) => self.streams.iter().any(|s| s.next > 0 || !s.pending.is_empty()),
+        };
+        seg.flags.syn && !seg.flags.ack && (new_isn || self.streams.iter().any(|s| s.fin.is_some()))
     }
 
     /// Applies one segment; returns how the flow ends, if it does.
@@ -609,14 +650,16 @@ impl Flow {
 
 /// A slot of the flow table: a flow and its neighbours in the recency list.
 struct Slot {
+    /// The flow's [`FlowKey::unordered`] key.
     key: FlowKey,
     flow: Option<Flow>,
     prev: usize,
     next: usize,
 }
 
-/// Flows by key, threaded on a recency list (most recent at `head`) over a slab, so that
-/// touching a flow and finding the least recently active one are O(1) and allocation-free.
+/// Flows by [`FlowKey::unordered`] key, threaded on a recency list (most recent at `head`)
+/// over a slab, so that touching a flow and finding the least recently active one are O(1)
+/// and allocation-free.
 struct FlowTable {
     index: HashMap<FlowKey, usize>,
     slots: Vec<Slot>,
@@ -745,28 +788,33 @@ impl Reassembler {
     }
 
     /// Takes one captured segment, reporting resulting events to `sink`.
+    ///
+    /// The capture labels a segment by ports alone; here it takes the orientation of the
+    /// connection it belongs to, or for a new connection that of its SYN (see
+    /// [`syn_oriented`]).
     pub fn segment(&mut self, seg: &Segment<'_>, sink: &mut impl StreamSink) {
         let sink: &mut dyn StreamSink = sink;
         bump(&mut self.stats.segments, 1);
-        let slot = match self.table.find(&seg.key) {
+        let slot = match self.table.find(&seg.key.unordered()) {
             Some(slot) => match self.table.get(slot) {
-                Some(old) if old.restarted_by(seg) => {
+                Some(old) if old.restarted_by(&old.orient(seg)) => {
                     let closing =
                         if old.both_fins_seen() { Closing::Fin } else { Closing::Evicted };
                     self.close(slot, closing, seg.ts_ns, sink);
-                    self.open(seg, sink)
+                    self.open(&syn_oriented(seg), sink)
                 }
                 _ => slot,
             },
             None if seg.data.is_empty() && seg.skip == 0 && !seg.flags.syn => return,
-            None if self.phantom_syn(seg) => {
+            None if self.phantom_syn(&syn_oriented(seg)) => {
                 bump(&mut self.stats.phantom_syns, 1);
                 return;
             }
-            None => self.open(seg, sink),
+            None => self.open(&syn_oriented(seg), sink),
         };
         self.table.touch(slot);
         let Some(flow) = self.table.get_mut(slot) else { return };
+        let seg = &flow.orient(seg);
         flow.last_ts = flow.last_ts.max(seg.ts_ns);
         let mut out = Out { sink, stats: &mut self.stats, id: flow.id, ts: seg.ts_ns };
         if let Some(closing) = flow.apply(seg, &self.config, &mut out) {
@@ -816,13 +864,14 @@ impl Reassembler {
     /// The TCP sequence number of stream offset `offset` of `key` in `dir`, while that
     /// connection is tracked and the stream's start is known.
     pub fn seq_at(&self, key: &FlowKey, dir: Direction, offset: u64) -> Option<u32> {
-        let flow = self.table.get(self.table.find(key)?)?;
+        let flow = self.table.get(self.table.find(&key.unordered())?)?;
+        let dir = if flow.key == *key { dir } else { dir.reverse() };
         let base = flow.streams.get(dir.index())?.base?;
         Some(base.wrapping_add(offset as u32))
     }
 
-    /// Whether `seg` is a SYN (or SYN-ACK) repeating the ISN of the connection just closed
-    /// on its 4-tuple.
+    /// Whether `seg` (oriented by its SYN) is a SYN (or SYN-ACK) repeating the ISN of the
+    /// connection just closed on its 4-tuple.
     fn phantom_syn(&self, seg: &Segment<'_>) -> bool {
         seg.flags.syn
             && seg.data.is_empty()
@@ -858,16 +907,15 @@ impl Reassembler {
         let opening = if handshake { Opening::Handshake } else { Opening::MidStream };
         sink.open(id, &seg.key, opening, seg.ts_ns);
         bump(&mut self.stats.flows_opened, 1);
-        self.table.insert(seg.key, Flow::new(id, seg.ts_ns))
+        self.table.insert(seg.key.unordered(), Flow::new(id, seg.key, seg.ts_ns))
     }
 
     /// Flushes the flow in `slot`, closes it with `closing` and forgets it; false if there
     /// was no flow there.
     fn close(&mut self, slot: usize, closing: Closing, ts: u64, sink: &mut dyn StreamSink) -> bool {
-        let key = self.table.slots.get(slot).map(|s| s.key);
         let Some(mut flow) = self.table.remove(slot) else { return false };
-        if let (Some(key), Closing::Fin | Closing::Rst) = (key, closing) {
-            self.remember_closed(key, flow.streams.each_ref().map(|s| s.base));
+        if let Closing::Fin | Closing::Rst = closing {
+            self.remember_closed(flow.key, flow.streams.each_ref().map(|s| s.base));
         }
         let mut out = Out { sink, stats: &mut self.stats, id: flow.id, ts };
         for stream in &mut flow.streams {
@@ -890,6 +938,7 @@ mod tests {
     use super::*;
     use crate::flow::TcpFlags;
     use std::collections::HashMap;
+    use std::net::SocketAddr;
     use Direction::{ToClient, ToServer};
 
     /// One event as the sink saw it.
@@ -904,6 +953,7 @@ mod tests {
 
     /// Per-flow bookkeeping of the recording sink.
     struct FlowRec {
+        key: FlowKey,
         pos: [u64; 2],
         closed: Option<Closing>,
     }
@@ -986,9 +1036,9 @@ mod tests {
     }
 
     impl StreamSink for Rec {
-        fn open(&mut self, id: FlowId, _key: &FlowKey, opening: Opening, _ts: u64) {
+        fn open(&mut self, id: FlowId, key: &FlowKey, opening: Opening, _ts: u64) {
             assert!(!self.flows.contains_key(&id), "{id:?} opened twice");
-            self.flows.insert(id, FlowRec { pos: [0, 0], closed: None });
+            self.flows.insert(id, FlowRec { key: *key, pos: [0, 0], closed: None });
             self.events.push(Ev::Open(id, opening));
         }
         fn data(&mut self, id: FlowId, dir: Direction, offset: u64, data: &[u8], _ts: u64) {
@@ -1108,6 +1158,117 @@ mod tests {
         // A new ISN is a new connection.
         r.segment(&mk(ToServer, C + 100_000, None, "S", b""), &mut rec);
         assert_eq!((rec.opened().len(), r.open_flows()), (2, 1));
+    }
+
+    /// Ports both monitored; [`ends`] connects a client on the one to a server on the other.
+    const BOTH: [u16; 2] = [8001, 8002];
+
+    /// A client on 8002 and its server on 8001.
+    fn ends() -> (SocketAddr, SocketAddr) {
+        (([10, 0, 0, 1], 8002).into(), ([10, 0, 0, 2], 8001).into())
+    }
+
+    /// A segment from `src` to `dst` as the capture labels it (kernel program and replay)
+    /// with [`BOTH`] monitored: towards the server when the destination port is monitored,
+    /// else towards the client.
+    fn captured<'a>(
+        (src, dst): (SocketAddr, SocketAddr),
+        seq: u32,
+        ack: Option<u32>,
+        flags: &str,
+        data: &'a [u8],
+    ) -> Segment<'a> {
+        let dir = if BOTH.contains(&dst.port()) { ToServer } else { ToClient };
+        let key = crate::flow::key_for((src.ip(), src.port()), (dst.ip(), dst.port()), dir);
+        Segment { key, ..mk(dir, seq, ack, flags, data) }
+    }
+
+    /// A fresh reassembler fed `segs`.
+    fn fed(segs: &[Segment<'_>]) -> (Reassembler, Rec) {
+        let (mut r, mut rec) = (Reassembler::new(ReassemblyConfig::default()), Rec::default());
+        for seg in segs {
+            r.segment(seg, &mut rec);
+        }
+        (r, rec)
+    }
+
+    /// Ports 8001 and 8002 both monitored, and a client on 8002 connecting to 8001: the
+    /// capture labels both ways "towards the server" (each destination port is monitored).
+    /// The SYN's sender is the client: one connection, both streams, a clean close.
+    #[test]
+    fn direction_comes_from_the_syn_when_both_ports_are_monitored() {
+        let (a, b) = ends();
+        let (up, down) = ((a, b), (b, a));
+        let (req, resp) = (bytes(300), bytes(500));
+        let (r, rec) = fed(&[
+            captured(up, C, None, "S", b""),
+            captured(down, S, Some(C + 1), "S", b""),
+            captured(up, C + 1, Some(S + 1), "", b""),
+            captured(up, C + 1, Some(S + 1), "", &req),
+            captured(down, S + 1, Some(C + 301), "", &resp),
+            captured(up, C + 301, Some(S + 501), "F", b""),
+            captured(down, S + 501, Some(C + 302), "F", b""),
+            captured(up, C + 302, Some(S + 502), "", b""),
+        ]);
+        let id = rec.only_flow();
+        assert_eq!(rec.opened(), [(id, Opening::Handshake)]);
+        assert_eq!(rec.flows[&id].key, FlowKey { client: a, server: b });
+        assert_eq!((rec.data(id, ToServer), rec.data(id, ToClient)), (req, resp));
+        assert_eq!(rec.closes(), [(id, Closing::Fin)]);
+        let st = r.stats();
+        assert_eq!((st.gaps, st.bytes_lost, st.flows_closed, st.flows_evicted), (0, 0, 1, 0));
+        assert_eq!((st.bytes_client, st.bytes_server), (300, 500));
+        assert_eq!(r.open_flows(), 0);
+    }
+
+    /// The SYN-ACK alone (the SYN was not captured) also says who the server is. A
+    /// connection picked up mid-stream between two monitored ports is one flow for both
+    /// directions, oriented as the capture labelled its first segment.
+    #[test]
+    fn syn_ack_or_first_segment_orients_the_flow() {
+        let (a, b) = ends();
+        let get = captured((a, b), C + 1, Some(S + 1), "", b"GET");
+        let http = captured((b, a), S + 1, Some(C + 4), "", b"HTTP");
+        let syn_ack = captured((b, a), S, Some(C + 1), "S", b"");
+        for (segs, opening) in [(&[syn_ack, get, http][..], Opening::Handshake), (&[get, http][..], Opening::MidStream)] {
+            let (r, rec) = fed(segs);
+            let id = rec.only_flow();
+            assert_eq!(rec.opened(), [(id, opening)]);
+            assert_eq!(rec.flows[&id].key, FlowKey { client: a, server: b });
+            assert_eq!((rec.data(id, ToServer), rec.data(id, ToClient)), (b"GET".to_vec(), b"HTTP".to_vec()));
+            assert_eq!(r.stats().gaps, 0);
+        }
+    }
+
+    /// A connection picked up mid-stream between two monitored ports, oriented by the
+    /// capture's label the wrong way round: a SYN from its "server" with data already seen
+    /// is a new connection, opened the SYN's way.
+    #[test]
+    fn a_syn_the_other_way_round_starts_a_new_connection() {
+        let (a, b) = ends();
+        let (_, rec) = fed(&[
+            captured((b, a), 7000, Some(300), "", b"stale"),
+            captured((a, b), C, None, "S", b""),
+            captured((b, a), S, Some(C + 1), "S", b""),
+            captured((a, b), C + 1, Some(S + 1), "", b"GET"),
+        ]);
+        let opened = rec.opened();
+        assert_eq!(opened.len(), 2, "{opened:?}");
+        let (old, new) = (opened[0].0, opened[1].0);
+        assert_eq!(rec.flows[&old].key, FlowKey { client: b, server: a });
+        assert_eq!(rec.closes(), [(old, Closing::Evicted)]);
+        assert_eq!((opened[1].1, rec.flows[&new].key), (Opening::Handshake, FlowKey { client: a, server: b }));
+        assert_eq!(rec.data(new, ToServer), b"GET");
+
+        // Both ends sending a SYN (simultaneous open) stays one connection.
+        let (_, rec) = fed(&[
+            captured((a, b), C, None, "S", b""),
+            captured((b, a), S, None, "S", b""),
+            captured((a, b), C, Some(S + 1), "S", b""),
+            captured((a, b), C + 1, Some(S + 1), "", b"GET"),
+        ]);
+        let id = rec.only_flow();
+        assert_eq!((rec.flows[&id].key, rec.data(id, ToServer)), (FlowKey { client: a, server: b }, b"GET".to_vec()));
     }
 
     #[test]
