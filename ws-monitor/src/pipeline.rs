@@ -15,7 +15,7 @@
 //! ring going when CPUs are short. Live, a worker whose findings the driver does not take in time drops them and counts
 //! them; in replay (`lossless`) nothing is dropped (the driver takes findings as it goes).
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -205,9 +205,9 @@ impl Pipeline {
         let shard = if self.workers.len() == 1 {
             0
         } else {
-            let mut h = self.hasher.build_hasher();
-            seg.key.hash(&mut h);
-            (h.finish() % self.workers.len() as u64) as usize
+            // Both orientations of a 4-tuple go to one worker: the capture may label the
+            // two directions of a connection with keys the other way round.
+            (self.hasher.hash_one(seg.key.unordered()) % self.workers.len() as u64) as usize
         };
         let Some(worker) = self.workers.get_mut(shard) else { return };
         let b = &mut worker.batch;
@@ -558,6 +558,36 @@ mod tests {
             assert_eq!(ids.len(), 40);
             assert_eq!(p.findings_dropped(), 0);
         }
+    }
+
+    /// Clients on a monitored port: the capture labels both directions "towards the
+    /// server", with keys the other way round. They still meet in one worker, each
+    /// connection one flow that closes cleanly.
+    #[test]
+    fn both_labellings_of_a_connection_meet_in_one_worker() {
+        let mut p = Pipeline::start(3, ReassemblyConfig::default(), EngineConfig::default(), None, true).expect("start");
+        let n = 24u16;
+        for i in 0..n {
+            let a = SocketAddr::from((Ipv4Addr::new(10, 0, 0, 1), 8002 + i));
+            let b = SocketAddr::from((Ipv4Addr::new(10, 0, 0, 2), 8001));
+            let up = key_for((a.ip(), a.port()), (b.ip(), b.port()), Direction::ToServer);
+            let down = key_for((b.ip(), b.port()), (a.ip(), a.port()), Direction::ToServer);
+            let seg = |key, seq: u32, ack: u32, syn: bool, fin: bool, data: &[u8], p: &mut Pipeline| {
+                let flags = TcpFlags { syn, ack: ack != 0, fin, rst: false };
+                p.segment(&Segment { key, dir: Direction::ToServer, seq, ack, flags, data, skip: 0, ts_ns: 1 });
+            };
+            seg(up, 100, 0, true, false, &[], &mut p);
+            seg(down, 900, 101, true, false, &[], &mut p);
+            seg(up, 101, 901, false, false, b"ping", &mut p);
+            seg(down, 901, 105, false, false, b"pong!", &mut p);
+            seg(up, 105, 906, false, true, &[], &mut p);
+            seg(down, 906, 106, false, true, &[], &mut p);
+            seg(up, 106, 907, false, false, &[], &mut p);
+        }
+        p.finish(3);
+        let (r, n) = (p.totals().reassembly, u64::from(n));
+        assert_eq!((r.flows_opened, r.flows_closed, r.flows_evicted, r.flows_open_at_end), (n, n, 0, 0));
+        assert_eq!((r.gaps, r.bytes_lost, r.bytes_client, r.bytes_server), (0, 0, 4 * n, 5 * n));
     }
 
     #[test]
