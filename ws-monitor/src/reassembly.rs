@@ -362,7 +362,7 @@ impl Stream {
         let Some(off) = self.offset(seq) else {
             return true;
         };
-        let seen = self.pending.last_key_value().map_or(self.next, |(&at, p)| at + p.len() as u64);
+        let seen = self.pending.last_key_value().map_or(self.next, |(&at, p)| at + p.len());
         let far = seen.max(self.acked).max(self.fin.unwrap_or(0)) as i64;
         off >= (self.next as i64).min(far) && off <= far.saturating_add(RST_WINDOW)
     }

@@ -170,7 +170,7 @@ pub(crate) mod tests {
         let (mut scratch, mut budget, mut got) = ([0u8; SCRATCH], 100_000u64, 0usize);
         let r = inf.push(&z, false, &mut scratch, &mut budget, |o| got += o.len());
         assert_eq!(r, Err(Stop::Budget));
-        assert!(got <= 100_000 + SCRATCH && got >= 100_000, "{got}");
+        assert!((100_000..=100_000 + SCRATCH).contains(&got), "{got}");
         assert_eq!(budget, 0);
     }
 }
