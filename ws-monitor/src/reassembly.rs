@@ -790,8 +790,8 @@ impl Reassembler {
     /// Takes one captured segment, reporting resulting events to `sink`.
     ///
     /// The capture labels a segment by ports alone; here it takes the orientation of the
-    /// connection it belongs to, or for a new connection that of its SYN (see
-    /// [`syn_oriented`]).
+    /// connection it belongs to, or for a new connection that of its SYN (see the module
+    /// documentation).
     pub fn segment(&mut self, seg: &Segment<'_>, sink: &mut impl StreamSink) {
         let sink: &mut dyn StreamSink = sink;
         bump(&mut self.stats.segments, 1);

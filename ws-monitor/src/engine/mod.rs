@@ -16,34 +16,46 @@
 //!
 //! # Per connection
 //!
-//! * [`Opening::Handshake`]: the client stream must start with an HTTP request. A TLS
-//!   record instead → [`Kind::TlsOnPlainPort`]; a request without the upgrade headers →
-//!   [`Kind::UpgradeMissing`] and the connection is ignored from then on (plain HTTP);
-//!   garbage or a head over 16 KiB → ignored silently. The response is judged against the
-//!   request (accept key, extensions, subprotocol); interim 1xx responses are skipped; a
-//!   101 switches both directions to frame parsing right after the head, anything else
-//!   is [`Kind::HandshakeRejected`] and the connection is ignored. Bytes that arrive in
-//!   one direction before the other side's head was parsed are held (up to 64 KiB;
-//!   beyond that they count as a gap).
+//! * [`Opening::Handshake`]: the connection is followed as a loop of HTTP/1.1 exchanges
+//!   until a 101 switches it to frames. The client stream must start with an HTTP
+//!   request; a TLS record instead → [`Kind::TlsOnPlainPort`]. A request without any
+//!   WebSocket header is plain HTTP (counted in `http_requests`, not a violation); one
+//!   with some but without both upgrade tokens → [`Kind::UpgradeMissing`]. Bodies are
+//!   passed over by `Content-Length` or chunked framing ([`http`]) without being kept,
+//!   interim 1xx responses are skipped, and the next request on a keep-alive connection
+//!   is read the same way (a retry after a rejection is analysed). A head over 32 KiB or
+//!   256 fields → [`Kind::HandshakeTooLarge`] and the handshake counts as lost; bytes
+//!   that stop being HTTP end it silently (counted in `not_http`), and so, uncounted,
+//!   does a response body that runs to the end of the connection. The response to an upgrade request is judged
+//!   against it (accept key, extensions, subprotocol); a 101 switches both directions to
+//!   frame parsing right after the head, anything else is [`Kind::HandshakeRejected`].
+//!   Client bytes after an upgrade request that came before the server began to answer
+//!   are [`Kind::FrameBeforeUpgrade`] (after a 101 they are parsed as frames). Bytes that
+//!   arrive in one direction before the other side's head was parsed are held (up to
+//!   64 KiB; beyond that they count as a gap, which a body being passed over absorbs).
 //! * [`Opening::MidStream`], a gap during the handshake, or any loss of sync: see
 //!   [`resync`] for the resynchronisation rule and what is (not) reported meanwhile.
 //! * Frames: every header is checked ([`frame::check_header`]); fragmentation, close
-//!   state and text messages are tracked per direction; text is validated as UTF-8
-//!   incrementally (decompressing permessage-deflate messages, see [`inflate`]); close
-//!   bodies (≤ 125 bytes) are buffered and checked.
+//!   state and text messages are tracked per direction; a message's size over all its
+//!   fragments is checked against `max_message_size`; text is validated as UTF-8
+//!   incrementally; every compressed message is inflated ([`inflate`]) within a budget
+//!   per message (`max_message_size`) and per second (`max_inflate_rate`, the excess
+//!   counted in `inflate_skipped`), and data that does not inflate is
+//!   [`Kind::InvalidCompressedData`]; close bodies (≤ 125 bytes) are buffered and checked.
 //!
 //! # Counting
 //!
 //! Frame kinds once per offending frame (one frame may raise several kinds);
-//! `invalid_utf8_text` once per message; handshake kinds, `http_in_stream` and
-//! `tls_on_plain_port` once per connection. Counts are per direction of the bytes at
-//! fault (`upgrade_missing` and a bad request are the client's; the response kinds are
-//! the server's).
+//! `invalid_utf8_text`, `invalid_compressed_data` and `oversized_message` once per
+//! message; handshake kinds, `http_in_stream` and `tls_on_plain_port` once per
+//! connection. Counts are per direction of the bytes at fault (`upgrade_missing`, a bad
+//! request, `handshake_too_large` of a request and `frame_before_upgrade` are the
+//! client's; the response kinds are the server's).
 //!
 //! # What is deliberately not reported
 //!
 //! * Anything while a direction is unsynced or on probation after a resync.
-//! * `rsv_without_extension` / RSV1-on-continuation when the negotiation is unknown
+//! * `rsv_without_extension` / `rsv1_invalid` for RSV1 when the negotiation is unknown
 //!   (mid-stream, lost handshake) or an extension we do not understand was accepted.
 //! * UTF-8 of a message whose start was not seen, that lost bytes in a gap, or that is
 //!   compressed while we cannot decompress it (negotiation unknown, context lost).
