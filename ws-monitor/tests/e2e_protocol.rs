@@ -10,11 +10,18 @@
 //!   connection, handshake_rejected on the front connection, exactly.
 //! * A raw-socket violator commits every kind a known number of times; the report must
 //!   equal its expectations exactly (every kind, both directions, zeros included).
+//! * What production ports carry besides upgrades, exact and free of false alarms: nginx
+//!   with an upstream keep-alive pool (plain requests, a 403 and a session over one
+//!   upstream connection; the backend port reports what the front port does), HAProxy
+//!   health checks on the WebSocket port (counted as HTTP requests), socket.io's
+//!   polling-then-upgrade transport, a retry after a 401 on the same connection, and a
+//!   handshake with a 20 KB Cookie (aiohttp peers in http_peers.py).
 //! * In every test the replay of the pcap reports the same protocol counters (and the
 //!   same findings) as the live capture.
 //!
-//! The peers and the nginx configuration template are in tests/peers/; `cargo xtask setup
-//! --tests` installs what they need (nginx, tcpdump, websockets, ws).
+//! The peers and the nginx and HAProxy configuration templates are in tests/peers/; `cargo
+//! xtask setup --tests` installs what they need (nginx, haproxy, tcpdump, websockets,
+//! aiohttp, ws, socket.io).
 
 mod common;
 
@@ -270,23 +277,45 @@ fn last_json(stdout: &str, what: &str) -> Value {
         .unwrap_or_else(|| panic!("{what} printed no JSON object:\n{stdout}"))
 }
 
+/// What a test runs besides ws-monitor and tcpdump.
+#[derive(Clone, Copy, PartialEq)]
+enum Dep {
+    /// Python `websockets` (>= 13, asyncio API).
+    Websockets,
+    /// Python `aiohttp` (http_peers.py).
+    Aiohttp,
+    /// Node with `ws` in tests/peers/node_modules.
+    NodeWs,
+    /// Node with socket.io and its client in tests/peers/node_modules.
+    SocketIo,
+    Nginx,
+    Haproxy,
+}
+
 /// Fails with a pointer to the setup task when a test dependency is missing.
-fn require_deps(python_websockets: bool, node_ws: bool, nginx: bool) {
+fn require_deps(deps: &[Dep]) {
     let ok = |program: &str, args: &[&str]| {
         Command::new(program).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    };
+    let node = |packages: &[&str]| {
+        ok("node", &["--version"]) && packages.iter().all(|p| peer(&format!("node_modules/{p}/package.json")).is_file())
     };
     let mut missing = Vec::new();
     if !ok("tcpdump", &["--version"]) {
         missing.push("tcpdump");
     }
-    if python_websockets && !ok("python3", &["-c", "import websockets.asyncio.client"]) {
-        missing.push("python3 websockets (>= 13, asyncio API)");
-    }
-    if node_ws && !(ok("node", &["--version"]) && peer("node_modules/ws/package.json").is_file()) {
-        missing.push("node with ws in tests/peers/node_modules");
-    }
-    if nginx && !ok("nginx", &["-v"]) {
-        missing.push("nginx");
+    for dep in deps {
+        let (there, what) = match dep {
+            Dep::Websockets => (ok("python3", &["-c", "import websockets.asyncio.client"]), "python3 websockets (>= 13)"),
+            Dep::Aiohttp => (ok("python3", &["-c", "import aiohttp.web"]), "python3 aiohttp"),
+            Dep::NodeWs => (node(&["ws"]), "node with ws in tests/peers/node_modules"),
+            Dep::SocketIo => (node(&["socket.io", "socket.io-client"]), "node with socket.io in tests/peers/node_modules"),
+            Dep::Nginx => (ok("nginx", &["-v"]), "nginx"),
+            Dep::Haproxy => (ok("haproxy", &["-v"]), "haproxy"),
+        };
+        if !there {
+            missing.push(what);
+        }
     }
     assert!(missing.is_empty(), "missing test dependencies: {}; run `cargo xtask setup --tests`", missing.join(", "));
 }
@@ -581,8 +610,9 @@ const NODE: Peer = ("node", "ws_node.js");
 
 /// An echo server and a client (each `PYTHON` or `NODE`) talking over IPv4 and IPv6.
 fn library_pair(tag: &str, server_peer: Peer, client_peer: Peer, compression: &str) {
-    let uses = |p: Peer| server_peer == p || client_peer == p;
-    require_deps(uses(PYTHON), uses(NODE), false);
+    let deps: Vec<Dep> =
+        [(PYTHON, Dep::Websockets), (NODE, Dep::NodeWs)].into_iter().filter(|(p, _)| [server_peer, client_peer].contains(p)).map(|(_, d)| d).collect();
+    require_deps(&deps);
     let (client_ns, server_ns, veth) = common::veth_pair(tag);
     let dir = tempfile::tempdir().unwrap();
     let port = WS_PORT.to_string();
@@ -666,25 +696,66 @@ fn python_client_node_server_deflate_is_conformant() {
 const FRONT_PORT: u16 = 8080;
 const UPSTREAM_PORT: u16 = 9001;
 
+/// How nginx is set up in front of the upstream.
+#[derive(Clone, Copy, PartialEq)]
+enum Nginx {
+    /// `proxy_set_header Upgrade/Connection "upgrade"`: the usual WebSocket proxy.
+    Upgrade,
+    /// No Upgrade/Connection headers: the broken configuration.
+    NoUpgrade,
+    /// nginx's documented configuration for an upstream keep-alive pool: `map
+    /// $http_upgrade $connection_upgrade` (empty for plain requests, so their upstream
+    /// connection stays pooled) and `keepalive 4`.
+    KeepalivePool,
+}
+
 /// Writes the nginx configuration for a proxy on SERVER_V4:FRONT_PORT in front of the
 /// upstream at CLIENT_V4:UPSTREAM_PORT (in the client namespace, so that both the front
 /// and the upstream connection cross the monitored veth).
-fn nginx_config(prefix: &Path, upgrade_headers: bool) -> PathBuf {
+fn nginx_config(prefix: &Path, setup: Nginx) -> PathBuf {
     let template = std::fs::read_to_string(peer("nginx.conf.template")).expect("nginx template");
-    let headers = if upgrade_headers {
-        "            proxy_set_header Upgrade $http_upgrade;\n            proxy_set_header Connection \"upgrade\";"
+    let headers = match setup {
+        Nginx::Upgrade => {
+            "            proxy_set_header Upgrade $http_upgrade;\n            proxy_set_header Connection \"upgrade\";"
+        }
+        Nginx::NoUpgrade => "            # (no Upgrade / Connection headers: the broken configuration)",
+        Nginx::KeepalivePool => {
+            "            proxy_set_header Upgrade $http_upgrade;\n            proxy_set_header Connection $connection_upgrade;"
+        }
+    };
+    let (keepalive, map) = if setup == Nginx::KeepalivePool {
+        ("        keepalive 4;", "    map $http_upgrade $connection_upgrade {\n        default upgrade;\n        '' '';\n    }")
     } else {
-        "            # (no Upgrade / Connection headers: the broken configuration)"
+        ("", "")
     };
     let conf = template
         .replace("@PREFIX@", &prefix.display().to_string())
         .replace("@LISTEN@", &format!("{SERVER_V4}:{FRONT_PORT}"))
         .replace("@UPSTREAM@", &format!("{CLIENT_V4}:{UPSTREAM_PORT}"))
-        .replace("@UPGRADE_HEADERS@", headers);
-    for p in ["@PREFIX@", "@LISTEN@", "@UPSTREAM@", "@UPGRADE_HEADERS@"] {
+        .replace("@UPGRADE_HEADERS@", headers)
+        .replace("@KEEPALIVE@", keepalive)
+        .replace("@MAP@", map);
+    for p in ["@PREFIX@", "@LISTEN@", "@UPSTREAM@", "@UPGRADE_HEADERS@", "@KEEPALIVE@", "@MAP@"] {
         assert!(template.contains(p) && !conf.contains(p), "nginx template: placeholder {p}");
     }
     let path = prefix.join("nginx.conf");
+    std::fs::write(&path, conf).unwrap();
+    path
+}
+
+/// Writes the HAProxy configuration: SERVER_V4:FRONT_PORT in front of CLIENT_V4:UPSTREAM_PORT,
+/// health-checked with `GET /health` every 100 ms.
+fn haproxy_config(dir: &Path) -> PathBuf {
+    let template = std::fs::read_to_string(peer("haproxy.cfg.template")).expect("haproxy template");
+    let conf = template
+        .replace("@PREFIX@", &dir.display().to_string())
+        .replace("@LISTEN@", &format!("{SERVER_V4}:{FRONT_PORT}"))
+        .replace("@UPSTREAM@", &format!("{CLIENT_V4}:{UPSTREAM_PORT}"))
+        .replace("@INTER@", "100ms");
+    for p in ["@PREFIX@", "@LISTEN@", "@UPSTREAM@", "@INTER@"] {
+        assert!(template.contains(p) && !conf.contains(p), "haproxy template: placeholder {p}");
+    }
+    let path = dir.join("haproxy.cfg");
     std::fs::write(&path, conf).unwrap();
     path
 }
@@ -713,12 +784,12 @@ struct ProxyRun {
 /// Python websockets behind nginx: the client (client namespace) connects to nginx (server
 /// namespace), which proxies to the upstream echo server (client namespace).
 fn through_nginx(tag: &str, upgrade_headers: bool, connections: u64) -> ProxyRun {
-    require_deps(true, false, true);
+    require_deps(&[Dep::Websockets, Dep::Nginx]);
     let (client_ns, server_ns, veth) = common::veth_pair(tag);
     let dir = tempfile::tempdir().unwrap();
     let prefix = dir.path().join("nginx");
     std::fs::create_dir(&prefix).unwrap();
-    let conf = nginx_config(&prefix, upgrade_headers);
+    let conf = nginx_config(&prefix, if upgrade_headers { Nginx::Upgrade } else { Nginx::NoUpgrade });
 
     let mut upstream = client_ns.command("python3");
     upstream.arg(peer("ws_python.py")).args([
@@ -838,7 +909,7 @@ fn violator_commits_every_kind_and_is_counted_exactly() {
     if !common::require_root("violator_commits_every_kind_and_is_counted_exactly") {
         return;
     }
-    require_deps(false, false, false);
+    require_deps(&[]);
     let (client_ns, server_ns, veth) = common::veth_pair("vio");
     let dir = tempfile::tempdir().unwrap();
     let port = WS_PORT.to_string();
@@ -904,4 +975,231 @@ fn violator_commits_every_kind_and_is_counted_exactly() {
         assert_eq!(r["http_requests"], expected["http_requests"], "{ctx}: plain HTTP requests");
         assert_eq!(r["not_http"], 0, "{ctx}: not_http");
     }
+}
+
+// ----- production traffic: plain HTTP beside WebSocket on one port ----------------------------
+
+/// What a run must report, live and in replay: findings by direction (every other kind
+/// 0), and `sessions` good upgrades, each with the frames of the peers' script and a
+/// close with 1000 each way.
+struct Expected<'a> {
+    client: &'a [(&'a str, u64)],
+    server: &'a [(&'a str, u64)],
+    frames_per_session: &'a Value,
+    sessions: u64,
+}
+
+impl<'a> Expected<'a> {
+    /// `sessions` sessions of the script `summary` describes, and no finding.
+    fn sessions(summary: &'a Value, sessions: u64) -> Expected<'a> {
+        Expected { client: &[], server: &[], frames_per_session: &summary["frames_per_session"], sessions }
+    }
+}
+
+fn assert_exact(tag: &str, reports: &Reports, want: &Expected<'_>) {
+    let kinds = |list: &[(&str, u64)]| {
+        let mut v = zero_kinds();
+        for (k, n) in list {
+            assert!(v.get(*k).is_some(), "{tag}: {k} is not a kind");
+            v[*k] = json!(n);
+        }
+        v
+    };
+    let (client, server) = (kinds(want.client), kinds(want.server));
+    let mut total = zero_kinds();
+    for k in KINDS {
+        total[k] = json!(client[k].as_u64().unwrap_or(0) + server[k].as_u64().unwrap_or(0));
+    }
+    for (name, r) in [("live", &reports.live), ("replay", &reports.replay)] {
+        let ctx = format!("{tag} {name}: {}", protocol_view(r));
+        assert_eq!(r["violations_by_direction"]["client"], client, "{ctx}\nclient side");
+        assert_eq!(r["violations_by_direction"]["server"], server, "{ctx}\nserver side");
+        assert_eq!(r["violations"], total, "{ctx}");
+        assert_eq!(r["upgrades_ok"], want.sessions, "{ctx}\nupgrades");
+        for side in ["client", "server"] {
+            assert_eq!(r["frames"][side], times(&want.frames_per_session[side], want.sessions), "{ctx}\n{side} frames");
+        }
+        assert_eq!(r["close_codes"], json!({"1000": 2 * want.sessions}), "{ctx}\nclose codes");
+    }
+}
+
+/// Plain HTTP requests counted on `port` (live; the replay reports the same).
+fn http_requests(reports: &Reports, port: u16) -> u64 {
+    reports.live["http_requests"][port.to_string()].as_u64().unwrap_or(0)
+}
+
+/// The aiohttp server of tests/peers/http_peers.py on `port` in `ns`.
+fn aiohttp_server(ns: &Netns, port: u16, extra: &[&str]) -> Proc {
+    let mut server = ns.command("python3");
+    server.arg(peer("http_peers.py")).args(["server", "--port", &port.to_string()]).args(extra);
+    let mut server = Proc::spawn(server, "http_peers.py server");
+    server.wait_line("listening", false);
+    server
+}
+
+/// A scenario of http_peers.py's client against `host:port`; its JSON summary.
+fn aiohttp_client(ns: &Netns, host: &str, port: u16, scenario: &str) -> Value {
+    let mut client = ns.command("python3");
+    client.arg(peer("http_peers.py")).args(["client", "--host", host, "--port", &port.to_string(), "--scenario", scenario]);
+    let out = Proc::spawn(client, &format!("http_peers.py client {scenario}")).finish_ok(PEER_RUN);
+    last_json(&out.stdout, "http_peers.py client")
+}
+
+/// The client ports the aiohttp server saw each request come from ("request PATH from PORT").
+fn request_ports(server: &mut Proc) -> Vec<(String, u64)> {
+    server.signal(libc::SIGTERM);
+    let out = server.finish(STOP);
+    out.stdout
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("request ")?;
+            let (path, port) = rest.split_once(" from ")?;
+            Some((path.to_string(), port.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn nginx_keepalive_pool_is_exact_on_the_backend_port() {
+    if !common::require_root("nginx_keepalive_pool_is_exact_on_the_backend_port") {
+        return;
+    }
+    require_deps(&[Dep::Aiohttp, Dep::Nginx]);
+    let tag = "nka";
+    let (client_ns, server_ns, veth) = common::veth_pair(tag);
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("nginx");
+    std::fs::create_dir(&prefix).unwrap();
+    let conf = nginx_config(&prefix, Nginx::KeepalivePool);
+    let mut upstream = aiohttp_server(&client_ns, UPSTREAM_PORT, &[]);
+    let mut nginx = server_ns.command("nginx");
+    nginx.arg("-p").arg(&prefix).arg("-c").arg(&conf).arg("-e").arg(prefix.join("error.log"));
+    nginx.args(["-g", "daemon off;"]);
+    let mut nginx = Proc::spawn(nginx, "nginx");
+    wait_listening(&server_ns, FRONT_PORT, &mut nginx);
+
+    let cap = start_capture(&server_ns, &veth, &[FRONT_PORT, UPSTREAM_PORT], &[], dir.path());
+    // GET /index, POST /submit, an upgrade refused for its Origin (403), an upgrade that
+    // succeeds: on the front one kept-alive connection, and nginx reuses its pooled
+    // upstream connection for all four.
+    let summary = aiohttp_client(&client_ns, SERVER_V4, FRONT_PORT, "keepalive");
+    let reports = stop_capture(cap, tag);
+    assert!(nginx.running(), "nginx died: {}", std::fs::read_to_string(prefix.join("error.log")).unwrap_or_default());
+    drop(nginx);
+    let seen = request_ports(&mut upstream);
+    assert_eq!(summary["reject_statuses"], json!([403]), "{tag}: the Origin check refused one upgrade");
+    assert_eq!(seen.len(), 4, "{tag}: the upstream saw every request: {seen:?}");
+    assert!(seen.iter().all(|(_, p)| *p == seen[0].1), "{tag}: nginx sent them over one pooled connection: {seen:?}");
+
+    // Front and backend alike: one refusal each, one full session each, nothing else.
+    assert_exact(tag, &reports, &Expected { server: &[("handshake_rejected", 2)], ..Expected::sessions(&summary, 2) });
+    for port in [FRONT_PORT, UPSTREAM_PORT] {
+        assert_eq!(http_requests(&reports, port), 2, "{tag}: GET /index and POST /submit on port {port}");
+    }
+    let mut rejected: Vec<&str> =
+        reports.live_events.iter().map(|e| e["connection"]["server"].as_str().unwrap_or_default()).collect();
+    rejected.sort_unstable();
+    let (front, back) = (format!("{SERVER_V4}:{FRONT_PORT}"), format!("{CLIENT_V4}:{UPSTREAM_PORT}"));
+    assert_eq!(rejected, [back.as_str(), front.as_str()], "{tag}: one refusal on each hop");
+}
+
+#[test]
+fn haproxy_health_checks_on_the_websocket_port_are_counted_not_reported() {
+    if !common::require_root("haproxy_health_checks_on_the_websocket_port_are_counted_not_reported") {
+        return;
+    }
+    require_deps(&[Dep::Aiohttp, Dep::Haproxy]);
+    let tag = "hap";
+    let (client_ns, server_ns, veth) = common::veth_pair(tag);
+    let dir = tempfile::tempdir().unwrap();
+    let conf = haproxy_config(dir.path());
+    let _upstream = aiohttp_server(&client_ns, UPSTREAM_PORT, &[]);
+    let cap = start_capture(&server_ns, &veth, &[FRONT_PORT, UPSTREAM_PORT], &[], dir.path());
+    let mut haproxy = server_ns.command("haproxy");
+    haproxy.arg("-f").arg(&conf).arg("-db");
+    let mut haproxy = Proc::spawn(haproxy, "haproxy");
+    wait_listening(&server_ns, FRONT_PORT, &mut haproxy);
+    // Health checks every 100 ms meanwhile.
+    std::thread::sleep(Duration::from_millis(1500));
+    let summary = aiohttp_client(&client_ns, SERVER_V4, FRONT_PORT, "session");
+    std::thread::sleep(Duration::from_millis(300));
+    // No check after this, so the monitor and tcpdump see the same traffic to the end.
+    assert!(haproxy.running(), "haproxy died during the test");
+    drop(haproxy);
+    let reports = stop_capture(cap, tag);
+    assert_exact(tag, &reports, &Expected::sessions(&summary, 2));
+    let checks = http_requests(&reports, UPSTREAM_PORT);
+    assert!(checks >= 10, "{tag}: health checks counted as HTTP requests on the backend port: {}", reports.live);
+    assert_eq!(http_requests(&reports, FRONT_PORT), 0, "{tag}: no plain request on the front port");
+}
+
+#[test]
+fn socketio_polling_then_upgrade_is_conformant() {
+    if !common::require_root("socketio_polling_then_upgrade_is_conformant") {
+        return;
+    }
+    require_deps(&[Dep::SocketIo]);
+    let tag = "sio";
+    let (client_ns, server_ns, veth) = common::veth_pair(tag);
+    let dir = tempfile::tempdir().unwrap();
+    let port = WS_PORT.to_string();
+    let mut server = server_ns.command("node");
+    server.arg(peer("socketio_peer.js")).args(["server", "--port", &port, "--expect", "1"]);
+    let mut server = Proc::spawn(server, "socketio_peer.js server");
+    server.wait_line("listening", false);
+    let cap = start_capture(&server_ns, &veth, &[WS_PORT], &[], dir.path());
+    let mut client = client_ns.command("node");
+    client.arg(peer("socketio_peer.js")).args(["client", "--host", SERVER_V4, "--port", &port, "--events", "20"]);
+    let out = Proc::spawn(client, "socketio_peer.js client").finish_ok(PEER_RUN);
+    let summary = last_json(&out.stdout, "socket.io client");
+    server.finish_ok(STOP);
+    let reports = stop_capture(cap, tag);
+    assert_eq!(summary["transport"], "websocket", "{tag}: the client upgraded: {summary}");
+    for (name, r) in [("live", &reports.live), ("replay", &reports.replay)] {
+        let ctx = format!("{tag} {name}: {}", protocol_view(r));
+        assert_eq!(r["violations"], zero_kinds(), "{ctx}\nsocket.io's default transport is healthy traffic");
+        assert_eq!(r["upgrades_ok"], 1, "{ctx}");
+        // Probe, upgrade, 20 events and their acknowledgements, at the least.
+        for side in ["client", "server"] {
+            assert!(r["frames"][side]["text"].as_u64().unwrap_or(0) >= 21, "{ctx}\n{side} text frames");
+        }
+    }
+    assert!(http_requests(&reports, WS_PORT) >= 2, "{tag}: the polling requests are counted: {}", reports.live);
+}
+
+#[test]
+fn retry_after_401_on_one_connection_is_one_rejection_and_a_full_session() {
+    if !common::require_root("retry_after_401_on_one_connection_is_one_rejection_and_a_full_session") {
+        return;
+    }
+    require_deps(&[Dep::Aiohttp]);
+    let tag = "401";
+    let (client_ns, server_ns, veth) = common::veth_pair(tag);
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = aiohttp_server(&server_ns, WS_PORT, &[]);
+    let cap = start_capture(&server_ns, &veth, &[WS_PORT], &[], dir.path());
+    let summary = aiohttp_client(&client_ns, SERVER_V4, WS_PORT, "retry401");
+    let reports = stop_capture(cap, tag);
+    let seen = request_ports(&mut server);
+    assert_eq!(summary["reject_statuses"], json!([401]), "{tag}");
+    assert!(seen.len() == 2 && seen[0].1 == seen[1].1, "{tag}: both upgrades on one connection: {seen:?}");
+    assert_exact(tag, &reports, &Expected { server: &[("handshake_rejected", 1)], ..Expected::sessions(&summary, 1) });
+    assert_eq!(reports.live["connections"], 1, "{tag}: one connection");
+}
+
+#[test]
+fn browser_sized_handshake_with_a_20kb_cookie_is_analysed() {
+    if !common::require_root("browser_sized_handshake_with_a_20kb_cookie_is_analysed") {
+        return;
+    }
+    require_deps(&[Dep::Aiohttp]);
+    let tag = "ck";
+    let (client_ns, server_ns, veth) = common::veth_pair(tag);
+    let dir = tempfile::tempdir().unwrap();
+    let _server = aiohttp_server(&server_ns, WS_PORT, &["--max-field-size", "65536"]);
+    let cap = start_capture(&server_ns, &veth, &[WS_PORT], &[], dir.path());
+    let summary = aiohttp_client(&client_ns, SERVER_V4, WS_PORT, "bigcookie");
+    let reports = stop_capture(cap, tag);
+    assert!(summary["cookie_bytes"].as_u64().unwrap_or(0) > 20_000, "{tag}: {summary}");
+    assert_exact(tag, &reports, &Expected::sessions(&summary, 1));
 }

@@ -4,7 +4,8 @@
 //! Debian's `rustc-web` with its prebuilt `core` for `bpfel-unknown-none` (so no
 //! `-Z build-std` and no `rust-src`), LLVM 22, and `bpf-linker` 0.13 built against it.
 //! `setup --tests` adds what the test suite runs: Debian packages (TEST_PACKAGES), the
-//! Python `websockets` library (pip) and the Node `ws` library (`npm ci` in the peers dir).
+//! Python `websockets` and `aiohttp` libraries (pip) and the Node `ws` and socket.io
+//! libraries (`npm ci` in the peers dir).
 //! `kernels` tests ws-monitor on Debian's 5.10, 6.1 and 6.12 kernels under QEMU and on the
 //! host kernel (see kernels.rs).
 
@@ -28,13 +29,30 @@ const TOOLCHAIN_PACKAGES: &[&str] = &[
 /// What the tests need on top: network namespaces and veth (iproute2), BPF inspection,
 /// python for the traffic peers, a terminal for the dashboard test, and for the protocol
 /// tests (tests/e2e_protocol.rs) nginx as a reverse proxy, tcpdump to record the pcap that
-/// is replayed, pip for the `websockets` peer and Node.js for the `ws` peer.
-const TEST_PACKAGES: &[&str] =
-    &["iproute2", "bpftool", "python3", "python3-pip", "procps", "util-linux", "nginx", "tcpdump", "nodejs", "tmux"];
+/// is replayed, pip for the `websockets` and `aiohttp` peers, Node.js for the `ws` and
+/// socket.io peers, and HAProxy as a health-checking load balancer.
+const TEST_PACKAGES: &[&str] = &[
+    "iproute2",
+    "bpftool",
+    "python3",
+    "python3-pip",
+    "procps",
+    "util-linux",
+    "nginx",
+    "haproxy",
+    "tcpdump",
+    "nodejs",
+    "tmux",
+];
 /// What `bench` needs on top: tshark, the reference the replay is measured against.
 const BENCH_PACKAGES: &[&str] = &["tshark"];
-/// The Python WebSocket library of the protocol-test peers (its asyncio API is from 13.0 on).
-const PY_WEBSOCKETS: &str = "websockets==14.2";
+/// The Python libraries of the protocol-test peers, each with a module that proves it is
+/// there (websockets' asyncio API is from 13.0 on; aiohttp serves HTTP and WebSocket on
+/// one port).
+const PY_PACKAGES: &[(&str, &str)] =
+    &[("websockets==14.2", "websockets.asyncio.client"), ("aiohttp==3.12.15", "aiohttp.web")];
+/// Node packages the peers need (package-lock.json pins them); any missing → `npm ci`.
+const NODE_PACKAGES: &[&str] = &["ws", "socket.io", "socket.io-client"];
 /// Where the Node.js peers live (package.json and package-lock.json pin `ws`).
 const NODE_PEERS_DIR: &str = "ws-monitor/tests/peers";
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -243,15 +261,18 @@ fn setup(tests: bool, extra: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The WebSocket libraries of the protocol-test peers: Python `websockets` (pip) and Node
-/// `ws` (npm ci from the committed lock file), each installed only when missing.
+/// The libraries of the protocol-test peers: Python `websockets` and `aiohttp` (pip) and
+/// Node `ws` and socket.io (npm ci from the committed lock file), installed only when missing.
 fn setup_peer_libraries() -> anyhow::Result<()> {
-    if succeeds("python3", &["-c", "import websockets.asyncio.client"]) {
-        step("python websockets: present");
-    } else {
-        step(&format!("installing python {PY_WEBSOCKETS} with pip"));
+    for (package, module) in PY_PACKAGES {
+        let import = format!("import {module}");
+        if succeeds("python3", &["-c", &import]) {
+            step(&format!("python {package}: present"));
+            continue;
+        }
+        step(&format!("installing python {package} with pip"));
         let pip = |extra: &[&str]| -> anyhow::Result<std::process::Output> {
-            let mut args = vec!["-m", "pip", "install", "--quiet", PY_WEBSOCKETS];
+            let mut args = vec!["-m", "pip", "install", "--quiet", package];
             args.extend_from_slice(extra);
             Command::new("python3").args(&args).output().context("running python3 -m pip")
         };
@@ -261,33 +282,29 @@ fn setup_peer_libraries() -> anyhow::Result<()> {
             out = pip(&["--break-system-packages"])?;
         }
         if !out.status.success() {
-            bail!(
-                "python3 -m pip install {PY_WEBSOCKETS} failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+            bail!("python3 -m pip install {package} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
         }
-        if !succeeds("python3", &["-c", "import websockets.asyncio.client"]) {
-            bail!("{PY_WEBSOCKETS} was installed but python3 cannot import websockets.asyncio; is python3 the same interpreter pip used?");
+        if !succeeds("python3", &["-c", &import]) {
+            bail!("{package} was installed but python3 cannot import {module}; is python3 the same interpreter pip used?");
         }
     }
     let peers = workspace_root().join(NODE_PEERS_DIR);
-    if peers.join("node_modules/ws/package.json").is_file() {
-        step("node ws: present");
+    if NODE_PACKAGES.iter().all(|p| peers.join("node_modules").join(p).join("package.json").is_file()) {
+        step(&format!("node {}: present", NODE_PACKAGES.join(", ")));
     } else {
         if !succeeds("npm", &["--version"]) {
             step("installing Debian package npm");
             run_root("apt-get", &["install", "-y", "-q", "--no-install-recommends", "npm"])
                 .context("apt-get install npm failed; install Node.js with npm")?;
         }
-        step(&format!("installing node ws with npm ci in {}", peers.display()));
+        step(&format!("installing node {} with npm ci in {}", NODE_PACKAGES.join(", "), peers.display()));
         let status = Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund"])
             .current_dir(&peers)
             .status()
             .context("running npm ci")?;
         if !status.success() {
-            bail!("npm ci in {} failed ({status}); package-lock.json pins ws", peers.display());
+            bail!("npm ci in {} failed ({status}); package-lock.json pins the peers' packages", peers.display());
         }
     }
     Ok(())
