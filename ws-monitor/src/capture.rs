@@ -12,6 +12,7 @@
 
 use std::ffi::CString;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{bail, Context as _};
@@ -31,6 +32,7 @@ use crate::clsact::{Hook, Rtnl, FILTER_HANDLE};
 use crate::engine::{Hint, OpenMessage, Steer};
 use crate::flow::{key_for, Direction, FlowKey, Segment, TcpFlags};
 use crate::liveness::{self, Heartbeat, Owner};
+use crate::privileges;
 
 /// The kernel program, built by `build.rs` and embedded in this binary (public for the
 /// program tests, which load it directly).
@@ -124,9 +126,12 @@ pub struct Capture {
     anchors: HashMap<MapData, FlowDir, Anchor>,
     pub steer_stats: SteerStats,
     pub attachment: Attachment,
+    /// The interface attached to, by name and index.
+    iface: String,
+    ifindex: u32,
     // Dropped in this order: the heartbeat stops, then the programs and their links go,
     // then the qdisc they hung on.
-    _heartbeat: Heartbeat,
+    heartbeat: Heartbeat,
     _ebpf: Ebpf,
     _qdisc: Option<OwnedQdisc>,
 }
@@ -210,6 +215,8 @@ impl Capture {
             flows,
             anchors,
             steer_stats: SteerStats { enabled: config.header_only, ..SteerStats::default() },
+            iface: config.iface.clone(),
+            ifindex,
             attachment: Attachment {
                 mode,
                 hooks: hooks.iter().map(|h| h.2.name()).collect(),
@@ -217,7 +224,7 @@ impl Capture {
                 stale_filters_removed: sweep.removed,
                 others_running: sweep.running,
             },
-            _heartbeat: heartbeat,
+            heartbeat,
             _ebpf: ebpf,
             _qdisc: qdisc,
         })
@@ -277,6 +284,20 @@ impl Capture {
         }
     }
 
+    /// Gives up what attaching needed (see [`privileges`]), then starts the heartbeat's
+    /// thread. Call it before any other thread of the process starts.
+    pub fn release(&mut self, user: Option<String>, seccomp: bool) -> anyhow::Result<privileges::Dropped> {
+        let plan = privileges::Plan { netlink: self.attachment.mode == AttachMode::Netlink, user, seccomp };
+        let dropped = privileges::drop_after_attach(&plan, || self.counters().is_ok())?;
+        self.heartbeat.keep_beating()?;
+        Ok(dropped)
+    }
+
+    /// Whether the interface the programs hang on is still there, and up.
+    pub fn link_state(&self) -> LinkState {
+        link_state(&self.iface, self.ifindex)
+    }
+
     /// Kernel counters summed over all CPUs.
     pub fn counters(&self) -> anyhow::Result<KernelCounters> {
         let mut out = KernelCounters::default();
@@ -289,6 +310,62 @@ impl Capture {
         }
         Ok(out)
     }
+}
+
+/// The state of the interface a capture is attached to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkState {
+    Up,
+    /// Administratively down: no packet passes, so nothing is captured.
+    Down,
+    /// No interface of that name has the index attached to any more: deleted, renamed or
+    /// moved to another network namespace. The programs went with it.
+    Gone,
+}
+
+fn link_state(iface: &str, ifindex: u32) -> LinkState {
+    let Ok(name) = CString::new(iface) else { return LinkState::Gone };
+    // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
+    if unsafe { libc::if_nametoindex(name.as_ptr()) } != ifindex {
+        return LinkState::Gone;
+    }
+    match link_flags(iface) {
+        Some(flags) if flags & libc::IFF_UP == 0 => LinkState::Down,
+        _ => LinkState::Up,
+    }
+}
+
+/// Whether an interface has this index (in this process's network namespace).
+fn index_exists(ifindex: u32) -> bool {
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `name` has room for IF_NAMESIZE bytes, as if_indextoname requires.
+    !unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) }.is_null()
+}
+
+/// The interface's flags (`SIOCGIFFLAGS`, in this process's network namespace).
+fn link_flags(iface: &str) -> Option<libc::c_int> {
+    // SAFETY: socket() has no preconditions; the descriptor is owned (and closed) below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is a descriptor this function just opened and nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: an all-zero ifreq is a valid value (an empty name, zero flags).
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    if iface.len() >= req.ifr_name.len() {
+        return None;
+    }
+    for (dst, src) in req.ifr_name.iter_mut().zip(iface.as_bytes()) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads the NUL-terminated ifr_name of `req` and writes its
+    // flags; `req` outlives the call.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        return None;
+    }
+    // SAFETY: SIOCGIFFLAGS has just written the flags member of the union.
+    Some(libc::c_int::from(unsafe { req.ifr_ifru.ifru_flags }))
 }
 
 /// Records read in one go before the other work of the loop (ticks, keys, redraws) gets
@@ -565,8 +642,8 @@ impl OwnedQdisc {
 
 impl Drop for OwnedQdisc {
     fn drop(&mut self) {
-        if !self.owned {
-            return;
+        if !self.owned || !index_exists(self.ifindex) {
+            return; // an interface that is gone took its qdisc with it
         }
         let result = Rtnl::open().map_err(anyhow::Error::from).and_then(|mut rtnl| self.remove_if_unused(&mut rtnl));
         if let Err(e) = result {

@@ -39,8 +39,26 @@ pub struct Cli {
     #[arg(long)]
     pub full_payload: bool,
 
+    #[command(flatten)]
+    pub privileges: PrivilegeArgs,
+
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// What a live capture keeps once attached (it drops every capability it no longer
+/// needs, and sets NoNewPrivs, in any case).
+#[derive(Debug, Clone, clap::Args)]
+pub struct PrivilegeArgs {
+    /// After attaching, run as this user (name or uid) and its primary group. Files that
+    /// are created later (--streams-dir) must be writable by it.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+
+    /// Leave out the system-call filter installed after attaching (for debugging: an
+    /// operation the filter refuses fails with EPERM).
+    #[arg(long)]
+    pub no_seccomp: bool,
 }
 
 /// Options shared by every mode.
@@ -158,6 +176,9 @@ pub struct DemoArgs {
     /// Copy every payload byte to userspace instead of walking frame headers in the kernel.
     #[arg(long)]
     pub full_payload: bool,
+
+    #[command(flatten)]
+    pub privileges: PrivilegeArgs,
 
     #[command(flatten)]
     pub run: RunArgs,

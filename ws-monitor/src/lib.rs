@@ -4,7 +4,8 @@
 //! [`capture`] (kernel ring buffer) → [`flow::Segment`] → [`reassembly`] →
 //! [`flow::StreamSink`] → [`engine`] → findings → outputs ([`report`], [`streams`]).
 //! [`monitor`] wires the stages together; [`pipeline`] runs monitors on worker threads,
-//! sharded by connection, for live capture and replay alike.
+//! sharded by connection, for live capture and replay alike. Once attached, a live
+//! capture gives up what attaching needed ([`privileges`]).
 
 pub mod capture;
 pub mod clsact;
@@ -18,6 +19,7 @@ pub mod liveness;
 pub mod logs;
 pub mod monitor;
 pub mod pipeline;
+pub mod privileges;
 pub mod prometheus;
 pub mod reassembly;
 pub mod replay;

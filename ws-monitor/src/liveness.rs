@@ -100,18 +100,29 @@ pub fn of_program(prog_id: u32) -> anyhow::Result<Option<Liveness>> {
     Ok(None)
 }
 
-/// Refreshes the heartbeat once a second until dropped.
+/// The heartbeat: written once at [`Heartbeat::start`], then refreshed once a second by
+/// a thread of its own ([`Heartbeat::keep_beating`]) until dropped.
 pub struct Heartbeat {
+    /// The map and value until the thread takes them.
+    waiting: Option<(Array<MapData, Liveness>, Liveness)>,
     stop: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Heartbeat {
-    /// Writes `value` now (so the program is alive from its first packet) and keeps its
-    /// heartbeat fresh from a thread of its own, so a busy main loop cannot starve it.
+    /// Writes `value` now, so the program is alive from its first packet; it stays so for
+    /// [`ORPHAN_AFTER_NS`] unless [`Heartbeat::keep_beating`] refreshes it.
     pub fn start(mut map: Array<MapData, Liveness>, mut value: Liveness) -> anyhow::Result<Heartbeat> {
         value.heartbeat_ns = monotonic_ns();
         map.set(0, value, 0).context("writing the LIVENESS map")?;
+        Ok(Heartbeat { waiting: Some((map, value)), stop: None, thread: None })
+    }
+
+    /// Refreshes the heartbeat every second from a thread of its own, so a busy main loop
+    /// cannot starve it. Started once the process has dropped its privileges, so that
+    /// the thread has no more of them than the process keeps.
+    pub fn keep_beating(&mut self) -> anyhow::Result<()> {
+        let Some((mut map, mut value)) = self.waiting.take() else { return Ok(()) };
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("heartbeat".into())
@@ -129,7 +140,8 @@ impl Heartbeat {
                 }
             })
             .context("starting the heartbeat thread")?;
-        Ok(Heartbeat { stop: Some(stop), thread: Some(thread) })
+        (self.stop, self.thread) = (Some(stop), Some(thread));
+        Ok(())
     }
 }
 

@@ -7,8 +7,8 @@ use clap::{CommandFactory as _, Parser as _};
 use futures_util::StreamExt as _;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::Instant;
-use ws_monitor::capture::{self, Capture, CaptureConfig};
-use ws_monitor::cli::{Cli, Command, DemoArgs, ReplayArgs, RunArgs};
+use ws_monitor::capture::{self, Capture, CaptureConfig, LinkState};
+use ws_monitor::cli::{Cli, Command, DemoArgs, PrivilegeArgs, ReplayArgs, RunArgs};
 use ws_monitor::dashboard::{CaptureHealth, Control, Dashboard, TerminalSession};
 use ws_monitor::demo::{Demo, DemoConfig};
 use ws_monitor::engine::EngineConfig;
@@ -45,7 +45,7 @@ fn main() -> ExitCode {
                 attach: cli.attach,
                 header_only: !cli.full_payload && cli.run.streams_dir.is_none(),
             };
-            runtime().and_then(|rt| rt.block_on(live(&config, &cli.run, Live::default())))
+            runtime().and_then(|rt| rt.block_on(live(&config, &cli.run, &cli.privileges, Live::default())))
         }
     };
     match result {
@@ -89,23 +89,42 @@ fn usage_error(e: clap::Error) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn new_pipeline(args: &RunArgs, steer: bool, lossless: bool) -> anyhow::Result<Pipeline> {
-    let reassembly = ReassemblyConfig {
-        max_flows: args.max_flows.max(1),
-        max_buffered_per_direction: usize::try_from(args.flow_buffer).unwrap_or(usize::MAX),
-        idle_timeout_ns: secs_to_ns(args.idle_timeout),
-    };
-    let engine = EngineConfig {
-        max_frame_size: args.max_frame_size,
-        max_message_size: args.max_message_size,
-        max_inflate_rate: args.max_inflate_rate,
-        steer,
-    };
-    if args.workers > pipeline::MAX_WORKERS {
-        bail!("--workers {}: at most {} (0 = one per CPU)", args.workers, pipeline::MAX_WORKERS);
+/// The pipeline's settings from the command line, checked (before anything is attached).
+struct PipelineSetup {
+    workers: usize,
+    reassembly: ReassemblyConfig,
+    engine: EngineConfig,
+    streams_dir: Option<std::path::PathBuf>,
+    lossless: bool,
+}
+
+impl PipelineSetup {
+    fn new(args: &RunArgs, steer: bool, lossless: bool) -> anyhow::Result<PipelineSetup> {
+        if args.workers > pipeline::MAX_WORKERS {
+            bail!("--workers {}: at most {} (0 = one per CPU)", args.workers, pipeline::MAX_WORKERS);
+        }
+        Ok(PipelineSetup {
+            workers: if args.workers == 0 { pipeline::default_workers() } else { args.workers },
+            reassembly: ReassemblyConfig {
+                max_flows: args.max_flows.max(1),
+                max_buffered_per_direction: usize::try_from(args.flow_buffer).unwrap_or(usize::MAX),
+                idle_timeout_ns: secs_to_ns(args.idle_timeout),
+            },
+            engine: EngineConfig {
+                max_frame_size: args.max_frame_size,
+                max_message_size: args.max_message_size,
+                max_inflate_rate: args.max_inflate_rate,
+                steer,
+            },
+            streams_dir: args.streams_dir.clone(),
+            lossless,
+        })
     }
-    let workers = if args.workers == 0 { pipeline::default_workers() } else { args.workers };
-    Pipeline::start(workers, reassembly, engine, args.streams_dir.as_deref(), lossless)
+
+    /// Starts the worker threads.
+    fn start(&self) -> anyhow::Result<Pipeline> {
+        Pipeline::start(self.workers, self.reassembly, self.engine, self.streams_dir.as_deref(), self.lossless)
+    }
 }
 
 fn secs_to_ns(secs: f64) -> u64 {
@@ -210,11 +229,11 @@ struct Live<'a> {
     demo: Option<&'a Demo>,
 }
 
-async fn live(config: &CaptureConfig, args: &RunArgs, hooks: Live<'_>) -> anyhow::Result<()> {
+async fn live(config: &CaptureConfig, args: &RunArgs, privileges: &PrivilegeArgs, hooks: Live<'_>) -> anyhow::Result<()> {
     // Handlers first: a signal that arrives once we are attached must detach cleanly.
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut pipeline = new_pipeline(args, config.header_only, false)?;
+    let setup = PipelineSetup::new(args, config.header_only, false)?;
     let epoch_offset = clock_ns(libc::CLOCK_REALTIME) as i128 - monotonic_ns() as i128;
     // The dashboard is the default on a terminal; otherwise log lines.
     let tui = !args.no_tui && std::io::IsTerminal::is_terminal(&std::io::stdout());
@@ -223,11 +242,26 @@ async fn live(config: &CaptureConfig, args: &RunArgs, hooks: Live<'_>) -> anyhow
     }
     let mut outputs = Outputs::new(args, epoch_offset, !tui)?;
     if let Some(addr) = args.metrics_addr {
-        outputs.metrics = Some(Exporter::start(addr)?);
-        tracing::info!("serving Prometheus metrics at http://{addr}/metrics");
+        outputs.metrics = Some(Exporter::bind(addr)?);
     }
 
+    // Everything that needs privileges, then nothing more: no other thread may exist
+    // before the capture gives them up (threads inherit them).
     let mut capture = Capture::start(config)?;
+    let privileges = capture.release(privileges.user.clone(), !privileges.no_seccomp)?;
+    tracing::info!(
+        "privileges dropped: keeping {}{}{}",
+        if privileges.kept.is_empty() { "no capability".to_string() } else { privileges.kept.join(", ") },
+        privileges.user.as_ref().map(|u| format!(", running as {u}")).unwrap_or_default(),
+        if privileges.seccomp { ", system calls filtered" } else { "" }
+    );
+    let mut pipeline = setup.start()?;
+    if let Some(metrics) = outputs.metrics.as_mut() {
+        metrics.serve()?;
+        if let Some(addr) = args.metrics_addr {
+            tracing::info!("serving Prometheus metrics at http://{addr}/metrics");
+        }
+    }
     let attachment = capture.attachment.clone();
     let mut notes = Vec::new();
     if attachment.stale_filters_removed > 0 {
@@ -242,12 +276,15 @@ async fn live(config: &CaptureConfig, args: &RunArgs, hooks: Live<'_>) -> anyhow
             attachment.others_running, config.iface
         ));
     }
+    let mut link = capture.link_state();
+    if link == LinkState::Down {
+        notes.push(format!(
+            "{} is down: nothing passes it, so nothing is captured until it is up (ip link set {} up)",
+            config.iface, config.iface
+        ));
+    }
     for note in &notes {
-        if tui {
-            eprintln!("ws-monitor: {note}");
-        } else {
-            tracing::warn!("{note}");
-        }
+        warn_or_print(tui, note);
     }
     let ports: Vec<String> = config.ports.iter().map(u16::to_string).collect();
     tracing::info!(
@@ -284,7 +321,7 @@ async fn live(config: &CaptureConfig, args: &RunArgs, hooks: Live<'_>) -> anyhow
     // branches instead of running ahead of them. While the workers are congested, the
     // records wait in the ring and a short timer tries again.
     let mut more = false;
-    let result: anyhow::Result<()> = loop {
+    let result: anyhow::Result<Stop> = loop {
         tokio::select! {
             ready = capture.readable(), if !more => {
                 if let Err(e) = ready {
@@ -304,12 +341,12 @@ async fn live(config: &CaptureConfig, args: &RunArgs, hooks: Live<'_>) -> anyhow
             _ = tokio::time::sleep(Duration::from_millis(1)), if pipeline.congested() => {
                 more = drain_into(&mut capture, &mut pipeline, &mut outputs, &mut handle);
             }
-            _ = sigint.recv() => break Ok(()),
-            _ = sigterm.recv() => break Ok(()),
-            _ = sleep_until(deadline) => break Ok(()),
+            _ = sigint.recv() => break Ok(Stop::Asked),
+            _ = sigterm.recv() => break Ok(Stop::Asked),
+            _ = sleep_until(deadline) => break Ok(Stop::Asked),
             key = outputs.next_key() => {
                 if matches!(key, Control::Quit) {
-                    break Ok(());
+                    break Ok(Stop::Asked);
                 }
                 if let Err(e) = outputs.draw() {
                     break Err(e);
@@ -321,6 +358,13 @@ async fn live(config: &CaptureConfig, args: &RunArgs, hooks: Live<'_>) -> anyhow
                 }
             }
             _ = tick.tick() => {
+                match (link, capture.link_state()) {
+                    (_, LinkState::Gone) => break Ok(Stop::LinkGone),
+                    (LinkState::Up, LinkState::Down) => tracing::warn!("{} went down: nothing is captured until it is up again", config.iface),
+                    (LinkState::Down, LinkState::Up) => tracing::info!("{} is up again", config.iface),
+                    _ => {}
+                }
+                link = capture.link_state();
                 let now = monotonic_ns();
                 pipeline.tick(now, outputs.dashboard.is_some());
                 outputs.findings(&mut pipeline);
@@ -333,7 +377,7 @@ async fn live(config: &CaptureConfig, args: &RunArgs, hooks: Live<'_>) -> anyhow
     };
     // Restore the terminal before anything else is printed.
     outputs.dashboard = None;
-    result?;
+    let stop = result?;
 
     // Read what is still in the ring (at most what a full ring holds, so that traffic
     // going on cannot keep us here), then detach before the final accounting.
@@ -378,6 +422,7 @@ async fn live(config: &CaptureConfig, args: &RunArgs, hooks: Live<'_>) -> anyhow
             serde_json::json!({"workers": pipeline.workers(), "findings_dropped": findings_dropped, "hints_dropped": pipeline.hints_dropped()}),
         );
         out.insert("attach".into(), serde_json::to_value(&attachment).unwrap_or_default());
+        out.insert("privileges".into(), serde_json::to_value(&privileges).unwrap_or_default());
         out.insert("header_only".into(), serde_json::to_value(steer_stats).unwrap_or_default());
         out.insert("bad_records".into(), bad_records.into());
         if let Some(committed) = demo_committed {
@@ -387,7 +432,33 @@ async fn live(config: &CaptureConfig, args: &RunArgs, hooks: Live<'_>) -> anyhow
                 .collect();
             out.insert("demo_committed".into(), map.into());
         }
-    })
+    })?;
+    if stop == Stop::LinkGone {
+        bail!(
+            "{} disappeared during the capture (deleted, renamed or moved to another network namespace); the report above covers what came before: restart ws-monitor once the interface is back",
+            config.iface
+        );
+    }
+    Ok(())
+}
+
+/// Why the live loop ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// Ctrl-C, SIGTERM, `q`, or `--duration` over.
+    Asked,
+    /// The interface went away, and the programs with it.
+    LinkGone,
+}
+
+/// A warning before the dashboard starts: on stderr under the dashboard (the log
+/// subscriber is off then), as a log line otherwise.
+fn warn_or_print(tui: bool, note: &str) {
+    if tui {
+        eprintln!("ws-monitor: {note}");
+    } else {
+        tracing::warn!("{note}");
+    }
 }
 
 /// One batch from the ring to the workers (none while they are congested), then hints
@@ -415,7 +486,7 @@ async fn run_demo(args: &DemoArgs) -> anyhow::Result<()> {
         attach: capture::AttachMode::Auto,
         header_only: !args.full_payload && args.run.streams_dir.is_none(),
     };
-    let result = live(&config, &args.run, Live { demo: Some(&demo) }).await;
+    let result = live(&config, &args.run, &args.privileges, Live { demo: Some(&demo) }).await;
     demo.stop().await;
     result
 }
@@ -442,7 +513,7 @@ fn replay_file(args: &ReplayArgs) -> anyhow::Result<()> {
         args.ports.clone()
     };
     let run = &args.run;
-    let mut pipeline = new_pipeline(run, false, true)?;
+    let mut pipeline = PipelineSetup::new(run, false, true)?.start()?;
     logs::init(run.log_format)?;
     let mut outputs = Outputs::new(run, 0, true)?;
     const TICK_NS: u64 = 1_000_000_000;

@@ -1,35 +1,41 @@
 //! `--metrics-addr`: Prometheus text exposition at `/metrics`, for fleets of hosts.
 //!
 //! Counters are set to the engine's and capture's totals once a second, so the
-//! exposition always agrees with the `--json` report.
+//! exposition always agrees with the `--json` report. The listener answers `GET` (and
+//! `HEAD`) of `/metrics` only: 404 for any other path, 405 for any other method, 400 for
+//! what is not an HTTP request.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use metrics::{counter, describe_counter, describe_gauge, gauge};
-use metrics_exporter_prometheus::PrometheusBuilder;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::engine::frame::close_code_valid;
 use crate::engine::{EngineStats, FrameCounts, Kind};
 use crate::flow::Direction;
 use crate::report::CaptureReport;
 
-/// The installed exporter; the HTTP listener runs on a thread of its own, so that a busy
-/// capture loop never keeps a scrape waiting.
+/// The installed exporter and its listener.
 pub struct Exporter {
-    _private: (),
+    /// The bound listener until [`Exporter::serve`] hands it to its thread.
+    listener: Option<(TcpListener, PrometheusHandle)>,
 }
 
 impl Exporter {
-    /// Binds `addr` and serves `/metrics`.
-    pub fn start(addr: SocketAddr) -> anyhow::Result<Exporter> {
-        // Installed from a thread outside any tokio runtime, the exporter starts its own
-        // runtime on a background thread for the listener.
-        std::thread::spawn(move || PrometheusBuilder::new().with_http_listener(addr).install())
-            .join()
-            .map_err(|_| anyhow::anyhow!("the metrics exporter panicked while starting"))?
+    /// Binds `addr` and installs the metrics recorder; [`Exporter::serve`] answers.
+    pub fn bind(addr: SocketAddr) -> anyhow::Result<Exporter> {
+        let listener = TcpListener::bind(addr)
             .with_context(|| format!("cannot serve metrics on {addr} (is the port in use? pick another --metrics-addr)"))?;
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::set_global_recorder(recorder)
+            .map_err(|_| anyhow::anyhow!("a metrics recorder is already installed in this process"))?;
         describe_counter!("ws_monitor_violations_total", "WebSocket protocol violations by kind and direction of the offending bytes");
         describe_counter!("ws_monitor_frames_total", "WebSocket frames parsed, by opcode and direction");
         describe_counter!("ws_monitor_connections_total", "TCP connections to the monitored ports");
@@ -48,10 +54,21 @@ impl Exporter {
         describe_counter!("ws_monitor_capture_ring_drops_total", "Records lost because the kernel ring buffer was full");
         describe_counter!("ws_monitor_capture_gaps_total", "Holes in TCP streams that were never filled");
         describe_counter!("ws_monitor_capture_bytes_lost_total", "Bytes in those holes");
-        let exporter = Exporter { _private: () };
+        let exporter = Exporter { listener: Some((listener, handle)) };
         // Every kind and direction from the start, zeros included.
         exporter.update(&EngineStats::default(), &CaptureReport::default(), 0);
         Ok(exporter)
+    }
+
+    /// Answers scrapes from a thread of its own, so that a busy capture loop never keeps
+    /// one waiting.
+    pub fn serve(&mut self) -> anyhow::Result<()> {
+        let Some((listener, handle)) = self.listener.take() else { return Ok(()) };
+        std::thread::Builder::new()
+            .name("ws-monitor-metrics".into())
+            .spawn(move || serve(listener, handle))
+            .context("starting the metrics listener thread")?;
+        Ok(())
     }
 
     /// Sets every exported counter to the current totals.
@@ -88,6 +105,89 @@ impl Exporter {
     }
 }
 
+/// Scrapes answered at once; a connection beyond them is closed at once (a scraper
+/// retries at its next interval).
+const MAX_SCRAPES: usize = 8;
+/// How long a scraper may take to send its request or read the answer.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest request head read.
+const REQUEST_CAP: usize = 8 << 10;
+
+fn serve(listener: TcpListener, handle: PrometheusHandle) {
+    let handle = Arc::new(handle);
+    let busy = Arc::new(AtomicUsize::new(0));
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        if busy.fetch_add(1, Ordering::AcqRel) >= MAX_SCRAPES {
+            busy.fetch_sub(1, Ordering::AcqRel);
+            continue;
+        }
+        let (handle, done) = (handle.clone(), busy.clone());
+        let spawned = std::thread::Builder::new().name("ws-monitor-scrape".into()).spawn(move || {
+            let _ = answer(stream, &handle);
+            done.fetch_sub(1, Ordering::AcqRel);
+        });
+        if spawned.is_err() {
+            busy.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Reads one request and answers it (then closes the connection).
+fn answer(mut stream: TcpStream, handle: &PrometheusHandle) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(SCRAPE_TIMEOUT))?;
+    stream.set_write_timeout(Some(SCRAPE_TIMEOUT))?;
+    let mut buf = vec![0u8; REQUEST_CAP];
+    let mut len = 0;
+    let route = loop {
+        let n = stream.read(&mut buf[len..])?;
+        if n == 0 {
+            return Ok(());
+        }
+        len += n;
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf[..len]) {
+            Ok(httparse::Status::Complete(_)) => break route(req.method.unwrap_or(""), req.path.unwrap_or("")),
+            Ok(httparse::Status::Partial) if len < buf.len() => continue,
+            Ok(httparse::Status::Partial) => break Route::TooLarge,
+            Err(_) => break Route::BadRequest,
+        }
+    };
+    let (status, extra, body) = match route {
+        Route::Metrics { head } => {
+            let body = handle.render();
+            ("200 OK", "Content-Type: text/plain; version=0.0.4\r\n", if head { String::new() } else { body })
+        }
+        Route::NotFound => ("404 Not Found", "", "not found: ws-monitor serves /metrics only\n".to_owned()),
+        Route::MethodNotAllowed => ("405 Method Not Allowed", "Allow: GET, HEAD\r\n", "use GET /metrics\n".to_owned()),
+        Route::TooLarge => ("431 Request Header Fields Too Large", "", String::new()),
+        Route::BadRequest => ("400 Bad Request", "", String::new()),
+    };
+    let head = format!("HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body.as_bytes())
+}
+
+#[derive(Debug, PartialEq)]
+enum Route {
+    Metrics { head: bool },
+    NotFound,
+    MethodNotAllowed,
+    TooLarge,
+    BadRequest,
+}
+
+fn route(method: &str, target: &str) -> Route {
+    let path = target.split(['?', '#']).next().unwrap_or("");
+    match (method, path) {
+        (_, p) if p != "/metrics" => Route::NotFound,
+        ("GET", _) => Route::Metrics { head: false },
+        ("HEAD", _) => Route::Metrics { head: true },
+        _ => Route::MethodNotAllowed,
+    }
+}
+
 /// Close codes as metric series: each code allowed on the wire under its number, every
 /// other one (chosen by the peer: up to 65,536 values) under `invalid`, so the series
 /// stay bounded. The JSON report keeps the exact codes.
@@ -115,6 +215,18 @@ fn opcodes(f: &FrameCounts) -> [(&'static str, u64); 7] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_get_or_head_of_metrics_is_served() {
+        assert_eq!(route("GET", "/metrics"), Route::Metrics { head: false });
+        assert_eq!(route("GET", "/metrics?name[]=x"), Route::Metrics { head: false });
+        assert_eq!(route("HEAD", "/metrics"), Route::Metrics { head: true });
+        assert_eq!(route("GET", "/"), Route::NotFound);
+        assert_eq!(route("GET", "/metricsx"), Route::NotFound);
+        assert_eq!(route("POST", "/"), Route::NotFound);
+        assert_eq!(route("POST", "/metrics"), Route::MethodNotAllowed);
+        assert_eq!(route("DELETE", "/metrics"), Route::MethodNotAllowed);
+    }
 
     #[test]
     fn invalid_close_codes_share_one_series() {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -85,11 +85,12 @@ fn without_root_it_says_to_use_sudo() {
 }
 
 /// Programs attached to `iface` (ingress + egress) through TCX, seen from the netns.
-fn attached(ns: &common::Netns, iface: &'static str) -> usize {
+fn attached(ns: &common::Netns, iface: &str) -> usize {
+    let iface = iface.to_string();
     ns.run(move || {
         [TcAttachType::Ingress, TcAttachType::Egress]
             .into_iter()
-            .map(|t| SchedClassifier::query_tcx(iface, t).map(|(_, progs)| progs.len()).unwrap_or(0))
+            .map(|t| SchedClassifier::query_tcx(&iface, t).map(|(_, progs)| progs.len()).unwrap_or(0))
             .sum()
     })
 }
@@ -115,10 +116,16 @@ fn start_monitor(ns: &common::Netns, iface: &str) -> std::process::Child {
     child
 }
 
-fn wait_detached(ns: &common::Netns, iface: &'static str) {
+/// Nothing of ws-monitor's stays on `iface` (TCX programs or netlink filters).
+fn wait_detached(ns: &common::Netns, iface: &str) {
     let start = Instant::now();
-    while attached(ns, iface) > 0 {
-        assert!(start.elapsed() < Duration::from_secs(5), "programs still attached to {iface}");
+    loop {
+        let tcx = attached(ns, iface);
+        let filters = String::from_utf8_lossy(&ns.exec(&["tc", "filter", "show", "dev", iface, "ingress"]).stdout).to_string();
+        if tcx == 0 && !filters.contains("ws_monitor") {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "still attached to {iface}: {tcx} TCX programs, filters {filters}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -129,7 +136,7 @@ fn nothing_stays_attached_after_sigterm_or_kill_9() {
         return;
     }
     let (_client, server, veth) = common::veth_pair("k");
-    let veth: &'static str = Box::leak(veth.into_boxed_str());
+    let veth = veth.as_str();
     let ns = &server;
     assert_eq!(attached(ns, veth), 0);
 
@@ -176,3 +183,128 @@ fn man_page_and_completions_come_from_the_cli_definitions() {
     let err = one_line_error(&ws_monitor(&["completions", "tcsh"]));
     assert!(err.contains("tcsh"), "{err}");
 }
+
+#[test]
+fn an_interface_down_is_warned_and_one_deleted_ends_the_run_with_a_report() {
+    if !common::require_root("an_interface_down_is_warned_and_one_deleted_ends_the_run_with_a_report") {
+        return;
+    }
+    for attach in ["tcx", "netlink"] {
+        let (_client, server, veth) = common::veth_pair(&attach[..1]);
+        server.exec(&["ip", "link", "set", &veth, "down"]);
+        let mut child = server
+            .command(common::ws_monitor_bin())
+            .args(["--iface", &veth, "--port", "8001", "--json", "--log-interval", "0", "--attach", attach])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut seen = Vec::new();
+        let start = Instant::now();
+        while !seen.last().is_some_and(|l: &String| l.contains("capturing")) {
+            let mut line = String::new();
+            assert!(err.read_line(&mut line).unwrap() > 0, "{attach}: monitor exited early: {seen:?}");
+            seen.push(line);
+            assert!(start.elapsed() < Duration::from_secs(20));
+        }
+        assert!(
+            seen.iter().any(|l| l.contains(&format!("{veth} is down")) && l.contains("ip link set")),
+            "{attach}: a warning that the interface is down: {seen:?}"
+        );
+        // Deleted while capturing: the run ends within a tick or two, with the report
+        // on stdout and one line on stderr that says why.
+        server.exec(&["ip", "link", "del", &veth]);
+        let deleted = Instant::now();
+        let out = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut rest = String::new();
+                err.read_to_string(&mut rest).unwrap();
+                let mut stdout = String::new();
+                child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+                break (status, rest, stdout);
+            }
+            if deleted.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                panic!("{attach}: still running 10 s after {veth} was deleted");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let (status, rest, stdout) = out;
+        assert!(!status.success(), "{attach}: a deleted interface is a failed run: {status}");
+        let errors: Vec<&str> = rest.lines().filter(|l| l.contains("error") || l.contains("WARN")).collect();
+        assert_eq!(errors.len(), 1, "{attach}: one line says what happened: {rest}");
+        assert!(errors[0].contains("disappeared") && errors[0].contains(&veth), "{attach}: {rest}");
+        let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{attach}: a final report on stdout ({e}): {stdout}"));
+        assert_eq!(report["capture"]["ring_drops"], 0, "{attach}: {report}");
+    }
+}
+
+/// `Name:\tvalue` fields of every thread of `pid` (`/proc/PID/task/*/status`).
+fn thread_status(pid: u32, field: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().map_while(Result::ok) {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        if let Some(v) = status.lines().find_map(|l| l.strip_prefix(&format!("{field}:"))) {
+            out.push(v.trim().to_string());
+        }
+    }
+    out
+}
+
+const CAP_NET_ADMIN: u64 = 1 << 12;
+const CAP_BPF: u64 = 1 << 39;
+
+#[test]
+fn privileges_are_dropped_on_every_thread_once_attached() {
+    if !common::require_root("privileges_are_dropped_on_every_thread_once_attached") {
+        return;
+    }
+    let before = u64::from_str_radix(&thread_status(std::process::id(), "CapEff")[0], 16).unwrap();
+    assert!(before & CAP_NET_ADMIN != 0, "the test runs with every capability: {before:x}");
+    for (attach, user, needed) in [("tcx", None, 0), ("netlink", None, CAP_NET_ADMIN), ("tcx", Some("nobody"), 0)] {
+        let (client, server, veth) = common::veth_pair(&attach[..2]);
+        let mut args = vec!["--iface", veth.as_str(), "--port", "8001", "--json", "--log-interval", "0", "--attach", attach];
+        if let Some(u) = user {
+            args.extend(["--user", u]);
+        }
+        let mut child = server.command(common::ws_monitor_bin()).args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        while !line.contains("capturing") {
+            line.clear();
+            assert!(err.read_line(&mut line).unwrap() > 0, "{attach}: monitor exited early");
+        }
+        std::thread::spawn(move || for _ in err.lines() {});
+        let pid = child.id();
+        let ctx = format!("{attach} {user:?}");
+        let threads = thread_status(pid, "CapEff");
+        assert!(threads.len() > 2, "{ctx}: workers and the heartbeat are running: {threads:?}");
+        for field in ["CapEff", "CapPrm"] {
+            for v in thread_status(pid, field) {
+                let caps = u64::from_str_radix(&v, 16).unwrap();
+                // CAP_BPF stays only where the kernel wants it for map access.
+                assert_eq!(caps & !CAP_BPF, needed, "{ctx}: {field} {v} on a thread (before: {before:x})");
+            }
+        }
+        assert!(thread_status(pid, "CapBnd").iter().all(|v| u64::from_str_radix(v, 16).unwrap() & !CAP_BPF == needed), "{ctx}");
+        assert!(thread_status(pid, "NoNewPrivs").iter().all(|v| v == "1"), "{ctx}: NoNewPrivs");
+        assert!(thread_status(pid, "Seccomp").iter().all(|v| v == "2"), "{ctx}: a seccomp filter on every thread");
+        if user.is_some() {
+            assert!(thread_status(pid, "Uid").iter().all(|v| v.starts_with("65534\t")), "{ctx}: {:?}", thread_status(pid, "Uid"));
+        }
+        // It still captures: a connection to the port, and its bytes, arrive.
+        client.exec(&["python3", "-c", "import socket,time\ns=socket.socket()\ns.settimeout(2)\ntry:\n s.connect(('10.201.0.2',8001))\nexcept OSError:\n pass\ntime.sleep(0.3)"]);
+        std::thread::sleep(Duration::from_millis(1500));
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(pid as i32, libc::SIGINT) };
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{ctx}: {}", out.status);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{ctx}: report: {e}"));
+        assert!(report["capture"]["packets"].as_u64().unwrap_or(0) >= 2, "{ctx}: a SYN and its answer: {report}");
+        assert_eq!(report["privileges"]["seccomp"], true, "{ctx}: {report}");
+        wait_detached(&server, &veth);
+    }
+}
+

@@ -34,19 +34,25 @@ fn wait_line(reader: &mut impl BufRead, needle: &str, sink: &mut Vec<String>) {
     }
 }
 
+/// The whole answer of the metrics listener at `addr` to `line` ("METHOD TARGET").
+fn request(ns: &common::Netns, addr: &'static str, line: &str) -> String {
+    let req = format!("{line} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+    ns.run(move || {
+        let mut s = TcpStream::connect(addr).expect("metrics endpoint");
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    })
+}
+
 /// `name{labels} value` lines of a Prometheus text exposition, keyed by `name{labels}`.
 fn scrape(ns: &common::Netns) -> BTreeMap<String, f64> {
     scrape_at(ns, METRICS)
 }
 
 fn scrape_at(ns: &common::Netns, addr: &'static str) -> BTreeMap<String, f64> {
-    let body = ns.run(move || {
-        let mut s = TcpStream::connect(addr).expect("metrics endpoint");
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    });
+    let body = request(ns, addr, "GET /metrics");
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     body.lines()
         .filter(|l| l.starts_with("ws_monitor_"))
@@ -73,6 +79,8 @@ fn metric(m: &BTreeMap<String, f64>, name: &str, labels: &[(&str, &str)]) -> u64
 struct Run {
     report: Value,
     metrics: BTreeMap<String, f64>,
+    /// The status lines of the answers to requests other than `GET /metrics`.
+    refusals: Vec<String>,
     log: Vec<String>,
 }
 
@@ -82,7 +90,7 @@ fn run(tag: &str, runs: usize, extra: &[&str]) -> Run {
     let mut monitor = server_ns
         .command(common::ws_monitor_bin())
         .args(["--iface", &veth, "--port", PORT, "--json", "--no-tui", "--log-interval", "60"])
-        .args(["--max-frame-size", "64K", "--metrics-addr", METRICS])
+        .args(["--max-frame-size", "64K", "--max-message-size", "128K", "--metrics-addr", METRICS])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -91,7 +99,16 @@ fn run(tag: &str, runs: usize, extra: &[&str]) -> Run {
     let mut err = BufReader::new(monitor.stderr.take().unwrap());
     let mut log = Vec::new();
     wait_line(&mut err, "capturing", &mut log);
+    // Read the rest of stderr as it comes: a full pipe would stop the monitor's loop
+    // (its ticks, and so /metrics) until the test read it.
+    let rest = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = err.read_to_string(&mut rest);
+        rest
+    });
 
+    // Violations the violator's script commits, over all runs.
+    let mut expected = 0u64;
     for _ in 0..runs {
         let mut server = server_ns
             .command("python3")
@@ -107,23 +124,46 @@ fn run(tag: &str, runs: usize, extra: &[&str]) -> Run {
             .output()
             .unwrap();
         assert!(out.status.success(), "violator client: {}", String::from_utf8_lossy(&out.stderr));
+        let script: Value = serde_json::from_slice(out.stdout.trim_ascii_end().rsplit(|b| *b == b'\n').next().unwrap_or_default())
+            .expect("the violator's expectations");
+        expected += ["client", "server"]
+            .iter()
+            .flat_map(|d| script["violations_by_direction"][d].as_object().into_iter().flatten())
+            .map(|(_, n)| n.as_u64().unwrap_or(0))
+            .sum::<u64>();
         let mut served = String::new();
         server_out.read_to_string(&mut served).unwrap();
         assert!(server.wait().unwrap().success(), "violator server: {served}");
     }
-    // One tick (1 s) publishes the totals to /metrics.
-    std::thread::sleep(Duration::from_millis(2500));
-    let metrics = scrape(&server_ns);
+    // Ticks (1 s) publish the workers' totals to /metrics, a tick or two behind them
+    // (more while another test loads the machine): wait for every violation to show and
+    // the exposition to stand still.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut metrics = scrape(&server_ns);
+    loop {
+        std::thread::sleep(Duration::from_millis(1100));
+        let again = scrape(&server_ns);
+        let shown: u64 = again.iter().filter(|(k, _)| k.starts_with("ws_monitor_violations_total{")).map(|(_, v)| *v as u64).sum();
+        let settled = again == metrics && shown == expected;
+        metrics = again;
+        if settled {
+            break;
+        }
+        assert!(Instant::now() < deadline, "/metrics shows {shown} of {expected} violations after 30 s");
+    }
+    let refusals = ["GET /", "POST /metrics", "GARBAGE"]
+        .iter()
+        .map(|line| request(&server_ns, METRICS, line).lines().next().unwrap_or_default().to_string())
+        .collect();
 
     // SAFETY: signalling our own child by pid.
     unsafe { libc::kill(monitor.id() as i32, libc::SIGINT) };
-    let mut rest = String::new();
-    err.read_to_string(&mut rest).unwrap();
+    let rest = rest.join().expect("stderr reader");
     log.extend(rest.lines().map(str::to_string));
     let out = monitor.wait_with_output().unwrap();
     assert!(out.status.success());
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    Run { report, metrics, log }
+    Run { report, metrics, refusals, log }
 }
 
 #[test]
@@ -131,7 +171,12 @@ fn logs_and_metrics_agree_with_the_json_report() {
     if !common::require_root("logs_and_metrics_agree_with_the_json_report") {
         return;
     }
-    let Run { report, metrics, log } = run("hm", RUNS, &[]);
+    let Run { report, metrics, refusals, log } = run("hm", RUNS, &[]);
+    assert_eq!(
+        refusals,
+        ["HTTP/1.1 404 Not Found", "HTTP/1.1 405 Method Not Allowed", "HTTP/1.1 400 Bad Request"],
+        "only GET /metrics is served"
+    );
 
     // /metrics == JSON, for every kind and direction, opcode, and the totals.
     let mut total = 0;
