@@ -730,13 +730,16 @@ fn run_host(hdir: &Path, ws_monitor: &Path, xtask: &Path, tools: &HostTools, tim
 // ---------------------------------------------------------------------------------------
 // Judging
 
-/// The report without what depends on timing: the kernel counters, the attach details
-/// (compared on their own) and the packet count (`capture.packets`, `reassembly.segments`).
+/// The report without what depends on timing or on the kernel: the kernel counters, the
+/// attach details and the privileges kept (both judged on their own), the monitor's own
+/// memory, and the packet count (`capture.packets`, `reassembly.segments`).
 fn normalise(report: &Value) -> Value {
     let mut r = report.clone();
     if let Some(obj) = r.as_object_mut() {
         obj.remove("kernel");
         obj.remove("attach");
+        obj.remove("privileges");
+        obj.remove("peak_rss_bytes");
         if let Some(capture) = obj.get_mut("capture").and_then(Value::as_object_mut) {
             capture.remove("packets");
         }
@@ -975,6 +978,8 @@ fn version(release: &str) -> Option<(u32, u32)> {
 struct Row {
     kernel: String,
     mode: String,
+    /// Capabilities kept once attached.
+    kept: String,
     exact: String,
     kill9: String,
     restart: String,
@@ -990,6 +995,7 @@ fn evaluate(run: &Run, reference: Option<&Value>) -> Row {
     let mut row = Row {
         kernel,
         mode: "?".into(),
+        kept: "?".into(),
         exact: "no".into(),
         kill9: "no".into(),
         restart: "no".into(),
@@ -1028,6 +1034,31 @@ fn evaluate(run: &Run, reference: Option<&Value>) -> Row {
             tcx
         }
     };
+    // Privileges once attached: CAP_NET_ADMIN exactly under netlink (to detach at exit),
+    // CAP_BPF where the kernel wants it for map access, nothing else; a seccomp filter.
+    let privileges = ["a", "b", "e", "f"].iter().find_map(|s| {
+        let r: Value = serde_json::from_str(m.result(&format!("{s}.report"))?).ok()?;
+        r.get("privileges").cloned()
+    });
+    let mut p = Vec::new();
+    match &privileges {
+        Some(pv) => {
+            let kept: Vec<&str> = pv["kept"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            row.kept = if kept.is_empty() { "none".into() } else { kept.join(", ") };
+            if pv["seccomp"] != Value::Bool(true) {
+                p.push("no seccomp filter".to_string());
+            }
+            if kept.contains(&"CAP_NET_ADMIN") == tcx {
+                p.push(format!("CAP_NET_ADMIN {} under {}", if tcx { "kept" } else { "dropped" }, row.mode));
+            }
+            if let Some(extra) = kept.iter().find(|c| !matches!(**c, "CAP_BPF" | "CAP_NET_ADMIN")) {
+                p.push(format!("{extra} kept"));
+            }
+        }
+        None => p.push("the report says nothing of privileges".to_string()),
+    }
+    fail(&mut row, "kept after attach", p);
+
     let baseline_ids: BTreeSet<u64> = programs(m.result("base.progs")).into_iter().map(|p| p.0).collect();
     let baseline = (run.label != "host").then_some(&baseline_ids);
 
@@ -1157,14 +1188,32 @@ fn evaluate(run: &Run, reference: Option<&Value>) -> Row {
     row
 }
 
-const HEADERS: [&str; 7] = ["kernel", "attach mode", "capture exact?", "after kill -9", "after restart", "foreign qdisc kept?", "time (s)"];
+const HEADERS: [&str; 8] = [
+    "kernel",
+    "attach mode",
+    "kept after attach",
+    "capture exact?",
+    "after kill -9",
+    "after restart",
+    "foreign qdisc kept?",
+    "time (s)",
+];
 
-fn cells(r: &Row) -> [String; 7] {
-    [r.kernel.clone(), r.mode.clone(), r.exact.clone(), r.kill9.clone(), r.restart.clone(), r.foreign.clone(), format!("{:.0}", r.seconds)]
+fn cells(r: &Row) -> [String; 8] {
+    [
+        r.kernel.clone(),
+        r.mode.clone(),
+        r.kept.clone(),
+        r.exact.clone(),
+        r.kill9.clone(),
+        r.restart.clone(),
+        r.foreign.clone(),
+        format!("{:.0}", r.seconds),
+    ]
 }
 
 fn table(rows: &[Row]) -> String {
-    let all: Vec<[String; 7]> = rows.iter().map(cells).collect();
+    let all: Vec<[String; 8]> = rows.iter().map(cells).collect();
     let mut widths = HEADERS.map(str::len);
     for r in &all {
         for (w, c) in widths.iter_mut().zip(r) {
@@ -1244,6 +1293,8 @@ mod tests {
                             "ring_drops": 0, "gaps": 0, "bytes_lost": 0},
                 "kernel": {"packets_seen": 18},
                 "attach": {"mode": attach},
+                "privileges": {"kept": ["CAP_NET_ADMIN"], "seccomp": true},
+                "peak_rss_bytes": 40_000_000,
             })
             .to_string()
         };
@@ -1286,6 +1337,7 @@ mod tests {
         let row = evaluate(&run, Some(&reference));
         assert_eq!(row.failures, Vec::<String>::new());
         assert_eq!(row.mode, "netlink");
+        assert_eq!(row.kept, "CAP_NET_ADMIN");
         assert_eq!(row.kill9, "filter stays, dormant (ran 18 times, copied nothing); detach ok");
         assert_eq!(row.restart, "exact, stale filter removed");
         assert_eq!(row.foreign, "yes (1 foreign filter)");

@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | run | test | kernels`.
+//! Project tasks: `cargo xtask setup | run | test | kernels | bench | fuzz`.
 //!
 //! `setup` installs, idempotently, what building the eBPF program needs on Debian/Ubuntu:
 //! Debian's `rustc-web` with its prebuilt `core` for `bpfel-unknown-none` (so no
@@ -7,9 +7,10 @@
 //! Python `websockets` and `aiohttp` libraries (pip) and the Node `ws` and socket.io
 //! libraries (`npm ci` in the peers dir).
 //! `kernels` tests ws-monitor on Debian's 5.10, 6.1 and 6.12 kernels under QEMU and on the
-//! host kernel (see kernels.rs).
+//! host kernel (see kernels.rs). `fuzz` runs every fuzz target from its seeds (fuzz.rs).
 
 mod bench;
+mod fuzz;
 mod kernels;
 
 use std::path::PathBuf;
@@ -78,14 +79,25 @@ enum Task {
         args: Vec<String>,
     },
     /// Set up everything and run the whole test suite (needs root for the BPF tests),
-    /// then fuzz the protocol engine for a short while.
+    /// then every fuzz target for a short while.
     Test {
-        /// Seconds of fuzzing after the tests (0 = skip; needs the rustup nightly toolchain).
+        /// Seconds of fuzzing after the tests, shared out among the targets (0 = skip;
+        /// needs the rustup nightly toolchain).
         #[arg(long, default_value_t = 60)]
         fuzz_seconds: u32,
         /// Extra arguments for `cargo test`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Fuzz every target (or one) from its seed corpus: the engine, the handshake,
+    /// reassembly, the kernel record decoder and the pcap reader.
+    Fuzz {
+        /// Minutes each target runs.
+        #[arg(long, default_value_t = 1)]
+        minutes: u32,
+        /// Only this target.
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(fuzz::TARGETS))]
+        target: Option<String>,
     },
     /// Test ws-monitor on Debian kernels under QEMU and on the host kernel (needs root):
     /// exact capture, clean exits, kill -9, restarts, a foreign clsact qdisc, detach.
@@ -192,9 +204,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 bail!("tests failed ({status})");
             }
             if fuzz_seconds > 0 {
-                fuzz(fuzz_seconds)?;
+                fuzz::run(&fuzz::TARGETS, (fuzz_seconds / fuzz::TARGETS.len() as u32).max(1))?;
             }
             Ok(())
+        }
+        Task::Fuzz { minutes, target } => {
+            let targets: Vec<&str> = match &target {
+                Some(t) => vec![t.as_str()],
+                None => fuzz::TARGETS.to_vec(),
+            };
+            fuzz::run(&targets, minutes.max(1) * 60)
         }
         Task::Kernels { kernels, timeout, ws_monitor } => {
             kernels::run(kernels::Options { kernels, timeout, ws_monitor })
@@ -319,35 +338,6 @@ fn succeeds(program: &str, args: &[&str]) -> bool {
         .status()
         .map(|s| s.success())
         .unwrap_or(false)
-}
-
-/// Runs the engine fuzz target (cargo-fuzz, libFuzzer, ASan) for `seconds`.
-fn fuzz(seconds: u32) -> anyhow::Result<()> {
-    let nightly = Command::new("rustup")
-        .args(["run", "nightly", "rustc", "--version"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !nightly {
-        bail!("fuzzing needs the rustup nightly toolchain (rustup toolchain install nightly), or pass --fuzz-seconds 0");
-    }
-    let have_cargo_fuzz = Command::new(env_cargo())
-        .args(["fuzz", "--version"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !have_cargo_fuzz {
-        step("installing cargo-fuzz 0.13.2");
-        cargo(&["install", "cargo-fuzz", "--locked", "--version", "0.13.2"])?;
-    }
-    step(&format!("fuzzing the protocol engine for {seconds} s"));
-    let status = Command::new("cargo")
-        .args(["+nightly", "fuzz", "run", "engine", "--", &format!("-max_total_time={seconds}")])
-        .current_dir(workspace_root().join("fuzz"))
-        .status()
-        .context("running cargo fuzz")?;
-    if !status.success() {
-        bail!("the fuzzer found a crash ({status}); the input is in fuzz/artifacts/engine/");
-    }
-    Ok(())
 }
 
 fn deb_installed(package: &str) -> bool {
