@@ -156,6 +156,13 @@ fn streams(seed: u16, traffic: Traffic) -> (Vec<u8>, Vec<u8>) {
 }
 
 /// Every connection's segments, MSS-sized, both directions interleaved, acking each other.
+/// Length of the HTTP head a stream starts with.
+fn head_len(b: &[u8]) -> usize {
+    b.windows(4).position(|w| w == b"\r\n\r\n").map_or(0, |i| i + 4)
+}
+
+/// Each connection as TCP segments, both directions interleaved; the client's first
+/// segment is its request alone (its frames follow the 101, as on the wire).
 fn segments(conns: &[(Vec<u8>, Vec<u8>)], f: &mut dyn FnMut(&Segment<'_>)) {
     for (i, (c, s)) in conns.iter().enumerate() {
         let client = SocketAddr::from((Ipv4Addr::new(10, 0, 0, 1), 40000 + i as u16));
@@ -181,7 +188,7 @@ fn segments(conns: &[(Vec<u8>, Vec<u8>)], f: &mut dyn FnMut(&Segment<'_>)) {
             {
                 let off = offs[i];
                 if off < data.len() {
-                    let end = (off + MSS).min(data.len());
+                    let end = if i == 0 && off == 0 { head_len(data) } else { (off + MSS).min(data.len()) };
                     let peer_delivered = offs[1 - i] as u32;
                     f(&Segment {
                         key,
@@ -245,8 +252,13 @@ fn measure(traffic: Traffic, conns: &[(Vec<u8>, Vec<u8>)]) {
         let key = key_for((Ipv4Addr::new(10, 0, 0, 1).into(), 40000 + i as u16), (Ipv4Addr::new(10, 0, 0, 2).into(), 8001), Direction::ToServer);
         let id = FlowId(i as u64);
         engine.open(id, &key, Opening::Handshake, 0);
-        let (mut cs, mut ss) = (c.chunks(DELIVERY), s.chunks(DELIVERY));
-        let (mut oc, mut os) = (0u64, 0u64);
+        // The request, then the 101, as on the wire (a client sends frames only once the
+        // 101 is there), then both directions in large deliveries.
+        let (ch, sh) = (head_len(c), head_len(s));
+        engine.data(id, Direction::ToServer, 0, &c[..ch], 1);
+        engine.data(id, Direction::ToClient, 0, &s[..sh], 1);
+        let (mut cs, mut ss) = (c[ch..].chunks(DELIVERY), s[sh..].chunks(DELIVERY));
+        let (mut oc, mut os) = (ch as u64, sh as u64);
         loop {
             let (a, b) = (cs.next(), ss.next());
             if a.is_none() && b.is_none() {
