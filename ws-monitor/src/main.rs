@@ -358,13 +358,13 @@ async fn live(config: &CaptureConfig, args: &RunArgs, privileges: &PrivilegeArgs
                 }
             }
             _ = tick.tick() => {
-                match (link, capture.link_state()) {
+                let was = std::mem::replace(&mut link, capture.link_state());
+                match (was, link) {
                     (_, LinkState::Gone) => break Ok(Stop::LinkGone),
                     (LinkState::Up, LinkState::Down) => tracing::warn!("{} went down: nothing is captured until it is up again", config.iface),
                     (LinkState::Down, LinkState::Up) => tracing::info!("{} is up again", config.iface),
                     _ => {}
                 }
-                link = capture.link_state();
                 let now = monotonic_ns();
                 pipeline.tick(now, outputs.dashboard.is_some());
                 outputs.findings(&mut pipeline);

@@ -308,3 +308,23 @@ fn privileges_are_dropped_on_every_thread_once_attached() {
     }
 }
 
+
+#[test]
+fn the_demo_runs_with_dropped_privileges_and_finds_what_it_commits() {
+    if !common::require_root("the_demo_runs_with_dropped_privileges_and_finds_what_it_commits") {
+        return;
+    }
+    let ns = common::Netns::new("demo");
+    let out = ns
+        .command(common::ws_monitor_bin())
+        .args(["demo", "--duration", "5", "--no-tui", "--json", "--log-interval", "0"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "demo: {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the demo's report");
+    let committed: u64 = report["demo_committed"].as_object().expect("demo_committed").values().filter_map(|v| v.as_u64()).sum();
+    let found: u64 = report["violations"].as_object().unwrap().values().filter_map(|v| v.as_u64()).sum();
+    // (A violation committed while the monitor stops may miss the capture.)
+    assert!(found > 0 && found <= committed && committed - found <= 2, "committed {committed}, found {found}: {report}");
+    assert_eq!(report["privileges"]["seccomp"], true, "{report}");
+}
