@@ -415,7 +415,7 @@ async fn live(config: &CaptureConfig, args: &RunArgs, privileges: &PrivilegeArgs
         }
     }
     let demo_committed = hooks.demo.map(|d| d.committed());
-    finish_report(totals, &config.ports, &capture_report, args.json, |out| {
+    finish_report(totals, args, &config.ports, &capture_report, |out| {
         out.insert("kernel".into(), report::kernel_json(&counters));
         out.insert(
             "pipeline".into(),
@@ -542,27 +542,37 @@ fn replay_file(args: &ReplayArgs) -> anyhow::Result<()> {
     if let Some(log) = outputs.log.as_mut() {
         log.summary(&capture_report, &totals.engine);
     }
-    finish_report(totals, &ports, &capture_report, run.json, |out| {
+    finish_report(totals, run, &ports, &capture_report, |out| {
         out.insert("replay".into(), serde_json::to_value(&stats).unwrap_or_default());
     })
 }
 
 /// The summary on stderr, and the JSON report on stdout with `--json`.
+/// Fails (after the report) when `--streams-dir` could not write everything.
 fn finish_report(
     totals: &pipeline::Totals,
+    run: &RunArgs,
     ports: &[u16],
     capture: &CaptureReport,
-    json: bool,
     extra: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
 ) -> anyhow::Result<()> {
-    if json {
+    if run.json {
         let mut out = report::report_json(ports, &totals.engine, capture);
         if let Some(map) = out.as_object_mut() {
             extra(map);
             map.insert("reassembly".into(), serde_json::to_value(totals.reassembly)?);
             map.insert("peak_rss_bytes".into(), report::peak_rss_bytes().into());
+            if run.streams_dir.is_some() {
+                map.insert("streams".into(), serde_json::json!({"errors": totals.stream_errors}));
+            }
         }
         println!("{out}");
+    }
+    if totals.stream_errors > 0 {
+        bail!(
+            "--streams-dir: {} writes failed, so its files are incomplete: free disk space, or raise the open-file limit (ulimit -n; two files per open connection)",
+            totals.stream_errors
+        );
     }
     Ok(())
 }

@@ -93,6 +93,11 @@ impl Monitor {
         self.sinks.engine.drain_findings()
     }
 
+    /// Writes of `--streams-dir` that failed (0 without it).
+    pub fn stream_errors(&self) -> u64 {
+        self.sinks.dump.as_ref().map_or(0, |d| d.errors)
+    }
+
     pub fn open_flows(&self) -> usize {
         self.reassembler.open_flows()
     }

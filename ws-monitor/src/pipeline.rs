@@ -78,6 +78,7 @@ struct Snapshot {
     engine: EngineStats,
     reassembly: ReassemblyStats,
     open_flows: usize,
+    stream_errors: u64,
     connections: Vec<(FlowId, ConnectionView)>,
 }
 
@@ -106,6 +107,8 @@ pub struct Totals {
     pub engine: EngineStats,
     pub reassembly: ReassemblyStats,
     pub open_flows: usize,
+    /// Failed writes of `--streams-dir`.
+    pub stream_errors: u64,
     pub connections: Vec<(FlowId, ConnectionView)>,
 }
 
@@ -290,6 +293,7 @@ impl Pipeline {
             totals.engine.add(&w.last.engine);
             totals.reassembly.add(&w.last.reassembly);
             totals.open_flows += w.last.open_flows;
+            totals.stream_errors += w.last.stream_errors;
             totals.connections.extend(w.last.connections.iter().cloned());
         }
         totals.connections.sort_unstable_by_key(|(id, _)| *id);
@@ -424,6 +428,7 @@ impl WorkerCtx {
             engine: monitor.engine_stats().clone(),
             reassembly: *monitor.reassembly(),
             open_flows: monitor.open_flows(),
+            stream_errors: monitor.stream_errors(),
             connections: if connections {
                 monitor.engine().connections().map(|(id, v)| (id, v.clone())).collect()
             } else {

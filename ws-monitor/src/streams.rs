@@ -7,6 +7,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::flow::{Closing, Direction, FlowId, FlowKey, Opening, StreamSink};
 
@@ -16,7 +17,7 @@ pub struct StreamDump {
     dir: PathBuf,
     open: HashMap<FlowId, [File; 2]>,
     names: HashMap<FlowId, String>,
-    /// Write errors (the first is reported on stderr).
+    /// Failed writes (the first is logged).
     pub errors: u64,
 }
 
@@ -27,9 +28,13 @@ impl StreamDump {
         Ok(StreamDump { dir: dir.to_owned(), open: HashMap::new(), names: HashMap::new(), errors: 0 })
     }
 
+    /// Counts a failed write; the first of the run is logged. The run ends with an error when any
+    /// failed (the files are incomplete).
     fn fail(&mut self, what: &str, err: std::io::Error) {
-        if self.errors == 0 {
-            eprintln!("ws-monitor: --streams-dir: {what}: {err} (further write errors are only counted)");
+        // One line for the whole run, whichever worker's dump fails first.
+        static WARNED: AtomicBool = AtomicBool::new(false);
+        if !WARNED.swap(true, Ordering::Relaxed) {
+            tracing::warn!("--streams-dir: {what}: {err} (further errors are only counted; the run will end with an error)");
         }
         self.errors += 1;
     }

@@ -866,3 +866,49 @@ proptest! {
         let _ = replay(&path, &[8080], |_| {});
     }
 }
+
+#[test]
+fn streams_dir_write_failures_fail_the_run_after_the_report() {
+    use std::os::unix::process::CommandExt as _;
+    let dir = Dir::new();
+    // 40 connections open at once, a byte from each client: 80 stream files.
+    let mut packets = Vec::new();
+    for i in 0..40u16 {
+        let c = 40000 + i;
+        packets.push(eth4(CLIENT4, SERVER4, t(c, 8001, 100).syn(), &[]));
+        packets.push(eth4(SERVER4, CLIENT4, t(8001, c, 900).syn().ack(101), &[]));
+        packets.push(eth4(CLIENT4, SERVER4, t(c, 8001, 101).ack(901), b"x"));
+    }
+    let recs: Vec<Rec<'_>> = packets.iter().map(|p| rec(1, 0, p)).collect();
+    let path = dir.0.path().join("many.pcap");
+    std::fs::write(&path, pcap(1, false, false, 65535, &recs)).unwrap();
+    let run = |limit: Option<libc::rlim_t>| {
+        let streams = dir.0.path().join(format!("streams-{limit:?}"));
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ws-monitor"));
+        cmd.arg("replay").arg(&path).args(["--port", "8001", "--json", "--log-interval", "0", "--streams-dir"]).arg(&streams);
+        if let Some(n) = limit {
+            // SAFETY: setrlimit is async-signal-safe and touches only the child's limits.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let r = libc::rlimit { rlim_cur: n, rlim_max: n };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let out = cmd.output().unwrap();
+        let report: serde_json::Value =
+            serde_json::from_slice(out.stdout.trim_ascii()).unwrap_or_else(|e| panic!("a report on stdout ({e}): {out:?}"));
+        (out.status.success(), report["streams"]["errors"].as_u64(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (ok, errors, stderr) = run(None);
+    assert!(ok && errors == Some(0), "{stderr}");
+    // Too few file descriptors for every stream file: counted, reported, a failed run.
+    let (ok, errors, stderr) = run(Some(32));
+    assert!(!ok, "{stderr}");
+    assert!(errors.is_some_and(|n| n > 0), "{errors:?} {stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.contains("--streams-dir") && last.contains("writes failed") && last.contains("ulimit -n"), "{stderr}");
+}
