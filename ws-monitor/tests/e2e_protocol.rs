@@ -1023,6 +1023,26 @@ fn assert_exact(tag: &str, reports: &Reports, want: &Expected<'_>) {
     }
 }
 
+/// A test's two hosts (network namespaces joined by a veth pair, see `common::veth_pair`)
+/// and a temp dir.
+struct Hosts {
+    client_ns: Netns,
+    server_ns: Netns,
+    /// The server-side veth, where the monitor and tcpdump capture.
+    veth: String,
+    dir: tempfile::TempDir,
+}
+
+/// The hosts of `test`, once it runs as root with `deps` there (None without root).
+fn hosts(test: &str, tag: &str, deps: &[Dep]) -> Option<Hosts> {
+    if !common::require_root(test) {
+        return None;
+    }
+    require_deps(deps);
+    let (client_ns, server_ns, veth) = common::veth_pair(tag);
+    Some(Hosts { client_ns, server_ns, veth, dir: tempfile::tempdir().unwrap() })
+}
+
 /// Plain HTTP requests counted on `port` (live; the replay reports the same).
 fn http_requests(reports: &Reports, port: u16) -> u64 {
     reports.live["http_requests"][port.to_string()].as_u64().unwrap_or(0)
@@ -1061,13 +1081,8 @@ fn request_ports(server: &mut Proc) -> Vec<(String, u64)> {
 
 #[test]
 fn nginx_keepalive_pool_is_exact_on_the_backend_port() {
-    if !common::require_root("nginx_keepalive_pool_is_exact_on_the_backend_port") {
-        return;
-    }
-    require_deps(&[Dep::Aiohttp, Dep::Nginx]);
     let tag = "nka";
-    let (client_ns, server_ns, veth) = common::veth_pair(tag);
-    let dir = tempfile::tempdir().unwrap();
+    let Some(Hosts { client_ns, server_ns, veth, dir }) = hosts("nginx_keepalive_pool_is_exact_on_the_backend_port", tag, &[Dep::Aiohttp, Dep::Nginx]) else { return };
     let prefix = dir.path().join("nginx");
     std::fs::create_dir(&prefix).unwrap();
     let conf = nginx_config(&prefix, Nginx::KeepalivePool);
@@ -1105,13 +1120,8 @@ fn nginx_keepalive_pool_is_exact_on_the_backend_port() {
 
 #[test]
 fn haproxy_health_checks_on_the_websocket_port_are_counted_not_reported() {
-    if !common::require_root("haproxy_health_checks_on_the_websocket_port_are_counted_not_reported") {
-        return;
-    }
-    require_deps(&[Dep::Aiohttp, Dep::Haproxy]);
     let tag = "hap";
-    let (client_ns, server_ns, veth) = common::veth_pair(tag);
-    let dir = tempfile::tempdir().unwrap();
+    let Some(Hosts { client_ns, server_ns, veth, dir }) = hosts("haproxy_health_checks_on_the_websocket_port_are_counted_not_reported", tag, &[Dep::Aiohttp, Dep::Haproxy]) else { return };
     let conf = haproxy_config(dir.path());
     let _upstream = aiohttp_server(&client_ns, UPSTREAM_PORT, &[]);
     let cap = start_capture(&server_ns, &veth, &[FRONT_PORT, UPSTREAM_PORT], &[], dir.path());
@@ -1135,13 +1145,8 @@ fn haproxy_health_checks_on_the_websocket_port_are_counted_not_reported() {
 
 #[test]
 fn socketio_polling_then_upgrade_is_conformant() {
-    if !common::require_root("socketio_polling_then_upgrade_is_conformant") {
-        return;
-    }
-    require_deps(&[Dep::SocketIo]);
     let tag = "sio";
-    let (client_ns, server_ns, veth) = common::veth_pair(tag);
-    let dir = tempfile::tempdir().unwrap();
+    let Some(Hosts { client_ns, server_ns, veth, dir }) = hosts("socketio_polling_then_upgrade_is_conformant", tag, &[Dep::SocketIo]) else { return };
     let port = WS_PORT.to_string();
     let mut server = server_ns.command("node");
     server.arg(peer("socketio_peer.js")).args(["server", "--port", &port, "--expect", "1"]);
@@ -1169,13 +1174,8 @@ fn socketio_polling_then_upgrade_is_conformant() {
 
 #[test]
 fn retry_after_401_on_one_connection_is_one_rejection_and_a_full_session() {
-    if !common::require_root("retry_after_401_on_one_connection_is_one_rejection_and_a_full_session") {
-        return;
-    }
-    require_deps(&[Dep::Aiohttp]);
     let tag = "401";
-    let (client_ns, server_ns, veth) = common::veth_pair(tag);
-    let dir = tempfile::tempdir().unwrap();
+    let Some(Hosts { client_ns, server_ns, veth, dir }) = hosts("retry_after_401_on_one_connection_is_one_rejection_and_a_full_session", tag, &[Dep::Aiohttp]) else { return };
     let mut server = aiohttp_server(&server_ns, WS_PORT, &[]);
     let cap = start_capture(&server_ns, &veth, &[WS_PORT], &[], dir.path());
     let summary = aiohttp_client(&client_ns, SERVER_V4, WS_PORT, "retry401");
@@ -1189,13 +1189,8 @@ fn retry_after_401_on_one_connection_is_one_rejection_and_a_full_session() {
 
 #[test]
 fn browser_sized_handshake_with_a_20kb_cookie_is_analysed() {
-    if !common::require_root("browser_sized_handshake_with_a_20kb_cookie_is_analysed") {
-        return;
-    }
-    require_deps(&[Dep::Aiohttp]);
     let tag = "ck";
-    let (client_ns, server_ns, veth) = common::veth_pair(tag);
-    let dir = tempfile::tempdir().unwrap();
+    let Some(Hosts { client_ns, server_ns, veth, dir }) = hosts("browser_sized_handshake_with_a_20kb_cookie_is_analysed", tag, &[Dep::Aiohttp]) else { return };
     let _server = aiohttp_server(&server_ns, WS_PORT, &["--max-field-size", "65536"]);
     let cap = start_capture(&server_ns, &veth, &[WS_PORT], &[], dir.path());
     let summary = aiohttp_client(&client_ns, SERVER_V4, WS_PORT, "bigcookie");
