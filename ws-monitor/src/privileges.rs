@@ -132,7 +132,7 @@ fn become_user(name: &str) -> anyhow::Result<String> {
 
 /// uid, primary gid and name of a user given by name or number.
 fn lookup_user(name: &str) -> anyhow::Result<(libc::uid_t, libc::gid_t, String)> {
-    let mut pwd: libc::passwd = unsafe_zeroed_passwd();
+    let mut pwd: libc::passwd = empty_passwd();
     let mut buf = vec![0 as libc::c_char; 16 << 10];
     let mut found: *mut libc::passwd = std::ptr::null_mut();
     let ret = if let Ok(uid) = name.parse::<libc::uid_t>() {
@@ -151,7 +151,7 @@ fn lookup_user(name: &str) -> anyhow::Result<(libc::uid_t, libc::gid_t, String)>
     Ok((pwd.pw_uid, pwd.pw_gid, user))
 }
 
-fn unsafe_zeroed_passwd() -> libc::passwd {
+fn empty_passwd() -> libc::passwd {
     // SAFETY: an all-zero passwd (null pointers, zero ids) is a valid value to be
     // overwritten by getpw*_r.
     unsafe { std::mem::zeroed() }
