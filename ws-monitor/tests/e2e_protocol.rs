@@ -306,10 +306,14 @@ fn require_deps(deps: &[Dep]) {
     }
     for dep in deps {
         let (there, what) = match dep {
-            Dep::Websockets => (ok("python3", &["-c", "import websockets.asyncio.client"]), "python3 websockets (>= 13)"),
+            Dep::Websockets => {
+                (ok("python3", &["-c", "import websockets.asyncio.client"]), "python3 websockets (>= 13)")
+            }
             Dep::Aiohttp => (ok("python3", &["-c", "import aiohttp.web"]), "python3 aiohttp"),
             Dep::NodeWs => (node(&["ws"]), "node with ws in tests/peers/node_modules"),
-            Dep::SocketIo => (node(&["socket.io", "socket.io-client"]), "node with socket.io in tests/peers/node_modules"),
+            Dep::SocketIo => {
+                (node(&["socket.io", "socket.io-client"]), "node with socket.io in tests/peers/node_modules")
+            }
             Dep::Nginx => (ok("nginx", &["-v"]), "nginx"),
             Dep::Haproxy => (ok("haproxy", &["-v"]), "haproxy"),
         };
@@ -610,8 +614,11 @@ const NODE: Peer = ("node", "ws_node.js");
 
 /// An echo server and a client (each `PYTHON` or `NODE`) talking over IPv4 and IPv6.
 fn library_pair(tag: &str, server_peer: Peer, client_peer: Peer, compression: &str) {
-    let deps: Vec<Dep> =
-        [(PYTHON, Dep::Websockets), (NODE, Dep::NodeWs)].into_iter().filter(|(p, _)| [server_peer, client_peer].contains(p)).map(|(_, d)| d).collect();
+    let deps: Vec<Dep> = [(PYTHON, Dep::Websockets), (NODE, Dep::NodeWs)]
+        .into_iter()
+        .filter(|(p, _)| [server_peer, client_peer].contains(p))
+        .map(|(_, d)| d)
+        .collect();
     require_deps(&deps);
     let (client_ns, server_ns, veth) = common::veth_pair(tag);
     let dir = tempfile::tempdir().unwrap();
@@ -743,6 +750,36 @@ fn nginx_config(prefix: &Path, setup: Nginx) -> PathBuf {
     path
 }
 
+/// nginx as a child process in the server namespace, its files in its own prefix.
+struct NginxProc {
+    proc_: Proc,
+    prefix: PathBuf,
+}
+
+/// Starts nginx set up as `setup` in `ns`, with its prefix under `dir`, and waits until
+/// it listens on FRONT_PORT.
+fn start_nginx(ns: &Netns, dir: &Path, setup: Nginx) -> NginxProc {
+    let prefix = dir.join("nginx");
+    std::fs::create_dir(&prefix).unwrap();
+    let conf = nginx_config(&prefix, setup);
+    let mut nginx = ns.command("nginx");
+    nginx.arg("-p").arg(&prefix).arg("-c").arg(&conf).arg("-e").arg(prefix.join("error.log"));
+    nginx.args(["-g", "daemon off;"]);
+    let mut proc_ = Proc::spawn(nginx, "nginx");
+    wait_listening(ns, FRONT_PORT, &mut proc_);
+    NginxProc { proc_, prefix }
+}
+
+impl NginxProc {
+    fn assert_running(&mut self) {
+        assert!(
+            self.proc_.running(),
+            "nginx died during the test: {}",
+            std::fs::read_to_string(self.prefix.join("error.log")).unwrap_or_default()
+        );
+    }
+}
+
 /// Writes the HAProxy configuration: SERVER_V4:FRONT_PORT in front of CLIENT_V4:UPSTREAM_PORT,
 /// health-checked with `GET /health` every 100 ms.
 fn haproxy_config(dir: &Path) -> PathBuf {
@@ -787,9 +824,6 @@ fn through_nginx(tag: &str, upgrade_headers: bool, connections: u64) -> ProxyRun
     require_deps(&[Dep::Websockets, Dep::Nginx]);
     let (client_ns, server_ns, veth) = common::veth_pair(tag);
     let dir = tempfile::tempdir().unwrap();
-    let prefix = dir.path().join("nginx");
-    std::fs::create_dir(&prefix).unwrap();
-    let conf = nginx_config(&prefix, if upgrade_headers { Nginx::Upgrade } else { Nginx::NoUpgrade });
 
     let mut upstream = client_ns.command("python3");
     upstream.arg(peer("ws_python.py")).args([
@@ -806,11 +840,8 @@ fn through_nginx(tag: &str, upgrade_headers: bool, connections: u64) -> ProxyRun
     let mut upstream = Proc::spawn(upstream, "upstream ws_python.py server");
     upstream.wait_line("listening", false);
 
-    let mut nginx = server_ns.command("nginx");
-    nginx.arg("-p").arg(&prefix).arg("-c").arg(&conf).arg("-e").arg(prefix.join("error.log"));
-    nginx.args(["-g", "daemon off;"]);
-    let mut nginx = Proc::spawn(nginx, "nginx");
-    wait_listening(&server_ns, FRONT_PORT, &mut nginx);
+    let mut nginx =
+        start_nginx(&server_ns, dir.path(), if upgrade_headers { Nginx::Upgrade } else { Nginx::NoUpgrade });
 
     let cap = start_capture(&server_ns, &veth, &[FRONT_PORT, UPSTREAM_PORT], &[], dir.path());
 
@@ -826,11 +857,7 @@ fn through_nginx(tag: &str, upgrade_headers: bool, connections: u64) -> ProxyRun
         upstream.finish_ok(STOP);
     }
     let reports = stop_capture(cap, tag);
-    assert!(
-        nginx.running(),
-        "nginx died during the test: {}",
-        std::fs::read_to_string(prefix.join("error.log")).unwrap_or_default()
-    );
+    nginx.assert_running();
     // nginx and the upstream are killed here, before their namespaces go.
     drop(nginx);
     drop(upstream);
@@ -1060,7 +1087,8 @@ fn aiohttp_server(ns: &Netns, port: u16, extra: &[&str]) -> Proc {
 /// A scenario of http_peers.py's client against `host:port`; its JSON summary.
 fn aiohttp_client(ns: &Netns, host: &str, port: u16, scenario: &str) -> Value {
     let mut client = ns.command("python3");
-    client.arg(peer("http_peers.py")).args(["client", "--host", host, "--port", &port.to_string(), "--scenario", scenario]);
+    client.arg(peer("http_peers.py")).args(["client", "--host", host, "--port", &port.to_string()]);
+    client.args(["--scenario", scenario]);
     let out = Proc::spawn(client, &format!("http_peers.py client {scenario}")).finish_ok(PEER_RUN);
     last_json(&out.stdout, "http_peers.py client")
 }
@@ -1082,16 +1110,12 @@ fn request_ports(server: &mut Proc) -> Vec<(String, u64)> {
 #[test]
 fn nginx_keepalive_pool_is_exact_on_the_backend_port() {
     let tag = "nka";
-    let Some(Hosts { client_ns, server_ns, veth, dir }) = hosts("nginx_keepalive_pool_is_exact_on_the_backend_port", tag, &[Dep::Aiohttp, Dep::Nginx]) else { return };
-    let prefix = dir.path().join("nginx");
-    std::fs::create_dir(&prefix).unwrap();
-    let conf = nginx_config(&prefix, Nginx::KeepalivePool);
+    let (name, deps) = ("nginx_keepalive_pool_is_exact_on_the_backend_port", [Dep::Aiohttp, Dep::Nginx]);
+    let Some(Hosts { client_ns, server_ns, veth, dir }) = hosts(name, tag, &deps) else {
+        return;
+    };
     let mut upstream = aiohttp_server(&client_ns, UPSTREAM_PORT, &[]);
-    let mut nginx = server_ns.command("nginx");
-    nginx.arg("-p").arg(&prefix).arg("-c").arg(&conf).arg("-e").arg(prefix.join("error.log"));
-    nginx.args(["-g", "daemon off;"]);
-    let mut nginx = Proc::spawn(nginx, "nginx");
-    wait_listening(&server_ns, FRONT_PORT, &mut nginx);
+    let mut nginx = start_nginx(&server_ns, dir.path(), Nginx::KeepalivePool);
 
     let cap = start_capture(&server_ns, &veth, &[FRONT_PORT, UPSTREAM_PORT], &[], dir.path());
     // GET /index, POST /submit, an upgrade refused for its Origin (403), an upgrade that
@@ -1099,7 +1123,7 @@ fn nginx_keepalive_pool_is_exact_on_the_backend_port() {
     // upstream connection for all four.
     let summary = aiohttp_client(&client_ns, SERVER_V4, FRONT_PORT, "keepalive");
     let reports = stop_capture(cap, tag);
-    assert!(nginx.running(), "nginx died: {}", std::fs::read_to_string(prefix.join("error.log")).unwrap_or_default());
+    nginx.assert_running();
     drop(nginx);
     let seen = request_ports(&mut upstream);
     assert_eq!(summary["reject_statuses"], json!([403]), "{tag}: the Origin check refused one upgrade");
@@ -1121,7 +1145,10 @@ fn nginx_keepalive_pool_is_exact_on_the_backend_port() {
 #[test]
 fn haproxy_health_checks_on_the_websocket_port_are_counted_not_reported() {
     let tag = "hap";
-    let Some(Hosts { client_ns, server_ns, veth, dir }) = hosts("haproxy_health_checks_on_the_websocket_port_are_counted_not_reported", tag, &[Dep::Aiohttp, Dep::Haproxy]) else { return };
+    let (name, deps) = ("haproxy_health_checks_on_the_websocket_port_are_counted_not_reported", [Dep::Aiohttp, Dep::Haproxy]);
+    let Some(Hosts { client_ns, server_ns, veth, dir }) = hosts(name, tag, &deps) else {
+        return;
+    };
     let conf = haproxy_config(dir.path());
     let _upstream = aiohttp_server(&client_ns, UPSTREAM_PORT, &[]);
     let cap = start_capture(&server_ns, &veth, &[FRONT_PORT, UPSTREAM_PORT], &[], dir.path());
@@ -1146,7 +1173,10 @@ fn haproxy_health_checks_on_the_websocket_port_are_counted_not_reported() {
 #[test]
 fn socketio_polling_then_upgrade_is_conformant() {
     let tag = "sio";
-    let Some(Hosts { client_ns, server_ns, veth, dir }) = hosts("socketio_polling_then_upgrade_is_conformant", tag, &[Dep::SocketIo]) else { return };
+    let (name, deps) = ("socketio_polling_then_upgrade_is_conformant", [Dep::SocketIo]);
+    let Some(Hosts { client_ns, server_ns, veth, dir }) = hosts(name, tag, &deps) else {
+        return;
+    };
     let port = WS_PORT.to_string();
     let mut server = server_ns.command("node");
     server.arg(peer("socketio_peer.js")).args(["server", "--port", &port, "--expect", "1"]);
@@ -1175,7 +1205,10 @@ fn socketio_polling_then_upgrade_is_conformant() {
 #[test]
 fn retry_after_401_on_one_connection_is_one_rejection_and_a_full_session() {
     let tag = "401";
-    let Some(Hosts { client_ns, server_ns, veth, dir }) = hosts("retry_after_401_on_one_connection_is_one_rejection_and_a_full_session", tag, &[Dep::Aiohttp]) else { return };
+    let (name, deps) = ("retry_after_401_on_one_connection_is_one_rejection_and_a_full_session", [Dep::Aiohttp]);
+    let Some(Hosts { client_ns, server_ns, veth, dir }) = hosts(name, tag, &deps) else {
+        return;
+    };
     let mut server = aiohttp_server(&server_ns, WS_PORT, &[]);
     let cap = start_capture(&server_ns, &veth, &[WS_PORT], &[], dir.path());
     let summary = aiohttp_client(&client_ns, SERVER_V4, WS_PORT, "retry401");
@@ -1190,7 +1223,10 @@ fn retry_after_401_on_one_connection_is_one_rejection_and_a_full_session() {
 #[test]
 fn browser_sized_handshake_with_a_20kb_cookie_is_analysed() {
     let tag = "ck";
-    let Some(Hosts { client_ns, server_ns, veth, dir }) = hosts("browser_sized_handshake_with_a_20kb_cookie_is_analysed", tag, &[Dep::Aiohttp]) else { return };
+    let (name, deps) = ("browser_sized_handshake_with_a_20kb_cookie_is_analysed", [Dep::Aiohttp]);
+    let Some(Hosts { client_ns, server_ns, veth, dir }) = hosts(name, tag, &deps) else {
+        return;
+    };
     let _server = aiohttp_server(&server_ns, WS_PORT, &["--max-field-size", "65536"]);
     let cap = start_capture(&server_ns, &veth, &[WS_PORT], &[], dir.path());
     let summary = aiohttp_client(&client_ns, SERVER_V4, WS_PORT, "bigcookie");
