@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use libfuzzer_sys::fuzz_target;
 use ws_monitor::engine::{Engine, EngineConfig};
-use ws_monitor::flow::{Closing, Direction, FlowId, FlowKey, Opening, StreamSink};
+use ws_monitor::flow::{Closing, Direction, FlowId, FlowKey, Loss, Opening, StreamSink};
 
 fuzz_target!(|input: &[u8]| {
     let Some((&control, rest)) = input.split_first() else { return };
@@ -28,7 +28,7 @@ fuzz_target!(|input: &[u8]| {
         let len = ((c & 0x3f) as usize + 1) * if control & 2 == 0 { 1 } else { 16 };
         let off = &mut offsets[dir.index()];
         if c & 0x40 != 0 && control & 4 != 0 {
-            engine.gap(id, dir, *off, len as u64, ts);
+            engine.gap(id, dir, *off, len as u64, Loss::Capture, ts);
             *off += len as u64;
             data = tail;
         } else {

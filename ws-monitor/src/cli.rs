@@ -115,13 +115,26 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub streams_dir: Option<PathBuf>,
 
-    /// Connections tracked at once; the least recently active is evicted beyond it.
+    /// Connections tracked at once. Beyond it one is evicted: the least recently active
+    /// half-open one, else one that carries no WebSocket session, else the least
+    /// recently active WebSocket session.
     #[arg(long, default_value_t = 65_536)]
     pub max_flows: usize,
 
     /// Out-of-order bytes buffered per connection direction before a hole is declared lost.
     #[arg(long, default_value = "4M", value_parser = parse_size)]
     pub flow_buffer: u64,
+
+    /// Out-of-order bytes buffered over all connections (K/M/G suffixes); past it the
+    /// connection being added to gives up its holes (counted as buffer_limit). Default:
+    /// 256M, or an eighth of the machine's memory if that is less.
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    pub memory_limit: Option<u64>,
+
+    /// Connections tracked at once that have sent only a SYN so far; beyond it the oldest
+    /// of them is evicted (a SYN flood then never pushes out established connections).
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    pub max_half_open: usize,
 
     /// Seconds without traffic after which a connection is evicted.
     #[arg(long, default_value_t = 300.0, value_name = "SECS")]

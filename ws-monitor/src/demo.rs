@@ -1475,6 +1475,8 @@ mod tests {
     #[derive(Clone, Default)]
     struct Shared(Arc<Mutex<Recorder>>);
 
+    use crate::flow::Loss;
+
     impl StreamSink for Shared {
         fn open(&mut self, id: FlowId, key: &FlowKey, opening: Opening, ts_ns: u64) {
             let mut r = self.0.lock().unwrap();
@@ -1491,8 +1493,8 @@ mod tests {
             }
             r.engine.data(id, dir, offset, data, ts_ns);
         }
-        fn gap(&mut self, id: FlowId, dir: Direction, offset: u64, len: u64, ts_ns: u64) {
-            self.0.lock().unwrap().engine.gap(id, dir, offset, len, ts_ns);
+        fn gap(&mut self, id: FlowId, dir: Direction, offset: u64, len: u64, loss: Loss, ts_ns: u64) {
+            self.0.lock().unwrap().engine.gap(id, dir, offset, len, loss, ts_ns);
         }
         fn close(&mut self, id: FlowId, closing: Closing, ts_ns: u64) {
             self.0.lock().unwrap().engine.close(id, closing, ts_ns);

@@ -155,6 +155,81 @@ pub enum Closing {
     CaptureEnded,
 }
 
+/// Why bytes of a stream went unanalysed (a blind spot). Reassembly reports the first
+/// three with its gaps; the engine adds [`Loss::Resync`] itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Loss {
+    /// Never delivered by the capture: the ring buffer was full, the kernel could not
+    /// copy them, or (replay) they are missing from the file.
+    Capture,
+    /// Still waiting for a hole before them when the connection was evicted (idle, or
+    /// pushed out of a full flow table).
+    Eviction,
+    /// Given up to keep out-of-order buffering under its limits (per direction:
+    /// `--flow-buffer`; over all connections: `--memory-limit`), or beyond what a
+    /// handshake may hold.
+    BufferLimit,
+    /// Passed over while a direction was out of sync, looking for a frame boundary.
+    Resync,
+}
+
+impl Loss {
+    pub const ALL: [Loss; 4] = [Loss::Capture, Loss::Eviction, Loss::BufferLimit, Loss::Resync];
+
+    /// Stable name used in JSON, logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Loss::Capture => "capture_loss",
+            Loss::Eviction => "eviction",
+            Loss::BufferLimit => "buffer_limit",
+            Loss::Resync => "resync",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Bytes that went unanalysed, by [`Loss`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Unanalysed([u64; 4]);
+
+impl Unanalysed {
+    pub fn add(&mut self, loss: Loss, n: u64) {
+        if let Some(c) = self.0.get_mut(loss.index()) {
+            *c = c.saturating_add(n);
+        }
+    }
+
+    pub fn get(&self, loss: Loss) -> u64 {
+        self.0.get(loss.index()).copied().unwrap_or(0)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.iter().fold(0u64, |t, n| t.saturating_add(*n))
+    }
+
+    /// Adds another count (of other connections) to this one.
+    pub fn merge(&mut self, o: &Unanalysed) {
+        for loss in Loss::ALL {
+            self.add(loss, o.get(loss));
+        }
+    }
+}
+
+/// `{"capture_loss": N, "eviction": N, "buffer_limit": N, "resync": N}`.
+impl serde::Serialize for Unanalysed {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(Loss::ALL.len()))?;
+        for loss in Loss::ALL {
+            m.serialize_entry(loss.name(), &self.get(loss))?;
+        }
+        m.end()
+    }
+}
+
 /// Receives the ordered byte streams rebuilt by reassembly. Offsets count bytes of one
 /// direction's stream from where tracking began (0 = first byte after the SYN, or the
 /// first byte seen for a mid-stream connection). For each direction, `data` and `gap`
@@ -162,12 +237,12 @@ pub enum Closing {
 pub trait StreamSink {
     fn open(&mut self, id: FlowId, key: &FlowKey, opening: Opening, ts_ns: u64);
     fn data(&mut self, id: FlowId, dir: Direction, offset: u64, data: &[u8], ts_ns: u64);
-    /// `len` bytes at `offset` were on the wire but never seen (ring loss, capture loss).
-    fn gap(&mut self, id: FlowId, dir: Direction, offset: u64, len: u64, ts_ns: u64);
+    /// `len` bytes at `offset` were on the wire but will never be delivered, for `loss`.
+    fn gap(&mut self, id: FlowId, dir: Direction, offset: u64, len: u64, loss: Loss, ts_ns: u64);
     /// `len` bytes at `offset` were seen but left out on purpose by the capture (the rest
     /// of a binary frame's payload). A sink that needs every byte takes them for a gap.
     fn skip(&mut self, id: FlowId, dir: Direction, offset: u64, len: u64, ts_ns: u64) {
-        self.gap(id, dir, offset, len, ts_ns);
+        self.gap(id, dir, offset, len, Loss::Capture, ts_ns);
     }
     fn close(&mut self, id: FlowId, closing: Closing, ts_ns: u64);
 }
@@ -182,9 +257,9 @@ impl<A: StreamSink, B: StreamSink> StreamSink for (A, B) {
         self.0.data(id, dir, offset, data, ts_ns);
         self.1.data(id, dir, offset, data, ts_ns);
     }
-    fn gap(&mut self, id: FlowId, dir: Direction, offset: u64, len: u64, ts_ns: u64) {
-        self.0.gap(id, dir, offset, len, ts_ns);
-        self.1.gap(id, dir, offset, len, ts_ns);
+    fn gap(&mut self, id: FlowId, dir: Direction, offset: u64, len: u64, loss: Loss, ts_ns: u64) {
+        self.0.gap(id, dir, offset, len, loss, ts_ns);
+        self.1.gap(id, dir, offset, len, loss, ts_ns);
     }
     fn skip(&mut self, id: FlowId, dir: Direction, offset: u64, len: u64, ts_ns: u64) {
         self.0.skip(id, dir, offset, len, ts_ns);
@@ -203,8 +278,8 @@ impl<S: StreamSink + ?Sized> StreamSink for &mut S {
     fn data(&mut self, id: FlowId, dir: Direction, offset: u64, data: &[u8], ts_ns: u64) {
         (**self).data(id, dir, offset, data, ts_ns);
     }
-    fn gap(&mut self, id: FlowId, dir: Direction, offset: u64, len: u64, ts_ns: u64) {
-        (**self).gap(id, dir, offset, len, ts_ns);
+    fn gap(&mut self, id: FlowId, dir: Direction, offset: u64, len: u64, loss: Loss, ts_ns: u64) {
+        (**self).gap(id, dir, offset, len, loss, ts_ns);
     }
     fn skip(&mut self, id: FlowId, dir: Direction, offset: u64, len: u64, ts_ns: u64) {
         (**self).skip(id, dir, offset, len, ts_ns);

@@ -98,6 +98,16 @@ struct PipelineSetup {
     lossless: bool,
 }
 
+/// `--memory-limit` when not given: 256 MiB, or an eighth of the machine's memory if
+/// that is less (`/proc/meminfo`; 256 MiB where it cannot be read).
+fn default_memory_limit() -> usize {
+    let total_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.trim().strip_suffix("kB")?.trim().parse::<usize>().ok()
+    });
+    let eighth = total_kib.map_or(usize::MAX, |kib| kib.saturating_mul(1024) / 8);
+    eighth.min(256 << 20)
+}
+
 impl PipelineSetup {
     fn new(args: &RunArgs, steer: bool, lossless: bool) -> anyhow::Result<PipelineSetup> {
         if args.workers > pipeline::MAX_WORKERS {
@@ -109,6 +119,8 @@ impl PipelineSetup {
                 max_flows: args.max_flows.max(1),
                 max_buffered_per_direction: usize::try_from(args.flow_buffer).unwrap_or(usize::MAX),
                 idle_timeout_ns: secs_to_ns(args.idle_timeout),
+                max_half_open: args.max_half_open.max(1),
+                memory_limit: args.memory_limit.map_or_else(default_memory_limit, |n| usize::try_from(n).unwrap_or(usize::MAX)),
             },
             engine: EngineConfig {
                 max_frame_size: args.max_frame_size,

@@ -2,7 +2,7 @@
 //! the optional stream dump). No I/O of its own beyond what the sinks do.
 
 use crate::engine::{Engine, EngineConfig, EngineStats, Finding, Hint, Steer};
-use crate::flow::{Closing, Direction, FlowId, FlowKey, Opening, Segment, StreamSink};
+use crate::flow::{Closing, Direction, FlowId, FlowKey, Loss, Opening, Segment, StreamSink};
 use crate::reassembly::{Reassembler, ReassemblyConfig, ReassemblyStats};
 use crate::streams::StreamDump;
 
@@ -25,10 +25,10 @@ impl StreamSink for Sinks {
             d.data(id, dir, offset, data, ts_ns);
         }
     }
-    fn gap(&mut self, id: FlowId, dir: Direction, offset: u64, len: u64, ts_ns: u64) {
-        self.engine.gap(id, dir, offset, len, ts_ns);
+    fn gap(&mut self, id: FlowId, dir: Direction, offset: u64, len: u64, loss: Loss, ts_ns: u64) {
+        self.engine.gap(id, dir, offset, len, loss, ts_ns);
         if let Some(d) = &mut self.dump {
-            d.gap(id, dir, offset, len, ts_ns);
+            d.gap(id, dir, offset, len, loss, ts_ns);
         }
     }
     fn skip(&mut self, id: FlowId, dir: Direction, offset: u64, len: u64, ts_ns: u64) {
@@ -66,6 +66,9 @@ impl Monitor {
 
     pub fn segment(&mut self, seg: &Segment<'_>) {
         self.reassembler.segment(seg, &mut self.sinks);
+        for (id, key) in self.sinks.engine.drain_sessions() {
+            self.reassembler.promote(id, &key);
+        }
     }
 
     pub fn tick(&mut self, now_ns: u64) {

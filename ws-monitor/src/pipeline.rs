@@ -153,8 +153,13 @@ impl Pipeline {
         let (hints_tx, hints) = mpsc::sync_channel(HINTS_QUEUE);
         let findings_dropped = Arc::new(AtomicU64::new(0));
         let hints_dropped = Arc::new(AtomicU64::new(0));
-        // Reassembly's flow-table cap is the whole monitor's: each shard holds its part.
-        let reassembly = ReassemblyConfig { max_flows: reassembly.max_flows.div_ceil(n).max(1), ..reassembly };
+        // Reassembly's limits are the whole monitor's: each shard holds its part.
+        let reassembly = ReassemblyConfig {
+            max_flows: reassembly.max_flows.div_ceil(n).max(1),
+            max_half_open: reassembly.max_half_open.div_ceil(n).max(1),
+            memory_limit: reassembly.memory_limit / n,
+            ..reassembly
+        };
         // So is the engine's inflate rate: each worker inflates its share per second.
         let engine = EngineConfig { max_inflate_rate: engine.max_inflate_rate.div_ceil(n as u64).max(1), ..engine };
         let mut out = Vec::with_capacity(n);

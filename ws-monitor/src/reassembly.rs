@@ -42,12 +42,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::flow::{Closing, Direction, FlowId, FlowKey, Opening, Segment, StreamSink};
+use crate::flow::{Closing, Direction, FlowId, FlowKey, Loss, Opening, Segment, StreamSink};
 
 /// How far before a direction's first byte seen a peer ACK may lie and still become offset 0.
 const ANCHOR_WINDOW: u32 = 1 << 20;
 /// Most out-of-order pieces held per direction, however small (bounds per-piece overhead).
 const MAX_PENDING_PIECES: usize = 8192;
+/// Memory a held piece costs beyond its bytes (its map entry and allocation), counted
+/// against the buffer limits so that many small pieces cannot hide behind few bytes.
+const PIECE_OVERHEAD: usize = 64;
 /// "No slot" in the recency list.
 const NIL: usize = usize::MAX;
 /// A RST is believed only if its sequence number lies this far at most past what its
@@ -67,6 +70,12 @@ pub struct ReassemblyConfig {
     pub max_buffered_per_direction: usize,
     /// A connection without segments for longer than this is evicted by [`Reassembler::tick`].
     pub idle_timeout_ns: u64,
+    /// Most connections tracked at once that have shown only a SYN (no payload yet):
+    /// beyond it the oldest of them is evicted, whatever the room in the table.
+    pub max_half_open: usize,
+    /// Bytes of out-of-order data held over all connections; past it the connection
+    /// being added to gives up its holes until the total is back under.
+    pub memory_limit: usize,
 }
 
 impl Default for ReassemblyConfig {
@@ -75,7 +84,30 @@ impl Default for ReassemblyConfig {
             max_flows: 65_536,
             max_buffered_per_direction: 4 << 20,
             idle_timeout_ns: 300_000_000_000,
+            max_half_open: 4096,
+            memory_limit: 256 << 20,
         }
+    }
+}
+
+/// What a connection is worth keeping, lowest first: under pressure the flow table
+/// evicts from the lowest class that has any, least recently active first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Class {
+    /// Only a SYN (or SYN-ACK) so far: a half-open connection, or a SYN flood.
+    HalfOpen = 0,
+    /// Carried payload, but no WebSocket session was recognised on it (yet): plain
+    /// HTTP, a handshake in progress, an unsynced mid-stream connection.
+    Plain = 1,
+    /// The engine follows a WebSocket session on it ([`Reassembler::promote`]).
+    Upgraded = 2,
+}
+
+impl Class {
+    const ALL: [Class; 3] = [Class::HalfOpen, Class::Plain, Class::Upgraded];
+
+    fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -123,6 +155,17 @@ pub struct ReassemblyStats {
     /// SYNs ignored because they repeat the ISN of a connection just closed (a
     /// retransmission, not a new connection).
     pub phantom_syns: u64,
+    /// Half-open connections evicted because `max_half_open` of them were tracked.
+    pub half_open_evictions: u64,
+    /// WebSocket sessions evicted to make room in a full table (nothing of a lower class
+    /// was left to evict): a sign that `--max-flows` is too small.
+    pub upgraded_evictions: u64,
+    /// Times the memory limit over all connections made a connection give up a hole.
+    pub memory_limit_hits: u64,
+    /// Out-of-order bytes held now (pieces' overhead included).
+    pub buffered_bytes: u64,
+    /// The most ever held at once (summed over reassemblers side by side, an upper bound).
+    pub peak_buffered_bytes: u64,
 }
 
 impl ReassemblyStats {
@@ -146,6 +189,11 @@ impl ReassemblyStats {
             table_full_evictions,
             rst_ignored,
             phantom_syns,
+            half_open_evictions,
+            upgraded_evictions,
+            memory_limit_hits,
+            buffered_bytes,
+            peak_buffered_bytes,
         } = o;
         for (mine, theirs) in [
             (&mut self.segments, segments),
@@ -165,6 +213,11 @@ impl ReassemblyStats {
             (&mut self.table_full_evictions, table_full_evictions),
             (&mut self.rst_ignored, rst_ignored),
             (&mut self.phantom_syns, phantom_syns),
+            (&mut self.half_open_evictions, half_open_evictions),
+            (&mut self.upgraded_evictions, upgraded_evictions),
+            (&mut self.memory_limit_hits, memory_limit_hits),
+            (&mut self.buffered_bytes, buffered_bytes),
+            (&mut self.peak_buffered_bytes, peak_buffered_bytes),
         ] {
             bump(mine, *theirs);
         }
@@ -228,7 +281,7 @@ impl Held {
         self.run().len()
     }
 
-    /// Memory held (a skip holds none).
+    /// Bytes held (a skip holds none).
     fn memory(&self) -> usize {
         match self {
             Held::Bytes(b) => b.len(),
@@ -280,13 +333,13 @@ impl Out<'_> {
         }
     }
 
-    fn gap(&mut self, dir: Direction, offset: u64, len: u64) {
+    fn gap(&mut self, dir: Direction, offset: u64, len: u64, loss: Loss) {
         if len == 0 {
             return;
         }
         bump(&mut self.stats.gaps, 1);
         bump(&mut self.stats.bytes_lost, len);
-        self.sink.gap(self.id, dir, offset, len, self.ts);
+        self.sink.gap(self.id, dir, offset, len, loss, self.ts);
     }
 
     fn duplicate(&mut self, n: u64) {
@@ -491,7 +544,7 @@ impl Stream {
             if upto <= self.next {
                 break;
             }
-            out.gap(self.dir, self.next, upto - self.next);
+            out.gap(self.dir, self.next, upto - self.next, Loss::Capture);
             self.next = upto;
             self.drain(out);
         }
@@ -502,26 +555,31 @@ impl Stream {
         while self.buffered > cfg.max_buffered_per_direction
             || self.pending.len() > MAX_PENDING_PIECES
         {
-            let Some(&at) = self.pending.keys().next() else { break };
+            if !self.give_up_hole(Loss::BufferLimit, out) {
+                break;
+            }
             bump(&mut out.stats.buffer_overflows, 1);
-            out.gap(self.dir, self.next, at.saturating_sub(self.next));
-            self.next = self.next.max(at);
-            self.drain(out);
         }
     }
 
-    /// Gives up on every hole: delivers all held data, with gaps between, then a gap up to
-    /// the known end of the stream (FIN, or else the peer's highest ACK).
-    fn flush(&mut self, out: &mut Out<'_>) {
+    /// Reports the first hole as a gap for `loss` and delivers the held data after it;
+    /// false if nothing is held.
+    fn give_up_hole(&mut self, loss: Loss, out: &mut Out<'_>) -> bool {
+        let Some(&at) = self.pending.keys().next() else { return false };
+        out.gap(self.dir, self.next, at.saturating_sub(self.next), loss);
+        self.next = self.next.max(at);
         self.drain(out);
-        while let Some(&at) = self.pending.keys().next() {
-            out.gap(self.dir, self.next, at.saturating_sub(self.next));
-            self.next = self.next.max(at);
-            self.drain(out);
-        }
+        true
+    }
+
+    /// Gives up on every hole (for `loss`): delivers all held data, with gaps between,
+    /// then a gap up to the known end of the stream (FIN, or else the peer's highest ACK).
+    fn flush(&mut self, loss: Loss, out: &mut Out<'_>) {
+        self.drain(out);
+        while self.give_up_hole(loss, out) {}
         let end = self.fin.unwrap_or(self.acked);
         if end > self.next {
-            out.gap(self.dir, self.next, end - self.next);
+            out.gap(self.dir, self.next, end - self.next, loss);
             self.next = end;
         }
     }
@@ -580,6 +638,30 @@ impl Flow {
         } else {
             seg.reversed()
         }
+    }
+
+    /// Memory its out-of-order buffers hold: bytes, and each piece's own overhead.
+    fn memory(&self) -> usize {
+        self.streams.iter().map(|s| s.buffered + s.pending.len() * PIECE_OVERHEAD).sum()
+    }
+
+    /// Gives up holes, the larger buffer's first, until `excess` bytes are freed or
+    /// nothing is held; returns the bytes freed.
+    fn shed(&mut self, excess: usize, out: &mut Out<'_>) -> usize {
+        let before = self.memory();
+        while before - self.memory() < excess {
+            let [a, b] = &mut self.streams;
+            let fuller = if a.pending.len() * PIECE_OVERHEAD + a.buffered >= b.pending.len() * PIECE_OVERHEAD + b.buffered {
+                a
+            } else {
+                b
+            };
+            if !fuller.give_up_hole(Loss::BufferLimit, out) {
+                break;
+            }
+            bump(&mut out.stats.memory_limit_hits, 1);
+        }
+        before - self.memory()
     }
 
     fn both_fins_seen(&self) -> bool {
@@ -648,33 +730,73 @@ impl Flow {
     }
 }
 
-/// A slot of the flow table: a flow and its neighbours in the recency list.
+/// A slot of the flow table: a flow and its neighbours in its class's recency list.
 struct Slot {
     /// The flow's [`FlowKey::unordered`] key.
     key: FlowKey,
     flow: Option<Flow>,
+    class: Class,
     prev: usize,
     next: usize,
 }
 
-/// Flows by [`FlowKey::unordered`] key, threaded on a recency list (most recent at `head`)
-/// over a slab, so that touching a flow and finding the least recently active one are O(1)
-/// and allocation-free.
+/// Flows by [`FlowKey::unordered`] key, threaded on one recency list per [`Class`] (most
+/// recent at the head) over a slab, so that touching a flow, finding the least recently
+/// active one of a class and moving a flow to another class are O(1) and allocation-free.
 struct FlowTable {
     index: HashMap<FlowKey, usize>,
     slots: Vec<Slot>,
     free: Vec<usize>,
-    head: usize,
-    tail: usize,
+    /// Per class: most and least recently active flow.
+    head: [usize; 3],
+    tail: [usize; 3],
+    count: [usize; 3],
 }
 
 impl FlowTable {
     fn new() -> Self {
-        Self { index: HashMap::new(), slots: Vec::new(), free: Vec::new(), head: NIL, tail: NIL }
+        Self {
+            index: HashMap::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            head: [NIL; 3],
+            tail: [NIL; 3],
+            count: [0; 3],
+        }
     }
 
     fn len(&self) -> usize {
         self.index.len()
+    }
+
+    /// Flows of `class` tracked.
+    fn count(&self, class: Class) -> usize {
+        self.count.get(class.index()).copied().unwrap_or(0)
+    }
+
+    fn class(&self, slot: usize) -> Option<Class> {
+        self.slots.get(slot).filter(|s| s.flow.is_some()).map(|s| s.class)
+    }
+
+    /// Moves the flow in `slot` to `class` (as its most recently active).
+    fn set_class(&mut self, slot: usize, class: Class) {
+        if self.class(slot).is_some_and(|c| c != class) {
+            self.unlink(slot);
+            if let Some(s) = self.slots.get_mut(slot) {
+                s.class = class;
+            }
+            self.link_front(slot);
+        }
+    }
+
+    /// The least recently active flow of `class`.
+    fn oldest_of(&self, class: Class) -> Option<usize> {
+        self.tail.get(class.index()).copied().filter(|&t| t != NIL)
+    }
+
+    /// What to evict to make room: the least recently active flow of the lowest class.
+    fn victim(&self) -> Option<usize> {
+        Class::ALL.into_iter().find_map(|c| self.oldest_of(c))
     }
 
     fn find(&self, key: &FlowKey) -> Option<usize> {
@@ -689,13 +811,8 @@ impl FlowTable {
         self.slots.get_mut(slot)?.flow.as_mut()
     }
 
-    /// The least recently active flow.
-    fn oldest(&self) -> Option<usize> {
-        (self.tail != NIL).then_some(self.tail)
-    }
-
-    fn insert(&mut self, key: FlowKey, flow: Flow) -> usize {
-        let slot = Slot { key, flow: Some(flow), prev: NIL, next: NIL };
+    fn insert(&mut self, key: FlowKey, flow: Flow, class: Class) -> usize {
+        let slot = Slot { key, flow: Some(flow), class, prev: NIL, next: NIL };
         let at = match self.free.pop() {
             Some(at) if at < self.slots.len() => at,
             _ => self.slots.len(),
@@ -719,38 +836,44 @@ impl FlowTable {
         Some(flow)
     }
 
-    /// Marks the flow in `slot` as the most recently active.
+    /// Marks the flow in `slot` as the most recently active of its class.
     fn touch(&mut self, slot: usize) {
-        if self.head != slot {
+        let Some(class) = self.class(slot) else { return };
+        if self.head.get(class.index()) != Some(&slot) {
             self.unlink(slot);
             self.link_front(slot);
         }
     }
 
+    /// Takes `at` out of its class's list.
     fn unlink(&mut self, at: usize) {
         let Some(slot) = self.slots.get_mut(at) else { return };
-        let (prev, next) = (slot.prev, slot.next);
+        let (prev, next, c) = (slot.prev, slot.next, slot.class.index());
         (slot.prev, slot.next) = (NIL, NIL);
         match self.slots.get_mut(prev) {
             Some(p) => p.next = next,
-            None => self.head = next,
+            None => self.head[c] = next,
         }
         match self.slots.get_mut(next) {
             Some(n) => n.prev = prev,
-            None => self.tail = prev,
+            None => self.tail[c] = prev,
         }
+        self.count[c] = self.count[c].saturating_sub(1);
     }
 
+    /// Puts `at` at the head of its class's list.
     fn link_front(&mut self, at: usize) {
-        let old = self.head;
+        let Some(c) = self.slots.get(at).map(|s| s.class.index()) else { return };
+        let old = self.head[c];
         if let Some(slot) = self.slots.get_mut(at) {
             (slot.prev, slot.next) = (NIL, old);
         }
         match self.slots.get_mut(old) {
             Some(o) => o.prev = at,
-            None => self.tail = at,
+            None => self.tail[c] = at,
         }
-        self.head = at;
+        self.head[c] = at;
+        self.count[c] += 1;
     }
 }
 
@@ -766,6 +889,8 @@ pub struct Reassembler {
     closed: HashMap<FlowKey, [Option<u32>; 2]>,
     /// Their keys, oldest first (bounds `closed`).
     closed_order: std::collections::VecDeque<FlowKey>,
+    /// Memory held in out-of-order buffers over all flows.
+    held: usize,
 }
 
 impl Reassembler {
@@ -784,6 +909,7 @@ impl Reassembler {
             id_step: step.max(1),
             closed: HashMap::new(),
             closed_order: std::collections::VecDeque::new(),
+            held: 0,
         }
     }
 
@@ -812,13 +938,37 @@ impl Reassembler {
             }
             None => self.open(&syn_oriented(seg), sink),
         };
+        if self.table.class(slot) == Some(Class::HalfOpen) && (!seg.data.is_empty() || seg.skip > 0) {
+            self.table.set_class(slot, Class::Plain);
+        }
         self.table.touch(slot);
         let Some(flow) = self.table.get_mut(slot) else { return };
         let seg = &flow.orient(seg);
         flow.last_ts = flow.last_ts.max(seg.ts_ns);
         let mut out = Out { sink, stats: &mut self.stats, id: flow.id, ts: seg.ts_ns };
-        if let Some(closing) = flow.apply(seg, &self.config, &mut out) {
+        let before = flow.memory();
+        let closing = flow.apply(seg, &self.config, &mut out);
+        let mut held = self.held.saturating_sub(before).saturating_add(flow.memory());
+        // The total was under the limit before this segment, and only this flow grew:
+        // giving up its own holes is always enough to be under again.
+        if let Some(excess) = held.checked_sub(self.config.memory_limit).filter(|&e| e > 0) {
+            held = held.saturating_sub(flow.shed(excess, &mut out));
+        }
+        self.held = held;
+        self.stats.buffered_bytes = held as u64;
+        self.stats.peak_buffered_bytes = self.stats.peak_buffered_bytes.max(held as u64);
+        if let Some(closing) = closing {
             self.close(slot, closing, seg.ts_ns, sink);
+        }
+    }
+
+    /// The engine follows a WebSocket session on connection `id` (`key` either way
+    /// round): it is evicted last from now on.
+    pub fn promote(&mut self, id: FlowId, key: &FlowKey) {
+        if let Some(slot) = self.table.find(&key.unordered()) {
+            if self.table.get(slot).is_some_and(|f| f.id == id) {
+                self.table.set_class(slot, Class::Upgraded);
+            }
         }
     }
 
@@ -830,13 +980,15 @@ impl Reassembler {
     /// still active, so with timestamps slightly out of order an idle flow may wait for the
     /// next tick.
     pub fn tick(&mut self, now_ns: u64, sink: &mut impl StreamSink) {
-        while let Some(slot) = self.table.oldest() {
-            let idle = self
-                .table
-                .get(slot)
-                .is_some_and(|f| now_ns.saturating_sub(f.last_ts) > self.config.idle_timeout_ns);
-            if !idle || !self.close(slot, Closing::Evicted, now_ns, sink) {
-                break;
+        for class in Class::ALL {
+            while let Some(slot) = self.table.oldest_of(class) {
+                let idle = self
+                    .table
+                    .get(slot)
+                    .is_some_and(|f| now_ns.saturating_sub(f.last_ts) > self.config.idle_timeout_ns);
+                if !idle || !self.close(slot, Closing::Evicted, now_ns, sink) {
+                    break;
+                }
             }
         }
     }
@@ -844,7 +996,7 @@ impl Reassembler {
     /// End of capture: flushes every open flow (delivers what can be, gaps for the rest up
     /// to the known end) and closes each with `Closing::CaptureEnded`.
     pub fn finish(&mut self, now_ns: u64, sink: &mut impl StreamSink) {
-        while let Some(slot) = self.table.oldest() {
+        while let Some(slot) = self.table.victim() {
             if !self.close(slot, Closing::CaptureEnded, now_ns, sink) {
                 break;
             }
@@ -892,12 +1044,24 @@ impl Reassembler {
         }
     }
 
-    /// Starts tracking the connection `seg` belongs to, making room first if needed.
+    /// Starts tracking the connection `seg` belongs to, making room first if needed:
+    /// a SYN beyond the half-open budget evicts the oldest half-open connection; a full
+    /// table evicts the least recently active connection of the lowest [`Class`].
     fn open(&mut self, seg: &Segment<'_>, sink: &mut dyn StreamSink) -> usize {
-        if self.table.len() >= self.config.max_flows.max(1) {
-            if let Some(oldest) = self.table.oldest() {
-                bump(&mut self.stats.table_full_evictions, 1);
+        let class = if seg.data.is_empty() && seg.skip == 0 { Class::HalfOpen } else { Class::Plain };
+        if class == Class::HalfOpen && self.table.count(Class::HalfOpen) >= self.config.max_half_open.max(1) {
+            if let Some(oldest) = self.table.oldest_of(Class::HalfOpen) {
+                bump(&mut self.stats.half_open_evictions, 1);
                 self.close(oldest, Closing::Evicted, seg.ts_ns, sink);
+            }
+        }
+        if self.table.len() >= self.config.max_flows.max(1) {
+            if let Some(victim) = self.table.victim() {
+                bump(&mut self.stats.table_full_evictions, 1);
+                if self.table.class(victim) == Some(Class::Upgraded) {
+                    bump(&mut self.stats.upgraded_evictions, 1);
+                }
+                self.close(victim, Closing::Evicted, seg.ts_ns, sink);
             }
         }
         let id = FlowId(self.next_id);
@@ -907,7 +1071,7 @@ impl Reassembler {
         let opening = if handshake { Opening::Handshake } else { Opening::MidStream };
         sink.open(id, &seg.key, opening, seg.ts_ns);
         bump(&mut self.stats.flows_opened, 1);
-        self.table.insert(seg.key.unordered(), Flow::new(id, seg.key, seg.ts_ns))
+        self.table.insert(seg.key.unordered(), Flow::new(id, seg.key, seg.ts_ns), class)
     }
 
     /// Flushes the flow in `slot`, closes it with `closing` and forgets it; false if there
@@ -917,9 +1081,12 @@ impl Reassembler {
         if let Closing::Fin | Closing::Rst = closing {
             self.remember_closed(flow.key, flow.streams.each_ref().map(|s| s.base));
         }
+        self.held = self.held.saturating_sub(flow.memory());
+        self.stats.buffered_bytes = self.held as u64;
+        let loss = if closing == Closing::Evicted { Loss::Eviction } else { Loss::Capture };
         let mut out = Out { sink, stats: &mut self.stats, id: flow.id, ts };
         for stream in &mut flow.streams {
-            stream.flush(&mut out);
+            stream.flush(loss, &mut out);
         }
         sink.close(flow.id, closing, ts);
         match closing {
@@ -964,6 +1131,8 @@ mod tests {
     struct Rec {
         events: Vec<Ev>,
         flows: HashMap<FlowId, FlowRec>,
+        /// Bytes in gaps, by why.
+        losses: HashMap<Loss, u64>,
     }
 
     impl Rec {
@@ -1045,7 +1214,8 @@ mod tests {
             self.live(id, dir, offset, data.len() as u64);
             self.events.push(Ev::Data(id, dir, offset, data.to_vec()));
         }
-        fn gap(&mut self, id: FlowId, dir: Direction, offset: u64, len: u64, _ts: u64) {
+        fn gap(&mut self, id: FlowId, dir: Direction, offset: u64, len: u64, loss: Loss, _ts: u64) {
+            *self.losses.entry(loss).or_insert(0) += len;
             self.live(id, dir, offset, len);
             self.events.push(Ev::Gap(id, dir, offset, len));
         }
@@ -1682,6 +1852,98 @@ mod tests {
         assert_eq!(r.stats().flows_opened, 4);
     }
 
+    /// A SYN from the client of `key_n(n)`.
+    fn syn_n(n: u16) -> Segment<'static> {
+        Segment { key: key_n(n), ..mk(ToServer, 7, None, "S", b"") }
+    }
+
+    #[test]
+    fn a_syn_flood_evicts_half_open_connections_only() {
+        let cfg = ReassemblyConfig { max_flows: 10, max_half_open: 4, ..ReassemblyConfig::default() };
+        let (mut r, mut rec) = (Reassembler::new(cfg), Rec::default());
+        // Two connections with data, one of them a WebSocket session, older than the flood.
+        r.segment(&Segment { key: key_n(1), ..cdata(0, b"GET") }, &mut rec);
+        r.segment(&Segment { key: key_n(2), ..cdata(0, b"ws") }, &mut rec);
+        let ws = rec.opened()[1].0;
+        r.promote(ws, &key_n(2));
+        for n in 100..1100 {
+            r.segment(&syn_n(n), &mut rec);
+        }
+        assert_eq!(r.open_flows(), 2 + 4, "4 half-open at most, beside the 2 established");
+        let st = r.stats();
+        assert_eq!((st.half_open_evictions, st.table_full_evictions), (996, 0));
+        assert!(rec.closes().iter().all(|(id, _)| id.0 > 2), "only SYN-only flows were evicted");
+        // A SYN that goes on to carry data leaves the half-open budget.
+        r.segment(&Segment { key: key_n(1099), ..cdata(0, b"x") }, &mut rec);
+        r.segment(&syn_n(2000), &mut rec);
+        assert_eq!(r.open_flows(), 7);
+    }
+
+    #[test]
+    fn a_full_table_evicts_the_lowest_class_first() {
+        let cfg = ReassemblyConfig { max_flows: 3, ..ReassemblyConfig::default() };
+        let (mut r, mut rec) = (Reassembler::new(cfg), Rec::default());
+        r.segment(&Segment { key: key_n(1), ..cdata(0, b"a") }, &mut rec); // session, oldest
+        r.segment(&Segment { key: key_n(2), ..cdata(0, b"b") }, &mut rec); // plain
+        r.segment(&syn_n(3), &mut rec); // half-open, newest
+        let ids: Vec<FlowId> = rec.opened().iter().map(|o| o.0).collect();
+        r.promote(ids[0], &key_n(1).reversed());
+        r.segment(&Segment { key: key_n(4), ..cdata(0, b"c") }, &mut rec);
+        r.segment(&Segment { key: key_n(5), ..cdata(0, b"d") }, &mut rec);
+        assert_eq!(rec.closes(), vec![(ids[2], Closing::Evicted), (ids[1], Closing::Evicted)]);
+        // Only sessions and newer plain flows are left: the oldest plain flow goes next.
+        r.segment(&Segment { key: key_n(6), ..cdata(0, b"e") }, &mut rec);
+        assert_eq!(rec.closes().len(), 3);
+        assert_ne!(rec.closes()[2].0, ids[0], "the session stays");
+        let st = r.stats();
+        assert_eq!((st.table_full_evictions, st.upgraded_evictions), (3, 0));
+        // Sessions only: the least recently active session goes.
+        let cfg = ReassemblyConfig { max_flows: 1, ..ReassemblyConfig::default() };
+        let (mut r, mut rec) = (Reassembler::new(cfg), Rec::default());
+        r.segment(&Segment { key: key_n(1), ..cdata(0, b"a") }, &mut rec);
+        r.promote(rec.opened()[0].0, &key_n(1));
+        r.segment(&Segment { key: key_n(2), ..cdata(0, b"b") }, &mut rec);
+        assert_eq!(r.stats().upgraded_evictions, 1);
+    }
+
+    #[test]
+    fn the_memory_limit_holds_over_all_connections() {
+        let cfg = ReassemblyConfig { memory_limit: 10_000, ..ReassemblyConfig::default() };
+        let (mut r, mut rec) = (Reassembler::new(cfg), Rec::default());
+        let chunk = bytes(1000);
+        // 20 connections each leave a hole and send 5 KB after it: 100 KB to hold.
+        for n in 0..20u16 {
+            r.segment(&Segment { key: key_n(n), ..cdata(0, b"x") }, &mut rec);
+            for i in 0..5u32 {
+                r.segment(&Segment { key: key_n(n), ..cdata(100 + i * 1000, &chunk) }, &mut rec);
+                let st = r.stats();
+                assert!(st.buffered_bytes <= 10_000, "{} held", st.buffered_bytes);
+            }
+        }
+        let st = *r.stats();
+        assert!(st.peak_buffered_bytes <= 10_000 && st.peak_buffered_bytes > 5_000, "{st:?}");
+        assert!(st.memory_limit_hits > 0);
+        // What was given up is a gap for the buffer limit, and the data after it came through.
+        let first = rec.opened()[19].0;
+        assert_eq!(rec.gaps(first, ToServer), vec![(1, 99)]);
+        assert_eq!(rec.losses.get(&Loss::BufferLimit).copied(), Some(st.bytes_lost));
+        r.finish(0, &mut rec);
+        assert_eq!(r.stats().buffered_bytes, 0);
+    }
+
+    #[test]
+    fn gaps_say_why() {
+        // Acknowledged hole: capture loss. Eviction: the holes still open.
+        let cfg = ReassemblyConfig { max_flows: 1, ..ReassemblyConfig::default() };
+        let (mut r, mut rec) = (Reassembler::new(cfg), Rec::default());
+        r.segment(&cdata(0, b"a"), &mut rec);
+        r.segment(&cdata(5, b"f"), &mut rec);
+        r.segment(&sack(3), &mut rec);
+        r.segment(&Segment { key: key_n(9), ..cdata(0, b"z") }, &mut rec);
+        assert_eq!(rec.losses.get(&Loss::Capture).copied(), Some(2));
+        assert_eq!(rec.losses.get(&Loss::Eviction).copied(), Some(2));
+    }
+
     #[test]
     fn port_reuse_with_a_new_syn() {
         let (mut r, mut rec) = handshake();
@@ -1896,7 +2158,12 @@ mod tests {
                     0..200),
                 base in any::<u32>(),
             ) {
-                let cfg = ReassemblyConfig { max_flows: 2, max_buffered_per_direction: 16, idle_timeout_ns: 20 };
+                let cfg = ReassemblyConfig {
+                    max_flows: 2,
+                    max_buffered_per_direction: 16,
+                    idle_timeout_ns: 20,
+                    ..ReassemblyConfig::default()
+                };
                 let (mut r, mut rec) = (Reassembler::new(cfg), Rec::default());
                 let mut ts = 0;
                 for (k, to_server, seq, ack, flags, data, dt, tick) in segs {

@@ -9,7 +9,7 @@ use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::flow::{Closing, Direction, FlowId, FlowKey, Opening, StreamSink};
+use crate::flow::{Closing, Direction, FlowId, FlowKey, Loss, Opening, StreamSink};
 
 /// A [`StreamSink`] that writes streams to files named
 /// `{id}_{client-ip}_{client-port}_{server-ip}_{server-port}.{client|server}`.
@@ -77,7 +77,7 @@ impl StreamSink for StreamDump {
         }
     }
 
-    fn gap(&mut self, id: FlowId, dir: Direction, offset: u64, len: u64, _ts_ns: u64) {
+    fn gap(&mut self, id: FlowId, dir: Direction, offset: u64, len: u64, _loss: Loss, _ts_ns: u64) {
         let Some(name) = self.names.get(&id) else { return };
         let path = self.dir.join(format!("{name}.{}.gaps", dir.name()));
         let result = OpenOptions::new()

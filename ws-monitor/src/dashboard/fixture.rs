@@ -13,7 +13,7 @@ use sha1::{Digest, Sha1};
 
 use super::{CaptureHealth, Dashboard};
 use crate::engine::Engine;
-use crate::flow::{Closing, Direction, FlowId, FlowKey, Opening, StreamSink};
+use crate::flow::{Closing, Direction, FlowId, FlowKey, Loss, Opening, StreamSink};
 
 pub const NS: u64 = 1_000_000_000;
 /// Monotonic time the dashboard starts at.
@@ -190,7 +190,7 @@ impl Wire {
         let at = *off;
         *off += len;
         let ts = self.ts();
-        self.engine.gap(FlowId(id), dir, at, len, ts);
+        self.engine.gap(FlowId(id), dir, at, len, Loss::Capture, ts);
         self.health.gaps += 1;
         self.health.bytes_lost += len;
         self.flush();

@@ -43,6 +43,7 @@ fn view(n: u16, state: ConnState, frames: [u64; 2], violations: u64, last_ns: u6
         subprotocol: None,
         opened_ns: START,
         last_ns,
+        unanalysed: Default::default(),
     }
 }
 

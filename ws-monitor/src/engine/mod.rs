@@ -78,7 +78,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use crate::flow::{Closing, Direction, FlowId, FlowKey, Opening, StreamSink};
+use crate::flow::{Closing, Direction, FlowId, FlowKey, Loss, Opening, StreamSink, Unanalysed};
 
 pub use frame::FrameHeaderBytes;
 pub use kind::{Category, Kind, KindSet};
@@ -241,6 +241,8 @@ pub struct EngineStats {
     /// (`max_message_size`, `max_inflate_rate`); their frames stay in sync. Under context
     /// takeover that direction's later compressed messages cannot be inflated either.
     pub inflate_skipped: u64,
+    /// Bytes no check saw, by why (see [`ConnectionView::unanalysed`]).
+    pub unanalysed: Unanalysed,
 }
 
 impl EngineStats {
@@ -260,6 +262,7 @@ impl EngineStats {
             skipped_bytes,
             skip_mismatches,
             inflate_skipped,
+            unanalysed,
         } = o;
         self.connections += connections;
         self.upgrades_ok += upgrades_ok;
@@ -282,6 +285,7 @@ impl EngineStats {
         self.skipped_bytes += skipped_bytes;
         self.skip_mismatches += skip_mismatches;
         self.inflate_skipped += inflate_skipped;
+        self.unanalysed.merge(unanalysed);
     }
 
     /// Findings of `kind` in both directions.
@@ -392,6 +396,9 @@ pub struct ConnectionView {
     pub subprotocol: Option<String>,
     pub opened_ns: u64,
     pub last_ns: u64,
+    /// Bytes of this connection no check saw, by why: lost before they reached the
+    /// engine (capture, eviction, buffer limits) or passed over out of sync.
+    pub unanalysed: Unanalysed,
 }
 
 /// What the per-direction code needs to report and count.
@@ -410,6 +417,18 @@ pub(crate) struct Cx<'a> {
 }
 
 impl Cx<'_> {
+    /// `n` bytes of this connection go unanalysed, for `loss`.
+    pub fn lost(&mut self, loss: Loss, n: u64) {
+        self.view.unanalysed.add(loss, n);
+        self.stats.unanalysed.add(loss, n);
+    }
+
+    /// `n` bytes passed over while out of sync.
+    pub fn unsynced(&mut self, n: u64) {
+        self.stats.unsynced_bytes += n;
+        self.lost(Loss::Resync, n);
+    }
+
     pub fn steering(&self) -> bool {
         self.hints.is_some()
     }
@@ -469,6 +488,8 @@ struct Conn {
     once: KindSet,
     hs: Hs,
     dirs: [DirState; 2],
+    /// Reported in [`Engine::drain_sessions`] already.
+    session: bool,
 }
 
 /// The protocol engine. Feed it through [`StreamSink`]; collect findings with
@@ -481,6 +502,8 @@ pub struct Engine {
     hints: Vec<Hint>,
     conns: HashMap<FlowId, Conn>,
     budget: InflateBudget,
+    /// Connections found to carry a WebSocket session since the last drain.
+    sessions: Vec<(FlowId, FlowKey)>,
 }
 
 impl Default for Engine {
@@ -498,6 +521,7 @@ impl Engine {
             hints: Vec::new(),
             conns: HashMap::new(),
             budget: InflateBudget::default(),
+            sessions: Vec::new(),
         }
     }
 
@@ -512,6 +536,13 @@ impl Engine {
     /// Takes the findings reported since the last call, oldest first.
     pub fn drain_findings(&mut self) -> std::vec::Drain<'_, Finding> {
         self.findings.drain(..)
+    }
+
+    /// Connections found since the last call to carry a WebSocket session (upgraded, or
+    /// in sync with frames when picked up mid-stream), each once: what reassembly keeps
+    /// longest under pressure.
+    pub fn drain_sessions(&mut self) -> std::vec::Drain<'_, (FlowId, FlowKey)> {
+        self.sessions.drain(..)
     }
 
     /// Hints for the capture since the last call, oldest first (with [`EngineConfig::steer`]).
@@ -826,7 +857,7 @@ impl Engine {
         };
         conn.view.last_ns = ts_ns;
         {
-            let Conn { view, once, hs, dirs } = &mut *conn;
+            let Conn { view, once, hs, dirs, .. } = &mut *conn;
             let key = view.key;
             let hints = cfg.steer.then_some(&mut self.hints);
             let budget = &mut self.budget;
@@ -835,14 +866,19 @@ impl Engine {
             f(hs, dirs, &mut cx, &cfg);
         }
         conn.refresh_state();
+        if !conn.session && matches!(conn.hs, Hs::Done) && conn.dirs.iter().any(DirState::trusted) {
+            conn.session = true;
+            self.sessions.push((id, conn.view.key));
+        }
     }
 }
 
 /// A gap in `dir`, wherever the handshake stands.
-fn gap_in(hs: &mut Hs, dirs: &mut [DirState; 2], dir: Direction, offset: u64, len: u64, cx: &mut Cx<'_>, cfg: &EngineConfig) {
+fn gap_in(hs: &mut Hs, dirs: &mut [DirState; 2], dir: Direction, offset: u64, len: u64, loss: Loss, cx: &mut Cx<'_>, cfg: &EngineConfig) {
     if len == 0 {
         return;
     }
+    cx.lost(loss, len);
     let Some(d) = dirs.get_mut(dir.index()) else {
         return;
     };
@@ -880,8 +916,9 @@ impl StreamSink for Engine {
             subprotocol: None,
             opened_ns: ts_ns,
             last_ns: ts_ns,
+            unanalysed: Unanalysed::default(),
         };
-        let mut conn = Conn { view, once: KindSet::EMPTY, hs, dirs };
+        let mut conn = Conn { view, once: KindSet::EMPTY, hs, dirs, session: false };
         conn.refresh_state();
         self.conns.insert(id, conn);
     }
@@ -890,7 +927,7 @@ impl StreamSink for Engine {
         self.with_conn(id, ts_ns, |hs, dirs, cx, cfg| {
             let end = dirs.get(dir.index()).map_or(offset, |d| d.end);
             if offset > end {
-                gap_in(hs, dirs, dir, end, offset - end, cx, cfg);
+                gap_in(hs, dirs, dir, end, offset - end, Loss::Capture, cx, cfg);
             }
             let Some(d) = dirs.get_mut(dir.index()) else {
                 return;
@@ -914,13 +951,13 @@ impl StreamSink for Engine {
         });
     }
 
-    fn gap(&mut self, id: FlowId, dir: Direction, offset: u64, len: u64, ts_ns: u64) {
+    fn gap(&mut self, id: FlowId, dir: Direction, offset: u64, len: u64, loss: Loss, ts_ns: u64) {
         self.with_conn(id, ts_ns, |hs, dirs, cx, cfg| {
             let end = dirs.get(dir.index()).map_or(offset, |d| d.end);
             // Treat anything between what we have and the gap's end as lost.
             let stop = offset.saturating_add(len);
             if stop > end {
-                gap_in(hs, dirs, dir, end, stop - end, cx, cfg);
+                gap_in(hs, dirs, dir, end, stop - end, loss, cx, cfg);
             }
         });
     }
@@ -929,7 +966,7 @@ impl StreamSink for Engine {
         self.with_conn(id, ts_ns, |hs, dirs, cx, cfg| {
             let end = dirs.get(dir.index()).map_or(offset, |d| d.end);
             if offset > end {
-                gap_in(hs, dirs, dir, end, offset - end, cx, cfg);
+                gap_in(hs, dirs, dir, end, offset - end, Loss::Capture, cx, cfg);
             }
             let stop = offset.saturating_add(len);
             let Some(d) = dirs.get_mut(dir.index()).filter(|_| stop > end) else {
@@ -940,7 +977,7 @@ impl StreamSink for Engine {
                 d.skip(at, len, cx);
             } else {
                 d.skip_mismatch(cx);
-                gap_in(hs, dirs, dir, at, len, cx, cfg);
+                gap_in(hs, dirs, dir, at, len, Loss::Capture, cx, cfg);
             }
         });
     }

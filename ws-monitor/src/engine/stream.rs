@@ -7,7 +7,7 @@
 //! across deliveries (at most [`MAX_HEADER_LEN`] bytes plus a small top-up), the scan
 //! window while unsynced, and the HTTP head while the handshake is pending.
 
-use crate::flow::Direction;
+use crate::flow::{Direction, Loss};
 
 use super::frame::{
     check_header, close_code_valid, http_line_start, unmask_into, Frag, FrameHeader, FrameHeaderBytes, HttpLine,
@@ -549,6 +549,7 @@ impl DirState {
         self.feed(&held, cx);
         if dropped > 0 {
             let at = self.held_base + held.len() as u64;
+            cx.lost(Loss::BufferLimit, dropped);
             self.gap(at, dropped, cx);
         }
     }
@@ -715,7 +716,7 @@ impl DirState {
         }
         sc.push(s.get(..take).unwrap_or(&[]));
         let (decision, dropped) = sc.search(&self.rules);
-        cx.stats.unsynced_bytes += dropped as u64;
+        cx.unsynced(dropped as u64);
         match decision {
             Search::Wait => {}
             Search::Found(p) => {
@@ -731,7 +732,7 @@ impl DirState {
                 if !tail.is_empty() {
                     self.replay = Some((next_at, tail.to_vec()));
                 }
-                cx.stats.unsynced_bytes += (sc.bytes_from(p).len() - tail.len()) as u64;
+                cx.unsynced((sc.bytes_from(p).len() - tail.len()) as u64);
                 self.mode = Mode::Track(Track { next_at, chain });
             }
         }
@@ -745,7 +746,7 @@ impl DirState {
         };
         if pos < t.next_at {
             let n = usize::try_from(t.next_at - pos).map_or(s.len(), |d| d.min(s.len()));
-            cx.stats.unsynced_bytes += n as u64;
+            cx.unsynced(n as u64);
             return Step::Used(n);
         }
         let h = match FrameHeader::parse(s) {
@@ -754,7 +755,7 @@ impl DirState {
         };
         let after = s.get(usize::from(h.header_len)..).unwrap_or(&[]);
         if !t.chain.accept(&h, after, &self.rules) {
-            cx.stats.unsynced_bytes += 1;
+            cx.unsynced(1);
             self.mode = Mode::Scan(Box::new(Scan::new(pos.saturating_add(1), 0)));
             return Step::Used(1);
         }

@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use sha1::{Digest, Sha1};
 
 use super::*;
-use crate::flow::{Closing, Direction, FlowId, FlowKey, Opening, StreamSink};
+use crate::flow::{Closing, Direction, FlowId, FlowKey, Loss, Opening, StreamSink};
 
 const C: Direction = Direction::ToServer;
 const S: Direction = Direction::ToClient;
@@ -282,7 +282,7 @@ fn run_cut(sc: &Script, cut: Cut) -> (EngineStats, Found) {
                 }
             }
             Ev::Gap(d, n) => {
-                e.gap(id, *d, off[d.index()], *n, ts);
+                e.gap(id, *d, off[d.index()], *n, Loss::Capture, ts);
                 off[d.index()] += n;
             }
         }
@@ -1491,7 +1491,7 @@ proptest! {
                 if at < off { continue; }
                 off = feed_cut(&mut e, id, d, off, &bytes[off as usize..at as usize], &cuts);
                 let len = len.min(bytes.len() as u64 - off);
-                e.gap(id, d, off, len, 0);
+                e.gap(id, d, off, len, Loss::Capture, 0);
                 off += len;
             }
             if off < hi {
@@ -1552,7 +1552,7 @@ proptest! {
         for (server, is_gap, bytes, gap) in ops {
             let d = if server { S } else { C };
             if is_gap {
-                e.gap(id, d, off[d.index()], gap, 0);
+                e.gap(id, d, off[d.index()], gap, Loss::Capture, 0);
                 off[d.index()] += gap;
             } else {
                 e.data(id, d, off[d.index()], &bytes, 0);
