@@ -111,6 +111,12 @@ pub struct RunArgs {
     #[arg(long, default_value = "256M", value_parser = parse_size)]
     pub max_inflate_rate: u64,
 
+    /// Findings one connection reports per second at most (logs, --events); beyond it
+    /// violations are still counted, and the findings left out are counted as
+    /// findings_suppressed.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub max_findings_per_second: u32,
+
     /// Write every reassembled stream to files in DIR (gaps as holes, listed in .gaps files).
     #[arg(long, value_name = "DIR")]
     pub streams_dir: Option<PathBuf>,

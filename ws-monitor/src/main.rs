@@ -127,6 +127,7 @@ impl PipelineSetup {
                 max_message_size: args.max_message_size,
                 max_inflate_rate: args.max_inflate_rate,
                 steer,
+                max_findings_per_second: args.max_findings_per_second,
             },
             streams_dir: args.streams_dir.clone(),
             lossless,
@@ -216,7 +217,7 @@ impl Outputs {
             log.tick(now_ns, || Totals::new(capture, &totals.engine, totals.open_flows));
         }
         if let Some(metrics) = &self.metrics {
-            metrics.update(&totals.engine, capture, totals.open_flows);
+            metrics.update(&totals.engine, &totals.reassembly, capture, totals.open_flows);
         }
         if let Some((dashboard, _)) = self.dashboard.as_mut() {
             let health = CaptureHealth {
@@ -573,6 +574,14 @@ fn finish_report(
         if let Some(map) = out.as_object_mut() {
             extra(map);
             map.insert("reassembly".into(), serde_json::to_value(totals.reassembly)?);
+            map.insert("budgets".into(), report::budgets_json(&totals.limits, &totals.reassembly, &totals.engine));
+            map.insert(
+                "blind_spots".into(),
+                serde_json::json!({
+                    "connections": totals.blind_spots.sorted(),
+                    "omitted": totals.blind_spots.omitted,
+                }),
+            );
             map.insert("peak_rss_bytes".into(), report::peak_rss_bytes().into());
             if run.streams_dir.is_some() {
                 map.insert("streams".into(), serde_json::json!({"errors": totals.stream_errors}));

@@ -24,7 +24,7 @@ use std::thread::JoinHandle;
 use anyhow::Context as _;
 
 use crate::capture::Capture;
-use crate::engine::{ConnectionView, EngineConfig, EngineStats, Finding, Hint};
+use crate::engine::{BlindSpots, ConnectionView, EngineConfig, EngineStats, Finding, Hint};
 use crate::flow::{Direction, FlowId, FlowKey, Segment, TcpFlags};
 use crate::monitor::Monitor;
 use crate::reassembly::{ReassemblyConfig, ReassemblyStats};
@@ -80,6 +80,8 @@ struct Snapshot {
     open_flows: usize,
     stream_errors: u64,
     connections: Vec<(FlowId, ConnectionView)>,
+    /// In the last snapshot only.
+    blind_spots: BlindSpots,
 }
 
 struct Worker {
@@ -110,6 +112,20 @@ pub struct Totals {
     /// Failed writes of `--streams-dir`.
     pub stream_errors: u64,
     pub connections: Vec<(FlowId, ConnectionView)>,
+    /// Closed connections with unanalysed bytes, the worst of them (once capture ended).
+    pub blind_spots: BlindSpots,
+    /// The limits the pipeline runs with (over all workers).
+    pub limits: Limits,
+}
+
+/// The limits of a pipeline over all its workers, for the report.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct Limits {
+    pub memory_limit: usize,
+    pub max_flows: usize,
+    pub max_half_open: usize,
+    pub max_buffered_per_direction: usize,
+    pub max_findings_per_second: u32,
 }
 
 pub struct Pipeline {
@@ -120,6 +136,7 @@ pub struct Pipeline {
     findings_dropped: Arc<AtomicU64>,
     hints_dropped: Arc<AtomicU64>,
     totals: Totals,
+    limits: Limits,
     finished: bool,
     lossless: bool,
 }
@@ -151,6 +168,13 @@ impl Pipeline {
             (FindingsTx::Bounded(tx), rx)
         };
         let (hints_tx, hints) = mpsc::sync_channel(HINTS_QUEUE);
+        let limits = Limits {
+            memory_limit: reassembly.memory_limit,
+            max_flows: reassembly.max_flows,
+            max_half_open: reassembly.max_half_open,
+            max_buffered_per_direction: reassembly.max_buffered_per_direction,
+            max_findings_per_second: engine.max_findings_per_second,
+        };
         let findings_dropped = Arc::new(AtomicU64::new(0));
         let hints_dropped = Arc::new(AtomicU64::new(0));
         // Reassembly's limits are the whole monitor's: each shard holds its part.
@@ -198,7 +222,8 @@ impl Pipeline {
             hints,
             findings_dropped,
             hints_dropped,
-            totals: Totals::default(),
+            totals: Totals { limits, ..Totals::default() },
+            limits,
             finished: false,
             lossless,
         })
@@ -293,8 +318,9 @@ impl Pipeline {
     }
 
     fn merge(&mut self) {
-        let mut totals = Totals::default();
+        let mut totals = Totals { limits: self.limits, ..Totals::default() };
         for w in &self.workers {
+            totals.blind_spots.merge(&w.last.blind_spots);
             totals.engine.add(&w.last.engine);
             totals.reassembly.add(&w.last.reassembly);
             totals.open_flows += w.last.open_flows;
@@ -439,6 +465,7 @@ impl WorkerCtx {
             } else {
                 Vec::new()
             },
+            blind_spots: if last { monitor.engine().blind_spots().clone() } else { BlindSpots::default() },
         };
         let _ = if last { self.snapshots.send(s).is_ok() } else { self.snapshots.try_send(s).is_ok() };
     }
@@ -603,8 +630,9 @@ mod tests {
     #[test]
     fn findings_the_driver_does_not_take_are_dropped_and_counted_live() {
         // 1,500 connections of 300 findings each, never drained until the end: the bounded
-        // channel holds FINDINGS_QUEUE batches of findings.
-        let mut p = Pipeline::start(2, ReassemblyConfig::default(), EngineConfig::default(), None, false).expect("start");
+        // channel holds FINDINGS_QUEUE batches of findings (no rate limit on findings).
+        let engine = EngineConfig { max_findings_per_second: u32::MAX, ..EngineConfig::default() };
+        let mut p = Pipeline::start(2, ReassemblyConfig::default(), engine, None, false).expect("start");
         for i in 0..1500 {
             connection(i, 300, &mut |s| p.segment(s));
             p.flush(); // one batch, and so one batch of findings, per connection

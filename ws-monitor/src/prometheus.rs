@@ -18,7 +18,8 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::engine::frame::close_code_valid;
 use crate::engine::{EngineStats, FrameCounts, Kind};
-use crate::flow::Direction;
+use crate::flow::{Direction, Loss};
+use crate::reassembly::ReassemblyStats;
 use crate::report::CaptureReport;
 
 /// The installed exporter and its listener.
@@ -54,9 +55,22 @@ impl Exporter {
         describe_counter!("ws_monitor_capture_ring_drops_total", "Records lost because the kernel ring buffer was full");
         describe_counter!("ws_monitor_capture_gaps_total", "Holes in TCP streams that were never filled");
         describe_counter!("ws_monitor_capture_bytes_lost_total", "Bytes in those holes");
+        describe_counter!(
+            "ws_monitor_unanalysed_bytes_total",
+            "Bytes no check saw, by cause: capture_loss, eviction, buffer_limit, resync"
+        );
+        describe_counter!(
+            "ws_monitor_budget_hits_total",
+            "Times a limit acted, by budget: memory_limit, flow_buffer, max_flows, max_half_open (evictions), max_findings_per_second (findings left out)"
+        );
+        describe_counter!(
+            "ws_monitor_sessions_evicted_total",
+            "WebSocket sessions evicted from a full flow table (raise --max-flows)"
+        );
+        describe_gauge!("ws_monitor_buffered_bytes", "Out-of-order bytes held now over all connections");
         let exporter = Exporter { listener: Some((listener, handle)) };
         // Every kind and direction from the start, zeros included.
-        exporter.update(&EngineStats::default(), &CaptureReport::default(), 0);
+        exporter.update(&EngineStats::default(), &ReassemblyStats::default(), &CaptureReport::default(), 0);
         Ok(exporter)
     }
 
@@ -72,7 +86,7 @@ impl Exporter {
     }
 
     /// Sets every exported counter to the current totals.
-    pub fn update(&self, engine: &EngineStats, capture: &CaptureReport, open: usize) {
+    pub fn update(&self, engine: &EngineStats, reassembly: &ReassemblyStats, capture: &CaptureReport, open: usize) {
         for dir in Direction::BOTH {
             let d = dir.name();
             for kind in Kind::ALL {
@@ -102,6 +116,21 @@ impl Exporter {
         counter!("ws_monitor_capture_ring_drops_total").absolute(capture.ring_drops);
         counter!("ws_monitor_capture_gaps_total").absolute(capture.gaps);
         counter!("ws_monitor_capture_bytes_lost_total").absolute(capture.bytes_lost);
+        for loss in Loss::ALL {
+            counter!("ws_monitor_unanalysed_bytes_total", "cause" => loss.name()).absolute(engine.unanalysed.get(loss));
+        }
+        let r = reassembly;
+        for (budget, n) in [
+            ("memory_limit", r.memory_limit_hits),
+            ("flow_buffer", r.buffer_overflows),
+            ("max_flows", r.table_full_evictions),
+            ("max_half_open", r.half_open_evictions),
+            ("max_findings_per_second", engine.findings_suppressed),
+        ] {
+            counter!("ws_monitor_budget_hits_total", "budget" => budget).absolute(n);
+        }
+        counter!("ws_monitor_sessions_evicted_total").absolute(r.upgraded_evictions);
+        gauge!("ws_monitor_buffered_bytes").set(r.buffered_bytes as f64);
     }
 }
 

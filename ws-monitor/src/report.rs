@@ -57,7 +57,8 @@ pub fn kernel_json(k: &KernelCounters) -> serde_json::Value {
 
 /// The whole `--json` report, the same for live capture and replay:
 /// `{"ports", "connections", "upgrades_ok", "frames", "violations",
-/// "violations_by_direction", "close_codes", "http_requests", "not_http", "sync", "capture"}`.
+/// "violations_by_direction", "close_codes", "http_requests", "not_http",
+/// "inflate_skipped", "findings_suppressed", "unanalysed", "sync", "capture"}`.
 pub fn report_json(ports: &[u16], engine: &EngineStats, capture: &CaptureReport) -> Value {
     let by_kind = |dir: Option<Direction>| -> Map<String, Value> {
         Kind::ALL
@@ -86,6 +87,8 @@ pub fn report_json(ports: &[u16], engine: &EngineStats, capture: &CaptureReport)
         "http_requests": engine.http_requests.iter().map(|(p, n)| (p.to_string(), Value::from(*n))).collect::<Map<String, Value>>(),
         "not_http": engine.not_http,
         "inflate_skipped": engine.inflate_skipped,
+        "findings_suppressed": engine.findings_suppressed,
+        "unanalysed": engine.unanalysed,
         "sync": {
             "desyncs": engine.desyncs,
             "resyncs": engine.resyncs,
@@ -94,6 +97,25 @@ pub fn report_json(ports: &[u16], engine: &EngineStats, capture: &CaptureReport)
             "skip_mismatches": engine.skip_mismatches,
         },
         "capture": capture,
+    })
+}
+
+/// The `budgets` object: each limit over all workers, and what it cost.
+pub fn budgets_json(limits: &crate::pipeline::Limits, r: &ReassemblyStats, engine: &EngineStats) -> Value {
+    json!({
+        "memory_limit": limits.memory_limit,
+        "buffered_bytes": r.buffered_bytes,
+        "peak_buffered_bytes": r.peak_buffered_bytes,
+        "memory_limit_hits": r.memory_limit_hits,
+        "max_buffered_per_direction": limits.max_buffered_per_direction,
+        "buffer_overflows": r.buffer_overflows,
+        "max_flows": limits.max_flows,
+        "table_full_evictions": r.table_full_evictions,
+        "upgraded_evictions": r.upgraded_evictions,
+        "max_half_open": limits.max_half_open,
+        "half_open_evictions": r.half_open_evictions,
+        "max_findings_per_second": limits.max_findings_per_second,
+        "findings_suppressed": engine.findings_suppressed,
     })
 }
 

@@ -51,6 +51,14 @@ pub fn rate(per_s: f64) -> String {
     format!("{}/s", scaled(per_s, 1000.0, &["", "k", "M", "G", "T"]))
 }
 
+/// Bytes with binary units, compact: `0`, `512B`, `1.50Ki`, `12.0Mi`.
+pub fn bytes(n: u64) -> String {
+    if n == 0 {
+        return "0".to_string();
+    }
+    scaled(n as f64, 1024.0, &["B", "Ki", "Mi", "Gi", "Ti"])
+}
+
 /// Bytes per second with binary units: `0 B/s`, `512 B/s`, `1.50 KiB/s`.
 pub fn bytes_rate(per_s: f64) -> String {
     if !per_s.is_finite() || per_s <= 0.0 {

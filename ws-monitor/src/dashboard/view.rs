@@ -700,6 +700,20 @@ enum CCol {
     Last,
     Ext,
     Age,
+    Blind,
+}
+
+/// `none`, or `12.0Mi: capture_loss 11.9Mi · resync 100B`.
+fn unanalysed_text(u: &crate::flow::Unanalysed) -> String {
+    if u.total() == 0 {
+        return "none".to_string();
+    }
+    let parts: Vec<String> = crate::flow::Loss::ALL
+        .iter()
+        .filter(|&&l| u.get(l) > 0)
+        .map(|&l| format!("{} {}", l.name(), format::bytes(u.get(l))))
+        .collect();
+    format!("{}: {}", format::bytes(u.total()), parts.join(" · "))
 }
 
 fn state_style(r: &ConnRow) -> Style {
@@ -789,6 +803,7 @@ fn render_connections(d: &Dashboard, data: &Data, frame: &mut Frame, area: Rect,
         Col::new(CCol::Server, "frames s→c", 6, 10, 3).short("s→c"),
         Col::new(CCol::Close, "close", 5, 5, 5),
         Col::new(CCol::Last, "idle", 4, 5, 6),
+        Col::new(CCol::Blind, "unanalysed", 5, 10, 7).short("blind").extra(),
         Col::new(CCol::Ext, "negotiated", 10, 20, 7).extra(),
         Col::new(CCol::Age, "age", 4, 5, 8).extra(),
     ];
@@ -812,12 +827,16 @@ fn render_connections(d: &Dashboard, data: &Data, frame: &mut Frame, area: Rect,
                 ),
                 CCol::Last => num(format::ago(data.now_ns, r.last_active_ns()), dim),
                 CCol::Ext => Cell::from(Span::styled(format::truncate(&negotiated(r), usize::from(*w)), dim)),
+                CCol::Blind => {
+                    let n = r.view.as_ref().map_or(0, |v| v.unanalysed.total());
+                    num(format::bytes(n), if n > 0 { Style::new().fg(WARN) } else { Style::new().fg(DIM) })
+                }
                 CCol::Age => num(r.view.as_ref().map_or_else(|| "-".to_string(), |v| format::ago(data.now_ns, v.opened_ns)), dim),
             }))
         })
         .collect();
     render_table(frame, inner, &fitted, table_rows, selected, d.ui.focus == Pane::Connections, |c| {
-        matches!(c, CCol::Client | CCol::Server | CCol::Viol | CCol::Close | CCol::Last | CCol::Age)
+        matches!(c, CCol::Client | CCol::Server | CCol::Viol | CCol::Close | CCol::Last | CCol::Age | CCol::Blind)
     });
 }
 
@@ -1112,6 +1131,7 @@ fn conn_details(data: &Data, r: &ConnRow) -> Vec<Line<'static>> {
         if !neg.is_empty() {
             lines.push(kv("negotiated", vec![Span::raw(neg.join(" · "))]));
         }
+        lines.push(kv("unanalysed", vec![Span::raw(unanalysed_text(&v.unanalysed))]));
         lines.push(kv(
             "activity",
             vec![Span::raw(format!(

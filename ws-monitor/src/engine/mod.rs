@@ -102,11 +102,21 @@ pub struct EngineConfig {
     pub max_inflate_rate: u64,
     /// Produce [`Hint`]s for a header-only capture ([`Engine::drain_hints`]).
     pub steer: bool,
+    /// [`Finding`]s one connection produces per second at most; the rest are counted
+    /// (in the violation counts, and in [`EngineStats::findings_suppressed`]) but not
+    /// reported one by one.
+    pub max_findings_per_second: u32,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { max_frame_size: 16 << 20, max_message_size: 64 << 20, max_inflate_rate: 256 << 20, steer: false }
+        EngineConfig {
+            max_frame_size: 16 << 20,
+            max_message_size: 64 << 20,
+            max_inflate_rate: 256 << 20,
+            steer: false,
+            max_findings_per_second: 100,
+        }
     }
 }
 
@@ -243,6 +253,9 @@ pub struct EngineStats {
     pub inflate_skipped: u64,
     /// Bytes no check saw, by why (see [`ConnectionView::unanalysed`]).
     pub unanalysed: Unanalysed,
+    /// Violations counted but not reported as [`Finding`]s, beyond
+    /// [`EngineConfig::max_findings_per_second`] on their connection.
+    pub findings_suppressed: u64,
 }
 
 impl EngineStats {
@@ -263,6 +276,7 @@ impl EngineStats {
             skip_mismatches,
             inflate_skipped,
             unanalysed,
+            findings_suppressed,
         } = o;
         self.connections += connections;
         self.upgrades_ok += upgrades_ok;
@@ -286,6 +300,7 @@ impl EngineStats {
         self.skip_mismatches += skip_mismatches;
         self.inflate_skipped += inflate_skipped;
         self.unanalysed.merge(unanalysed);
+        self.findings_suppressed += findings_suppressed;
     }
 
     /// Findings of `kind` in both directions.
@@ -401,6 +416,58 @@ pub struct ConnectionView {
     pub unanalysed: Unanalysed,
 }
 
+/// A connection that had bytes no check saw, as the report lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BlindSpot {
+    pub client: std::net::SocketAddr,
+    pub server: std::net::SocketAddr,
+    /// Bytes unanalysed in all, then by why.
+    pub total: u64,
+    pub unanalysed: Unanalysed,
+}
+
+/// The connections with the most unanalysed bytes, [`BlindSpots::CAP`] at most, and how
+/// many others there were.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BlindSpots {
+    pub worst: Vec<BlindSpot>,
+    pub omitted: u64,
+}
+
+impl BlindSpots {
+    pub const CAP: usize = 1000;
+
+    /// Keeps `spot` if it is among the worst [`BlindSpots::CAP`] so far.
+    pub fn add(&mut self, spot: BlindSpot) {
+        if self.worst.len() < Self::CAP {
+            self.worst.push(spot);
+            return;
+        }
+        self.omitted += 1;
+        let least = self.worst.iter().enumerate().min_by_key(|(_, s)| s.total).map(|(i, s)| (i, s.total));
+        if let Some((i, _)) = least.filter(|&(_, total)| total < spot.total) {
+            if let Some(slot) = self.worst.get_mut(i) {
+                *slot = spot;
+            }
+        }
+    }
+
+    /// Adds another engine's (of other connections).
+    pub fn merge(&mut self, o: &BlindSpots) {
+        self.omitted += o.omitted;
+        for s in &o.worst {
+            self.add(s.clone());
+        }
+    }
+
+    /// Worst first.
+    pub fn sorted(&self) -> Vec<BlindSpot> {
+        let mut v = self.worst.clone();
+        v.sort_by_key(|s| std::cmp::Reverse(s.total));
+        v
+    }
+}
+
 /// What the per-direction code needs to report and count.
 pub(crate) struct Cx<'a> {
     pub stats: &'a mut EngineStats,
@@ -414,6 +481,28 @@ pub(crate) struct Cx<'a> {
     pub hints: Option<&'a mut Vec<Hint>>,
     pub budget: &'a mut InflateBudget,
     pub cfg: &'a EngineConfig,
+    /// The connection's findings in the current second.
+    pub rate: &'a mut FindingRate,
+}
+
+/// Findings of one connection in the current second (see
+/// [`EngineConfig::max_findings_per_second`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct FindingRate {
+    second_start_ns: u64,
+    count: u32,
+}
+
+impl FindingRate {
+    /// Whether one more finding at `ts_ns` is within `max` per second (and counts it).
+    fn admit(&mut self, ts_ns: u64, max: u32) -> bool {
+        if ts_ns.saturating_sub(self.second_start_ns) >= 1_000_000_000 || ts_ns < self.second_start_ns {
+            self.second_start_ns = ts_ns;
+            self.count = 0;
+        }
+        self.count = self.count.saturating_add(1);
+        self.count <= max
+    }
 }
 
 impl Cx<'_> {
@@ -453,6 +542,10 @@ impl Cx<'_> {
             *c += 1;
         }
         self.view.violations += 1;
+        if !self.rate.admit(self.ts_ns, self.cfg.max_findings_per_second) {
+            self.stats.findings_suppressed += 1;
+            return;
+        }
         let excerpt = Excerpt::new(bytes);
         self.findings.push(Finding { ts_ns: self.ts_ns, id: self.id, key: self.key, dir, kind, offset, header, excerpt });
     }
@@ -490,6 +583,7 @@ struct Conn {
     dirs: [DirState; 2],
     /// Reported in [`Engine::drain_sessions`] already.
     session: bool,
+    rate: FindingRate,
 }
 
 /// The protocol engine. Feed it through [`StreamSink`]; collect findings with
@@ -504,6 +598,8 @@ pub struct Engine {
     budget: InflateBudget,
     /// Connections found to carry a WebSocket session since the last drain.
     sessions: Vec<(FlowId, FlowKey)>,
+    /// Closed connections with unanalysed bytes.
+    blind_spots: BlindSpots,
 }
 
 impl Default for Engine {
@@ -522,6 +618,7 @@ impl Engine {
             conns: HashMap::new(),
             budget: InflateBudget::default(),
             sessions: Vec::new(),
+            blind_spots: BlindSpots::default(),
         }
     }
 
@@ -543,6 +640,11 @@ impl Engine {
     /// longest under pressure.
     pub fn drain_sessions(&mut self) -> std::vec::Drain<'_, (FlowId, FlowKey)> {
         self.sessions.drain(..)
+    }
+
+    /// Closed connections that had unanalysed bytes (the worst of them).
+    pub fn blind_spots(&self) -> &BlindSpots {
+        &self.blind_spots
     }
 
     /// Hints for the capture since the last call, oldest first (with [`EngineConfig::steer`]).
@@ -857,12 +959,23 @@ impl Engine {
         };
         conn.view.last_ns = ts_ns;
         {
-            let Conn { view, once, hs, dirs, .. } = &mut *conn;
+            let Conn { view, once, hs, dirs, rate, .. } = &mut *conn;
             let key = view.key;
             let hints = cfg.steer.then_some(&mut self.hints);
             let budget = &mut self.budget;
-            let mut cx =
-                Cx { stats: &mut self.stats, findings: &mut self.findings, id, key, ts_ns, once, view, hints, budget, cfg: &cfg };
+            let mut cx = Cx {
+                stats: &mut self.stats,
+                findings: &mut self.findings,
+                id,
+                key,
+                ts_ns,
+                once,
+                view,
+                hints,
+                budget,
+                cfg: &cfg,
+                rate,
+            };
             f(hs, dirs, &mut cx, &cfg);
         }
         conn.refresh_state();
@@ -918,7 +1031,7 @@ impl StreamSink for Engine {
             last_ns: ts_ns,
             unanalysed: Unanalysed::default(),
         };
-        let mut conn = Conn { view, once: KindSet::EMPTY, hs, dirs, session: false };
+        let mut conn = Conn { view, once: KindSet::EMPTY, hs, dirs, session: false, rate: FindingRate::default() };
         conn.refresh_state();
         self.conns.insert(id, conn);
     }
@@ -989,6 +1102,12 @@ impl StreamSink for Engine {
                 d.finish(cx);
             }
         });
-        self.conns.remove(&id);
+        if let Some(conn) = self.conns.remove(&id) {
+            let v = &conn.view;
+            let total = v.unanalysed.total();
+            if total > 0 {
+                self.blind_spots.add(BlindSpot { client: v.key.client, server: v.key.server, total, unanalysed: v.unanalysed });
+            }
+        }
     }
 }

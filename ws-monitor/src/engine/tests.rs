@@ -1713,3 +1713,57 @@ fn binary_payload_read_in_full_anchors_the_capture_at_the_next_header() {
     e.data(FlowId(1), S, off[1], &sf(BIN, vec![1u8; 5000]).enc(), 0);
     assert_eq!(e.drain_hints().count(), 0);
 }
+
+// ----- budgets --------------------------------------------------------------------------
+
+#[test]
+fn findings_per_connection_per_second_are_capped_and_the_rest_counted() {
+    let cfg = EngineConfig { max_findings_per_second: 10, ..EngineConfig::default() };
+    let mut e = Engine::new(cfg);
+    let id = FlowId(1);
+    e.open(id, &key(), Opening::Handshake, 0);
+    e.data(id, C, 0, &request(""), 0);
+    e.data(id, S, 0, &response(""), 0);
+    let mut off = request("").len() as u64;
+    let unmasked = Fr::new(1, "hi").enc();
+    let mut send = |e: &mut Engine, n: usize, ts: u64| {
+        for _ in 0..n {
+            e.data(id, C, off, &unmasked, ts);
+            off += unmasked.len() as u64;
+        }
+        e.drain_findings().count()
+    };
+    // 1,000 violations in the first second: 10 findings, every violation counted.
+    assert_eq!(send(&mut e, 1000, 1_000), 10);
+    // A second later, 10 more.
+    assert_eq!(send(&mut e, 50, 1_000_001_000), 10);
+    let st = e.stats();
+    assert_eq!(st.violation_count(Kind::UnmaskedClientFrame), 1050);
+    assert_eq!(st.findings_suppressed, 1030);
+    assert_eq!(e.connection(id).map(|v| v.violations), Some(1050));
+}
+
+#[test]
+fn unanalysed_bytes_are_counted_per_connection_by_cause() {
+    let mut e = Engine::default();
+    let id = FlowId(1);
+    e.open(id, &key(), Opening::Handshake, 0);
+    e.data(id, C, 0, &request(""), 0);
+    e.data(id, S, 0, &response(""), 0);
+    let base = request("").len() as u64;
+    // A gap over a header: the direction scans, passing over what follows until it syncs.
+    let f = Fr::new(2, vec![7u8; 40]).masked().enc();
+    e.data(id, C, base, &f, 1);
+    e.gap(id, C, base + f.len() as u64, 3, Loss::Capture, 2);
+    e.data(id, C, base + f.len() as u64 + 3, &f[3..], 3);
+    e.gap(id, S, response("").len() as u64, 100, Loss::Eviction, 4);
+    let v = e.connection(id).map(|v| v.unanalysed).unwrap_or_default();
+    assert_eq!(v.get(Loss::Capture), 3);
+    assert_eq!(v.get(Loss::Eviction), 100);
+    assert!(v.get(Loss::Resync) > 0, "the rest of the frame after the gap was passed over unsynced");
+    assert_eq!(e.stats().unanalysed, v);
+    e.close(id, Closing::Evicted, 5);
+    let spots = e.blind_spots().sorted();
+    assert_eq!(spots.len(), 1);
+    assert_eq!(spots[0].total, v.total());
+}
