@@ -140,6 +140,9 @@ pub enum Opening {
     /// The connection was already open when capture started (or its SYN was lost):
     /// streams start somewhere in the middle.
     MidStream,
+    /// A WebSocket session evicted earlier, taken up again where it was left: each
+    /// stream's offset 0 is the byte after the last one of the evicted connection.
+    Resumed,
 }
 
 /// Why a connection stopped being tracked.

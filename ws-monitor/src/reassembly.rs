@@ -60,6 +60,9 @@ const RST_WINDOW: i64 = 16 << 20;
 /// Connections closed by FIN or RST remembered (with their ISNs), so that a SYN
 /// retransmitted after the close does not open a phantom connection.
 const RECENT_CLOSED: usize = 4096;
+/// Evicted WebSocket sessions remembered (with where each stream stopped), so that one
+/// that goes on is taken up again where it was left ([`Opening::Resumed`]).
+const RECENT_EVICTED: usize = 4096;
 
 /// Limits of a [`Reassembler`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -889,6 +892,10 @@ pub struct Reassembler {
     closed: HashMap<FlowKey, [Option<u32>; 2]>,
     /// Their keys, oldest first (bounds `closed`).
     closed_order: std::collections::VecDeque<FlowKey>,
+    /// Evicted WebSocket sessions: unordered key → the session's orientation and, per
+    /// stream `[to_server, to_client]`, the sequence number of the byte after its end.
+    evicted: HashMap<FlowKey, (FlowKey, [Option<u32>; 2])>,
+    evicted_order: std::collections::VecDeque<FlowKey>,
     /// Memory held in out-of-order buffers over all flows.
     held: usize,
 }
@@ -909,6 +916,8 @@ impl Reassembler {
             id_step: step.max(1),
             closed: HashMap::new(),
             closed_order: std::collections::VecDeque::new(),
+            evicted: HashMap::new(),
+            evicted_order: std::collections::VecDeque::new(),
             held: 0,
         }
     }
@@ -936,7 +945,10 @@ impl Reassembler {
                 bump(&mut self.stats.phantom_syns, 1);
                 return;
             }
-            None => self.open(&syn_oriented(seg), sink),
+            None => match self.resumption(seg) {
+                Some((seg, ends)) => self.open_resumed(&seg, ends, sink),
+                None => self.open(&syn_oriented(seg), sink),
+            },
         };
         if self.table.class(slot) == Some(Class::HalfOpen) && (!seg.data.is_empty() || seg.skip > 0) {
             self.table.set_class(slot, Class::Plain);
@@ -1033,6 +1045,47 @@ impl Reassembler {
             })
     }
 
+    /// `seg` (opening a connection without a SYN) as the evicted session it goes on
+    /// with, if one was evicted on its 4-tuple and `seg` lies where that session's stream
+    /// stopped (from 1 MiB before to 16 MiB after): oriented as that session was, with
+    /// where each of its streams stopped.
+    fn resumption<'a>(&mut self, seg: &Segment<'a>) -> Option<(Segment<'a>, [Option<u32>; 2])> {
+        let (key, ends) = self.evicted.remove(&seg.key.unordered())?;
+        if seg.flags.syn {
+            return None; // a new connection on the 4-tuple
+        }
+        let seg = if seg.key == key { *seg } else { seg.reversed() };
+        let end = ends.get(seg.dir.index()).copied().flatten()?;
+        let distance = i64::from(seg.seq.wrapping_sub(end) as i32);
+        (-i64::from(ANCHOR_WINDOW)..=RST_WINDOW).contains(&distance).then_some((seg, ends))
+    }
+
+    /// Opens `seg`'s connection as a resumed session whose streams start at `ends`.
+    fn open_resumed(&mut self, seg: &Segment<'_>, ends: [Option<u32>; 2], sink: &mut dyn StreamSink) -> usize {
+        let slot = self.open_as(seg, true, sink);
+        if let Some(flow) = self.table.get_mut(slot) {
+            for (stream, end) in flow.streams.iter_mut().zip(ends) {
+                if let Some(end) = end {
+                    stream.set_base(end);
+                }
+            }
+        }
+        slot
+    }
+
+    fn remember_evicted(&mut self, flow: &Flow) {
+        let ends = flow.streams.each_ref().map(|s| s.base.map(|b| b.wrapping_add(s.next as u32)));
+        let key = flow.key.unordered();
+        if self.evicted.insert(key, (flow.key, ends)).is_none() {
+            self.evicted_order.push_back(key);
+        }
+        while self.evicted_order.len() > RECENT_EVICTED {
+            if let Some(old) = self.evicted_order.pop_front() {
+                self.evicted.remove(&old);
+            }
+        }
+    }
+
     fn remember_closed(&mut self, key: FlowKey, bases: [Option<u32>; 2]) {
         if self.closed.insert(key, bases).is_none() {
             self.closed_order.push_back(key);
@@ -1048,6 +1101,11 @@ impl Reassembler {
     /// a SYN beyond the half-open budget evicts the oldest half-open connection; a full
     /// table evicts the least recently active connection of the lowest [`Class`].
     fn open(&mut self, seg: &Segment<'_>, sink: &mut dyn StreamSink) -> usize {
+        self.open_as(seg, false, sink)
+    }
+
+    /// [`Self::open`], as a resumed session if `resumed`.
+    fn open_as(&mut self, seg: &Segment<'_>, resumed: bool, sink: &mut dyn StreamSink) -> usize {
         let class = if seg.data.is_empty() && seg.skip == 0 { Class::HalfOpen } else { Class::Plain };
         if class == Class::HalfOpen && self.table.count(Class::HalfOpen) >= self.config.max_half_open.max(1) {
             if let Some(oldest) = self.table.oldest_of(Class::HalfOpen) {
@@ -1068,7 +1126,11 @@ impl Reassembler {
         self.next_id += self.id_step;
         // Both ISNs are known from a client SYN or a server SYN-ACK.
         let handshake = seg.flags.syn && seg.flags.ack == (seg.dir == Direction::ToClient);
-        let opening = if handshake { Opening::Handshake } else { Opening::MidStream };
+        let opening = match (handshake, resumed) {
+            (true, _) => Opening::Handshake,
+            (false, true) => Opening::Resumed,
+            (false, false) => Opening::MidStream,
+        };
         sink.open(id, &seg.key, opening, seg.ts_ns);
         bump(&mut self.stats.flows_opened, 1);
         self.table.insert(seg.key.unordered(), Flow::new(id, seg.key, seg.ts_ns), class)
@@ -1077,6 +1139,7 @@ impl Reassembler {
     /// Flushes the flow in `slot`, closes it with `closing` and forgets it; false if there
     /// was no flow there.
     fn close(&mut self, slot: usize, closing: Closing, ts: u64, sink: &mut dyn StreamSink) -> bool {
+        let class = self.table.class(slot);
         let Some(mut flow) = self.table.remove(slot) else { return false };
         if let Closing::Fin | Closing::Rst = closing {
             self.remember_closed(flow.key, flow.streams.each_ref().map(|s| s.base));
@@ -1089,6 +1152,9 @@ impl Reassembler {
             stream.flush(loss, &mut out);
         }
         sink.close(flow.id, closing, ts);
+        if closing == Closing::Evicted && class == Some(Class::Upgraded) {
+            self.remember_evicted(&flow);
+        }
         match closing {
             Closing::Evicted => bump(&mut self.stats.flows_evicted, 1),
             // Still open on the wire: neither closed nor evicted, so that
@@ -1942,6 +2008,45 @@ mod tests {
         r.segment(&Segment { key: key_n(9), ..cdata(0, b"z") }, &mut rec);
         assert_eq!(rec.losses.get(&Loss::Capture).copied(), Some(2));
         assert_eq!(rec.losses.get(&Loss::Eviction).copied(), Some(2));
+    }
+
+    #[test]
+    fn an_evicted_session_that_goes_on_is_resumed_where_it_stopped() {
+        let cfg = ReassemblyConfig { idle_timeout_ns: 100, ..ReassemblyConfig::default() };
+        let (mut r, mut rec) = handshake_with(cfg, C, S);
+        r.segment(&cdata(0, b"abc"), &mut rec);
+        r.segment(&sdata(0, b"xy"), &mut rec);
+        let first = rec.only_flow();
+        r.promote(first, &key());
+        r.tick(1_000, &mut rec);
+        assert_eq!(rec.closes(), vec![(first, Closing::Evicted)]);
+        // The server goes on first, then the client: one resumed connection, both
+        // streams from where they stopped.
+        r.segment(&Segment { ts_ns: 2_000, ..sdata(2, b"z") }, &mut rec);
+        r.segment(&Segment { ts_ns: 2_000, ..cdata(3, b"d") }, &mut rec);
+        let opened = rec.opened();
+        assert_eq!(opened.len(), 2);
+        let second = opened[1].0;
+        assert_eq!(opened[1].1, Opening::Resumed);
+        assert_eq!(rec.flows[&second].key, key(), "oriented as it was");
+        assert_eq!(rec.data(second, ToClient), b"z");
+        assert_eq!(rec.data(second, ToServer), b"d");
+        assert!(rec.gaps(second, ToServer).is_empty());
+        // Evicted again without being a session: it comes back mid-stream.
+        r.tick(3_000, &mut rec);
+        r.segment(&Segment { ts_ns: 4_000, ..cdata(4, b"e") }, &mut rec);
+        assert_eq!(rec.opened()[2].1, Opening::MidStream);
+    }
+
+    #[test]
+    fn a_resumption_far_from_where_the_session_stopped_is_mid_stream() {
+        let cfg = ReassemblyConfig { idle_timeout_ns: 100, ..ReassemblyConfig::default() };
+        let (mut r, mut rec) = handshake_with(cfg, C, S);
+        r.segment(&cdata(0, b"abc"), &mut rec);
+        r.promote(rec.only_flow(), &key());
+        r.tick(1_000, &mut rec);
+        r.segment(&Segment { ts_ns: 2_000, ..cdata(3 + (64 << 20), b"d") }, &mut rec);
+        assert_eq!(rec.opened()[1].1, Opening::MidStream);
     }
 
     #[test]

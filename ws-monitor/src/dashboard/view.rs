@@ -1098,6 +1098,7 @@ fn conn_details(data: &Data, r: &ConnRow) -> Vec<Line<'static>> {
         let opening = match v.opening {
             Opening::Handshake => "from the TCP handshake",
             Opening::MidStream => "mid-stream (already open when capture started)",
+            Opening::Resumed => "resumed after an eviction (negotiation kept)",
         };
         lines.push(kv("tracked", vec![Span::raw(opening)]));
     }

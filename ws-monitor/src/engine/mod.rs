@@ -86,7 +86,18 @@ pub use kind::{Category, Kind, KindSet};
 use frame::{OpClass, Rules, RsvPolicy};
 use handshake::{head_end, judge_101, parse_request, parse_response, Head, Request, Response, HEAD_CAP};
 use http::Framing;
-use stream::{DirState, Mode, ModeKind};
+use stream::{DirState, Mode, ModeKind, ResumePoint};
+
+/// Evicted WebSocket sessions remembered so that they can be resumed.
+const RESUMABLE: usize = 4096;
+
+/// What is kept of an evicted WebSocket session ([`Opening::Resumed`]).
+#[derive(Debug)]
+struct Evicted {
+    dirs: [ResumePoint; 2],
+    deflate: bool,
+    subprotocol: Option<String>,
+}
 
 /// Engine settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -600,6 +611,10 @@ pub struct Engine {
     sessions: Vec<(FlowId, FlowKey)>,
     /// Closed connections with unanalysed bytes.
     blind_spots: BlindSpots,
+    /// Evicted WebSocket sessions by [`FlowKey::unordered`] key, and their keys oldest
+    /// first (bounds the map).
+    resumable: HashMap<FlowKey, Evicted>,
+    resumable_order: std::collections::VecDeque<FlowKey>,
 }
 
 impl Default for Engine {
@@ -619,6 +634,8 @@ impl Engine {
             budget: InflateBudget::default(),
             sessions: Vec::new(),
             blind_spots: BlindSpots::default(),
+            resumable: HashMap::new(),
+            resumable_order: std::collections::VecDeque::new(),
         }
     }
 
@@ -640,6 +657,26 @@ impl Engine {
     /// longest under pressure.
     pub fn drain_sessions(&mut self) -> std::vec::Drain<'_, (FlowId, FlowKey)> {
         self.sessions.drain(..)
+    }
+
+    /// Keeps what resuming the evicted session `conn` needs (the oldest such beyond
+    /// [`RESUMABLE`] are forgotten).
+    fn remember_evicted(&mut self, conn: Conn) {
+        let key = conn.view.key.unordered();
+        let [c, s] = &conn.dirs;
+        let e = Evicted {
+            dirs: [c.resume_point(), s.resume_point()],
+            deflate: conn.view.deflate,
+            subprotocol: conn.view.subprotocol,
+        };
+        if self.resumable.insert(key, e).is_none() {
+            self.resumable_order.push_back(key);
+        }
+        while self.resumable_order.len() > RESUMABLE {
+            if let Some(old) = self.resumable_order.pop_front() {
+                self.resumable.remove(&old);
+            }
+        }
     }
 
     /// Closed connections that had unanalysed bytes (the worst of them).
@@ -1010,13 +1047,18 @@ impl StreamSink for Engine {
     fn open(&mut self, id: FlowId, key: &FlowKey, opening: Opening, ts_ns: u64) {
         self.stats.connections += 1;
         let cfg = self.cfg;
-        let (hs, dirs) = match opening {
-            Opening::Handshake => {
+        let evicted = self.resumable.remove(&key.unordered());
+        let (opening, evicted) = match (opening, evicted) {
+            (Opening::Resumed, Some(e)) => (Opening::Resumed, Some(e)),
+            (Opening::Resumed, None) => (Opening::MidStream, None),
+            (other, _) => (other, None),
+        };
+        let (hs, dirs) = match (opening, &evicted) {
+            (Opening::Handshake, _) => {
                 (Hs::AwaitRequest, Direction::BOTH.map(|d| DirState::new(d, Mode::Hold, cfg.rules(d, RsvPolicy::Plain))))
             }
-            Opening::MidStream => {
-                (Hs::Done, Direction::BOTH.map(|d| DirState::new_mid_stream(cfg.rules(d, RsvPolicy::Unknown))))
-            }
+            (_, Some(e)) => (Hs::Done, Direction::BOTH.map(|d| DirState::resumed(d, e.dirs[d.index()]))),
+            _ => (Hs::Done, Direction::BOTH.map(|d| DirState::new_mid_stream(cfg.rules(d, RsvPolicy::Unknown)))),
         };
         let view = ConnectionView {
             key: *key,
@@ -1032,6 +1074,12 @@ impl StreamSink for Engine {
             unanalysed: Unanalysed::default(),
         };
         let mut conn = Conn { view, once: KindSet::EMPTY, hs, dirs, session: false, rate: FindingRate::default() };
+        if let Some(e) = evicted {
+            conn.view.deflate = e.deflate;
+            conn.view.subprotocol = e.subprotocol;
+            conn.session = true;
+            self.sessions.push((id, *key));
+        }
         conn.refresh_state();
         self.conns.insert(id, conn);
     }
@@ -1095,7 +1143,7 @@ impl StreamSink for Engine {
         });
     }
 
-    fn close(&mut self, id: FlowId, _closing: Closing, ts_ns: u64) {
+    fn close(&mut self, id: FlowId, closing: Closing, ts_ns: u64) {
         self.with_conn(id, ts_ns, |hs, dirs, cx, _| {
             early_bytes(hs, dirs, cx);
             for d in dirs.iter_mut() {
@@ -1107,6 +1155,9 @@ impl StreamSink for Engine {
             let total = v.unanalysed.total();
             if total > 0 {
                 self.blind_spots.add(BlindSpot { client: v.key.client, server: v.key.server, total, unanalysed: v.unanalysed });
+            }
+            if closing == Closing::Evicted && conn.session {
+                self.remember_evicted(conn);
             }
         }
     }

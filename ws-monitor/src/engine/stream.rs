@@ -71,6 +71,16 @@ pub(crate) struct Track {
     chain: Chain,
 }
 
+/// What an evicted direction keeps (see [`DirState::resume_point`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ResumePoint {
+    rules: Rules,
+    deflate: Option<bool>,
+    at_boundary: bool,
+    between_messages: bool,
+    closed: bool,
+}
+
 /// What a handler did with the bytes it was given.
 enum Step {
     /// Consumed this many bytes (possibly 0 after a mode change).
@@ -241,6 +251,39 @@ impl DirState {
         let dir = if rules.client_to_server { Direction::ToServer } else { Direction::ToClient };
         let mut d = DirState::new(dir, Mode::Scan(Box::new(Scan::new(0, 0))), rules);
         d.frag = Frag::Unknown;
+        d
+    }
+
+    /// Where this direction stands if its connection is evicted now: in sync right at a
+    /// frame boundary (`at_boundary`), and what a resumed connection must know.
+    pub fn resume_point(&self) -> ResumePoint {
+        ResumePoint {
+            rules: self.rules,
+            deflate: self.deflate,
+            at_boundary: self.trusted() && self.pending.is_empty() && self.replay.is_none() && self.cur.left == 0,
+            between_messages: matches!(self.frag, Frag::Idle),
+            closed: self.closed,
+        }
+    }
+
+    /// A direction of a resumed connection, from where it was left ([`Self::resume_point`]):
+    /// in sync at offset 0 when that was a frame boundary, else unsynced with the
+    /// negotiation known. The deflate context of a message stream with context takeover
+    /// did not survive.
+    pub fn resumed(dir: Direction, at: ResumePoint) -> Self {
+        if !at.at_boundary {
+            let mut d = DirState::new_mid_stream(at.rules);
+            d.deflate = at.deflate;
+            d.ctx_lost = true;
+            return d;
+        }
+        let mut d = DirState::new(dir, Mode::Frames, at.rules);
+        d.deflate = at.deflate;
+        d.ctx_lost = at.deflate == Some(false);
+        d.frag = if at.between_messages { Frag::Idle } else { Frag::Unknown };
+        d.closed = at.closed;
+        // A header-only capture may be walking this direction: a loss of sync must say so.
+        d.capture_walks = true;
         d
     }
 

@@ -1438,6 +1438,42 @@ proptest! {
     }
 
     #[test]
+    fn valid_traffic_evicted_anywhere_and_resumed_raises_nothing(
+        cmsgs in prop::collection::vec(gen_msg(), 5..30),
+        smsgs in prop::collection::vec(gen_msg(), 5..30),
+        cstop in any::<u32>(),
+        sstop in any::<u32>(),
+        cuts in prop::collection::vec(1usize..500, 1..10),
+        compress in any::<bool>(),
+    ) {
+        // A session evicted at any byte of each stream (in a frame or between frames,
+        // inside a compressed message or not) and resumed from the next byte on.
+        let ext = if compress { "Sec-WebSocket-Extensions: permessage-deflate\r\n" } else { "" };
+        let (mut zc, mut zs) = (Compress::new(Compression::fast(), false), Compress::new(Compression::fast(), false));
+        let mut cb = request(ext);
+        let cstart = cb.len();
+        cb.extend(encode_msgs_with(&cmsgs, C, compress.then_some(&mut zc)).0);
+        let mut sb = response(ext);
+        let sstart = sb.len();
+        sb.extend(encode_msgs_with(&smsgs, S, compress.then_some(&mut zs)).0);
+        let cstop = cstart + cstop as usize % (cb.len() - cstart + 1);
+        let sstop = sstart + sstop as usize % (sb.len() - sstart + 1);
+        let mut e = Engine::default();
+        e.open(FlowId(1), &key(), Opening::Handshake, 0);
+        feed_cut(&mut e, FlowId(1), C, 0, &cb[..cstart], &cuts);
+        feed_cut(&mut e, FlowId(1), S, 0, &sb[..sstop], &cuts);
+        feed_cut(&mut e, FlowId(1), C, cstart as u64, &cb[cstart..cstop], &cuts);
+        e.close(FlowId(1), Closing::Evicted, 1);
+        e.open(FlowId(2), &key(), Opening::Resumed, 2);
+        feed_cut(&mut e, FlowId(2), S, 0, &sb[sstop..], &cuts);
+        feed_cut(&mut e, FlowId(2), C, 0, &cb[cstop..], &cuts);
+        e.close(FlowId(2), Closing::Fin, 3);
+        let found: Vec<Finding> = e.drain_findings().collect();
+        prop_assert!(found.is_empty(), "{:?}", found);
+        prop_assert_eq!(e.stats().desyncs, 0);
+    }
+
+    #[test]
     fn valid_traffic_joined_mid_stream_raises_nothing(
         smsgs in prop::collection::vec(gen_msg(), 20..50),
         cmsgs in prop::collection::vec(gen_msg(), 20..50),
@@ -1766,4 +1802,27 @@ fn unanalysed_bytes_are_counted_per_connection_by_cause() {
     let spots = e.blind_spots().sorted();
     assert_eq!(spots.len(), 1);
     assert_eq!(spots[0].total, v.total());
+}
+
+#[test]
+fn a_session_resumed_at_a_frame_boundary_is_checked_from_its_first_frame() {
+    let ext = "Sec-WebSocket-Extensions: permessage-deflate\r\n";
+    let mut e = Engine::default();
+    e.open(FlowId(1), &key(), Opening::Handshake, 0);
+    e.data(FlowId(1), C, 0, &request(ext), 0);
+    e.data(FlowId(1), S, 0, &response(ext), 0);
+    e.close(FlowId(1), Closing::Evicted, 1);
+    // Back after the eviction: the first frame is already judged, with the negotiation
+    // known (RSV1 is fine on a data frame from the server, wrong on a ping).
+    e.open(FlowId(2), &key(), Opening::Resumed, 2);
+    e.data(FlowId(2), C, 0, &Fr::new(1, "hi").enc(), 3);
+    e.data(FlowId(2), S, 0, &Fr::new(9, "").rsv(4).enc(), 3);
+    let kinds: Vec<Kind> = e.drain_findings().map(|f| f.kind).collect();
+    assert_eq!(kinds, [Kind::UnmaskedClientFrame, Kind::Rsv1Invalid]);
+    let v = e.connection(FlowId(2)).cloned().expect("tracked");
+    assert_eq!((v.opening, v.deflate, v.state), (Opening::Resumed, true, ConnState::Open));
+    // Resumed without anything remembered (another key): mid-stream.
+    let other = FlowKey { client: "10.0.0.9:1".parse().unwrap(), ..key() };
+    e.open(FlowId(3), &other, Opening::Resumed, 4);
+    assert_eq!(e.connection(FlowId(3)).map(|v| v.opening), Some(Opening::MidStream));
 }
