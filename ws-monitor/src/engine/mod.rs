@@ -1024,10 +1024,11 @@ impl Engine {
 }
 
 /// A gap in `dir`, wherever the handshake stands.
-fn gap_in(hs: &mut Hs, dirs: &mut [DirState; 2], dir: Direction, offset: u64, len: u64, loss: Loss, cx: &mut Cx<'_>, cfg: &EngineConfig) {
+fn gap_in(hs: &mut Hs, dirs: &mut [DirState; 2], dir: Direction, offset: u64, len: u64, loss: Loss, cx: &mut Cx<'_>) {
     if len == 0 {
         return;
     }
+    let cfg = *cx.cfg;
     cx.lost(loss, len);
     let Some(d) = dirs.get_mut(dir.index()) else {
         return;
@@ -1036,7 +1037,7 @@ fn gap_in(hs: &mut Hs, dirs: &mut [DirState; 2], dir: Direction, offset: u64, le
         if d.lose_in_body(len) {
             return; // inside an HTTP body being passed over: nothing else is affected
         }
-        handshake_lost(hs, dirs, cx, cfg);
+        handshake_lost(hs, dirs, cx, &cfg);
     }
     if let Some(d) = dirs.get_mut(dir.index()) {
         d.gap(offset, len, cx);
@@ -1088,7 +1089,7 @@ impl StreamSink for Engine {
         self.with_conn(id, ts_ns, |hs, dirs, cx, cfg| {
             let end = dirs.get(dir.index()).map_or(offset, |d| d.end);
             if offset > end {
-                gap_in(hs, dirs, dir, end, offset - end, Loss::Capture, cx, cfg);
+                gap_in(hs, dirs, dir, end, offset - end, Loss::Capture, cx);
             }
             let Some(d) = dirs.get_mut(dir.index()) else {
                 return;
@@ -1113,21 +1114,21 @@ impl StreamSink for Engine {
     }
 
     fn gap(&mut self, id: FlowId, dir: Direction, offset: u64, len: u64, loss: Loss, ts_ns: u64) {
-        self.with_conn(id, ts_ns, |hs, dirs, cx, cfg| {
+        self.with_conn(id, ts_ns, |hs, dirs, cx, _| {
             let end = dirs.get(dir.index()).map_or(offset, |d| d.end);
             // Treat anything between what we have and the gap's end as lost.
             let stop = offset.saturating_add(len);
             if stop > end {
-                gap_in(hs, dirs, dir, end, stop - end, loss, cx, cfg);
+                gap_in(hs, dirs, dir, end, stop - end, loss, cx);
             }
         });
     }
 
     fn skip(&mut self, id: FlowId, dir: Direction, offset: u64, len: u64, ts_ns: u64) {
-        self.with_conn(id, ts_ns, |hs, dirs, cx, cfg| {
+        self.with_conn(id, ts_ns, |hs, dirs, cx, _| {
             let end = dirs.get(dir.index()).map_or(offset, |d| d.end);
             if offset > end {
-                gap_in(hs, dirs, dir, end, offset - end, Loss::Capture, cx, cfg);
+                gap_in(hs, dirs, dir, end, offset - end, Loss::Capture, cx);
             }
             let stop = offset.saturating_add(len);
             let Some(d) = dirs.get_mut(dir.index()).filter(|_| stop > end) else {
@@ -1138,7 +1139,7 @@ impl StreamSink for Engine {
                 d.skip(at, len, cx);
             } else {
                 d.skip_mismatch(cx);
-                gap_in(hs, dirs, dir, at, len, Loss::Capture, cx, cfg);
+                gap_in(hs, dirs, dir, at, len, Loss::Capture, cx);
             }
         });
     }
