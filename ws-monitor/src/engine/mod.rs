@@ -54,7 +54,9 @@
 //!
 //! # What is deliberately not reported
 //!
-//! * Anything while a direction is unsynced or on probation after a resync.
+//! * Anything while a direction is unsynced, or on probation after a resync (except
+//!   findings of a violation pattern that direction raised before, which are reported
+//!   when probation ends cleanly: see [`resync`]).
 //! * `rsv_without_extension` / `rsv1_invalid` for RSV1 when the negotiation is unknown
 //!   (mid-stream, lost handshake) or an extension we do not understand was accepted.
 //! * UTF-8 of a message whose start was not seen, that lost bytes in a gap, or that is

@@ -46,6 +46,23 @@
 //!    context with context takeover is considered lost (compressed text is no longer
 //!    checked in that direction).
 //!
+//! # Known violations
+//!
+//! A direction that keeps sending the same malformed header (a client that never
+//! masks, say) would never resync by the rule above, since every link must raise no
+//! violation. So each direction remembers the header *patterns* that raised findings
+//! while it was in sync ([`Known`]: the first header byte, the mask bit, and the kinds
+//! raised; at most [`KNOWN_PATTERNS`]). While unsynced:
+//! - a header matching a known pattern, raising only the kinds it raised before, is
+//!   a plausible link (the stricter RSV rules are waived for it);
+//! - a candidate whose first link is such a header is confirmed by [`KNOWN_CHAIN`]
+//!   links instead of [`RESYNC_CHAIN`] (one later header confirms the boundary);
+//! - during probation, findings of a known pattern are held back with the frame counts
+//!   (and reported when it ends cleanly) instead of discarding the sync.
+//!
+//! Conformant traffic raises no finding, so it never has a known pattern: for it the
+//! rule above is unchanged.
+//!
 //! For a mid-stream connection the negotiation is unknown: RSV1 on text/binary frames
 //! is plausible and `rsv_without_extension` is never reported, compressed messages are
 //! not decompressed, and state kinds are only reported once the state was established
@@ -59,9 +76,57 @@
 //! [`check_header`]: super::frame::check_header
 
 use super::frame::{check_header, close_code_valid, Frag, FrameHeader, OpClass, Rules, RsvPolicy, Status, RSV2, RSV3};
+use super::kind::KindSet;
 
 /// Headers chained by their lengths needed to accept a resync candidate.
 pub const RESYNC_CHAIN: u32 = 4;
+
+/// Headers needed when the candidate's own header is a known violation pattern.
+pub const KNOWN_CHAIN: u32 = 2;
+
+/// Violation patterns remembered per direction.
+pub const KNOWN_PATTERNS: usize = 4;
+
+/// Header patterns that raised findings in one direction while it was in sync: first
+/// header byte (FIN, RSV, opcode), mask bit, and the kinds they raised.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Known {
+    patterns: [Option<(u8, bool, KindSet)>; KNOWN_PATTERNS],
+}
+
+impl Known {
+    /// Remembers that a header starting with `b0`, masked or not, raised `kinds` (the
+    /// first [`KNOWN_PATTERNS`] patterns are kept).
+    pub fn learn(&mut self, b0: u8, masked: bool, kinds: KindSet) {
+        for slot in &mut self.patterns {
+            match slot {
+                Some((b, m, k)) if *b == b0 && *m == masked => {
+                    for kind in kinds.iter() {
+                        k.insert(kind);
+                    }
+                    return;
+                }
+                Some(_) => {}
+                None => {
+                    *slot = Some((b0, masked, kinds));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The kinds a header starting with `b0` raised before, if its pattern is known
+    /// (`masked`: `None` while the second byte is not at hand).
+    pub fn kinds(&self, b0: u8, masked: Option<bool>) -> Option<KindSet> {
+        self.patterns.iter().flatten().find(|(b, m, _)| *b == b0 && masked.is_none_or(|x| x == *m)).map(|p| p.2)
+    }
+
+    /// Whether the header bytes `hdr` are a known pattern that raised `kinds` (and more).
+    pub fn covers(&self, hdr: &[u8], kinds: KindSet) -> bool {
+        let (Some(&b0), Some(&b1)) = (hdr.first(), hdr.get(1)) else { return false };
+        self.kinds(b0, Some(b1 & 0x80 != 0)).is_some_and(|known| kinds.iter().all(|k| known.contains(k)))
+    }
+}
 
 /// Frames parsed after a resync before findings are reported again.
 pub const PROBATION_FRAMES: u32 = 16;
@@ -77,21 +142,26 @@ pub struct Chain {
     frag: Frag,
     closed: bool,
     last_key: Option<[u8; 4]>,
+    /// The first link is a known violation pattern.
+    known_start: bool,
 }
 
 impl Default for Chain {
     fn default() -> Self {
-        Chain { hops: 0, frag: Frag::Unknown, closed: false, last_key: None }
+        Chain { hops: 0, frag: Frag::Unknown, closed: false, last_key: None, known_start: false }
     }
 }
 
 impl Chain {
     /// Rejects a header from its first bytes alone (before it is complete), so an
     /// implausible candidate never waits for more data.
-    pub fn reject_early(&self, b: &[u8], rules: &Rules) -> bool {
+    pub fn reject_early(&self, b: &[u8], rules: &Rules, known: &Known) -> bool {
         let Some(&b0) = b.first() else {
             return false;
         };
+        if known.kinds(b0, b.get(1).map(|b1| b1 & 0x80 != 0)).is_some() {
+            return false;
+        }
         let fin = b0 & 0x80 != 0;
         let rsv = (b0 >> 4) & 0b111;
         let class = OpClass::of(b0 & 0x0F);
@@ -114,12 +184,16 @@ impl Chain {
 
     /// Accepts `h` as the next link, or returns `false`. `after` is whatever payload
     /// bytes follow the header in the buffer (used to check a close code when visible).
-    pub fn accept(&mut self, h: &FrameHeader, after: &[u8], rules: &Rules) -> bool {
+    pub fn accept(&mut self, h: &FrameHeader, after: &[u8], rules: &Rules, known: &Known) -> bool {
         let class = h.class();
-        if !check_header(h, rules, self.frag, self.closed).is_empty() {
+        let kinds = check_header(h, rules, self.frag, self.closed);
+        let b0 = (u8::from(h.fin) << 7) | (h.rsv << 4) | (h.opcode & 0x0F);
+        let known_link =
+            !kinds.is_empty() && known.kinds(b0, Some(h.mask.is_some())).is_some_and(|k| kinds.iter().all(|x| k.contains(x)));
+        if !kinds.is_empty() && !known_link {
             return false;
         }
-        if h.rsv & (RSV2 | RSV3) != 0 || (h.rsv1() && !matches!(class, OpClass::Text | OpClass::Binary)) {
+        if !known_link && (h.rsv & (RSV2 | RSV3) != 0 || (h.rsv1() && !matches!(class, OpClass::Text | OpClass::Binary))) {
             return false;
         }
         if class.is_data() && !h.fin && h.len == 0 {
@@ -144,8 +218,16 @@ impl Chain {
             self.closed = true;
         }
         self.frag = self.frag.after(class, h.fin);
+        if self.hops == 0 {
+            self.known_start = known_link;
+        }
         self.hops += 1;
         true
+    }
+
+    /// Enough links accepted to take the candidate.
+    pub fn confirmed(&self) -> bool {
+        self.hops >= RESYNC_CHAIN || (self.known_start && self.hops >= KNOWN_CHAIN)
     }
 }
 
@@ -162,24 +244,24 @@ pub enum Eval {
 }
 
 /// Walks the chain starting at `buf[0]`.
-pub fn evaluate(buf: &[u8], rules: &Rules) -> Eval {
+pub fn evaluate(buf: &[u8], rules: &Rules, known: &Known) -> Eval {
     let mut chain = Chain::default();
     let mut at: u64 = 0;
     loop {
         let rest = usize::try_from(at).ok().and_then(|a| buf.get(a..)).unwrap_or(&[]);
         match FrameHeader::parse(rest) {
             Status::Partial(n) => {
-                if chain.reject_early(rest, rules) {
+                if chain.reject_early(rest, rules, known) {
                     return Eval::Fail;
                 }
                 return Eval::NeedMore { next: at, need: at.saturating_add(n as u64), chain };
             }
             Status::Complete(h) => {
                 let after = rest.get(usize::from(h.header_len)..).unwrap_or(&[]);
-                if !chain.accept(&h, after, rules) {
+                if !chain.accept(&h, after, rules, known) {
                     return Eval::Fail;
                 }
-                if chain.hops >= RESYNC_CHAIN {
+                if chain.confirmed() {
                     return Eval::Confirmed;
                 }
                 at = at.saturating_add(u64::from(h.header_len)).saturating_add(h.len);
@@ -255,7 +337,7 @@ impl Scan {
 
     /// Decides candidates in order as far as the window allows. Returns the decision and
     /// how many bytes were passed over.
-    pub fn search(&mut self, rules: &Rules) -> (Search, usize) {
+    pub fn search(&mut self, rules: &Rules, known: &Known) -> (Search, usize) {
         let mut dropped = 0usize;
         loop {
             let avail = self.win.get(self.start..).unwrap_or(&[]);
@@ -269,7 +351,7 @@ impl Scan {
                 dropped += n;
                 continue;
             }
-            match evaluate(avail, rules) {
+            match evaluate(avail, rules, known) {
                 Eval::Fail => {
                     self.start += 1;
                     dropped += 1;
@@ -307,22 +389,22 @@ mod tests {
         for i in 0..4u8 {
             b.extend_from_slice(&[0x82, 3, i, i, i]);
         }
-        assert_eq!(evaluate(&b, &SERVER), Eval::Confirmed);
-        assert!(matches!(evaluate(&b[..11], &SERVER), Eval::NeedMore { next: 10, need: 12, .. }));
-        assert_eq!(evaluate(&b[1..], &SERVER), Eval::Fail);
+        assert_eq!(evaluate(&b, &SERVER, &Known::default()), Eval::Confirmed);
+        assert!(matches!(evaluate(&b[..11], &SERVER, &Known::default()), Eval::NeedMore { next: 10, need: 12, .. }));
+        assert_eq!(evaluate(&b[1..], &SERVER, &Known::default()), Eval::Fail);
     }
 
     #[test]
     fn zero_runs_and_ascii_do_not_chain() {
-        assert_eq!(evaluate(&[0u8; 64], &SERVER), Eval::Fail);
+        assert_eq!(evaluate(&[0u8; 64], &SERVER, &Known::default()), Eval::Fail);
         let text = b"{\"hello\": \"world\", \"AB\": [1,2,3], \"more\": \"text here\"}".repeat(20);
         for p in 0..text.len() {
-            assert!(!matches!(evaluate(&text[p..], &SERVER), Eval::Confirmed), "{p}");
+            assert!(!matches!(evaluate(&text[p..], &SERVER, &Known::default()), Eval::Confirmed), "{p}");
         }
         let client = Rules { client_to_server: true, ..SERVER };
         // A masked run of zeros repeats the key: consecutive identical keys never chain.
         let frame = [0x82u8, 0x82, 1, 2, 3, 4, 9, 9];
-        assert_eq!(evaluate(&frame.repeat(8), &client), Eval::Fail);
+        assert_eq!(evaluate(&frame.repeat(8), &client, &Known::default()), Eval::Fail);
     }
 
     #[test]
@@ -332,11 +414,11 @@ mod tests {
         for i in 0..3u8 {
             s.push(&[0x81, 1, b'a' + i]);
         }
-        assert_eq!(s.search(&SERVER), (Search::Wait, 3));
+        assert_eq!(s.search(&SERVER, &Known::default()), (Search::Wait, 3));
         s.push(&[0x81]);
-        assert_eq!(s.search(&SERVER), (Search::Wait, 0));
+        assert_eq!(s.search(&SERVER, &Known::default()), (Search::Wait, 0));
         s.push(&[1, b'z']);
-        assert_eq!(s.search(&SERVER), (Search::Found(3), 0));
+        assert_eq!(s.search(&SERVER, &Known::default()), (Search::Found(3), 0));
         assert_eq!(s.base(), 100);
     }
 
@@ -344,6 +426,6 @@ mod tests {
     fn long_hop_is_followed() {
         let mut s = Scan::new(0, 0);
         s.push(&[0x82, 0x7F, 0, 0, 0, 0, 0, 2, 0, 0]); // 128 KiB binary
-        assert!(matches!(s.search(&SERVER), (Search::Follow { p: 0, next: 131082, .. }, 0)));
+        assert!(matches!(s.search(&SERVER, &Known::default()), (Search::Follow { p: 0, next: 131082, .. }, 0)));
     }
 }

@@ -15,8 +15,8 @@ use super::frame::{
 };
 use super::http::{Framing, Skip};
 use super::inflate::{Inflater, Stop, SCRATCH, TAIL};
-use super::kind::Kind;
-use super::resync::{Chain, Scan, Search, PROBATION_FRAMES, RESYNC_CHAIN};
+use super::kind::{Kind, KindSet};
+use super::resync::{Chain, Known, Scan, Search, PROBATION_FRAMES};
 use super::utf8::Utf8Stream;
 use super::{Cx, FrameCounts, OpenMessage, Steer};
 
@@ -79,6 +79,7 @@ pub(crate) struct ResumePoint {
     at_boundary: bool,
     between_messages: bool,
     closed: bool,
+    known: Known,
 }
 
 /// What a handler did with the bytes it was given.
@@ -161,7 +162,12 @@ struct Probation {
     ncodes: usize,
     /// Stream offset of the candidate the sync started at.
     start: u64,
+    /// Findings of known violation patterns, reported if probation ends cleanly.
+    held: Vec<(Kind, u64, FrameHeaderBytes, super::Excerpt)>,
 }
+
+/// Findings held back during one probation at most (beyond: the sync is discarded).
+const PROBATION_HELD: usize = 64;
 
 /// Everything the engine keeps for one direction of one connection.
 #[derive(Debug)]
@@ -194,6 +200,8 @@ pub(crate) struct DirState {
     probation: Option<Probation>,
     /// A would-be finding during probation.
     abort: bool,
+    /// Header patterns that raised findings in sync (see [`super::resync`]).
+    known: Known,
     /// Handshake phase: bytes kept from `held_base` on.
     pub held: Vec<u8>,
     pub held_base: u64,
@@ -234,6 +242,7 @@ impl DirState {
             ctx_lost: false,
             probation: None,
             abort: false,
+            known: Known::default(),
             held: Vec::new(),
             held_base: 0,
             head_scan: 0,
@@ -263,6 +272,7 @@ impl DirState {
             at_boundary: self.trusted() && self.pending.is_empty() && self.replay.is_none() && self.cur.left == 0,
             between_messages: matches!(self.frag, Frag::Idle),
             closed: self.closed,
+            known: self.known,
         }
     }
 
@@ -275,9 +285,11 @@ impl DirState {
             let mut d = DirState::new_mid_stream(at.rules);
             d.deflate = at.deflate;
             d.ctx_lost = true;
+            d.known = at.known;
             return d;
         }
         let mut d = DirState::new(dir, Mode::Frames, at.rules);
+        d.known = at.known;
         d.deflate = at.deflate;
         d.ctx_lost = at.deflate == Some(false);
         d.frag = if at.between_messages { Frag::Idle } else { Frag::Unknown };
@@ -620,7 +632,14 @@ impl DirState {
         self.reset_frame_state();
         self.mode = Mode::Frames;
         self.probation =
-            Some(Probation { left: PROBATION_FRAMES, counts: FrameCounts::default(), codes: [0; 4], ncodes: 0, start });
+            Some(Probation {
+                left: PROBATION_FRAMES,
+                counts: FrameCounts::default(),
+                codes: [0; 4],
+                ncodes: 0,
+                start,
+                held: Vec::new(),
+            });
     }
 
     /// Trusted sync is lost (gap over a header, HTTP, unusable length); during probation
@@ -658,6 +677,9 @@ impl DirState {
         for &code in p.codes.iter().take(p.ncodes) {
             *cx.stats.close_codes.entry(code).or_insert(0) += 1;
             cx.view.last_close_code = Some(code);
+        }
+        for (kind, offset, hdr, excerpt) in p.held {
+            cx.emit_with(self.dir, kind, offset, hdr, excerpt.as_slice());
         }
         cx.stats.resyncs += 1;
     }
@@ -758,7 +780,7 @@ impl DirState {
             sc.skip_one();
         }
         sc.push(s.get(..take).unwrap_or(&[]));
-        let (decision, dropped) = sc.search(&self.rules);
+        let (decision, dropped) = sc.search(&self.rules, &self.known);
         cx.unsynced(dropped as u64);
         match decision {
             Search::Wait => {}
@@ -797,12 +819,12 @@ impl DirState {
             Status::Complete(h) => h,
         };
         let after = s.get(usize::from(h.header_len)..).unwrap_or(&[]);
-        if !t.chain.accept(&h, after, &self.rules) {
+        if !t.chain.accept(&h, after, &self.rules, &self.known) {
             cx.unsynced(1);
             self.mode = Mode::Scan(Box::new(Scan::new(pos.saturating_add(1), 0)));
             return Step::Used(1);
         }
-        if t.chain.hops >= RESYNC_CHAIN {
+        if t.chain.confirmed() {
             self.enter_probation(pos);
         } else {
             t.next_at = pos.saturating_add(u64::from(h.header_len)).saturating_add(h.len);
@@ -817,11 +839,18 @@ impl DirState {
     }
 
     /// [`Self::report`] with the (unmasked) bytes at fault.
+    /// During probation, a finding of a known violation pattern is held back (see
+    /// [`super::resync`]); any other one discards the sync.
     fn report_with(&mut self, cx: &mut Cx<'_>, kind: Kind, offset: u64, hdr: FrameHeaderBytes, bytes: &[u8]) {
-        if self.probation.is_some() {
-            self.abort = true;
-        } else {
-            cx.emit_with(self.dir, kind, offset, hdr, bytes);
+        let mut one = KindSet::EMPTY;
+        one.insert(kind);
+        let known = self.known.covers(hdr.as_slice(), one);
+        match &mut self.probation {
+            Some(p) if known && p.held.len() < PROBATION_HELD => {
+                p.held.push((kind, offset, hdr, super::Excerpt::new(bytes)));
+            }
+            Some(_) => self.abort = true,
+            None => cx.emit_with(self.dir, kind, offset, hdr, bytes),
         }
     }
 
@@ -846,6 +875,11 @@ impl DirState {
     fn begin_frame(&mut self, h: &FrameHeader, hdr: FrameHeaderBytes, offset: u64, after: &[u8], cx: &mut Cx<'_>) -> bool {
         let class = h.class();
         let kinds = check_header(h, &self.rules, self.frag, self.closed);
+        if !kinds.is_empty() && self.probation.is_none() {
+            if let Some(&b0) = hdr.as_slice().first() {
+                self.known.learn(b0, h.mask.is_some(), kinds);
+            }
+        }
         if !kinds.is_empty() {
             // The start of the payload, unmasked, for --log-payload.
             let mut excerpt = [0u8; super::Excerpt::CAP];

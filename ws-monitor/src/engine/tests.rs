@@ -1474,6 +1474,55 @@ proptest! {
     }
 
     #[test]
+    fn a_known_violation_never_turns_valid_traffic_into_findings(
+        cmsgs in prop::collection::vec(gen_msg(), 10..40),
+        smsgs in prop::collection::vec(gen_msg(), 10..40),
+        gaps in prop::collection::vec((any::<bool>(), any::<u32>(), 1u64..3000), 1..5),
+        cuts in prop::collection::vec(1usize..500, 1..10),
+    ) {
+        // Each side breaks the rules once at the start (a client frame unmasked, a
+        // server frame masked), so each direction knows a violation pattern; everything
+        // after is valid, with gaps. The two first frames are the only findings.
+        let mut cb = request("");
+        let cstart = cb.len();
+        cb.extend(Fr::new(1, "x").enc());
+        cb.extend(encode_msgs(&cmsgs, C).0);
+        let mut sb = response("");
+        let sstart = sb.len();
+        sb.extend(Fr::new(2, "y").masked().enc());
+        sb.extend(encode_msgs(&smsgs, S).0);
+        let mut e = Engine::default();
+        let id = FlowId(13);
+        e.open(id, &key(), Opening::Handshake, 0);
+        let mut offs = [feed_cut(&mut e, id, C, 0, &cb[..cstart], &cuts), 0];
+        offs[1] = feed_cut(&mut e, id, S, 0, &sb[..sstart + 8], &cuts);
+        offs[0] = feed_cut(&mut e, id, C, offs[0], &cb[cstart..cstart + 3], &cuts);
+        for (d, bytes) in [(C, &cb), (S, &sb)] {
+            let mut holes: Vec<(u64, u64)> = gaps
+                .iter()
+                .filter(|g| g.0 == (d == S))
+                .map(|g| (u64::from(g.1) % bytes.len() as u64, g.2))
+                .collect();
+            holes.sort();
+            let mut off = offs[d.index()];
+            for (at, len) in holes {
+                if at < off { continue; }
+                off = feed_cut(&mut e, id, d, off, &bytes[off as usize..at as usize], &cuts);
+                let len = len.min(bytes.len() as u64 - off);
+                e.gap(id, d, off, len, Loss::Capture, 0);
+                off += len;
+            }
+            feed_cut(&mut e, id, d, off, &bytes[off as usize..], &cuts);
+        }
+        e.close(id, Closing::Fin, 1);
+        let found: Vec<(Direction, Kind, u64)> = e.drain_findings().map(|f| (f.dir, f.kind, f.offset)).collect();
+        prop_assert_eq!(
+            found,
+            vec![(S, Kind::MaskedServerFrame, sstart as u64), (C, Kind::UnmaskedClientFrame, cstart as u64)]
+        );
+    }
+
+    #[test]
     fn valid_traffic_joined_mid_stream_raises_nothing(
         smsgs in prop::collection::vec(gen_msg(), 20..50),
         cmsgs in prop::collection::vec(gen_msg(), 20..50),
@@ -1825,4 +1874,26 @@ fn a_session_resumed_at_a_frame_boundary_is_checked_from_its_first_frame() {
     let other = FlowKey { client: "10.0.0.9:1".parse().unwrap(), ..key() };
     e.open(FlowId(3), &other, Opening::Resumed, 4);
     assert_eq!(e.connection(FlowId(3)).map(|v| v.opening), Some(Opening::MidStream));
+}
+
+#[test]
+fn a_client_that_never_masks_is_found_again_soon_after_a_gap() {
+    let mut e = Engine::default();
+    let id = FlowId(1);
+    e.open(id, &key(), Opening::Handshake, 0);
+    let req = request("");
+    e.data(id, C, 0, &req, 0);
+    e.data(id, S, 0, &response(""), 0);
+    let frame = Fr::new(1, "hi").enc();
+    let stream: Vec<u8> = frame.repeat(100);
+    let base = req.len() as u64;
+    // 10 frames, then 6 bytes lost (frame 11 and the header of frame 12), then the rest.
+    e.data(id, C, base, &stream[..40], 1);
+    e.gap(id, C, base + 40, 6, Loss::Capture, 2);
+    e.data(id, C, base + 46, &stream[46..], 3);
+    e.close(id, Closing::Fin, 4);
+    // Frame 13 on: its header is the known pattern and frame 14's header confirms it.
+    assert_eq!(e.stats().violation_count(Kind::UnmaskedClientFrame), 10 + 88);
+    assert_eq!(e.stats().resyncs, 1);
+    assert_eq!(e.connection(id), None);
 }
