@@ -77,7 +77,10 @@ pub struct ChunkHeader {
     pub flags: u8,
     /// 0 = TC ingress, 1 = TC egress (as the kernel program was attached).
     pub hook: u8,
-    pub _pad: [u8; 2],
+    /// 1 in a loss note (the `LOSSES` ring): the record of these bytes could not be
+    /// written, and `skip` counts the payload bytes it would have carried (`len` is 0).
+    pub lost: u8,
+    pub _pad: u8,
 }
 
 /// Size of [`ChunkHeader`] in a record; a multiple of 8 so the payload stays aligned.
@@ -176,10 +179,16 @@ pub enum Counter {
     /// Payload bytes of retransmissions of bytes already walked and handed on, passed on
     /// without their payload (userspace would drop them as duplicates).
     RetransmittedBytes,
+    /// Loss notes written: one per record that could not be written (ring full, load
+    /// error, failed tail call, payload beyond what a packet's records hold).
+    LossNotes,
+    /// Loss notes that did not fit in the `LOSSES` ring either: those losses are only
+    /// in the counters, not attributed to a connection.
+    LossNotesLost,
 }
 
 /// Number of counters in `COUNTERS`.
-pub const COUNTER_COUNT: u32 = 22;
+pub const COUNTER_COUNT: u32 = 24;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -205,6 +214,8 @@ impl Counter {
         Counter::TailCallErrors,
         Counter::RingBytes,
         Counter::RetransmittedBytes,
+        Counter::LossNotes,
+        Counter::LossNotesLost,
     ];
 
     /// Stable snake_case name for reports.
@@ -232,6 +243,8 @@ impl Counter {
             Counter::TailCallErrors => "tail_call_errors",
             Counter::RingBytes => "ring_bytes",
             Counter::RetransmittedBytes => "retransmitted_bytes",
+            Counter::LossNotes => "loss_notes",
+            Counter::LossNotesLost => "loss_notes_lost",
         }
     }
 }

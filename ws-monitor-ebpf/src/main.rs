@@ -42,6 +42,11 @@ use ws_monitor_common::{
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 
+/// Loss notes: the header of every record that could not be written to `EVENTS`, so
+/// that userspace knows which connection lost which bytes (see `ChunkHeader::lost`).
+#[map]
+static LOSSES: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
+
 /// `PORT_MONITORED` at the index of every monitored port (host byte order): one array
 /// lookup per packet, no hashing.
 #[map]
@@ -156,6 +161,23 @@ fn jump(ctx: &TcContext, plan: &Plan, slot: u32) {
     unsafe { JUMP.tail_call(ctx, slot) };
     count(Counter::TailCallErrors, 1);
     count(Counter::LoadErrorBytes, plan.header.payload_len as u64);
+    let mut header = plan.header;
+    header.offset = 0;
+    note_loss(&header, plan.header.payload_len);
+}
+
+/// Tells userspace that the record `header` describes, `n` payload bytes from
+/// `header.offset`, could not be written.
+#[inline(always)]
+fn note_loss(header: &ChunkHeader, n: u32) {
+    let mut note = *header;
+    note.len = 0;
+    note.skip = n;
+    note.lost = 1;
+    match LOSSES.output::<ChunkHeader>(&note, 0) {
+        Ok(()) => count(Counter::LossNotes, 1),
+        Err(_) => count(Counter::LossNotesLost, 1),
+    }
 }
 
 #[inline(always)]
@@ -371,7 +393,8 @@ fn try_capture(ctx: &TcContext, hook: u8) -> Result<(), ()> {
         flags,
         hook,
         skip: 0,
-        _pad: [0; 2],
+        lost: 0,
+        _pad: 0,
     };
     plan.key = FlowDir { saddr: l3.saddr, daddr: l3.daddr, sport, dport, family: l3.family, _pad: [0; 3] };
     plan.n = 0;
@@ -809,7 +832,11 @@ fn emit_plan(ctx: &TcContext, plan: &mut Plan) {
         }
     }
     if get(&plan.si) < n {
-        count(Counter::BytesTruncated, plan.header.payload_len.saturating_sub(get(&plan.at)) as u64);
+        let at = get(&plan.at);
+        count(Counter::BytesTruncated, plan.header.payload_len.saturating_sub(at) as u64);
+        let mut header = plan.header;
+        header.offset = at;
+        note_loss(&header, plan.header.payload_len.saturating_sub(at));
     }
 }
 
@@ -845,6 +872,7 @@ fn emit_sized<const N: usize>(ctx: &TcContext, header: &ChunkHeader, src: u32, n
     let Some(mut record) = EVENTS.reserve_bytes(HEADER_SIZE + N, 0) else {
         count(Counter::RingFullRecords, 1);
         count(Counter::RingFullBytes, lost);
+        note_loss(header, lost as u32);
         return false;
     };
     let base = record.as_mut_ptr();
@@ -865,6 +893,7 @@ fn emit_sized<const N: usize>(ctx: &TcContext, header: &ChunkHeader, src: u32, n
             record.discard(0);
             count(Counter::LoadErrors, 1);
             count(Counter::LoadErrorBytes, lost);
+            note_loss(header, lost as u32);
             return false;
         }
     }

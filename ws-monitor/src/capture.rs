@@ -121,6 +121,11 @@ pub struct SteerStats {
 /// ws-monitor added, once nothing else uses it).
 pub struct Capture {
     ring: AsyncFd<RingBuf<MapData>>,
+    /// Loss notes (`LOSSES`), and those read but not handed on yet: each goes just
+    /// before the first record that came after it, so that reassembly sees a lost
+    /// packet where it was on the wire.
+    losses: RingBuf<MapData>,
+    notes: std::collections::VecDeque<[u8; HEADER_SIZE]>,
     counters: PerCpuArray<MapData, u64>,
     flows: HashMap<MapData, FlowDir, WalkState>,
     anchors: HashMap<MapData, FlowDir, Anchor>,
@@ -201,6 +206,7 @@ impl Capture {
         }
 
         let ring: RingBuf<MapData> = map(&mut ebpf, "EVENTS")?;
+        let losses: RingBuf<MapData> = map(&mut ebpf, "LOSSES")?;
         let counters: PerCpuArray<MapData, u64> = map(&mut ebpf, "COUNTERS")?;
         let flows = map(&mut ebpf, "FLOWS")?;
         let anchors = map(&mut ebpf, "ANCHORS")?;
@@ -211,6 +217,8 @@ impl Capture {
             .context("registering the ring buffer with tokio")?;
         Ok(Capture {
             ring,
+            losses,
+            notes: std::collections::VecDeque::new(),
             counters,
             flows,
             anchors,
@@ -238,15 +246,33 @@ impl Capture {
         Ok(())
     }
 
-    /// Passes up to `max` records from the ring buffer to `f` without waiting; true if
-    /// it stopped at `max` (more may be waiting).
+    /// Passes up to `max` records from the ring buffer to `f` without waiting, with the
+    /// loss notes in time order among them; true if it stopped at `max` (more may be
+    /// waiting).
     pub fn drain(&mut self, max: usize, mut f: impl FnMut(&[u8])) -> bool {
+        while self.notes.len() < max {
+            let Some(item) = self.losses.next() else { break };
+            let mut note = [0u8; HEADER_SIZE];
+            if let Some(bytes) = item.get(..HEADER_SIZE) {
+                note.copy_from_slice(bytes);
+                self.notes.push_back(note);
+            }
+        }
         let ring = self.ring.get_mut();
         for _ in 0..max {
-            match ring.next() {
-                Some(item) => f(&item),
-                None => return false,
+            let Some(item) = ring.next() else {
+                // Everything written so far was read: the notes left came after it.
+                for note in self.notes.drain(..) {
+                    f(&note);
+                }
+                return false;
+            };
+            let ts = record_ts(&item);
+            while let Some(note) = self.notes.front().filter(|n| record_ts(n.as_slice()) <= ts) {
+                f(note.as_slice());
+                self.notes.pop_front();
             }
+            f(&item);
         }
         true
     }
@@ -762,6 +788,11 @@ fn flow_dir(key: &FlowKey, dir: Direction) -> FlowDir {
     octets(dst.ip(), &mut out.daddr);
     out.family = if src.is_ipv4() { 4 } else { 6 };
     out
+}
+
+/// A record's timestamp ([`ChunkHeader::ts_ns`], its first 8 bytes; 0 if cut short).
+fn record_ts(record: &[u8]) -> u64 {
+    record.get(..8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_ne_bytes)
 }
 
 /// Why a ring-buffer record could not be used.

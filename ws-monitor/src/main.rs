@@ -319,6 +319,7 @@ async fn live(config: &CaptureConfig, args: &RunArgs, privileges: &PrivilegeArgs
 
     let mut bad_records = 0u64;
     let mut handle = |pipeline: &mut Pipeline, record: &[u8]| match capture::decode(record) {
+        Ok((header, payload)) if header.lost != 0 => pipeline.lost(&capture::segment(&header, payload)),
         Ok((header, payload)) => pipeline.segment(&capture::segment(&header, payload)),
         Err(_) => bad_records += 1,
     };

@@ -71,6 +71,11 @@ impl Monitor {
         }
     }
 
+    /// A segment the capture lost (see [`Reassembler::lost`]).
+    pub fn lost(&mut self, seg: &Segment<'_>) {
+        self.reassembler.lost(seg, &mut self.sinks);
+    }
+
     pub fn tick(&mut self, now_ns: u64) {
         self.reassembler.tick(now_ns, &mut self.sinks);
     }

@@ -57,6 +57,8 @@ struct Meta {
     ts_ns: u64,
     start: usize,
     len: usize,
+    /// A loss note ([`Monitor::lost`]), not a segment.
+    lost: bool,
 }
 
 struct Batch {
@@ -235,6 +237,16 @@ impl Pipeline {
 
     /// Queues one segment for its connection's worker.
     pub fn segment(&mut self, seg: &Segment<'_>) {
+        self.push(seg, false);
+    }
+
+    /// A segment the capture lost: `seg.skip` payload bytes at `seg.seq`, no data (see
+    /// [`crate::reassembly::Reassembler::lost`]).
+    pub fn lost(&mut self, seg: &Segment<'_>) {
+        self.push(seg, true);
+    }
+
+    fn push(&mut self, seg: &Segment<'_>, lost: bool) {
         let shard = if self.workers.len() == 1 {
             0
         } else {
@@ -254,6 +266,7 @@ impl Pipeline {
             ts_ns: seg.ts_ns,
             start: b.data.len(),
             len: seg.data.len(),
+            lost,
         });
         b.data.extend_from_slice(seg.data);
         if b.metas.len() >= BATCH_SEGMENTS || b.data.len() >= BATCH_BYTES {
@@ -488,7 +501,7 @@ fn work(mut monitor: Monitor, rx: Receiver<Work>, ctx: WorkerCtx) {
             Work::Segments(mut batch) => {
                 for m in &batch.metas {
                     let data = batch.data.get(m.start..m.start + m.len).unwrap_or(&[]);
-                    monitor.segment(&Segment {
+                    let seg = Segment {
                         key: m.key,
                         dir: m.dir,
                         seq: m.seq,
@@ -497,7 +510,12 @@ fn work(mut monitor: Monitor, rx: Receiver<Work>, ctx: WorkerCtx) {
                         data,
                         skip: m.skip,
                         ts_ns: m.ts_ns,
-                    });
+                    };
+                    if m.lost {
+                        monitor.lost(&seg);
+                    } else {
+                        monitor.segment(&seg);
+                    }
                 }
                 ctx.forward(&mut monitor);
                 batch.metas.clear();

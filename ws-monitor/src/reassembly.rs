@@ -158,6 +158,8 @@ pub struct ReassemblyStats {
     /// SYNs ignored because they repeat the ISN of a connection just closed (a
     /// retransmission, not a new connection).
     pub phantom_syns: u64,
+    /// Loss notes taken ([`Reassembler::lost`]).
+    pub loss_notes: u64,
     /// Half-open connections evicted because `max_half_open` of them were tracked.
     pub half_open_evictions: u64,
     /// WebSocket sessions evicted to make room in a full table (nothing of a lower class
@@ -192,6 +194,7 @@ impl ReassemblyStats {
             table_full_evictions,
             rst_ignored,
             phantom_syns,
+            loss_notes,
             half_open_evictions,
             upgraded_evictions,
             memory_limit_hits,
@@ -216,6 +219,7 @@ impl ReassemblyStats {
             (&mut self.table_full_evictions, table_full_evictions),
             (&mut self.rst_ignored, rst_ignored),
             (&mut self.phantom_syns, phantom_syns),
+            (&mut self.loss_notes, loss_notes),
             (&mut self.half_open_evictions, half_open_evictions),
             (&mut self.upgraded_evictions, upgraded_evictions),
             (&mut self.memory_limit_hits, memory_limit_hits),
@@ -232,18 +236,20 @@ fn bump(counter: &mut u64, n: u64) {
     *counter = counter.saturating_add(n);
 }
 
-/// A run of stream bytes: payload at hand, or a known-length skip.
+/// A run of stream bytes: payload at hand, a known-length skip, or bytes the capture
+/// lost (a loss note).
 #[derive(Clone, Copy, Debug)]
 enum Run<'a> {
     Bytes(&'a [u8]),
     Skip(u64),
+    Lost(u64),
 }
 
 impl<'a> Run<'a> {
     fn len(&self) -> u64 {
         match self {
             Run::Bytes(b) => b.len() as u64,
-            Run::Skip(n) => *n,
+            Run::Skip(n) | Run::Lost(n) => *n,
         }
     }
 
@@ -254,6 +260,7 @@ impl<'a> Run<'a> {
         match self {
             Run::Bytes(b) => Run::Bytes(b.get(from as usize..to as usize).unwrap_or(&[])),
             Run::Skip(_) => Run::Skip(to - from),
+            Run::Lost(_) => Run::Lost(to - from),
         }
     }
 }
@@ -263,6 +270,7 @@ impl<'a> Run<'a> {
 enum Held {
     Bytes(Vec<u8>),
     Skip(u64),
+    Lost(u64),
 }
 
 impl Held {
@@ -270,6 +278,7 @@ impl Held {
         match run {
             Run::Bytes(b) => Held::Bytes(b.to_vec()),
             Run::Skip(n) => Held::Skip(n),
+            Run::Lost(n) => Held::Lost(n),
         }
     }
 
@@ -277,6 +286,7 @@ impl Held {
         match self {
             Held::Bytes(b) => Run::Bytes(b),
             Held::Skip(n) => Run::Skip(*n),
+            Held::Lost(n) => Run::Lost(*n),
         }
     }
 
@@ -284,18 +294,18 @@ impl Held {
         self.run().len()
     }
 
-    /// Bytes held (a skip holds none).
+    /// Bytes held (skips and losses hold none).
     fn memory(&self) -> usize {
         match self {
             Held::Bytes(b) => b.len(),
-            Held::Skip(_) => 0,
+            Held::Skip(_) | Held::Lost(_) => 0,
         }
     }
 
     fn truncate(&mut self, keep: u64) {
         match self {
             Held::Bytes(b) => b.truncate(usize::try_from(keep).unwrap_or(usize::MAX)),
-            Held::Skip(n) => *n = (*n).min(keep),
+            Held::Skip(n) | Held::Lost(n) => *n = (*n).min(keep),
         }
     }
 }
@@ -333,6 +343,7 @@ impl Out<'_> {
                 bump(counter, len);
                 self.sink.skip(self.id, dir, offset, len, self.ts);
             }
+            Run::Lost(len) => self.gap(dir, offset, len, Loss::Capture),
         }
     }
 
@@ -687,9 +698,11 @@ impl Flow {
     }
 
     /// Applies one segment; returns how the flow ends, if it does.
+    /// `lost`: `seg` is a loss note (`seg.skip` bytes the capture lost).
     fn apply(
         &mut self,
         seg: &Segment<'_>,
+        lost: bool,
         cfg: &ReassemblyConfig,
         out: &mut Out<'_>,
     ) -> Option<Closing> {
@@ -713,10 +726,14 @@ impl Flow {
             if let Some(start) = own.offset(seg.seq) {
                 let start = start.saturating_add(i64::from(flags.syn));
                 let skip = u64::from(seg.skip);
-                own.ingest(start, Run::Bytes(seg.data), flags.fin && skip == 0, cfg, out);
-                if skip > 0 {
-                    let after = start.saturating_add(seg.data.len() as i64);
-                    own.ingest(after, Run::Skip(skip), flags.fin, cfg, out);
+                if lost {
+                    own.ingest(start, Run::Lost(skip), flags.fin, cfg, out);
+                } else {
+                    own.ingest(start, Run::Bytes(seg.data), flags.fin && skip == 0, cfg, out);
+                    if skip > 0 {
+                        let after = start.saturating_add(seg.data.len() as i64);
+                        own.ingest(after, Run::Skip(skip), flags.fin, cfg, out);
+                    }
                 }
             }
         }
@@ -928,6 +945,24 @@ impl Reassembler {
     /// connection it belongs to, or for a new connection that of its SYN (see the module
     /// documentation).
     pub fn segment(&mut self, seg: &Segment<'_>, sink: &mut impl StreamSink) {
+        self.take(seg, false, sink);
+    }
+
+    /// Takes a loss note: a segment the capture lost, `seg.skip` payload bytes at
+    /// `seg.seq` (with its flags; `seg.data` is empty). Those bytes take their place in
+    /// the stream like a skip and reach the sink as a gap ([`Loss::Capture`]), so a loss
+    /// is placed exactly, a lost FIN still ends its stream, and a connection whose every
+    /// record was lost is still accounted. A note for a connection already closed is
+    /// dropped (its holes were accounted then).
+    pub fn lost(&mut self, seg: &Segment<'_>, sink: &mut impl StreamSink) {
+        bump(&mut self.stats.loss_notes, 1);
+        let tracked = self.table.find(&seg.key.unordered()).is_some();
+        if tracked || !(self.closed.contains_key(&seg.key) || self.closed.contains_key(&seg.key.reversed())) {
+            self.take(seg, true, sink);
+        }
+    }
+
+    fn take(&mut self, seg: &Segment<'_>, lost: bool, sink: &mut impl StreamSink) {
         let sink: &mut dyn StreamSink = sink;
         bump(&mut self.stats.segments, 1);
         let slot = match self.table.find(&seg.key.unordered()) {
@@ -959,7 +994,7 @@ impl Reassembler {
         flow.last_ts = flow.last_ts.max(seg.ts_ns);
         let mut out = Out { sink, stats: &mut self.stats, id: flow.id, ts: seg.ts_ns };
         let before = flow.memory();
-        let closing = flow.apply(seg, &self.config, &mut out);
+        let closing = flow.apply(seg, lost, &self.config, &mut out);
         let mut held = self.held.saturating_sub(before).saturating_add(flow.memory());
         // The total was under the limit before this segment, and only this flow grew:
         // giving up its own holes is always enough to be under again.
@@ -2047,6 +2082,36 @@ mod tests {
         r.tick(1_000, &mut rec);
         r.segment(&Segment { ts_ns: 2_000, ..cdata(3 + (64 << 20), b"d") }, &mut rec);
         assert_eq!(rec.opened()[1].1, Opening::MidStream);
+    }
+
+    /// A loss note: `n` bytes at client offset `off` (`flags` as in [`mk`]).
+    fn clost(off: u32, n: u32, flags: &str) -> Segment<'static> {
+        Segment { skip: n, ..mk(ToServer, C + 1 + off, Some(S + 1), flags, b"") }
+    }
+
+    #[test]
+    fn loss_notes_become_exact_gaps_and_a_lost_fin_still_ends_the_stream() {
+        let (mut r, mut rec) = handshake();
+        r.segment(&cdata(0, b"ab"), &mut rec);
+        // The note of bytes 5..8 comes before the record of 2..5 (another ring).
+        r.lost(&clost(5, 3, ""), &mut rec);
+        r.segment(&cdata(2, b"cde"), &mut rec);
+        r.lost(&clost(8, 2, "F"), &mut rec);
+        r.segment(&mk(ToClient, S + 1, Some(C + 12), "F", b""), &mut rec);
+        let id = rec.only_flow();
+        assert_eq!(rec.data(id, ToServer), b"abcde");
+        assert_eq!(rec.gaps(id, ToServer), vec![(5, 3), (8, 2)]);
+        assert_eq!(rec.closes(), vec![(id, Closing::Fin)], "both FINs, one of them lost");
+        assert_eq!(rec.losses.get(&Loss::Capture).copied(), Some(5));
+        // A note for the connection just closed opens nothing.
+        r.lost(&clost(3, 2, ""), &mut rec);
+        assert_eq!(r.open_flows(), 0);
+        // A connection whose every record was lost is still accounted.
+        r.lost(&Segment { key: key_n(7), ..clost(0, 100, "") }, &mut rec);
+        r.finish(0, &mut rec);
+        let last = rec.opened()[1].0;
+        assert_eq!(rec.gaps(last, ToServer), vec![(0, 100)]);
+        assert_eq!(r.stats().loss_notes, 4);
     }
 
     #[test]

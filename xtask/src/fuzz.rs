@@ -172,7 +172,8 @@ fn record_seed(sends: &[(bool, Vec<u8>)]) -> Vec<u8> {
             direction: if from_client { DIR_TO_SERVER } else { DIR_TO_CLIENT },
             flags,
             hook: 0,
-            _pad: [0; 2],
+            lost: 0,
+            _pad: 0,
         };
         // SAFETY: ChunkHeader is a #[repr(C)] struct of integers and byte arrays without
         // padding holes (its size is checked to be a multiple of 8 and every field is
