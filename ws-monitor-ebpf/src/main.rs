@@ -821,6 +821,7 @@ fn emit_plan(ctx: &TcContext, plan: &mut Plan) {
         header.skip = skip;
         if !emit(ctx, header, off + at, take) {
             mark_lost(&plan.key);
+            note_loss(header, take + skip);
         } else if skip > 0 {
             count(Counter::BytesSkipped, skip as u64);
         }
@@ -872,7 +873,6 @@ fn emit_sized<const N: usize>(ctx: &TcContext, header: &ChunkHeader, src: u32, n
     let Some(mut record) = EVENTS.reserve_bytes(HEADER_SIZE + N, 0) else {
         count(Counter::RingFullRecords, 1);
         count(Counter::RingFullBytes, lost);
-        note_loss(header, lost as u32);
         return false;
     };
     let base = record.as_mut_ptr();
@@ -893,7 +893,6 @@ fn emit_sized<const N: usize>(ctx: &TcContext, header: &ChunkHeader, src: u32, n
             record.discard(0);
             count(Counter::LoadErrors, 1);
             count(Counter::LoadErrorBytes, lost);
-            note_loss(header, lost as u32);
             return false;
         }
     }

@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
 use crate::engine::{EngineStats, Finding, Kind};
-use crate::flow::Direction;
+use crate::flow::{Direction, Loss};
 use crate::report::CaptureReport;
 
 /// Finding lines per kind per log interval before the rest are only counted.
@@ -65,7 +65,11 @@ impl Totals {
             ("gaps".into(), capture.gaps),
             ("bytes_lost".into(), capture.bytes_lost),
             ("desyncs".into(), engine.desyncs),
+            ("findings_suppressed".into(), engine.findings_suppressed),
         ];
+        for loss in Loss::ALL {
+            values.push((format!("unanalysed.{}", loss.name()), engine.unanalysed.get(loss)));
+        }
         for kind in Kind::ALL {
             for dir in Direction::BOTH {
                 values.push((format!("{}.{}", kind.name(), dir.name()), engine.violation_count_dir(dir, kind)));
@@ -73,7 +77,6 @@ impl Totals {
         }
         Totals { values }
     }
-
 }
 
 /// Rate limiter and periodic reporter for headless runs.

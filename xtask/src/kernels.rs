@@ -730,9 +730,10 @@ fn run_host(hdir: &Path, ws_monitor: &Path, xtask: &Path, tools: &HostTools, tim
 // ---------------------------------------------------------------------------------------
 // Judging
 
-/// The report without what depends on timing or on the kernel: the kernel counters, the
-/// attach details and the privileges kept (both judged on their own), the monitor's own
-/// memory, and the packet count (`capture.packets`, `reassembly.segments`).
+/// The report without what depends on timing, on the kernel or on the machine: the
+/// kernel counters, the attach details and the privileges kept (both judged on their
+/// own), the monitor's own memory, the default memory limit (an eighth of the machine's
+/// memory at most), and the packet count (`capture.packets`, `reassembly.segments`).
 fn normalise(report: &Value) -> Value {
     let mut r = report.clone();
     if let Some(obj) = r.as_object_mut() {
@@ -742,6 +743,9 @@ fn normalise(report: &Value) -> Value {
         obj.remove("peak_rss_bytes");
         if let Some(capture) = obj.get_mut("capture").and_then(Value::as_object_mut) {
             capture.remove("packets");
+        }
+        if let Some(budgets) = obj.get_mut("budgets").and_then(Value::as_object_mut) {
+            budgets.remove("memory_limit");
         }
         if let Some(reassembly) = obj.get_mut("reassembly").and_then(Value::as_object_mut) {
             // The packet count again (delayed ACKs may come alone or not).

@@ -133,15 +133,16 @@ impl Default for EngineConfig {
     }
 }
 
-/// What is left of the inflate rate in the current second.
+/// What was used of a per-second budget in the current second of stream time: bytes
+/// inflated over all connections, findings of one connection.
 #[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct InflateBudget {
+pub(crate) struct PerSecond {
     second_start_ns: u64,
     used: u64,
 }
 
-impl InflateBudget {
-    /// Bytes that may still be inflated at `ts_ns`.
+impl PerSecond {
+    /// What is left at `ts_ns` of `rate` per second.
     pub fn left(&mut self, ts_ns: u64, rate: u64) -> u64 {
         if ts_ns.saturating_sub(self.second_start_ns) >= 1_000_000_000 || ts_ns < self.second_start_ns {
             self.second_start_ns = ts_ns;
@@ -492,30 +493,10 @@ pub(crate) struct Cx<'a> {
     pub view: &'a mut ConnectionView,
     /// Where hints go, when steering a header-only capture.
     pub hints: Option<&'a mut Vec<Hint>>,
-    pub budget: &'a mut InflateBudget,
+    pub budget: &'a mut PerSecond,
     pub cfg: &'a EngineConfig,
     /// The connection's findings in the current second.
-    pub rate: &'a mut FindingRate,
-}
-
-/// Findings of one connection in the current second (see
-/// [`EngineConfig::max_findings_per_second`]).
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct FindingRate {
-    second_start_ns: u64,
-    count: u32,
-}
-
-impl FindingRate {
-    /// Whether one more finding at `ts_ns` is within `max` per second (and counts it).
-    fn admit(&mut self, ts_ns: u64, max: u32) -> bool {
-        if ts_ns.saturating_sub(self.second_start_ns) >= 1_000_000_000 || ts_ns < self.second_start_ns {
-            self.second_start_ns = ts_ns;
-            self.count = 0;
-        }
-        self.count = self.count.saturating_add(1);
-        self.count <= max
-    }
+    pub rate: &'a mut PerSecond,
 }
 
 impl Cx<'_> {
@@ -555,10 +536,11 @@ impl Cx<'_> {
             *c += 1;
         }
         self.view.violations += 1;
-        if !self.rate.admit(self.ts_ns, self.cfg.max_findings_per_second) {
+        if self.rate.left(self.ts_ns, u64::from(self.cfg.max_findings_per_second)) == 0 {
             self.stats.findings_suppressed += 1;
             return;
         }
+        self.rate.spend(1);
         let excerpt = Excerpt::new(bytes);
         self.findings.push(Finding { ts_ns: self.ts_ns, id: self.id, key: self.key, dir, kind, offset, header, excerpt });
     }
@@ -596,7 +578,7 @@ struct Conn {
     dirs: [DirState; 2],
     /// Reported in [`Engine::drain_sessions`] already.
     session: bool,
-    rate: FindingRate,
+    rate: PerSecond,
 }
 
 /// The protocol engine. Feed it through [`StreamSink`]; collect findings with
@@ -608,7 +590,7 @@ pub struct Engine {
     findings: Vec<Finding>,
     hints: Vec<Hint>,
     conns: HashMap<FlowId, Conn>,
-    budget: InflateBudget,
+    budget: PerSecond,
     /// Connections found to carry a WebSocket session since the last drain.
     sessions: Vec<(FlowId, FlowKey)>,
     /// Closed connections with unanalysed bytes.
@@ -633,7 +615,7 @@ impl Engine {
             findings: Vec::new(),
             hints: Vec::new(),
             conns: HashMap::new(),
-            budget: InflateBudget::default(),
+            budget: PerSecond::default(),
             sessions: Vec::new(),
             blind_spots: BlindSpots::default(),
             resumable: HashMap::new(),
@@ -1076,7 +1058,7 @@ impl StreamSink for Engine {
             last_ns: ts_ns,
             unanalysed: Unanalysed::default(),
         };
-        let mut conn = Conn { view, once: KindSet::EMPTY, hs, dirs, session: false, rate: FindingRate::default() };
+        let mut conn = Conn { view, once: KindSet::EMPTY, hs, dirs, session: false, rate: PerSecond::default() };
         if let Some(e) = evicted {
             conn.view.deflate = e.deflate;
             conn.view.subprotocol = e.subprotocol;
