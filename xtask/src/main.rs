@@ -12,6 +12,7 @@
 mod bench;
 mod fuzz;
 mod kernels;
+mod netns;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -278,6 +279,19 @@ fn setup(tests: bool, extra: &[&str]) -> anyhow::Result<()> {
         setup_peer_libraries()?;
     }
     Ok(())
+}
+
+/// The ws-monitor binary to run: `given`, or target/release/ws-monitor built here.
+fn release_ws_monitor(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let path = match given {
+        Some(p) => p,
+        None => {
+            step("building ws-monitor (release)");
+            cargo(&["build", "--release", "--locked", "--package", "ws-monitor"])?;
+            workspace_root().join("target/release/ws-monitor")
+        }
+    };
+    std::fs::canonicalize(&path).with_context(|| format!("no ws-monitor binary at {}", path.display()))
 }
 
 /// The libraries of the protocol-test peers: Python `websockets` and `aiohttp` (pip) and
