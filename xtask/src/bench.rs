@@ -135,10 +135,12 @@ fn prog_stats(prefix: &str) -> anyhow::Result<Vec<(u64, String, u64, u64)>> {
 
 fn live(ws_monitor: &Path, load: peer::Load, attached: Attached, secs: f64, rate: f64) -> anyhow::Result<Live> {
     let me = std::env::current_exe().context("locating xtask")?;
-    let (conns, load_name) = match load {
-        peer::Load::Bulk => (1, "bulk"),
-        peer::Load::Small => (SMALL_CONNS, "small"),
+    let conns = match load {
+        peer::Load::Bulk => 1,
+        peer::Load::Small => SMALL_CONNS,
+        peer::Load::Churn | peer::Load::Violate => bail!("bench measures the bulk and small loads only"),
     };
+    let load_name = load.name();
     let secs_s = format!("{secs}");
     let conns_s = conns.to_string();
     let port_s = PORT.to_string();
@@ -189,7 +191,7 @@ fn live(ws_monitor: &Path, load: peer::Load, attached: Attached, secs: f64, rate
     let client_secs = c["secs"].as_f64().unwrap_or(wall).max(1e-9);
     match load {
         peer::Load::Bulk => out.bytes_per_s = c["bytes"].as_f64().unwrap_or(0.0) / client_secs,
-        peer::Load::Small => {
+        peer::Load::Small | peer::Load::Churn | peer::Load::Violate => {
             let s: Value = serde_json::from_str(server_out.trim()).context("the bench server's result")?;
             out.bytes_per_s = s["bytes"].as_f64().unwrap_or(0.0) / client_secs;
         }

@@ -141,7 +141,8 @@ enum Task {
         secs: f64,
         #[arg(long, default_value_t = 1)]
         conns: usize,
-        /// (client, small) Frames per second over all connections; 0 = unlimited.
+        /// Per second, 0 = unlimited: (small, client) frames over all connections; (bulk,
+        /// server) frames; (churn, violate; client) connections.
         #[arg(long, default_value_t = 0.0)]
         rate: f64,
     },
@@ -223,8 +224,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             setup(true, BENCH_PACKAGES)?;
             bench::run(bench::Options { secs, rounds, ws_monitor })
         }
-        Task::BenchPeer { role: PeerRole::Server, port, load, secs, conns, .. } => {
-            bench::peer::server(port, load, secs, conns)
+        Task::BenchPeer { role: PeerRole::Server, port, load, secs, conns, rate, .. } => {
+            bench::peer::server(port, load, secs, conns, rate)
         }
         Task::BenchPeer { role: PeerRole::Client, addr, port, load, secs, conns, rate } => {
             bench::peer::client(&addr, port, load, secs, conns, rate)
