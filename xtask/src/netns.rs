@@ -4,8 +4,8 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 
@@ -76,6 +76,14 @@ impl Proc {
         Proc::start(cmd, name)
     }
 
+    /// Starts `cmd` with stdout and stderr written to files (for a long run whose
+    /// output is read afterwards, or while it runs).
+    pub fn spawn_to_files(cmd: &mut Command, name: &'static str, stdout: &Path, stderr: &Path) -> anyhow::Result<Proc> {
+        let file = |p: &Path| std::fs::File::create(p).with_context(|| format!("creating {}", p.display()));
+        cmd.stdout(file(stdout)?).stderr(file(stderr)?);
+        Proc::start(cmd, name)
+    }
+
     fn start(cmd: &mut Command, name: &'static str) -> anyhow::Result<Proc> {
         let child = cmd.stdin(Stdio::null()).spawn().with_context(|| format!("starting {name}"))?;
         Ok(Proc { child: Some(child), name, rest: None })
@@ -83,6 +91,10 @@ impl Proc {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
     }
 
     /// Waits for a line containing `what` on stdout (or stderr).
@@ -118,6 +130,26 @@ impl Proc {
 
     pub fn signal(&self, sig: &str) {
         let _ = Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]).status();
+    }
+
+    /// The exit status if the process has ended (it is reaped then), None while it runs.
+    pub fn exited(&mut self) -> anyhow::Result<Option<ExitStatus>> {
+        let child = self.child.as_mut().context("process gone")?;
+        child.try_wait().with_context(|| format!("checking on {}", self.name))
+    }
+
+    /// Waits up to `timeout` for the exit; None if it still runs then.
+    pub fn wait_within(&mut self, timeout: Duration) -> anyhow::Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exited()? {
+                return Ok(Some(status));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Waits for the exit; returns stdout (what [`Proc::wait_for`] left of it).
