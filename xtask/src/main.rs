@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | run | test | kernels | bench | soak | fuzz`.
+//! Project tasks: `cargo xtask setup | run | test | deny | kernels | bench | soak | fuzz`.
 //!
 //! `setup` installs, idempotently, what building the eBPF program needs on Debian/Ubuntu:
 //! Debian's `rustc-web` with its prebuilt `core` for `bpfel-unknown-none` (so no
@@ -9,9 +9,11 @@
 //! `kernels` tests ws-monitor on Debian's 5.10, 6.1 and 6.12 kernels under QEMU and on the
 //! host kernel (see kernels.rs). `fuzz` runs every fuzz target from its seeds (fuzz.rs).
 //! `soak` runs ws-monitor under mixed live load for minutes and judges its memory and
-//! losses (soak.rs).
+//! losses (soak.rs). `deny` checks advisories, licenses, duplicates and sources with
+//! cargo-deny (deny.rs), which `setup --tests` installs.
 
 mod bench;
+mod deny;
 mod fuzz;
 mod kernels;
 mod netns;
@@ -171,6 +173,9 @@ enum Task {
         #[arg(long)]
         addr: String,
     },
+    /// Check the dependency tree with cargo-deny (deny.toml): licenses, duplicate
+    /// versions and sources, and RustSec advisories where the database can be fetched.
+    Deny,
     /// The scripted WebSocket peer of `kernels` (one connection on 127.0.0.1:PORT).
     #[command(hide = true)]
     WsPeer {
@@ -263,6 +268,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", soak::scrape(&addr)?);
             Ok(())
         }
+        Task::Deny => {
+            deny::install()?;
+            deny::check()
+        }
         Task::WsPeer { role: PeerRole::Server, port, ready } => kernels::peer_server(port, ready.as_deref()),
         Task::WsPeer { role: PeerRole::Client, port, .. } => kernels::peer_client(port),
     }
@@ -311,6 +320,7 @@ fn setup(tests: bool, extra: &[&str]) -> anyhow::Result<()> {
     }
     if tests {
         setup_peer_libraries()?;
+        deny::install()?;
     }
     Ok(())
 }
