@@ -332,7 +332,9 @@ fn release_ws_monitor(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
         None => {
             step("building ws-monitor (release)");
             cargo(&["build", "--release", "--locked", "--package", "ws-monitor"])?;
-            workspace_root().join("target/release/ws-monitor")
+            // Where cargo put it: CARGO_TARGET_DIR (relative to the workspace) or target/.
+            let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), |d| workspace_root().join(d));
+            target.join("release/ws-monitor")
         }
     };
     std::fs::canonicalize(&path).with_context(|| format!("no ws-monitor binary at {}", path.display()))
