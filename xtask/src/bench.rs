@@ -16,13 +16,14 @@
 //!
 //! Everything runs in namespaces this command creates and removes (`wsmb-s`, `wsmb-c`).
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use serde_json::Value;
+
+use crate::netns::{cpu_ticks, in_ns, Net, Pair, Proc, USER_HZ};
 
 pub mod pcap;
 pub mod peer;
@@ -33,6 +34,14 @@ const VETH_SERVER: &str = "wsmb-s0";
 const VETH_CLIENT: &str = "wsmb-c0";
 const ADDR_SERVER: &str = "10.203.0.1";
 const ADDR_CLIENT: &str = "10.203.0.2";
+const NET: Pair = Pair {
+    ns_server: NS_SERVER,
+    ns_client: NS_CLIENT,
+    veth_server: VETH_SERVER,
+    veth_client: VETH_CLIENT,
+    addr_server: ADDR_SERVER,
+    addr_client: ADDR_CLIENT,
+};
 const PORT: u16 = 8001;
 const SMALL_CONNS: usize = 8;
 
@@ -43,38 +52,6 @@ pub struct Options {
     pub rounds: usize,
     /// The ws-monitor binary (default: built here, release).
     pub ws_monitor: Option<PathBuf>,
-}
-
-/// The two namespaces and the veth between them; removed on drop.
-struct Net;
-
-impl Net {
-    fn create() -> anyhow::Result<Net> {
-        Net::remove();
-        let net = Net;
-        let ip = |args: &[&str]| run_ok(Command::new("ip").args(args), "ip");
-        ip(&["netns", "add", NS_SERVER])?;
-        ip(&["netns", "add", NS_CLIENT])?;
-        ip(&["link", "add", VETH_SERVER, "netns", NS_SERVER, "type", "veth", "peer", "name", VETH_CLIENT, "netns", NS_CLIENT])?;
-        for (ns, dev, addr) in [(NS_SERVER, VETH_SERVER, ADDR_SERVER), (NS_CLIENT, VETH_CLIENT, ADDR_CLIENT)] {
-            ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev])?;
-            ip(&["-n", ns, "link", "set", dev, "up"])?;
-            ip(&["-n", ns, "link", "set", "lo", "up"])?;
-        }
-        Ok(net)
-    }
-
-    fn remove() {
-        for ns in [NS_SERVER, NS_CLIENT] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
-        }
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        Net::remove();
-    }
 }
 
 /// `kernel.bpf_stats_enabled` on for the run, restored on drop.
@@ -93,100 +70,6 @@ impl Drop for BpfStats {
     fn drop(&mut self) {
         let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", &self.0);
     }
-}
-
-/// A child killed (and reaped) on drop, so a failed run leaves nothing behind.
-struct Proc {
-    child: Option<Child>,
-    name: &'static str,
-    /// The rest of a stream read by [`Proc::wait_for`]: its lines after the one awaited.
-    rest: Option<std::thread::JoinHandle<String>>,
-}
-
-impl Proc {
-    fn spawn(cmd: &mut Command, name: &'static str) -> anyhow::Result<Proc> {
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        Ok(Proc { child: Some(child), name, rest: None })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
-    }
-
-    /// Waits for a line containing `what` on stdout (or stderr).
-    fn wait_for(&mut self, what: &str, stderr: bool) -> anyhow::Result<()> {
-        let child = self.child.as_mut().context("process gone")?;
-        let reader: Box<dyn Read + Send> = if stderr {
-            Box::new(child.stderr.take().context("no stderr")?)
-        } else {
-            Box::new(child.stdout.take().context("no stdout")?)
-        };
-        let (tx, rx) = std::sync::mpsc::channel();
-        let what = what.to_string();
-        let name = self.name;
-        self.rest = Some(std::thread::spawn(move || {
-            let mut found = false;
-            let mut seen = Vec::new();
-            for line in BufReader::new(reader).lines().map_while(Result::ok) {
-                if !found && line.contains(&what) {
-                    found = true;
-                    seen.clear();
-                    let _ = tx.send(Ok(()));
-                } else {
-                    seen.push(line);
-                }
-            }
-            if !found {
-                let _ = tx.send(Err(anyhow::anyhow!("{name} ended before saying {what:?}: {}", seen.join(" | "))));
-            }
-            seen.join("\n")
-        }));
-        rx.recv_timeout(Duration::from_secs(30)).context("waiting for a child process to start")?
-    }
-
-    fn signal(&self, sig: &str) {
-        let _ = Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]).status();
-    }
-
-    /// Waits for the exit; returns stdout (what [`Proc::wait_for`] left of it).
-    fn finish(mut self) -> anyhow::Result<String> {
-        let child = self.child.take().context("process gone")?;
-        let out = child.wait_with_output().with_context(|| format!("waiting for {}", self.name))?;
-        let rest = self.rest.take().and_then(|t| t.join().ok()).unwrap_or_default();
-        if !out.status.success() {
-            bail!("{} failed ({}): {}", self.name, out.status, String::from_utf8_lossy(&out.stderr).trim());
-        }
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        Ok(if stdout.is_empty() { rest } else { stdout.into_owned() })
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn run_ok(cmd: &mut Command, name: &str) -> anyhow::Result<()> {
-    let out = cmd.output().with_context(|| format!("running {name}"))?;
-    if !out.status.success() {
-        bail!("{name} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(())
-}
-
-fn in_ns(ns: &str, program: &Path) -> Command {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns]).arg(program);
-    c
 }
 
 /// What is attached to the server's veth during a live measurement.
@@ -250,19 +133,14 @@ fn prog_stats(prefix: &str) -> anyhow::Result<Vec<(u64, String, u64, u64)>> {
         .unwrap_or_default())
 }
 
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-}
-
 fn live(ws_monitor: &Path, load: peer::Load, attached: Attached, secs: f64, rate: f64) -> anyhow::Result<Live> {
     let me = std::env::current_exe().context("locating xtask")?;
-    let (conns, load_name) = match load {
-        peer::Load::Bulk => (1, "bulk"),
-        peer::Load::Small => (SMALL_CONNS, "small"),
+    let conns = match load {
+        peer::Load::Bulk => 1,
+        peer::Load::Small => SMALL_CONNS,
+        peer::Load::Churn | peer::Load::Violate => bail!("bench measures the bulk and small loads only"),
     };
+    let load_name = load.name();
     let secs_s = format!("{secs}");
     let conns_s = conns.to_string();
     let port_s = PORT.to_string();
@@ -313,7 +191,7 @@ fn live(ws_monitor: &Path, load: peer::Load, attached: Attached, secs: f64, rate
     let client_secs = c["secs"].as_f64().unwrap_or(wall).max(1e-9);
     match load {
         peer::Load::Bulk => out.bytes_per_s = c["bytes"].as_f64().unwrap_or(0.0) / client_secs,
-        peer::Load::Small => {
+        peer::Load::Small | peer::Load::Churn | peer::Load::Violate => {
             let s: Value = serde_json::from_str(server_out.trim()).context("the bench server's result")?;
             out.bytes_per_s = s["bytes"].as_f64().unwrap_or(0.0) / client_secs;
         }
@@ -341,8 +219,7 @@ fn live(ws_monitor: &Path, load: peer::Load, attached: Attached, secs: f64, rate
             out.ns_per_packet[i] = Some((t1 - t0) as f64 / (n1 - n0) as f64);
         }
     }
-    let hz = 100.0; // USER_HZ
-    out.cpu = ticks_before.zip(ticks_after).map(|(a, b)| (b - a) as f64 / hz / wall);
+    out.cpu = ticks_before.zip(ticks_after).map(|(a, b)| (b - a) as f64 / USER_HZ / wall);
     if let Some(m) = monitor {
         m.signal("INT");
         let stdout = m.finish()?;
@@ -391,18 +268,8 @@ fn ratio(a: f64, b: f64) -> String {
 }
 
 pub fn run(opts: Options) -> anyhow::Result<()> {
-    let ws_monitor = match opts.ws_monitor {
-        Some(p) => p,
-        None => {
-            crate::step("building ws-monitor (release)");
-            run_ok(
-                Command::new(crate::env_cargo()).args(["build", "--release", "--locked", "-p", "ws-monitor"]).current_dir(crate::workspace_root()),
-                "cargo build",
-            )?;
-            crate::workspace_root().join("target/release/ws-monitor")
-        }
-    };
-    let _net = Net::create()?;
+    let ws_monitor = crate::release_ws_monitor(opts.ws_monitor)?;
+    let _net = Net::create(&NET)?;
     let _stats = BpfStats::enable()?;
     let secs = opts.secs;
 

@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | run | test | kernels | bench | fuzz`.
+//! Project tasks: `cargo xtask setup | run | test | deny | kernels | bench | soak | fuzz`.
 //!
 //! `setup` installs, idempotently, what building the eBPF program needs on Debian/Ubuntu:
 //! Debian's `rustc-web` with its prebuilt `core` for `bpfel-unknown-none` (so no
@@ -8,10 +8,16 @@
 //! libraries (`npm ci` in the peers dir).
 //! `kernels` tests ws-monitor on Debian's 5.10, 6.1 and 6.12 kernels under QEMU and on the
 //! host kernel (see kernels.rs). `fuzz` runs every fuzz target from its seeds (fuzz.rs).
+//! `soak` runs ws-monitor under mixed live load for minutes and judges its memory and
+//! losses (soak.rs). `deny` checks advisories, licenses, duplicates and sources with
+//! cargo-deny (deny.rs), which `setup --tests` installs.
 
 mod bench;
+mod deny;
 mod fuzz;
 mod kernels;
+mod netns;
+mod soak;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -47,6 +53,8 @@ const TEST_PACKAGES: &[&str] = &[
 ];
 /// What `bench` needs on top: tshark, the reference the replay is measured against.
 const BENCH_PACKAGES: &[&str] = &["tshark"];
+/// What `soak` needs on top of the toolchain: network namespaces and veth.
+const SOAK_PACKAGES: &[&str] = &["iproute2", "procps"];
 /// The Python libraries of the protocol-test peers, each with a module that proves it is
 /// there (websockets' asyncio API is from 13.0 on; aiohttp serves HTTP and WebSocket on
 /// one port).
@@ -140,10 +148,34 @@ enum Task {
         secs: f64,
         #[arg(long, default_value_t = 1)]
         conns: usize,
-        /// (client, small) Frames per second over all connections; 0 = unlimited.
+        /// Per second, 0 = unlimited: (small, client) frames over all connections; (bulk,
+        /// server) frames; (churn, violate; client) connections.
         #[arg(long, default_value_t = 0.0)]
         rate: f64,
     },
+    /// Run ws-monitor for minutes under mixed live load over veth (bulk, small frames,
+    /// connection churn, violators; needs root) and print its memory, CPU, losses and
+    /// findings each minute; fails if its RSS keeps growing or it loses data.
+    Soak {
+        /// Minutes of load (the first is warm-up).
+        #[arg(long, default_value_t = 30)]
+        minutes: u32,
+        /// Seconds in a "minute" (a shorter one for a quick run, e.g. in CI).
+        #[arg(long, default_value_t = 60)]
+        minute_secs: u64,
+        /// Run this ws-monitor binary instead of building target/release/ws-monitor.
+        #[arg(long, value_name = "PATH")]
+        ws_monitor: Option<PathBuf>,
+    },
+    /// Print the body of http://ADDR/metrics (soak runs it inside ws-monitor's namespace).
+    #[command(hide = true)]
+    SoakScrape {
+        #[arg(long)]
+        addr: String,
+    },
+    /// Check the dependency tree with cargo-deny (deny.toml): licenses, duplicate
+    /// versions and sources, and RustSec advisories where the database can be fetched.
+    Deny,
     /// The scripted WebSocket peer of `kernels` (one connection on 127.0.0.1:PORT).
     #[command(hide = true)]
     WsPeer {
@@ -222,11 +254,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             setup(true, BENCH_PACKAGES)?;
             bench::run(bench::Options { secs, rounds, ws_monitor })
         }
-        Task::BenchPeer { role: PeerRole::Server, port, load, secs, conns, .. } => {
-            bench::peer::server(port, load, secs, conns)
+        Task::BenchPeer { role: PeerRole::Server, port, load, secs, conns, rate, .. } => {
+            bench::peer::server(port, load, secs, conns, rate)
         }
         Task::BenchPeer { role: PeerRole::Client, addr, port, load, secs, conns, rate } => {
             bench::peer::client(&addr, port, load, secs, conns, rate)
+        }
+        Task::Soak { minutes, minute_secs, ws_monitor } => {
+            setup(false, SOAK_PACKAGES)?;
+            soak::run(soak::Options { minutes, minute_secs, ws_monitor })
+        }
+        Task::SoakScrape { addr } => {
+            print!("{}", soak::scrape(&addr)?);
+            Ok(())
+        }
+        Task::Deny => {
+            deny::install()?;
+            deny::check()
         }
         Task::WsPeer { role: PeerRole::Server, port, ready } => kernels::peer_server(port, ready.as_deref()),
         Task::WsPeer { role: PeerRole::Client, port, .. } => kernels::peer_client(port),
@@ -276,8 +320,24 @@ fn setup(tests: bool, extra: &[&str]) -> anyhow::Result<()> {
     }
     if tests {
         setup_peer_libraries()?;
+        deny::install()?;
     }
     Ok(())
+}
+
+/// The ws-monitor binary to run: `given`, or target/release/ws-monitor built here.
+fn release_ws_monitor(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let path = match given {
+        Some(p) => p,
+        None => {
+            step("building ws-monitor (release)");
+            cargo(&["build", "--release", "--locked", "--package", "ws-monitor"])?;
+            // Where cargo put it: CARGO_TARGET_DIR (relative to the workspace) or target/.
+            let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), |d| workspace_root().join(d));
+            target.join("release/ws-monitor")
+        }
+    };
+    std::fs::canonicalize(&path).with_context(|| format!("no ws-monitor binary at {}", path.display()))
 }
 
 /// The libraries of the protocol-test peers: Python `websockets` and `aiohttp` (pip) and
