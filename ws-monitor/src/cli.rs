@@ -97,6 +97,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
 
+    /// Write a JSON line to FILE for every WebSocket connection when it ends: 4-tuple,
+    /// times, the handshake (request line, Host, Origin, User-Agent, X-Forwarded-For,
+    /// subprotocols and extensions offered and accepted), frames, messages and bytes each
+    /// way, the close frames and who closed first, how it ended, its violations, and the
+    /// bytes analysis could not see.
+    #[arg(long, value_name = "FILE")]
+    pub connections: Option<PathBuf>,
+
     /// Frames with a larger payload are reported as oversized_frame (K/M/G suffixes).
     #[arg(long, default_value = "16M", value_parser = parse_size)]
     pub max_frame_size: u64,

@@ -247,6 +247,11 @@ pub trait StreamSink {
     fn skip(&mut self, id: FlowId, dir: Direction, offset: u64, len: u64, ts_ns: u64) {
         self.gap(id, dir, offset, len, Loss::Capture, ts_ns);
     }
+    /// The side sending in `dir` ended TCP: its FIN was seen (once per direction), or
+    /// a RST that closes the connection.
+    fn end(&mut self, id: FlowId, dir: Direction, ts_ns: u64) {
+        let _ = (id, dir, ts_ns);
+    }
     fn close(&mut self, id: FlowId, closing: Closing, ts_ns: u64);
 }
 
@@ -268,6 +273,10 @@ impl<A: StreamSink, B: StreamSink> StreamSink for (A, B) {
         self.0.skip(id, dir, offset, len, ts_ns);
         self.1.skip(id, dir, offset, len, ts_ns);
     }
+    fn end(&mut self, id: FlowId, dir: Direction, ts_ns: u64) {
+        self.0.end(id, dir, ts_ns);
+        self.1.end(id, dir, ts_ns);
+    }
     fn close(&mut self, id: FlowId, closing: Closing, ts_ns: u64) {
         self.0.close(id, closing, ts_ns);
         self.1.close(id, closing, ts_ns);
@@ -286,6 +295,9 @@ impl<S: StreamSink + ?Sized> StreamSink for &mut S {
     }
     fn skip(&mut self, id: FlowId, dir: Direction, offset: u64, len: u64, ts_ns: u64) {
         (**self).skip(id, dir, offset, len, ts_ns);
+    }
+    fn end(&mut self, id: FlowId, dir: Direction, ts_ns: u64) {
+        (**self).end(id, dir, ts_ns);
     }
     fn close(&mut self, id: FlowId, closing: Closing, ts_ns: u64) {
         (**self).close(id, closing, ts_ns);

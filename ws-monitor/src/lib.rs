@@ -9,12 +9,14 @@
 
 pub mod capture;
 pub mod clsact;
+pub mod connections;
 pub mod cli;
 pub mod dashboard;
 pub mod demo;
 pub mod engine;
 pub mod events;
 pub mod flow;
+pub mod jsonl;
 pub mod liveness;
 pub mod logs;
 pub mod monitor;

@@ -115,6 +115,21 @@ impl HeadlessLog {
         }
         let header = f.header.hex();
         let payload = if self.log_payload { Some(f.excerpt.escaped()) } else { None };
+        if let Some(explained) = f.explain() {
+            warn!(
+                kind = f.kind.name(),
+                side = f.dir.name(),
+                client = %f.key.client,
+                server = %f.key.server,
+                connection = f.id.0,
+                payload = payload.as_deref(),
+                cause = f.kind.likely_cause(),
+                "{}: {explained}; check: {}",
+                f.kind.name(),
+                f.kind.likely_cause()
+            );
+            return;
+        }
         warn!(
             kind = f.kind.name(),
             direction = f.dir.name(),

@@ -12,6 +12,7 @@ use ws_monitor::cli::{Cli, Command, DemoArgs, PrivilegeArgs, ReplayArgs, RunArgs
 use ws_monitor::dashboard::{CaptureHealth, Control, Dashboard, TerminalSession};
 use ws_monitor::demo::{Demo, DemoConfig};
 use ws_monitor::engine::EngineConfig;
+use ws_monitor::connections::ConnectionLog;
 use ws_monitor::events::EventLog;
 use ws_monitor::liveness::monotonic_ns;
 use ws_monitor::logs::{self, HeadlessLog, Totals};
@@ -128,6 +129,7 @@ impl PipelineSetup {
                 max_inflate_rate: args.max_inflate_rate,
                 steer,
                 max_findings_per_second: args.max_findings_per_second,
+                connection_log: args.connections.is_some(),
             },
             streams_dir: args.streams_dir.clone(),
             lossless,
@@ -156,6 +158,7 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
 #[derive(Default)]
 struct Outputs {
     events: Option<EventLog>,
+    connections: Option<ConnectionLog>,
     log: Option<HeadlessLog>,
     metrics: Option<Exporter>,
     /// The live dashboard and the terminal it owns (restored when dropped).
@@ -170,14 +173,25 @@ impl Outputs {
                 .as_deref()
                 .map(|p| EventLog::create(p, epoch_offset_ns, args.log_payload))
                 .transpose()?,
+            connections: args
+                .connections
+                .as_deref()
+                .map(|p| ConnectionLog::create(p, epoch_offset_ns, args.log_payload))
+                .transpose()?,
             log: headless.then(|| HeadlessLog::new(args.log_interval, args.log_payload)),
             metrics: None,
             dashboard: None,
         })
     }
 
-    /// Sends the findings the workers have produced since the last call.
+    /// Sends the findings and connection records the workers have produced since the
+    /// last call.
     fn findings(&mut self, pipeline: &mut Pipeline) {
+        for record in pipeline.drain_records() {
+            if let Some(log) = self.connections.as_mut() {
+                log.write(&record);
+            }
+        }
         for finding in pipeline.drain_findings() {
             if let Some(events) = self.events.as_mut() {
                 events.write(&finding);
@@ -231,6 +245,9 @@ impl Outputs {
         }
         if let Some(events) = self.events.as_mut() {
             events.flush();
+        }
+        if let Some(log) = self.connections.as_mut() {
+            log.flush();
         }
     }
 }

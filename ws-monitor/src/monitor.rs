@@ -1,7 +1,7 @@
 //! The pipeline shared by live capture and replay: segments → reassembly → engine (and
 //! the optional stream dump). No I/O of its own beyond what the sinks do.
 
-use crate::engine::{Engine, EngineConfig, EngineStats, Finding, Hint, Steer};
+use crate::engine::{ConnectionRecord, Engine, EngineConfig, EngineStats, Finding, Hint, Steer};
 use crate::flow::{Closing, Direction, FlowId, FlowKey, Loss, Opening, Segment, StreamSink};
 use crate::reassembly::{Reassembler, ReassemblyConfig, ReassemblyStats};
 use crate::streams::StreamDump;
@@ -36,6 +36,9 @@ impl StreamSink for Sinks {
         if let Some(d) = &mut self.dump {
             d.skip(id, dir, offset, len, ts_ns);
         }
+    }
+    fn end(&mut self, id: FlowId, dir: Direction, ts_ns: u64) {
+        self.engine.end(id, dir, ts_ns);
     }
     fn close(&mut self, id: FlowId, closing: Closing, ts_ns: u64) {
         self.engine.close(id, closing, ts_ns);
@@ -99,6 +102,11 @@ impl Monitor {
     /// Findings since the last call, oldest first.
     pub fn drain_findings(&mut self) -> std::vec::Drain<'_, Finding> {
         self.sinks.engine.drain_findings()
+    }
+
+    /// Records of WebSocket connections that ended since the last call.
+    pub fn drain_records(&mut self) -> std::vec::Drain<'_, ConnectionRecord> {
+        self.sinks.engine.drain_records()
     }
 
     /// Writes of `--streams-dir` that failed (0 without it).

@@ -24,7 +24,7 @@ use std::thread::JoinHandle;
 use anyhow::Context as _;
 
 use crate::capture::Capture;
-use crate::engine::{BlindSpots, ConnectionView, EngineConfig, EngineStats, Finding, Hint};
+use crate::engine::{BlindSpots, ConnectionRecord, ConnectionView, EngineConfig, EngineStats, Finding, Hint};
 use crate::flow::{Direction, FlowId, FlowKey, Segment, TcpFlags};
 use crate::monitor::Monitor;
 use crate::reassembly::{ReassemblyConfig, ReassemblyStats};
@@ -134,6 +134,8 @@ pub struct Pipeline {
     workers: Vec<Worker>,
     hasher: std::collections::hash_map::RandomState,
     findings: Receiver<Vec<Finding>>,
+    records: Receiver<Vec<ConnectionRecord>>,
+    records_dropped: Arc<AtomicU64>,
     hints: Receiver<(Hint, Option<u32>)>,
     findings_dropped: Arc<AtomicU64>,
     hints_dropped: Arc<AtomicU64>,
@@ -162,13 +164,9 @@ impl Pipeline {
         lossless: bool,
     ) -> anyhow::Result<Pipeline> {
         let n = workers.max(1);
-        let (findings_tx, findings) = if lossless {
-            let (tx, rx) = mpsc::channel();
-            (FindingsTx::All(tx), rx)
-        } else {
-            let (tx, rx) = mpsc::sync_channel(FINDINGS_QUEUE);
-            (FindingsTx::Bounded(tx), rx)
-        };
+        let (findings_tx, findings) = Tx::new(lossless);
+        let (records_tx, records) = Tx::new(lossless);
+        let records_dropped = Arc::new(AtomicU64::new(0));
         let (hints_tx, hints) = mpsc::sync_channel(HINTS_QUEUE);
         let limits = Limits {
             memory_limit: reassembly.memory_limit,
@@ -197,6 +195,8 @@ impl Pipeline {
             let (spent_tx, spent) = mpsc::sync_channel(QUEUE + 1);
             let ctx = WorkerCtx {
                 findings: findings_tx.clone(),
+                records: records_tx.clone(),
+                records_dropped: records_dropped.clone(),
                 hints: hints_tx.clone(),
                 findings_dropped: findings_dropped.clone(),
                 hints_dropped: hints_dropped.clone(),
@@ -221,6 +221,8 @@ impl Pipeline {
             workers: out,
             hasher: Default::default(),
             findings,
+            records,
+            records_dropped,
             hints,
             findings_dropped,
             hints_dropped,
@@ -377,6 +379,17 @@ impl Pipeline {
         self.findings.try_iter().flatten()
     }
 
+    /// Records of connections that ended (with `EngineConfig::connection_log`) that the
+    /// workers have sent so far.
+    pub fn drain_records(&mut self) -> impl Iterator<Item = ConnectionRecord> + '_ {
+        self.records.try_iter().flatten()
+    }
+
+    /// Connection records the driver did not take in time (live only).
+    pub fn records_dropped(&self) -> u64 {
+        self.records_dropped.load(Ordering::Relaxed)
+    }
+
     /// Passes the engines' hints to a header-only capture.
     pub fn steer(&mut self, capture: &mut Capture) {
         for (hint, seq) in self.hints.try_iter() {
@@ -412,12 +425,49 @@ impl Drop for Pipeline {
     }
 }
 
-/// Where a worker's findings go: a bounded channel that drops what does not fit (live),
-/// or one that takes everything (replay).
-#[derive(Clone)]
-enum FindingsTx {
-    Bounded(SyncSender<Vec<Finding>>),
-    All(mpsc::Sender<Vec<Finding>>),
+/// Where a worker sends what the driver writes out (findings, connection records):
+/// a bounded channel (live: what does not fit is dropped and counted) or an unbounded
+/// one (replay: nothing is dropped).
+enum Tx<T> {
+    Bounded(SyncSender<Vec<T>>),
+    All(mpsc::Sender<Vec<T>>),
+}
+
+impl<T> Clone for Tx<T> {
+    fn clone(&self) -> Self {
+        match self {
+            Tx::Bounded(tx) => Tx::Bounded(tx.clone()),
+            Tx::All(tx) => Tx::All(tx.clone()),
+        }
+    }
+}
+
+impl<T> Tx<T> {
+    /// A channel, unbounded if `lossless`.
+    fn new(lossless: bool) -> (Tx<T>, Receiver<Vec<T>>) {
+        if lossless {
+            let (tx, rx) = mpsc::channel();
+            (Tx::All(tx), rx)
+        } else {
+            let (tx, rx) = mpsc::sync_channel(FINDINGS_QUEUE);
+            (Tx::Bounded(tx), rx)
+        }
+    }
+
+    /// Sends `items` (if any), adding their number to `dropped` if they do not fit.
+    fn send(&self, items: Vec<T>, dropped: &AtomicU64) {
+        if items.is_empty() {
+            return;
+        }
+        let n = items.len() as u64;
+        let sent = match self {
+            Tx::Bounded(tx) => tx.try_send(items).is_ok(),
+            Tx::All(tx) => tx.send(items).is_ok(),
+        };
+        if !sent {
+            dropped.fetch_add(n, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Sends the worker's held-back work while its queue has room.
@@ -438,7 +488,9 @@ fn pump_one(w: &mut Worker) {
 }
 
 struct WorkerCtx {
-    findings: FindingsTx,
+    findings: Tx<Finding>,
+    records: Tx<ConnectionRecord>,
+    records_dropped: Arc<AtomicU64>,
     hints: SyncSender<(Hint, Option<u32>)>,
     findings_dropped: Arc<AtomicU64>,
     hints_dropped: Arc<AtomicU64>,
@@ -449,17 +501,8 @@ struct WorkerCtx {
 impl WorkerCtx {
     /// Sends the monitor's findings and hints to the driver, counting what does not fit.
     fn forward(&self, monitor: &mut Monitor) {
-        let found: Vec<Finding> = monitor.drain_findings().collect();
-        if !found.is_empty() {
-            let n = found.len() as u64;
-            let sent = match &self.findings {
-                FindingsTx::Bounded(tx) => tx.try_send(found).is_ok(),
-                FindingsTx::All(tx) => tx.send(found).is_ok(),
-            };
-            if !sent {
-                self.findings_dropped.fetch_add(n, Ordering::Relaxed);
-            }
-        }
+        self.findings.send(monitor.drain_findings().collect(), &self.findings_dropped);
+        self.records.send(monitor.drain_records().collect(), &self.records_dropped);
         for (hint, seq) in monitor.drain_hints() {
             if self.hints.try_send((hint, seq)).is_err() {
                 self.hints_dropped.fetch_add(1, Ordering::Relaxed);

@@ -38,6 +38,10 @@ impl Exporter {
         metrics::set_global_recorder(recorder)
             .map_err(|_| anyhow::anyhow!("a metrics recorder is already installed in this process"))?;
         describe_counter!("ws_monitor_violations_total", "WebSocket protocol violations by kind and direction of the offending bytes");
+        describe_counter!(
+            "ws_monitor_close_analysis_total",
+            "How connections ended: peer_protocol_error, abnormal_closure, idle_timeout_cut, by the side concerned"
+        );
         describe_counter!("ws_monitor_frames_total", "WebSocket frames parsed, by opcode and direction");
         describe_counter!("ws_monitor_connections_total", "TCP connections to the monitored ports");
         describe_gauge!("ws_monitor_connections_open", "TCP connections tracked now");
@@ -67,6 +71,10 @@ impl Exporter {
             "ws_monitor_sessions_evicted_total",
             "WebSocket sessions evicted from a full flow table (raise --max-flows)"
         );
+        describe_counter!(
+            "ws_monitor_connections_ended_total",
+            "WebSocket connections ended, by how: close_handshake, close_one_sided, fin_without_close, rst, evicted, open_at_exit"
+        );
         describe_gauge!("ws_monitor_buffered_bytes", "Out-of-order bytes held now over all connections");
         let exporter = Exporter { listener: Some((listener, handle)) };
         // Every kind and direction from the start, zeros included.
@@ -89,8 +97,12 @@ impl Exporter {
     pub fn update(&self, engine: &EngineStats, reassembly: &ReassemblyStats, capture: &CaptureReport, open: usize) {
         for dir in Direction::BOTH {
             let d = dir.name();
-            for kind in Kind::ALL {
+            for kind in Kind::violations() {
                 counter!("ws_monitor_violations_total", "kind" => kind.name(), "direction" => d)
+                    .absolute(engine.violation_count_dir(dir, kind));
+            }
+            for kind in Kind::close_analysis() {
+                counter!("ws_monitor_close_analysis_total", "kind" => kind.name(), "side" => d)
                     .absolute(engine.violation_count_dir(dir, kind));
             }
             for (opcode, n) in opcodes(&engine.frames[dir.index()]) {
@@ -130,6 +142,10 @@ impl Exporter {
             counter!("ws_monitor_budget_hits_total", "budget" => budget).absolute(n);
         }
         counter!("ws_monitor_sessions_evicted_total").absolute(r.upgraded_evictions);
+        for ending in crate::engine::Ending::ALL {
+            counter!("ws_monitor_connections_ended_total", "how" => ending.name())
+                .absolute(engine.endings.get(ending.index()).copied().unwrap_or(0));
+        }
         gauge!("ws_monitor_buffered_bytes").set(r.buffered_bytes as f64);
     }
 }

@@ -359,6 +359,10 @@ impl Out<'_> {
     fn duplicate(&mut self, n: u64) {
         bump(&mut self.stats.duplicate_bytes, n);
     }
+
+    fn end(&mut self, dir: Direction) {
+        self.sink.end(self.id, dir, self.ts);
+    }
 }
 
 /// One direction of a connection.
@@ -470,6 +474,7 @@ impl Stream {
             let at = end.max(next) as u64;
             self.fin = Some(at);
             self.truncate_pending(at);
+            out.end(self.dir);
         }
         if let Some(at) = self.fin {
             end = end.min(at as i64);
@@ -741,6 +746,7 @@ impl Flow {
             bump(&mut out.stats.rst_ignored, 1);
             None
         } else if flags.rst {
+            out.end(seg.dir);
             Some(Closing::Rst)
         } else if own.done() && peer.done() {
             Some(Closing::Fin)

@@ -58,12 +58,12 @@ pub fn kernel_json(k: &KernelCounters) -> serde_json::Value {
 /// The whole `--json` report, the same for live capture and replay:
 /// `{"ports", "connections", "upgrades_ok", "frames", "violations",
 /// "violations_by_direction", "close_codes", "http_requests", "not_http",
-/// "inflate_skipped", "findings_suppressed", "unanalysed", "sync", "capture"}`.
+/// "inflate_skipped", "findings_suppressed", "unanalysed", "endings", "close_analysis",
+/// "sync", "capture"}`.
 pub fn report_json(ports: &[u16], engine: &EngineStats, capture: &CaptureReport) -> Value {
     let by_kind = |dir: Option<Direction>| -> Map<String, Value> {
-        Kind::ALL
-            .iter()
-            .map(|&k| {
+        Kind::violations()
+            .map(|k| {
                 let n = match dir {
                     Some(d) => engine.violation_count_dir(d, k),
                     None => engine.violation_count(k),
@@ -89,6 +89,11 @@ pub fn report_json(ports: &[u16], engine: &EngineStats, capture: &CaptureReport)
         "inflate_skipped": engine.inflate_skipped,
         "findings_suppressed": engine.findings_suppressed,
         "unanalysed": engine.unanalysed,
+        "endings": crate::engine::Ending::ALL
+            .iter()
+            .map(|e| (e.name().to_string(), Value::from(engine.endings.get(e.index()).copied().unwrap_or(0))))
+            .collect::<Map<String, Value>>(),
+        "close_analysis": close_analysis_json(engine),
         "sync": {
             "desyncs": engine.desyncs,
             "resyncs": engine.resyncs,
@@ -98,6 +103,75 @@ pub fn report_json(ports: &[u16], engine: &EngineStats, capture: &CaptureReport)
         },
         "capture": capture,
     })
+}
+
+/// Connections cut by one side after about the same idle time: idle times within
+/// [`PATTERN_SPREAD_DS`] of the shortest of a pattern go with it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct IdleCutPattern {
+    pub side: &'static str,
+    /// Mean idle time, seconds.
+    pub idle_s: f64,
+    pub connections: u64,
+}
+
+/// Tenths of a second: how far apart idle times of one pattern may be.
+const PATTERN_SPREAD_DS: u64 = 20;
+
+impl IdleCutPattern {
+    /// `12 connections cut after 60.0 s idle by the server side`.
+    pub fn sentence(&self) -> String {
+        let n = self.connections;
+        format!(
+            "{n} connection{} cut after {:.1} s idle by the {} side: a proxy or load balancer idle timeout (nginx's proxy_read_timeout is 60 s by default)",
+            if n == 1 { "" } else { "s" },
+            self.idle_s,
+            self.side
+        )
+    }
+}
+
+/// The idle-cut patterns of `engine`, most connections first.
+pub fn idle_cut_patterns(engine: &EngineStats) -> Vec<IdleCutPattern> {
+    let mut out = Vec::new();
+    for dir in Direction::BOTH {
+        let Some(cuts) = engine.idle_cuts.get(dir.index()) else { continue };
+        let mut group: Option<(u64, u64, u64)> = None; // first idle, sum of idle, count
+        let flush = |g: Option<(u64, u64, u64)>, out: &mut Vec<IdleCutPattern>| {
+            if let Some((_, sum, n)) = g.filter(|g| g.2 > 0) {
+                out.push(IdleCutPattern { side: dir.name(), idle_s: sum as f64 / n as f64 / 10.0, connections: n });
+            }
+        };
+        for (&idle, &n) in cuts {
+            group = match group {
+                Some((first, sum, count)) if idle - first <= PATTERN_SPREAD_DS => Some((first, sum + idle * n, count + n)),
+                g => {
+                    flush(g, &mut out);
+                    Some((idle, idle * n, n))
+                }
+            };
+        }
+        flush(group, &mut out);
+    }
+    out.sort_by_key(|p| std::cmp::Reverse(p.connections));
+    out
+}
+
+/// The `close_analysis` object: each close-analysis kind by side, and the idle-cut
+/// patterns.
+fn close_analysis_json(engine: &EngineStats) -> Value {
+    let mut m: Map<String, Value> = Kind::close_analysis()
+        .map(|k| {
+            let by = |d: Direction| Value::from(engine.violation_count_dir(d, k));
+            (k.name().to_string(), json!({"client": by(Direction::ToServer), "server": by(Direction::ToClient)}))
+        })
+        .collect();
+    let patterns: Vec<Value> = idle_cut_patterns(engine)
+        .iter()
+        .map(|p| json!({"side": p.side, "idle_s": p.idle_s, "connections": p.connections, "meaning": p.sentence()}))
+        .collect();
+    m.insert("idle_cut_patterns".into(), patterns.into());
+    Value::Object(m)
 }
 
 /// The `budgets` object: each limit over all workers, and what it cost.

@@ -44,6 +44,16 @@ fn view(n: u16, state: ConnState, frames: [u64; 2], violations: u64, last_ns: u6
         opened_ns: START,
         last_ns,
         unanalysed: Default::default(),
+        messages: [0; 2],
+        closes: [None, None],
+        first_close: None,
+        last_data_ns: last_ns,
+        handshake: None,
+        kinds: Default::default(),
+        lost_sync: false,
+        last_violation: [None; 2],
+        last_message: [None; 2],
+        ended_first: None,
     }
 }
 
@@ -64,6 +74,7 @@ fn finding(id: u64, kind: Kind, ts_ns: u64) -> Finding {
         offset: 0,
         header: FrameHeaderBytes::new(&[0x81, 0x05]),
         excerpt: crate::engine::Excerpt::EMPTY,
+        detail: Default::default(),
     }
 }
 

@@ -1037,6 +1037,7 @@ fn category_name(k: Kind) -> &'static str {
         crate::engine::Category::Frame => "frame header",
         crate::engine::Category::Payload => "payload",
         crate::engine::Category::Stream => "stream",
+        crate::engine::Category::Close => "close analysis",
     }
 }
 
@@ -1133,6 +1134,27 @@ fn conn_details(data: &Data, r: &ConnRow) -> Vec<Line<'static>> {
             lines.push(kv("negotiated", vec![Span::raw(neg.join(" · "))]));
         }
         lines.push(kv("unanalysed", vec![Span::raw(unanalysed_text(&v.unanalysed))]));
+        if let Some(h) = &v.handshake {
+            let mut req = vec![h.request.line.clone()];
+            req.extend(h.request.host.as_ref().map(|x| format!("Host {x}")));
+            req.extend(h.request.origin.as_ref().map(|x| format!("Origin {x}")));
+            req.extend(h.status.map(|s| format!("→ {s}")));
+            lines.push(kv("request", vec![Span::raw(req.join(" · "))]));
+            if let Some(ua) = &h.request.user_agent {
+                lines.push(kv("user agent", vec![Span::raw(ua.clone())]));
+            }
+            if let Some(fwd) = &h.request.forwarded {
+                lines.push(kv("forwarded for", vec![Span::raw(fwd.clone())]));
+            }
+        }
+        if v.closes.iter().any(Option::is_some) {
+            let side = |d: Direction| {
+                let code = v.closes.get(d.index()).cloned().flatten().map(|c| c.code.map_or("no code".into(), |c| c.to_string()));
+                format!("{} {}", d.name(), code.unwrap_or_else(|| "-".into()))
+            };
+            let first = v.first_close.map_or(String::new(), |d| format!(" ({} first)", d.name()));
+            lines.push(kv("close", vec![Span::raw(format!("{} · {}{first}", side(Direction::ToServer), side(Direction::ToClient)))]));
+        }
         lines.push(kv(
             "activity",
             vec![Span::raw(format!(

@@ -111,6 +111,41 @@ pub struct Request {
     pub offers: Vec<Extension>,
     /// Offered subprotocols.
     pub protocols: Vec<String>,
+    /// What the connection log shows of it.
+    pub seen: RequestSeen,
+}
+
+/// The parts of a request the connection log shows, each at most [`LOG_CAP`] bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RequestSeen {
+    /// Method and target, e.g. `GET /chat`.
+    pub line: String,
+    pub host: Option<String>,
+    pub origin: Option<String>,
+    pub user_agent: Option<String>,
+    /// `X-Forwarded-For`, else `Forwarded`: who the proxy says the client is.
+    pub forwarded: Option<String>,
+    /// `Sec-WebSocket-Protocol` and `Sec-WebSocket-Extensions` as offered.
+    pub protocols: Option<String>,
+    pub extensions: Option<String>,
+}
+
+/// Longest header value the connection log keeps.
+pub const LOG_CAP: usize = 256;
+
+/// Every `name` header's value joined by ", ", cut at [`LOG_CAP`] bytes (on a character
+/// boundary).
+fn logged(headers: &[httparse::Header<'_>], name: &str) -> Option<String> {
+    let values: Vec<&str> = header_values(headers, name).map(str::trim).collect();
+    (!values.is_empty()).then(|| cap(&values.join(", ")))
+}
+
+fn cap(s: &str) -> String {
+    let mut end = s.len().min(LOG_CAP);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.get(..end).unwrap_or("").to_string()
 }
 
 impl Default for Request {
@@ -125,6 +160,7 @@ impl Default for Request {
             key: None,
             offers: Vec::new(),
             protocols: Vec::new(),
+            seen: RequestSeen::default(),
         }
     }
 }
@@ -143,6 +179,8 @@ pub struct Response {
     pub extensions: Option<Vec<Extension>>,
     /// Every subprotocol token of `Sec-WebSocket-Protocol`.
     pub protocols: Vec<String>,
+    /// `Sec-WebSocket-Extensions` as sent (for the connection log).
+    pub extensions_seen: Option<String>,
 }
 
 impl Default for Response {
@@ -154,6 +192,7 @@ impl Default for Response {
             accepts: Vec::new(),
             extensions: None,
             protocols: Vec::new(),
+            extensions_seen: None,
         }
     }
 }
@@ -263,6 +302,15 @@ pub fn parse_request(buf: &[u8]) -> Head<Request> {
             // An unparsable offer list is kept empty: nothing counts as offered.
             offers: extensions(h).unwrap_or_default(),
             protocols: list_tokens(h, "sec-websocket-protocol"),
+            seen: RequestSeen {
+                line: cap(&format!("{} {}", req.method.unwrap_or("?"), req.path.unwrap_or("?"))),
+                host: logged(h, "host"),
+                origin: logged(h, "origin"),
+                user_agent: logged(h, "user-agent"),
+                forwarded: logged(h, "x-forwarded-for").or_else(|| logged(h, "forwarded")),
+                protocols: logged(h, "sec-websocket-protocol"),
+                extensions: logged(h, "sec-websocket-extensions"),
+            },
         },
     )
 }
@@ -290,6 +338,7 @@ pub fn parse_response(buf: &[u8]) -> Head<Response> {
             accepts: header_values(h, "sec-websocket-accept").map(|v| v.trim().to_owned()).collect(),
             extensions: extensions(h),
             protocols: list_tokens(h, "sec-websocket-protocol"),
+            extensions_seen: logged(h, "sec-websocket-extensions"),
         },
     )
 }

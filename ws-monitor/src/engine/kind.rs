@@ -69,6 +69,14 @@ pub enum Kind {
     HttpInStream,
     /// A TLS record as the first bytes of a connection.
     TlsOnPlainPort,
+    // --- close analysis (not protocol violations: how connections end) ---
+    /// An endpoint closed with 1002, 1003, 1007, 1008 or 1009: it saw something it
+    /// refuses.
+    PeerProtocolError,
+    /// The TCP connection ended (FIN or RST) without a close frame from this side.
+    AbnormalClosure,
+    /// A connection ended without a close handshake after being idle: cut by a timeout.
+    IdleTimeoutCut,
 }
 
 /// Broad family of a [`Kind`].
@@ -79,11 +87,13 @@ pub enum Category {
     Frame,
     Payload,
     Stream,
+    /// How connections end: not violations of the wire rules, findings about the peers.
+    Close,
 }
 
 impl Kind {
     /// Number of kinds.
-    pub const COUNT: usize = 28;
+    pub const COUNT: usize = 31;
 
     /// Every kind, in index order.
     pub const ALL: [Kind; Kind::COUNT] = [
@@ -115,7 +125,25 @@ impl Kind {
         Kind::DataAfterClose,
         Kind::HttpInStream,
         Kind::TlsOnPlainPort,
+        Kind::PeerProtocolError,
+        Kind::AbnormalClosure,
+        Kind::IdleTimeoutCut,
     ];
+
+    /// The protocol violations: every kind but close analysis ([`Category::Close`]).
+    pub fn violations() -> impl Iterator<Item = Kind> {
+        Kind::ALL.into_iter().filter(|k| k.is_violation())
+    }
+
+    /// The close-analysis kinds.
+    pub fn close_analysis() -> impl Iterator<Item = Kind> {
+        Kind::ALL.into_iter().filter(|k| !k.is_violation())
+    }
+
+    /// A violation of the wire rules (not a close-analysis finding).
+    pub fn is_violation(self) -> bool {
+        self.category() != Category::Close
+    }
 
     /// Index into per-kind arrays (`Kind::ALL[k.index()] == k`).
     pub fn index(self) -> usize {
@@ -153,6 +181,9 @@ impl Kind {
             Kind::DataAfterClose => "data_after_close",
             Kind::HttpInStream => "http_in_stream",
             Kind::TlsOnPlainPort => "tls_on_plain_port",
+            Kind::PeerProtocolError => "peer_protocol_error",
+            Kind::AbnormalClosure => "abnormal_closure",
+            Kind::IdleTimeoutCut => "idle_timeout_cut",
         }
     }
 
@@ -229,6 +260,15 @@ impl Kind {
             }
             Kind::TlsOnPlainPort => {
                 "the connection starts with a TLS record on a port monitored as plain WebSocket"
+            }
+            Kind::PeerProtocolError => {
+                "an endpoint closed the connection with 1002 (protocol error), 1003 (unacceptable data type), 1007 (invalid data), 1008 (policy) or 1009 (message too big)"
+            }
+            Kind::AbnormalClosure => {
+                "the TCP connection ended (FIN or RST) without a close frame from this side: the application sees close code 1006"
+            }
+            Kind::IdleTimeoutCut => {
+                "the connection was cut without a close handshake after being idle: a timeout somewhere on the path"
             }
         }
     }
@@ -316,6 +356,15 @@ impl Kind {
             Kind::TlsOnPlainPort => {
                 "the client uses wss:// against a ws:// port, or TLS is expected to be terminated in front of it"
             }
+            Kind::PeerProtocolError => {
+                "if a violation from the other side came first, fix that sender; if not, the closing peer enforces a limit the wire does not show: 1009 a message size limit, 1003 text only or binary only, 1008 an application policy"
+            }
+            Kind::AbnormalClosure => {
+                "a crash, a killed process, a network change, or a proxy or load balancer closing the TCP connection (an idle timeout?)"
+            }
+            Kind::IdleTimeoutCut => {
+                "a proxy or load balancer idle timeout (nginx proxy_read_timeout defaults to 60 s, AWS ALB 60 s, HAProxy timeout tunnel): send pings more often than it, or raise it"
+            }
         }
     }
 
@@ -336,6 +385,7 @@ impl Kind {
             | Kind::InvalidCloseReason
             | Kind::DataAfterClose => Category::Payload,
             Kind::HttpInStream | Kind::TlsOnPlainPort => Category::Stream,
+            Kind::PeerProtocolError | Kind::AbnormalClosure | Kind::IdleTimeoutCut => Category::Close,
             _ => Category::Frame,
         }
     }
@@ -360,7 +410,7 @@ impl Serialize for Kind {
 
 /// A small set of [`Kind`]s (a bit set; no allocation).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct KindSet(u32);
+pub struct KindSet(u64);
 
 impl KindSet {
     pub const EMPTY: KindSet = KindSet(0);
@@ -384,6 +434,15 @@ impl KindSet {
     /// The kinds in index order.
     pub fn iter(self) -> impl Iterator<Item = Kind> {
         Kind::ALL.into_iter().filter(move |k| self.contains(*k))
+    }
+}
+
+const _: () = assert!(Kind::COUNT <= 64, "KindSet holds 64 kinds");
+
+/// The kinds' names, in index order.
+impl Serialize for KindSet {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
     }
 }
 

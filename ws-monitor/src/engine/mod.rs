@@ -69,6 +69,7 @@ pub mod handshake;
 pub mod http;
 pub mod inflate;
 pub mod kind;
+pub mod record;
 pub mod resync;
 mod stream;
 pub mod utf8;
@@ -84,6 +85,7 @@ use crate::flow::{Closing, Direction, FlowId, FlowKey, Loss, Opening, StreamSink
 
 pub use frame::FrameHeaderBytes;
 pub use kind::{Category, Kind, KindSet};
+pub use record::{CloseSeen, ConnectionRecord, Ending, HandshakeSeen, Sides};
 
 use frame::{OpClass, Rules, RsvPolicy};
 use handshake::{head_end, judge_101, parse_request, parse_response, Head, Request, Response, HEAD_CAP};
@@ -119,6 +121,9 @@ pub struct EngineConfig {
     /// (in the violation counts, and in [`EngineStats::findings_suppressed`]) but not
     /// reported one by one.
     pub max_findings_per_second: u32,
+    /// Keep a [`ConnectionRecord`] of every WebSocket connection that ends
+    /// ([`Engine::drain_records`]).
+    pub connection_log: bool,
 }
 
 impl Default for EngineConfig {
@@ -129,6 +134,7 @@ impl Default for EngineConfig {
             max_inflate_rate: 256 << 20,
             steer: false,
             max_findings_per_second: 100,
+            connection_log: false,
         }
     }
 }
@@ -270,6 +276,12 @@ pub struct EngineStats {
     /// Violations counted but not reported as [`Finding`]s, beyond
     /// [`EngineConfig::max_findings_per_second`] on their connection.
     pub findings_suppressed: u64,
+    /// WebSocket connections (an upgrade request seen, or a session followed) that
+    /// ended, by how ([`Ending::index`]).
+    pub endings: [u64; Ending::COUNT],
+    /// Connections cut after being idle ([`Kind::IdleTimeoutCut`]), by the side that
+    /// cut them ([`Direction::index`]) and idle time in tenths of a second.
+    pub idle_cuts: [BTreeMap<u64, u64>; 2],
 }
 
 impl EngineStats {
@@ -291,6 +303,8 @@ impl EngineStats {
             inflate_skipped,
             unanalysed,
             findings_suppressed,
+            endings,
+            idle_cuts,
         } = o;
         self.connections += connections;
         self.upgrades_ok += upgrades_ok;
@@ -315,6 +329,14 @@ impl EngineStats {
         self.inflate_skipped += inflate_skipped;
         self.unanalysed.merge(unanalysed);
         self.findings_suppressed += findings_suppressed;
+        for (mine, theirs) in self.endings.iter_mut().zip(endings) {
+            *mine += theirs;
+        }
+        for (mine, theirs) in self.idle_cuts.iter_mut().zip(idle_cuts) {
+            for (idle, n) in theirs {
+                *mine.entry(*idle).or_insert(0) += n;
+            }
+        }
     }
 
     /// Findings of `kind` in both directions.
@@ -327,13 +349,71 @@ impl EngineStats {
         self.violations.get(dir.index()).and_then(|d| d.get(kind.index())).copied().unwrap_or(0)
     }
 
-    /// All findings.
+    /// All violations (close-analysis findings not included).
     pub fn violations_total(&self) -> u64 {
-        self.violations.iter().flatten().sum()
+        Kind::violations().map(|k| self.violation_count(k)).sum()
     }
 }
 
-/// One reported violation.
+/// What a close-analysis finding adds: what it is about, and what came before.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Detail {
+    #[default]
+    None,
+    /// [`Kind::PeerProtocolError`]: the close code, and what the other side sent last.
+    Close { code: u16, before: Before },
+    /// [`Kind::AbnormalClosure`]: the connection ended with a RST (else FINs).
+    Ended { rst: bool },
+    /// [`Kind::IdleTimeoutCut`]: idle this long (milliseconds) before the cut.
+    Idle { ms: u64 },
+}
+
+/// What the other side sent last before a close code that says it broke a rule.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Before {
+    /// Nothing it did was seen as a violation, and no message is known.
+    #[default]
+    Nothing,
+    /// A violation the monitor reported.
+    Violation(Kind),
+    /// A data message (or its start), text or binary, of this many bytes.
+    Message { text: bool, size: u64 },
+}
+
+impl Finding {
+    /// A sentence on what a close-analysis finding means here (`None` for violations).
+    pub fn explain(&self) -> Option<String> {
+        let who = self.dir.name();
+        let other = self.dir.reverse().name();
+        Some(match self.detail {
+            Detail::None => return None,
+            Detail::Close { code, before: Before::Violation(k) } => {
+                format!("the {who} closed {code} after the {other}'s {k}")
+            }
+            Detail::Close { code: 1009, before: Before::Message { size, text } } => format!(
+                "the {who} closed 1009 after a {size}-byte {} message from the {other}: it enforces a message size limit",
+                if text { "text" } else { "binary" }
+            ),
+            Detail::Close { code: 1003, before: Before::Message { text, .. } } => format!(
+                "the {who} closed 1003 after a {} message from the {other}: it does not accept that data type",
+                if text { "text" } else { "binary" }
+            ),
+            Detail::Close { code: 1008, .. } => format!("the {who} closed 1008: an application policy refused the {other}"),
+            Detail::Close { code, .. } => {
+                format!("the {who} closed {code} though no violation from the {other} was seen: it enforces something the wire does not show")
+            }
+            Detail::Ended { rst } => format!(
+                "the TCP connection ended ({}) without a close frame from the {who}",
+                if rst { "RST" } else { "FIN" }
+            ),
+            Detail::Idle { ms } => {
+                format!("cut by the {who} side after {:.1} s idle, without a close handshake", ms as f64 / 1000.0)
+            }
+        })
+    }
+}
+
+/// One reported violation, or close-analysis finding.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Finding {
     pub ts_ns: u64,
@@ -350,6 +430,8 @@ pub struct Finding {
     /// the handshake head) as far as they were at hand. Payload: shown only on request
     /// (`--log-payload`).
     pub excerpt: Excerpt,
+    /// For close analysis: what it is about (see [`Finding::explain`]).
+    pub detail: Detail,
 }
 
 /// Up to [`Excerpt::CAP`] bytes kept inline with a finding (no allocation).
@@ -428,6 +510,26 @@ pub struct ConnectionView {
     /// Bytes of this connection no check saw, by why: lost before they reached the
     /// engine (capture, eviction, buffer limits) or passed over out of sync.
     pub unanalysed: Unanalysed,
+    /// Data messages completed in sync, indexed by [`Direction::index`].
+    pub messages: [u64; 2],
+    /// The close frame each side sent, if any, and which side sent the first.
+    pub closes: [Option<CloseSeen>; 2],
+    pub first_close: Option<Direction>,
+    /// When the last payload byte (either way) was seen.
+    pub last_data_ns: u64,
+    /// The last upgrade request and its answer (none on a connection never asked to
+    /// upgrade, or picked up after its handshake).
+    pub handshake: Option<Box<HandshakeSeen>>,
+    /// The kinds found on it.
+    pub kinds: KindSet,
+    /// Analysis lost sync in some direction at some point.
+    pub lost_sync: bool,
+    /// Per direction: the last violation found, and the last data message begun
+    /// (for close analysis).
+    pub last_violation: [Option<Kind>; 2],
+    pub last_message: [Option<(bool, u64)>; 2],
+    /// The side whose FIN or RST ended TCP first, and when.
+    pub ended_first: Option<(Direction, u64)>,
 }
 
 /// A connection that had bytes no check saw, as the report lists it.
@@ -526,6 +628,19 @@ impl Cx<'_> {
     /// Records a finding with the bytes at fault (see [`Finding::excerpt`]);
     /// once-per-connection kinds only the first time.
     pub fn emit_with(&mut self, dir: Direction, kind: Kind, offset: u64, header: FrameHeaderBytes, bytes: &[u8]) {
+        self.emit_detail(dir, kind, offset, header, bytes, Detail::None);
+    }
+
+    /// [`Self::emit_with`] with a close-analysis [`Detail`].
+    pub fn emit_detail(
+        &mut self,
+        dir: Direction,
+        kind: Kind,
+        offset: u64,
+        header: FrameHeaderBytes,
+        bytes: &[u8],
+        detail: Detail,
+    ) {
         if kind.once_per_connection() {
             if self.once.contains(kind) {
                 return;
@@ -535,14 +650,22 @@ impl Cx<'_> {
         if let Some(c) = self.stats.violations.get_mut(dir.index()).and_then(|d| d.get_mut(kind.index())) {
             *c += 1;
         }
-        self.view.violations += 1;
+        if kind.is_violation() {
+            self.view.violations += 1;
+        }
+        self.view.kinds.insert(kind);
         if self.rate.left(self.ts_ns, u64::from(self.cfg.max_findings_per_second)) == 0 {
             self.stats.findings_suppressed += 1;
             return;
         }
         self.rate.spend(1);
         let excerpt = Excerpt::new(bytes);
-        self.findings.push(Finding { ts_ns: self.ts_ns, id: self.id, key: self.key, dir, kind, offset, header, excerpt });
+        if kind.is_violation() {
+            if let Some(last) = self.view.last_violation.get_mut(dir.index()) {
+                *last = Some(kind);
+            }
+        }
+        self.findings.push(Finding { ts_ns: self.ts_ns, id: self.id, key: self.key, dir, kind, offset, header, excerpt, detail });
     }
 }
 
@@ -595,6 +718,8 @@ pub struct Engine {
     sessions: Vec<(FlowId, FlowKey)>,
     /// Closed connections with unanalysed bytes.
     blind_spots: BlindSpots,
+    /// Records of WebSocket connections that ended, since the last drain.
+    records: Vec<ConnectionRecord>,
     /// Evicted WebSocket sessions by [`FlowKey::unordered`] key, and their keys oldest
     /// first (bounds the map).
     resumable: HashMap<FlowKey, Evicted>,
@@ -618,6 +743,7 @@ impl Engine {
             budget: PerSecond::default(),
             sessions: Vec::new(),
             blind_spots: BlindSpots::default(),
+            records: Vec::new(),
             resumable: HashMap::new(),
             resumable_order: std::collections::VecDeque::new(),
         }
@@ -643,6 +769,42 @@ impl Engine {
         self.sessions.drain(..)
     }
 
+    /// Counts how a WebSocket connection ended and, with the connection log, keeps its
+    /// record.
+    fn ended(&mut self, id: FlowId, conn: &Conn, closing: Closing, ts_ns: u64) {
+        let v = &conn.view;
+        if v.handshake.is_none() && !conn.session {
+            return; // not WebSocket: plain HTTP, TLS, a connection never understood
+        }
+        let ending = ConnectionRecord::ending(closing, &v.closes);
+        if let Some(n) = self.stats.endings.get_mut(ending.index()) {
+            *n += 1;
+        }
+        if !self.cfg.connection_log {
+            return;
+        }
+        self.records.push(ConnectionRecord {
+            id,
+            client: v.key.client,
+            server: v.key.server,
+            opening: v.opening,
+            start_ns: v.opened_ns,
+            end_ns: ts_ns,
+            last_data_ns: v.last_data_ns,
+            handshake: v.handshake.as_deref().cloned(),
+            frames: Sides::of(&v.frames),
+            messages: Sides::of(&v.messages),
+            bytes: Sides::of(&conn.dirs.each_ref().map(|d| d.end)),
+            close: Sides::of(&v.closes),
+            closed_first: v.first_close.map(Direction::name),
+            ending,
+            violations: v.violations,
+            kinds: v.kinds,
+            lost_sync: v.lost_sync,
+            unanalysed: v.unanalysed,
+        });
+    }
+
     /// Keeps what resuming the evicted session `conn` needs (the oldest such beyond
     /// [`RESUMABLE`] are forgotten).
     fn remember_evicted(&mut self, conn: Conn) {
@@ -661,6 +823,12 @@ impl Engine {
                 self.resumable.remove(&old);
             }
         }
+    }
+
+    /// Records of the WebSocket connections that ended since the last call (with
+    /// [`EngineConfig::connection_log`]).
+    pub fn drain_records(&mut self) -> std::vec::Drain<'_, ConnectionRecord> {
+        self.records.drain(..)
     }
 
     /// Closed connections that had unanalysed bytes (the worst of them).
@@ -867,6 +1035,9 @@ fn advance(hs: &mut Hs, dirs: &mut [DirState; 2], cx: &mut Cx<'_>, cfg: &EngineC
                         *cx.stats.http_requests.entry(cx.key.server.port()).or_insert(0) += 1;
                     }
                 }
+                if req.intent {
+                    cx.view.handshake = Some(Box::new(HandshakeSeen { request: req.seen.clone(), ..HandshakeSeen::default() }));
+                }
                 c.consume_head(n, req.body);
                 // Server bytes already here: the response began before the client's bytes
                 // after the request could have been sent early.
@@ -885,6 +1056,11 @@ fn advance(hs: &mut Hs, dirs: &mut [DirState; 2], cx: &mut Cx<'_>, cfg: &EngineC
                 let at = s.held_base;
                 let head = Excerpt::new(&s.held);
                 let body = resp.body_after(req);
+                if let Some(seen) = cx.view.handshake.as_deref_mut().filter(|_| req.intent && (resp.status == 101 || resp.status >= 200)) {
+                    seen.status = Some(resp.status);
+                    seen.accepted_protocol = resp.protocols.first().cloned();
+                    seen.accepted_extensions = resp.extensions_seen.clone();
+                }
                 if resp.status == 101 && req.intent {
                     s.consume_head(n, Framing::Empty);
                     return upgraded(hs, dirs, cx, cfg, at, &resp, head);
@@ -1007,6 +1183,41 @@ impl Engine {
     }
 }
 
+/// Idle time before a cut without close handshake from which it counts as
+/// [`Kind::IdleTimeoutCut`].
+const IDLE_CUT_NS: u64 = 1_000_000_000;
+
+/// How a WebSocket session ended by TCP (FIN or RST) went: a direction in sync that sent
+/// no close frame is [`Kind::AbnormalClosure`]; without a close handshake, after being
+/// idle for [`IDLE_CUT_NS`] or more, the side that ended TCP first cut it
+/// ([`Kind::IdleTimeoutCut`], counted in [`EngineStats::idle_cuts`]).
+fn close_analysis(dirs: &[DirState; 2], cx: &mut Cx<'_>, closing: Closing) {
+    let rst = match closing {
+        Closing::Fin => false,
+        Closing::Rst => true,
+        Closing::Evicted | Closing::CaptureEnded => return,
+    };
+    if !dirs.iter().any(DirState::trusted) {
+        return;
+    }
+    for d in dirs.iter().filter(|d| d.trusted()) {
+        if cx.view.closes.get(d.dir.index()).is_some_and(Option::is_none) {
+            cx.emit_detail(d.dir, Kind::AbnormalClosure, d.end, FrameHeaderBytes::EMPTY, &[], Detail::Ended { rst });
+        }
+    }
+    let handshake = cx.view.closes.iter().flatten().count() == 2;
+    let Some((side, at)) = cx.view.ended_first.filter(|_| !handshake) else { return };
+    let idle = at.saturating_sub(cx.view.last_data_ns);
+    if idle >= IDLE_CUT_NS {
+        let ms = idle / 1_000_000;
+        let offset = dirs.get(side.index()).map_or(0, |d| d.end);
+        cx.emit_detail(side, Kind::IdleTimeoutCut, offset, FrameHeaderBytes::EMPTY, &[], Detail::Idle { ms });
+        if let Some(cuts) = cx.stats.idle_cuts.get_mut(side.index()) {
+            *cuts.entry(ms / 100).or_insert(0) += 1;
+        }
+    }
+}
+
 /// A gap in `dir`, wherever the handshake stands.
 fn gap_in(hs: &mut Hs, dirs: &mut [DirState; 2], dir: Direction, offset: u64, len: u64, loss: Loss, cx: &mut Cx<'_>) {
     if len == 0 {
@@ -1057,6 +1268,16 @@ impl StreamSink for Engine {
             opened_ns: ts_ns,
             last_ns: ts_ns,
             unanalysed: Unanalysed::default(),
+            messages: [0; 2],
+            closes: [None, None],
+            first_close: None,
+            last_data_ns: ts_ns,
+            handshake: None,
+            kinds: KindSet::EMPTY,
+            lost_sync: false,
+            last_violation: [None; 2],
+            last_message: [None; 2],
+            ended_first: None,
         };
         let mut conn = Conn { view, once: KindSet::EMPTY, hs, dirs, session: false, rate: PerSecond::default() };
         if let Some(e) = evicted {
@@ -1071,6 +1292,7 @@ impl StreamSink for Engine {
 
     fn data(&mut self, id: FlowId, dir: Direction, offset: u64, data: &[u8], ts_ns: u64) {
         self.with_conn(id, ts_ns, |hs, dirs, cx, cfg| {
+            cx.view.last_data_ns = ts_ns;
             let end = dirs.get(dir.index()).map_or(offset, |d| d.end);
             if offset > end {
                 gap_in(hs, dirs, dir, end, offset - end, Loss::Capture, cx);
@@ -1110,6 +1332,7 @@ impl StreamSink for Engine {
 
     fn skip(&mut self, id: FlowId, dir: Direction, offset: u64, len: u64, ts_ns: u64) {
         self.with_conn(id, ts_ns, |hs, dirs, cx, _| {
+            cx.view.last_data_ns = ts_ns;
             let end = dirs.get(dir.index()).map_or(offset, |d| d.end);
             if offset > end {
                 gap_in(hs, dirs, dir, end, offset - end, Loss::Capture, cx);
@@ -1128,14 +1351,24 @@ impl StreamSink for Engine {
         });
     }
 
+    fn end(&mut self, id: FlowId, dir: Direction, ts_ns: u64) {
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.view.ended_first.get_or_insert((dir, ts_ns));
+        }
+    }
+
     fn close(&mut self, id: FlowId, closing: Closing, ts_ns: u64) {
         self.with_conn(id, ts_ns, |hs, dirs, cx, _| {
             early_bytes(hs, dirs, cx);
             for d in dirs.iter_mut() {
                 d.finish(cx);
             }
+            if matches!(hs, Hs::Done) {
+                close_analysis(dirs, cx, closing);
+            }
         });
         if let Some(conn) = self.conns.remove(&id) {
+            self.ended(id, &conn, closing, ts_ns);
             let v = &conn.view;
             let total = v.unanalysed.total();
             if total > 0 {

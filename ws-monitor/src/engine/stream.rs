@@ -18,7 +18,7 @@ use super::inflate::{Inflater, Stop, SCRATCH, TAIL};
 use super::kind::{Kind, KindSet};
 use super::resync::{Chain, Known, Scan, Search, PROBATION_FRAMES};
 use super::utf8::Utf8Stream;
-use super::{Cx, FrameCounts, OpenMessage, Steer};
+use super::{Before, CloseSeen, Cx, Detail, FrameCounts, OpenMessage, Steer};
 
 /// Bytes of new input appended to a stashed partial header before parsing again.
 const TOPUP: usize = 64;
@@ -138,6 +138,8 @@ struct Msg {
     validate: bool,
     /// RSV1 under negotiated permessage-deflate.
     compressed: bool,
+    /// A text message (else binary).
+    text: bool,
     /// Binary without RSV1: its continuations' payload may be skipped.
     skippable: bool,
     /// Payload goes through the inflater (to check it, or to keep the context).
@@ -539,6 +541,7 @@ impl DirState {
         self.rules = rules;
         self.deflate = None;
         cx.stats.desyncs += 1;
+        cx.view.lost_sync = true;
         self.release_capture(cx);
         self.enter_scan(self.held_base, 0);
         self.release_held(cx);
@@ -651,6 +654,7 @@ impl DirState {
         };
         if !was_probation {
             cx.stats.desyncs += 1;
+            cx.view.lost_sync = true;
         }
         self.release_capture(cx);
         self.enter_scan(at, start.min(at));
@@ -909,6 +913,9 @@ impl DirState {
         }
         if class.is_data() {
             self.msg.size = self.msg.size.saturating_add(h.len);
+            if let Some(last) = cx.view.last_message.get_mut(self.dir.index()) {
+                *last = Some((self.msg.text, self.msg.size));
+            }
             if kinds.contains(Kind::OversizedFrame) || kinds.contains(Kind::LengthMsbSet) {
                 self.msg.oversized = true;
             } else if self.msg.size > self.rules.max_message_size && !self.msg.oversized {
@@ -917,6 +924,11 @@ impl DirState {
             }
         }
         self.frag = self.frag.after(class, h.fin);
+        if class.is_data() && h.fin && self.probation.is_none() {
+            if let Some(m) = cx.view.messages.get_mut(self.dir.index()) {
+                *m += 1;
+            }
+        }
         // As the capture decides (ws-monitor-ebpf): binary without RSV1, and its continuations.
         self.cur.skippable = !h.rsv1()
             && match class {
@@ -928,7 +940,7 @@ impl DirState {
     }
 
     fn start_msg(&mut self, text: bool, rsv1: bool, offset: u64, hdr: FrameHeaderBytes) {
-        let mut m = Msg { active: true, offset, hdr, skippable: !text && !rsv1, ..Msg::default() };
+        let mut m = Msg { active: true, offset, hdr, skippable: !text && !rsv1, text, ..Msg::default() };
         if !rsv1 {
             m.validate = text;
         } else if let (Some(reset), RsvPolicy::Deflate) = (self.deflate, self.rules.rsv) {
@@ -1105,17 +1117,37 @@ impl DirState {
     }
 
     fn finish_close(&mut self, cx: &mut Cx<'_>) {
-        if self.cur.gap || self.cur.len > MAX_CONTROL_PAYLOAD {
-            return;
-        }
-        let (offset, hdr) = (self.cur.offset, self.cur.hdr);
+        let readable = !self.cur.gap && self.cur.len <= MAX_CONTROL_PAYLOAD;
         let close_body = self.close_body;
-        let body = close_body.get(..usize::from(self.close_len)).unwrap_or(&[]);
+        let body = close_body.get(..usize::from(self.close_len)).filter(|_| readable).unwrap_or(&[]);
         let (code, bad_len, bad_reason) = match body {
             [] => (None, false, false),
             [_] => (None, true, false),
             [a, b, reason @ ..] => (Some(u16::from_be_bytes([*a, *b])), false, std::str::from_utf8(reason).is_err()),
         };
+        // An endpoint that answers the other's close echoes its code: only the first
+        // close says what its sender refuses.
+        let first = cx.view.first_close.is_none_or(|d| d == self.dir);
+        if self.probation.is_none() {
+            let reason = String::from_utf8_lossy(body.get(2..).unwrap_or(&[])).into_owned();
+            if let Some(slot) = cx.view.closes.get_mut(self.dir.index()) {
+                *slot = Some(CloseSeen { code, reason, ts_ns: cx.ts_ns });
+            }
+            cx.view.first_close.get_or_insert(self.dir);
+        }
+        if !readable {
+            return;
+        }
+        let (offset, hdr) = (self.cur.offset, self.cur.hdr);
+        if let Some(code @ (1002 | 1003 | 1007 | 1008 | 1009)) = code.filter(|_| first && self.probation.is_none()) {
+            let other = self.dir.reverse().index();
+            let before = match (cx.view.last_violation.get(other).copied().flatten(), cx.view.last_message.get(other).copied().flatten()) {
+                (Some(kind), _) => Before::Violation(kind),
+                (None, Some((text, size))) => Before::Message { text, size },
+                (None, None) => Before::Nothing,
+            };
+            cx.emit_detail(self.dir, Kind::PeerProtocolError, offset, hdr, body, Detail::Close { code, before });
+        }
         if bad_len {
             self.report_with(cx, Kind::InvalidClosePayload, offset, hdr, body);
         }

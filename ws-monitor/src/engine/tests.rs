@@ -286,10 +286,10 @@ fn run_cut(sc: &Script, cut: Cut) -> (EngineStats, Found) {
                 off[d.index()] += n;
             }
         }
-        found.extend(e.drain_findings().map(|f| (f.dir, f.kind, f.offset)));
+        found.extend(e.drain_findings().filter(|f| f.kind.is_violation()).map(|f| (f.dir, f.kind, f.offset)));
     }
     e.close(id, Closing::Fin, 1000);
-    found.extend(e.drain_findings().map(|f| (f.dir, f.kind, f.offset)));
+    found.extend(e.drain_findings().filter(|f| f.kind.is_violation()).map(|f| (f.dir, f.kind, f.offset)));
     assert!(e.connection(id).is_none());
     (e.stats().clone(), found)
 }
@@ -382,10 +382,10 @@ fn run_header_only(sc: &Script, skips: &[Vec<(u64, u64)>; 2]) -> (EngineStats, F
             e.data(id, *d, at, &b[(at - start) as usize..], ts);
         }
         off[d.index()] = end;
-        found.extend(e.drain_findings().map(|f| (f.dir, f.kind, f.offset)));
+        found.extend(e.drain_findings().filter(|f| f.kind.is_violation()).map(|f| (f.dir, f.kind, f.offset)));
     }
     e.close(id, Closing::Fin, 1000);
-    found.extend(e.drain_findings().map(|f| (f.dir, f.kind, f.offset)));
+    found.extend(e.drain_findings().filter(|f| f.kind.is_violation()).map(|f| (f.dir, f.kind, f.offset)));
     (e.stats().clone(), found)
 }
 
@@ -1114,7 +1114,7 @@ fn finding_carries_header_bytes() {
     e.data(id, C, 0, &req, 1);
     e.data(id, S, 0, &response(""), 2);
     e.data(id, C, req.len() as u64, &Fr::new(TEXT, "x").enc(), 3);
-    let f: Vec<Finding> = e.drain_findings().collect();
+    let f: Vec<Finding> = e.drain_findings().filter(|f| f.kind.is_violation()).collect();
     assert_eq!(f.len(), 1);
     assert_eq!((f[0].kind, f[0].dir, f[0].offset, f[0].header.hex().as_str()), (Kind::UnmaskedClientFrame, C, req.len() as u64, "8101"));
     assert_eq!(f[0].key, key());
@@ -1430,7 +1430,7 @@ proptest! {
         feed_cut(&mut e, id, C, co, &cb, &ccuts);
         feed_cut(&mut e, id, S, so, &sb, &scuts);
         e.close(id, Closing::Fin, 1);
-        let found: Vec<Finding> = e.drain_findings().collect();
+        let found: Vec<Finding> = e.drain_findings().filter(|f| f.kind.is_violation()).collect();
         prop_assert!(found.is_empty(), "{:?}", found);
         prop_assert_eq!(e.stats().frames[0], cc);
         prop_assert_eq!(e.stats().frames[1], scn);
@@ -1468,7 +1468,7 @@ proptest! {
         feed_cut(&mut e, FlowId(2), S, 0, &sb[sstop..], &cuts);
         feed_cut(&mut e, FlowId(2), C, 0, &cb[cstop..], &cuts);
         e.close(FlowId(2), Closing::Fin, 3);
-        let found: Vec<Finding> = e.drain_findings().collect();
+        let found: Vec<Finding> = e.drain_findings().filter(|f| f.kind.is_violation()).collect();
         prop_assert!(found.is_empty(), "{:?}", found);
         prop_assert_eq!(e.stats().desyncs, 0);
     }
@@ -1515,7 +1515,7 @@ proptest! {
             feed_cut(&mut e, id, d, off, &bytes[off as usize..], &cuts);
         }
         e.close(id, Closing::Fin, 1);
-        let found: Vec<(Direction, Kind, u64)> = e.drain_findings().map(|f| (f.dir, f.kind, f.offset)).collect();
+        let found: Vec<(Direction, Kind, u64)> = e.drain_findings().filter(|f| f.kind.is_violation()).map(|f| (f.dir, f.kind, f.offset)).collect();
         prop_assert_eq!(
             found,
             vec![(S, Kind::MaskedServerFrame, sstart as u64), (C, Kind::UnmaskedClientFrame, cstart as u64)]
@@ -1538,7 +1538,7 @@ proptest! {
         feed_cut(&mut e, id, S, 0, &sb[sskip.min(sb.len())..], &cuts);
         feed_cut(&mut e, id, C, 0, &cb[cskip.min(cb.len())..], &cuts);
         e.close(id, Closing::Fin, 1);
-        let found: Vec<Finding> = e.drain_findings().collect();
+        let found: Vec<Finding> = e.drain_findings().filter(|f| f.kind.is_violation()).collect();
         prop_assert!(found.is_empty(), "{:?}", found);
     }
 
@@ -1585,7 +1585,7 @@ proptest! {
             offs[d.index()] = off;
         }
         e.close(id, Closing::Fin, 1);
-        let found: Vec<Finding> = e.drain_findings().collect();
+        let found: Vec<Finding> = e.drain_findings().filter(|f| f.kind.is_violation()).collect();
         prop_assert!(found.is_empty(), "{:?}", found);
     }
 
@@ -1646,7 +1646,7 @@ proptest! {
             let _ = e.connection(id).map(|v| v.state);
         }
         e.close(id, Closing::Rst, 0);
-        let _ = e.drain_findings().count();
+        let _ = e.drain_findings().filter(|f| f.kind.is_violation()).count();
     }
 
     #[test]
@@ -1737,7 +1737,7 @@ fn a_skip_where_bytes_are_needed_is_a_gap_and_asks_for_full_copy() {
     e.skip(FlowId(1), S, off[1] + 100, frame.len() as u64 - 100, 0);
     assert_eq!(e.stats().skip_mismatches, 1);
     assert_eq!(e.stats().skipped_bytes, 0);
-    assert_eq!(e.drain_findings().count(), 0);
+    assert_eq!(e.drain_findings().filter(|f| f.kind.is_violation()).count(), 0);
     let hints: Vec<Hint> = e.drain_hints().collect();
     assert_eq!(hints.len(), 1, "{hints:?}");
     assert_eq!((hints[0].dir, hints[0].steer), (S, Steer::FullCopy));
@@ -1816,7 +1816,7 @@ fn findings_per_connection_per_second_are_capped_and_the_rest_counted() {
             e.data(id, C, off, &unmasked, ts);
             off += unmasked.len() as u64;
         }
-        e.drain_findings().count()
+        e.drain_findings().filter(|f| f.kind.is_violation()).count()
     };
     // 1,000 violations in the first second: 10 findings, every violation counted.
     assert_eq!(send(&mut e, 1000, 1_000), 10);
@@ -1866,7 +1866,7 @@ fn a_session_resumed_at_a_frame_boundary_is_checked_from_its_first_frame() {
     e.open(FlowId(2), &key(), Opening::Resumed, 2);
     e.data(FlowId(2), C, 0, &Fr::new(1, "hi").enc(), 3);
     e.data(FlowId(2), S, 0, &Fr::new(9, "").rsv(4).enc(), 3);
-    let kinds: Vec<Kind> = e.drain_findings().map(|f| f.kind).collect();
+    let kinds: Vec<Kind> = e.drain_findings().filter(|f| f.kind.is_violation()).map(|f| f.kind).collect();
     assert_eq!(kinds, [Kind::UnmaskedClientFrame, Kind::Rsv1Invalid]);
     let v = e.connection(FlowId(2)).cloned().expect("tracked");
     assert_eq!((v.opening, v.deflate, v.state), (Opening::Resumed, true, ConnState::Open));
@@ -1896,4 +1896,112 @@ fn a_client_that_never_masks_is_found_again_soon_after_a_gap() {
     assert_eq!(e.stats().violation_count(Kind::UnmaskedClientFrame), 10 + 88);
     assert_eq!(e.stats().resyncs, 1);
     assert_eq!(e.connection(id), None);
+}
+
+// ----- close analysis -------------------------------------------------------------------
+
+/// An upgraded connection 1 (plain, no extension) at time 0; returns the client's and
+/// server's next offsets.
+fn session(e: &mut Engine) -> [u64; 2] {
+    e.open(FlowId(1), &key(), Opening::Handshake, 0);
+    let (req, resp) = (request(""), response(""));
+    e.data(FlowId(1), C, 0, &req, 0);
+    e.data(FlowId(1), S, 0, &resp, 0);
+    [req.len() as u64, resp.len() as u64]
+}
+
+fn close_frame(code: u16, reason: &str) -> Vec<u8> {
+    let mut body = code.to_be_bytes().to_vec();
+    body.extend_from_slice(reason.as_bytes());
+    Fr::new(8, body).masked().enc()
+}
+
+fn kinds_and_details(e: &mut Engine) -> Vec<(Direction, Kind, Detail)> {
+    e.drain_findings().map(|f| (f.dir, f.kind, f.detail)).collect()
+}
+
+#[test]
+fn a_close_with_1002_names_the_violation_before_it() {
+    let mut e = Engine::default();
+    let [c, s] = session(&mut e);
+    let bad = Fr::new(1, "x").rsv(4).enc(); // RSV1 without permessage-deflate
+    e.data(FlowId(1), S, s, &bad, 1);
+    e.data(FlowId(1), C, c, &close_frame(1002, "rsv"), 2);
+    let found: Vec<Finding> = e.drain_findings().collect();
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert_eq!((found[1].dir, found[1].kind), (C, Kind::PeerProtocolError));
+    assert_eq!(found[1].detail, Detail::Close { code: 1002, before: Before::Violation(Kind::RsvWithoutExtension) });
+    assert_eq!(found[1].explain().as_deref(), Some("the client closed 1002 after the server's rsv_without_extension"));
+    assert_eq!(e.stats().violations_total(), 1, "close analysis is not a violation");
+}
+
+#[test]
+fn a_close_with_1009_or_1003_names_the_message_before_it() {
+    let mut e = Engine::default();
+    let [c, s] = session(&mut e);
+    e.data(FlowId(1), C, c, &Fr::new(2, vec![7u8; 5000]).masked().enc(), 1);
+    e.data(FlowId(1), S, s, &Fr::new(8, [&1009u16.to_be_bytes()[..], b"too big"].concat()).enc(), 2);
+    // The client answers with the same code: only the first close is a refusal.
+    e.data(FlowId(1), C, c + 5008, &close_frame(1009, ""), 3);
+    let found = kinds_and_details(&mut e);
+    assert_eq!(
+        found,
+        [(S, Kind::PeerProtocolError, Detail::Close { code: 1009, before: Before::Message { text: false, size: 5000 } })]
+    );
+    let mut e = Engine::default();
+    let [c, s] = session(&mut e);
+    e.data(FlowId(1), C, c, &Fr::new(2, vec![1u8; 10]).masked().enc(), 1);
+    e.data(FlowId(1), S, s, &Fr::new(8, [&1003u16.to_be_bytes()[..], b"text only"].concat()).enc(), 2);
+    let found: Vec<Finding> = e.drain_findings().collect();
+    assert_eq!(found.len(), 1);
+    assert_eq!(
+        found[0].explain().as_deref(),
+        Some("the server closed 1003 after a binary message from the client: it does not accept that data type")
+    );
+    // 1000 and 1001 are normal closures.
+    let mut e = Engine::default();
+    let [c, _] = session(&mut e);
+    e.data(FlowId(1), C, c, &close_frame(1001, "going away"), 1);
+    assert!(e.drain_findings().next().is_none());
+}
+
+#[test]
+fn tcp_ending_without_close_frames_is_an_abnormal_closure_and_after_idle_a_cut() {
+    let s_ns = 1_000_000_000;
+    // Data at 1 s, the server's FIN at 4 s: cut after 3 s idle, by the server.
+    let mut e = Engine::default();
+    let [c, _] = session(&mut e);
+    e.data(FlowId(1), C, c, &Fr::new(1, "hi").masked().enc(), s_ns);
+    e.end(FlowId(1), S, 4 * s_ns);
+    e.end(FlowId(1), C, 4 * s_ns + 1000);
+    e.close(FlowId(1), Closing::Fin, 4 * s_ns + 2000);
+    let found = kinds_and_details(&mut e);
+    assert_eq!(
+        found,
+        [
+            (C, Kind::AbnormalClosure, Detail::Ended { rst: false }),
+            (S, Kind::AbnormalClosure, Detail::Ended { rst: false }),
+            (S, Kind::IdleTimeoutCut, Detail::Idle { ms: 3000 }),
+        ]
+    );
+    assert_eq!(e.stats().idle_cuts[S.index()].get(&30), Some(&1));
+    assert_eq!(e.stats().endings[Ending::FinWithoutClose.index()], 1);
+    // A close handshake, then TCP: nothing to say.
+    let mut e = Engine::default();
+    let [c, s] = session(&mut e);
+    e.data(FlowId(1), C, c, &close_frame(1000, ""), s_ns);
+    e.data(FlowId(1), S, s, &Fr::new(8, 1000u16.to_be_bytes().to_vec()).enc(), s_ns);
+    e.end(FlowId(1), S, 9 * s_ns);
+    e.close(FlowId(1), Closing::Fin, 9 * s_ns);
+    assert!(e.drain_findings().next().is_none());
+    assert_eq!(e.stats().endings[Ending::CloseHandshake.index()], 1);
+    // A RST right after data: abnormal, no cut.
+    let mut e = Engine::default();
+    let [c, _] = session(&mut e);
+    e.data(FlowId(1), C, c, &Fr::new(1, "hi").masked().enc(), s_ns);
+    e.end(FlowId(1), C, s_ns + 10);
+    e.close(FlowId(1), Closing::Rst, s_ns + 10);
+    let found = kinds_and_details(&mut e);
+    assert_eq!(found.len(), 2);
+    assert!(found.iter().all(|f| f.1 == Kind::AbnormalClosure && f.2 == Detail::Ended { rst: true }));
 }
