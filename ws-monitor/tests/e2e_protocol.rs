@@ -70,8 +70,9 @@ const KINDS: [&str; 28] = [
 
 /// The report keys that live capture and replay must agree on (capture counters differ:
 /// live counts kernel packets).
-const PROTOCOL_KEYS: [&str; 8] = [
+const PROTOCOL_KEYS: [&str; 9] = [
     "connections",
+    "endings",
     "upgrades_ok",
     "frames",
     "violations",
@@ -431,7 +432,28 @@ fn event_key(e: &Value) -> (String, String, String, String, u64, String) {
 }
 
 fn protocol_view(report: &Value) -> Value {
-    Value::Object(PROTOCOL_KEYS.iter().map(|k| (k.to_string(), report[*k].clone())).collect())
+    let mut view: serde_json::Map<String, Value> = PROTOCOL_KEYS.iter().map(|k| (k.to_string(), report[*k].clone())).collect();
+    // How connections ended, by kind and side (the idle times of the patterns differ by
+    // the clocks: kernel time live, file time in replay).
+    let mut close = report["close_analysis"].clone();
+    if let Some(c) = close.as_object_mut() {
+        c.remove("idle_cut_patterns");
+    }
+    view.insert("close_analysis".into(), close);
+    Value::Object(view)
+}
+
+/// Findings counted in `report`: violations and close analysis.
+fn findings_counted(report: &Value) -> u64 {
+    let violations: u64 = report["violations"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    let close: u64 = report["close_analysis"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(Value::as_object)
+        .flat_map(|sides| sides.values().filter_map(Value::as_u64))
+        .sum();
+    violations + close
 }
 
 /// Stops tcpdump and the monitor, replays the pcap, and checks that both reports agree.
@@ -560,8 +582,7 @@ fn stop_capture(mut cap: Capture, tag: &str) -> Reports {
     c.sort();
     assert_eq!(a, b, "{tag}: live and replay findings differ");
     assert_eq!(c, b, "{tag}: live --full-payload and replay findings differ");
-    let total: u64 = live["violations"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
-    assert_eq!(live_events.len() as u64, total, "{tag}: one event line per counted finding");
+    assert_eq!(live_events.len() as u64, findings_counted(&live), "{tag}: one event line per counted finding");
     Reports { live, replay, live_events }
 }
 
@@ -714,6 +735,8 @@ enum Nginx {
     /// $http_upgrade $connection_upgrade` (empty for plain requests, so their upstream
     /// connection stays pooled) and `keepalive 4`.
     KeepalivePool,
+    /// The usual WebSocket proxy with `proxy_read_timeout 3s`: idle sessions are cut.
+    ShortReadTimeout,
 }
 
 /// Writes the nginx configuration for a proxy on SERVER_V4:FRONT_PORT in front of the
@@ -722,7 +745,7 @@ enum Nginx {
 fn nginx_config(prefix: &Path, setup: Nginx) -> PathBuf {
     let template = std::fs::read_to_string(peer("nginx.conf.template")).expect("nginx template");
     let headers = match setup {
-        Nginx::Upgrade => {
+        Nginx::Upgrade | Nginx::ShortReadTimeout => {
             "            proxy_set_header Upgrade $http_upgrade;\n            proxy_set_header Connection \"upgrade\";"
         }
         Nginx::NoUpgrade => "            # (no Upgrade / Connection headers: the broken configuration)",
@@ -741,8 +764,9 @@ fn nginx_config(prefix: &Path, setup: Nginx) -> PathBuf {
         .replace("@UPSTREAM@", &format!("{CLIENT_V4}:{UPSTREAM_PORT}"))
         .replace("@UPGRADE_HEADERS@", headers)
         .replace("@KEEPALIVE@", keepalive)
-        .replace("@MAP@", map);
-    for p in ["@PREFIX@", "@LISTEN@", "@UPSTREAM@", "@UPGRADE_HEADERS@", "@KEEPALIVE@", "@MAP@"] {
+        .replace("@MAP@", map)
+        .replace("@READ_TIMEOUT@", if setup == Nginx::ShortReadTimeout { "3s" } else { "30s" });
+    for p in ["@PREFIX@", "@LISTEN@", "@UPSTREAM@", "@UPGRADE_HEADERS@", "@KEEPALIVE@", "@MAP@", "@READ_TIMEOUT@"] {
         assert!(template.contains(p) && !conf.contains(p), "nginx template: placeholder {p}");
     }
     let path = prefix.join("nginx.conf");
@@ -1233,4 +1257,47 @@ fn browser_sized_handshake_with_a_20kb_cookie_is_analysed() {
     let reports = stop_capture(cap, tag);
     assert!(summary["cookie_bytes"].as_u64().unwrap_or(0) > 20_000, "{tag}: {summary}");
     assert_exact(tag, &reports, &Expected::sessions(&summary, 1));
+}
+
+#[test]
+fn an_nginx_read_timeout_cutting_idle_sessions_is_found_with_its_duration() {
+    let test = "an_nginx_read_timeout_cutting_idle_sessions_is_found_with_its_duration";
+    let Some(h) = hosts(test, "nit", &[Dep::NodeWs, Dep::Nginx]) else { return };
+    let mut upstream = h.client_ns.command("node");
+    upstream.arg(peer("close_peers.js")).args(["server", "--port", &UPSTREAM_PORT.to_string(), "--expect", "1"]);
+    let mut upstream = Proc::spawn(upstream, "close_peers.js server");
+    upstream.wait_line("listening", false);
+    let mut nginx = start_nginx(&h.server_ns, h.dir.path(), Nginx::ShortReadTimeout);
+    let cap = start_capture(&h.server_ns, &h.veth, &[FRONT_PORT, UPSTREAM_PORT], &[], h.dir.path());
+    // One session through nginx: a message and its echo, then nothing for 6 s.
+    let mut client = h.client_ns.command("node");
+    client.arg(peer("close_peers.js")).args(["client", "--host", SERVER_V4, "--port", &FRONT_PORT.to_string()]);
+    client.args(["--scenarios", "idle", "--idle", "6"]);
+    let out = Proc::spawn(client, "close_peers.js client via nginx").finish_ok(PEER_RUN);
+    let said = last_json(&out.stdout, "client peer");
+    assert_eq!(said["idle"]["code"], 1006, "nginx cut the session without a close frame: {said}");
+    upstream.finish_ok(STOP);
+    let reports = stop_capture(cap, "nit");
+    nginx.assert_running();
+    drop(nginx);
+    for (name, r) in [("live", &reports.live), ("replay", &reports.replay)] {
+        let ca = &r["close_analysis"];
+        let ctx = format!("{name}: {ca}");
+        // The front connection is cut by nginx as its server, the upstream one by nginx
+        // as its client; both after the 3 s of proxy_read_timeout.
+        assert_eq!(ca["idle_timeout_cut"], json!({"client": 1, "server": 1}), "{ctx}");
+        let patterns = ca["idle_cut_patterns"].as_array().expect("patterns");
+        assert_eq!(patterns.len(), 2, "{ctx}");
+        for p in patterns {
+            let idle = p["idle_s"].as_f64().expect("idle_s");
+            assert!((2.9..3.6).contains(&idle), "{ctx}: cut after {idle} s");
+            assert_eq!(p["connections"], 1, "{ctx}");
+        }
+        assert!(patterns.iter().any(|p| p["side"] == "server") && patterns.iter().any(|p| p["side"] == "client"), "{ctx}");
+        assert_eq!(r["endings"]["fin_without_close"], 2, "{name}: {}", r["endings"]);
+        assert_eq!(r["violations"].as_object().map(|v| v.values().filter_map(Value::as_u64).sum::<u64>()), Some(0), "{name}");
+    }
+    let cuts: Vec<&Value> = reports.live_events.iter().filter(|e| e["kind"] == "idle_timeout_cut").collect();
+    assert_eq!(cuts.len(), 2, "{:?}", reports.live_events);
+    assert!(cuts.iter().all(|e| e["detail"].as_str().is_some_and(|d| d.contains("s idle, without a close handshake"))));
 }

@@ -14,15 +14,21 @@
 //   big:     /limit, a binary message of --big bytes: the server closes 1009.
 //   binary:  /text, a binary message of 10 bytes: the server closes 1003.
 //   abrupt:  /echo, "hello" and its echo, then the socket is ended without a close frame.
+//   idle:    /echo, "hello" and its echo, then nothing: waits up to --idle seconds for the
+//            connection to be closed by someone else (a proxy's idle timeout).
+// --scenarios picks and orders them (default: normal,big,binary,abrupt).
 'use strict';
 
 const { WebSocket, WebSocketServer } = require('ws');
 
 function parseArgs(argv) {
-  const a = { role: argv[0], port: 8001, host: '127.0.0.1', limit: 1000, big: 5000, expect: 4 };
+  const a = {
+    role: argv[0], port: 8001, host: '127.0.0.1', limit: 1000, big: 5000, expect: 4, idle: 10,
+    scenarios: 'normal,big,binary,abrupt',
+  };
   for (let i = 1; i < argv.length; i += 2) {
     const [k, v] = [argv[i].replace(/^--/, ''), argv[i + 1]];
-    a[k] = ['port', 'limit', 'big', 'expect'].includes(k) ? Number(v) : v;
+    a[k] = ['port', 'limit', 'big', 'expect', 'idle'].includes(k) ? Number(v) : v;
   }
   return a;
 }
@@ -70,11 +76,19 @@ function open(a, path) {
 const once = (ws, ev) => new Promise((resolve) => ws.once(ev, (...args) => resolve(args)));
 
 async function scenario(a, name) {
-  const path = { normal: '/echo', big: '/limit', binary: '/text', abrupt: '/echo' }[name];
+  const path = { normal: '/echo', big: '/limit', binary: '/text', abrupt: '/echo', idle: '/echo' }[name];
   const ws = await open(a, path);
   const port = ws._socket.localPort;
   const closed = once(ws, 'close');
   const out = { port };
+  if (name === 'idle') {
+    ws.send('hello');
+    await once(ws, 'message');
+    const timer = setTimeout(() => ws.terminate(), a.idle * 1000);
+    const [code, reason] = await closed;
+    clearTimeout(timer);
+    return { port, code, reason: reason.toString() };
+  }
   if (name === 'normal' || name === 'abrupt') {
     ws.send('hello');
     await once(ws, 'message');
@@ -101,7 +115,7 @@ async function scenario(a, name) {
 
 async function client(a) {
   const result = {};
-  for (const name of ['normal', 'big', 'binary', 'abrupt']) {
+  for (const name of a.scenarios.split(',')) {
     result[name] = await scenario(a, name);
   }
   console.log(JSON.stringify(result));
