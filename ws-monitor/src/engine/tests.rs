@@ -1405,6 +1405,43 @@ fn feed_cut(e: &mut Engine, id: FlowId, dir: Direction, start: u64, bytes: &[u8]
     off
 }
 
+/// Feeds `bytes[from..hi]` in direction `d`, cut by `cuts`, with the gaps of that side
+/// (`gaps`: `(server side?, at, len)`, `at` taken modulo the stream's length) reported as
+/// gaps instead of bytes; returns the offset reached.
+#[allow(clippy::too_many_arguments)]
+fn feed_with_gaps(
+    e: &mut Engine,
+    id: FlowId,
+    d: Direction,
+    bytes: &[u8],
+    from: u64,
+    hi: u64,
+    gaps: &[(bool, u32, u64)],
+    cuts: &[usize],
+) -> u64 {
+    let mut holes: Vec<(u64, u64)> = gaps
+        .iter()
+        .filter(|g| g.0 == (d == S))
+        .map(|g| (u64::from(g.1) % bytes.len() as u64, g.2))
+        .filter(|&(at, _)| at < hi)
+        .collect();
+    holes.sort();
+    let mut off = from;
+    for (at, len) in holes {
+        if at < off {
+            continue;
+        }
+        off = feed_cut(e, id, d, off, &bytes[off as usize..at as usize], cuts);
+        let len = len.min(bytes.len() as u64 - off);
+        e.gap(id, d, off, len, Loss::Capture, 0);
+        off += len;
+    }
+    if off < hi {
+        off = feed_cut(e, id, d, off, &bytes[off as usize..hi as usize], cuts);
+    }
+    off
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(96),
@@ -1498,21 +1535,7 @@ proptest! {
         offs[1] = feed_cut(&mut e, id, S, 0, &sb[..sstart + 8], &cuts);
         offs[0] = feed_cut(&mut e, id, C, offs[0], &cb[cstart..cstart + 3], &cuts);
         for (d, bytes) in [(C, &cb), (S, &sb)] {
-            let mut holes: Vec<(u64, u64)> = gaps
-                .iter()
-                .filter(|g| g.0 == (d == S))
-                .map(|g| (u64::from(g.1) % bytes.len() as u64, g.2))
-                .collect();
-            holes.sort();
-            let mut off = offs[d.index()];
-            for (at, len) in holes {
-                if at < off { continue; }
-                off = feed_cut(&mut e, id, d, off, &bytes[off as usize..at as usize], &cuts);
-                let len = len.min(bytes.len() as u64 - off);
-                e.gap(id, d, off, len, Loss::Capture, 0);
-                off += len;
-            }
-            feed_cut(&mut e, id, d, off, &bytes[off as usize..], &cuts);
+            feed_with_gaps(&mut e, id, d, bytes, offs[d.index()], bytes.len() as u64, &gaps, &cuts);
         }
         e.close(id, Closing::Fin, 1);
         let found: Vec<(Direction, Kind, u64)> = e.drain_findings().filter(|f| f.kind.is_violation()).map(|f| (f.dir, f.kind, f.offset)).collect();
@@ -1564,25 +1587,7 @@ proptest! {
         let rl = request(ext).len() as u64;
         let mut offs = [0u64; 2];
         for (d, bytes, hi) in [(C, &cb, rl), (S, &sb, sb.len() as u64), (C, &cb, cb.len() as u64)] {
-            let mut holes: Vec<(u64, u64)> = gaps
-                .iter()
-                .filter(|g| g.0 == (d == S))
-                .map(|g| (u64::from(g.1) % bytes.len() as u64, g.2))
-                .filter(|&(at, _)| at < hi)
-                .collect();
-            holes.sort();
-            let mut off = offs[d.index()];
-            for (at, len) in holes {
-                if at < off { continue; }
-                off = feed_cut(&mut e, id, d, off, &bytes[off as usize..at as usize], &cuts);
-                let len = len.min(bytes.len() as u64 - off);
-                e.gap(id, d, off, len, Loss::Capture, 0);
-                off += len;
-            }
-            if off < hi {
-                off = feed_cut(&mut e, id, d, off, &bytes[off as usize..hi as usize], &cuts);
-            }
-            offs[d.index()] = off;
+            offs[d.index()] = feed_with_gaps(&mut e, id, d, bytes, offs[d.index()], hi, &gaps, &cuts);
         }
         e.close(id, Closing::Fin, 1);
         let found: Vec<Finding> = e.drain_findings().filter(|f| f.kind.is_violation()).collect();
