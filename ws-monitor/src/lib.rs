@@ -13,6 +13,7 @@ pub mod connections;
 pub mod cli;
 pub mod dashboard;
 pub mod demo;
+pub mod diagnosis;
 pub mod engine;
 pub mod events;
 pub mod flow;

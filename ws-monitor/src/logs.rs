@@ -183,7 +183,7 @@ impl HeadlessLog {
     }
 
     /// At exit: the totals, and one line per kind seen.
-    pub fn summary(&mut self, capture: &CaptureReport, engine: &EngineStats) {
+    pub fn summary(&mut self, capture: &CaptureReport, engine: &EngineStats, reassembly: &crate::reassembly::ReassemblyStats) {
         for kind in Kind::ALL {
             let n = std::mem::take(&mut self.suppressed[kind.index()]);
             if n > 0 {
@@ -202,6 +202,9 @@ impl HeadlessLog {
         );
         for line in crate::report::violation_lines(engine) {
             warn!("summary: {line}");
+        }
+        for (i, c) in crate::diagnosis::diagnose(engine, reassembly, capture.ring_drops).iter().enumerate() {
+            warn!(rank = i + 1, evidence = c.evidence, "diagnosis {}: {} ({} {}); check: {}", i + 1, c.cause, c.evidence, c.unit, c.check);
         }
     }
 }

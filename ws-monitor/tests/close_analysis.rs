@@ -176,6 +176,10 @@ fn the_connection_log_says_how_each_connection_went_and_ended() {
         assert!(details.iter().any(|d| d == want), "no event {want:?} in {details:#?}");
     }
     assert_eq!(details.len(), 4, "{details:#?}");
+    // The diagnosis puts the server's refusals first.
+    let first = &r.report["diagnosis"][0];
+    assert!(first["cause"].as_str().is_some_and(|c| c.starts_with("the server closes connections with a protocol-error code")), "{}", r.report["diagnosis"]);
+    assert_eq!(first["evidence"], 2);
 }
 
 #[test]

@@ -1295,6 +1295,8 @@ fn an_nginx_read_timeout_cutting_idle_sessions_is_found_with_its_duration() {
         }
         assert!(patterns.iter().any(|p| p["side"] == "server") && patterns.iter().any(|p| p["side"] == "client"), "{ctx}");
         assert_eq!(r["endings"]["fin_without_close"], 2, "{name}: {}", r["endings"]);
+        let top = r["diagnosis"][0]["cause"].as_str().unwrap_or_default();
+        assert!(top.starts_with("1 connection cut after ") && top.contains(" s idle by the "), "{name}: the diagnosis starts with the cut: {}", r["diagnosis"]);
         assert_eq!(r["violations"].as_object().map(|v| v.values().filter_map(Value::as_u64).sum::<u64>()), Some(0), "{name}");
     }
     let cuts: Vec<&Value> = reports.live_events.iter().filter(|e| e["kind"] == "idle_timeout_cut").collect();

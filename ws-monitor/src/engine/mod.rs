@@ -1213,7 +1213,7 @@ fn close_analysis(dirs: &[DirState; 2], cx: &mut Cx<'_>, closing: Closing) {
         let offset = dirs.get(side.index()).map_or(0, |d| d.end);
         cx.emit_detail(side, Kind::IdleTimeoutCut, offset, FrameHeaderBytes::EMPTY, &[], Detail::Idle { ms });
         if let Some(cuts) = cx.stats.idle_cuts.get_mut(side.index()) {
-            *cuts.entry(ms / 100).or_insert(0) += 1;
+            *cuts.entry((ms + 50) / 100).or_insert(0) += 1;
         }
     }
 }
