@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::engine::{EngineStats, Kind};
 use crate::flow::{Direction, Loss};
+use crate::proxy::ProxyStats;
 use crate::reassembly::ReassemblyStats;
 use crate::report::idle_cut_patterns;
 
@@ -38,14 +39,28 @@ pub const MOST: usize = 5;
 /// How telling each sign is: a wrong handshake breaks every connection it touches; a
 /// frame violation breaks one connection; how connections end, and what the monitor
 /// could not see, explain less on their own.
+const PROXY: u64 = 200;
 const HANDSHAKE: u64 = 100;
 const FRAME: u64 = 20;
 const CLOSE: u64 = 5;
 const CAPTURE: u64 = 1;
 
 /// The causes that `engine` and `reassembly` show, most telling first, [`MOST`] at most.
-pub fn diagnose(engine: &EngineStats, reassembly: &ReassemblyStats, ring_drops: u64) -> Vec<Cause> {
+pub fn diagnose(engine: &EngineStats, reassembly: &ReassemblyStats, proxy: &ProxyStats, ring_drops: u64) -> Vec<Cause> {
     let mut out = Vec::new();
+    // What a proxy changed between the two hops of a session: the most telling of all,
+    // since it names the hop.
+    for (&name, &n) in &proxy.alterations {
+        let example = proxy.seen.iter().find(|p| p.altered.contains(&name));
+        let hop = example.map_or_else(String::new, |p| format!(" (client side {}, backend side {})", p.front, p.back));
+        out.push(Cause {
+            cause: format!("a proxy alters WebSocket sessions: {}{hop}", alteration_sentence(name)),
+            evidence: n,
+            unit: "sessions",
+            check: Kind::ProxyAltered.likely_cause().to_string(),
+            weight: weight(PROXY, n),
+        });
+    }
     // Violations, by kind and by the side whose bytes are at fault.
     for kind in Kind::violations() {
         for dir in Direction::BOTH {
@@ -105,6 +120,29 @@ pub fn diagnose(engine: &EngineStats, reassembly: &ReassemblyStats, ring_drops: 
     out
 }
 
+/// The sentence of the alteration named `name` ([`crate::engine::Alteration::name`]).
+fn alteration_sentence(name: &str) -> String {
+    use crate::engine::Alteration as A;
+    let all = [
+        A::UpgradeRemoved,
+        A::OfferChanged,
+        A::ExtensionsDropped,
+        A::ExtensionsAdded,
+        A::SubprotocolChanged,
+        A::ResponseUpgradeRemoved,
+        A::Rsv1Differs { front: 0, back: 0 },
+        A::FramesDiffer { front: 0, back: 0 },
+        A::PayloadDiffers { front: 0, back: 0 },
+    ];
+    match all.into_iter().find(|a| a.name() == name) {
+        Some(A::Rsv1Differs { .. }) => "it changes RSV1 bits between the hops".into(),
+        Some(A::FramesDiffer { .. }) => "it drops or injects frames".into(),
+        Some(A::PayloadDiffers { .. }) => "it changes frame payloads".into(),
+        Some(a) => format!("it {}", a.sentence()),
+        None => name.to_string(),
+    }
+}
+
 /// What the monitor itself could not see or keep.
 fn capture_causes(engine: &EngineStats, r: &ReassemblyStats, ring_drops: u64, out: &mut Vec<Cause>) {
     let lost = engine.unanalysed.get(Loss::Capture);
@@ -148,7 +186,7 @@ mod tests {
         e.violations[Direction::ToServer.index()][Kind::UpgradeMissing.index()] = 3;
         e.violations[Direction::ToServer.index()][Kind::AbnormalClosure.index()] = 40;
         e.violations[Direction::ToClient.index()][Kind::AbnormalClosure.index()] = 40;
-        let d = diagnose(&e, &ReassemblyStats::default(), 0);
+        let d = diagnose(&e, &ReassemblyStats::default(), &ProxyStats::default(), 0);
         assert_eq!(d.len(), 2);
         assert!(d[0].cause.starts_with("the client sends upgrade_missing"), "{d:?}");
         assert_eq!((d[0].evidence, d[0].unit), (3, "findings"));
@@ -160,11 +198,11 @@ mod tests {
         let mut e = EngineStats::default();
         e.idle_cuts[Direction::ToClient.index()].insert(600, 12);
         e.unanalysed.add(Loss::Capture, 1 << 20);
-        let d = diagnose(&e, &ReassemblyStats::default(), 7);
+        let d = diagnose(&e, &ReassemblyStats::default(), &ProxyStats::default(), 7);
         assert_eq!(d.len(), 2, "{d:?}");
         assert!(d[0].cause.starts_with("12 connections cut after 60.0 s idle by the server side"), "{d:?}");
         assert!(d[0].check.contains("proxy_read_timeout"));
         assert!(d[1].check.contains("--ring-size"));
-        assert!(diagnose(&EngineStats::default(), &ReassemblyStats::default(), 0).is_empty());
+        assert!(diagnose(&EngineStats::default(), &ReassemblyStats::default(), &ProxyStats::default(), 0).is_empty());
     }
 }

@@ -24,6 +24,7 @@ pub mod monitor;
 pub mod pipeline;
 pub mod privileges;
 pub mod prometheus;
+pub mod proxy;
 pub mod reassembly;
 pub mod replay;
 pub mod report;

@@ -183,7 +183,13 @@ impl HeadlessLog {
     }
 
     /// At exit: the totals, and one line per kind seen.
-    pub fn summary(&mut self, capture: &CaptureReport, engine: &EngineStats, reassembly: &crate::reassembly::ReassemblyStats) {
+    pub fn summary(
+        &mut self,
+        capture: &CaptureReport,
+        engine: &EngineStats,
+        reassembly: &crate::reassembly::ReassemblyStats,
+        proxy: &crate::proxy::ProxyStats,
+    ) {
         for kind in Kind::ALL {
             let n = std::mem::take(&mut self.suppressed[kind.index()]);
             if n > 0 {
@@ -203,7 +209,7 @@ impl HeadlessLog {
         for line in crate::report::violation_lines(engine) {
             warn!("summary: {line}");
         }
-        for (i, c) in crate::diagnosis::diagnose(engine, reassembly, capture.ring_drops).iter().enumerate() {
+        for (i, c) in crate::diagnosis::diagnose(engine, reassembly, proxy, capture.ring_drops).iter().enumerate() {
             warn!(rank = i + 1, evidence = c.evidence, "diagnosis {}: {} ({} {}); check: {}", i + 1, c.cause, c.evidence, c.unit, c.check);
         }
     }

@@ -129,7 +129,8 @@ impl PipelineSetup {
                 max_inflate_rate: args.max_inflate_rate,
                 steer,
                 max_findings_per_second: args.max_findings_per_second,
-                connection_log: args.connections.is_some(),
+                // Records pair the two hops of a session through a proxy, log or not.
+                connection_log: true,
             },
             streams_dir: args.streams_dir.clone(),
             lossless,
@@ -437,7 +438,7 @@ async fn live(config: &CaptureConfig, args: &RunArgs, privileges: &PrivilegeArgs
     let capture_report = live_report(&counters, totals);
     outputs.tick(monotonic_ns(), totals, &capture_report);
     if let Some(log) = outputs.log.as_mut() {
-        log.summary(&capture_report, &totals.engine, &totals.reassembly);
+        log.summary(&capture_report, &totals.engine, &totals.reassembly, &totals.proxy);
     } else {
         // After the dashboard: a plain summary on stderr.
         eprintln!("ws-monitor: {}", report::stats_line(totals, capture_report.packets, capture_report.ring_drops));
@@ -571,7 +572,7 @@ fn replay_file(args: &ReplayArgs) -> anyhow::Result<()> {
     let totals = pipeline.totals();
     let capture_report = CaptureReport::new(stats.matched, 0, &totals.reassembly);
     if let Some(log) = outputs.log.as_mut() {
-        log.summary(&capture_report, &totals.engine, &totals.reassembly);
+        log.summary(&capture_report, &totals.engine, &totals.reassembly, &totals.proxy);
     }
     finish_report(totals, run, &ports, &capture_report, |out| {
         out.insert("replay".into(), serde_json::to_value(&stats).unwrap_or_default());
@@ -593,7 +594,8 @@ fn finish_report(
             extra(map);
             map.insert("reassembly".into(), serde_json::to_value(totals.reassembly)?);
             map.insert("budgets".into(), report::budgets_json(&totals.limits, &totals.reassembly, &totals.engine));
-            let diagnosis = ws_monitor::diagnosis::diagnose(&totals.engine, &totals.reassembly, capture.ring_drops);
+            map.insert("proxy".into(), serde_json::to_value(&totals.proxy)?);
+            let diagnosis = ws_monitor::diagnosis::diagnose(&totals.engine, &totals.reassembly, &totals.proxy, capture.ring_drops);
             map.insert("diagnosis".into(), serde_json::to_value(diagnosis)?);
             map.insert(
                 "blind_spots".into(),

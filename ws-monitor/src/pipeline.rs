@@ -27,6 +27,7 @@ use crate::capture::Capture;
 use crate::engine::{BlindSpots, ConnectionRecord, ConnectionView, EngineConfig, EngineStats, Finding, Hint};
 use crate::flow::{Direction, FlowId, FlowKey, Segment, TcpFlags};
 use crate::monitor::Monitor;
+use crate::proxy::{Hops, ProxyStats};
 use crate::reassembly::{ReassemblyConfig, ReassemblyStats};
 use crate::streams::StreamDump;
 
@@ -118,6 +119,8 @@ pub struct Totals {
     pub blind_spots: BlindSpots,
     /// The limits the pipeline runs with (over all workers).
     pub limits: Limits,
+    /// Sessions seen through a proxy, and what the proxy changed.
+    pub proxy: ProxyStats,
 }
 
 /// The limits of a pipeline over all its workers, for the report.
@@ -135,6 +138,10 @@ pub struct Pipeline {
     hasher: std::collections::hash_map::RandomState,
     findings: Receiver<Vec<Finding>>,
     records: Receiver<Vec<ConnectionRecord>>,
+    /// Pairs the two connections of a session through a proxy, from the records.
+    hops: Hops,
+    /// What the proxies changed, found while pairing, not yet drained.
+    proxy_findings: Vec<Finding>,
     records_dropped: Arc<AtomicU64>,
     hints: Receiver<(Hint, Option<u32>)>,
     findings_dropped: Arc<AtomicU64>,
@@ -222,6 +229,8 @@ impl Pipeline {
             hasher: Default::default(),
             findings,
             records,
+            hops: Hops::default(),
+            proxy_findings: Vec::new(),
             records_dropped,
             hints,
             findings_dropped,
@@ -333,7 +342,7 @@ impl Pipeline {
     }
 
     fn merge(&mut self) {
-        let mut totals = Totals { limits: self.limits, ..Totals::default() };
+        let mut totals = Totals { limits: self.limits, proxy: self.hops.stats.clone(), ..Totals::default() };
         for w in &self.workers {
             totals.blind_spots.merge(&w.last.blind_spots);
             totals.engine.add(&w.last.engine);
@@ -376,13 +385,22 @@ impl Pipeline {
 
     /// Findings since the last call, as the workers sent them.
     pub fn drain_findings(&mut self) -> impl Iterator<Item = Finding> + '_ {
-        self.findings.try_iter().flatten()
+        self.proxy_findings.drain(..).chain(self.findings.try_iter().flatten())
     }
 
     /// Records of connections that ended (with `EngineConfig::connection_log`) that the
-    /// workers have sent so far.
-    pub fn drain_records(&mut self) -> impl Iterator<Item = ConnectionRecord> + '_ {
-        self.records.try_iter().flatten()
+    /// workers have sent so far; each is also paired with its other hop through a proxy
+    /// (what the proxy changed comes with the next findings).
+    pub fn drain_records(&mut self) -> Vec<ConnectionRecord> {
+        let records: Vec<ConnectionRecord> = self.records.try_iter().flatten().collect();
+        for r in &records {
+            let found = self.hops.record(r);
+            self.proxy_findings.extend(found);
+        }
+        if !records.is_empty() {
+            self.totals.proxy = self.hops.stats.clone();
+        }
+        records
     }
 
     /// Connection records the driver did not take in time (live only).

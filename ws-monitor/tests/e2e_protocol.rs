@@ -443,7 +443,7 @@ fn protocol_view(report: &Value) -> Value {
     Value::Object(view)
 }
 
-/// Findings counted in `report`: violations and close analysis.
+/// Findings counted in `report`: violations, close analysis, and what proxies changed.
 fn findings_counted(report: &Value) -> u64 {
     let violations: u64 = report["violations"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
     let close: u64 = report["close_analysis"]
@@ -453,7 +453,8 @@ fn findings_counted(report: &Value) -> u64 {
         .filter_map(Value::as_object)
         .flat_map(|sides| sides.values().filter_map(Value::as_u64))
         .sum();
-    violations + close
+    let proxy: u64 = report["proxy"]["alterations"].as_object().map_or(0, |a| a.values().filter_map(Value::as_u64).sum());
+    violations + close + proxy
 }
 
 /// Stops tcpdump and the monitor, replays the pcap, and checks that both reports agree.
@@ -737,6 +738,9 @@ enum Nginx {
     KeepalivePool,
     /// The usual WebSocket proxy with `proxy_read_timeout 3s`: idle sessions are cut.
     ShortReadTimeout,
+    /// The usual WebSocket proxy with `proxy_hide_header Sec-WebSocket-Extensions`: the
+    /// client is not told what the backend negotiated.
+    HideExtensions,
 }
 
 /// Writes the nginx configuration for a proxy on SERVER_V4:FRONT_PORT in front of the
@@ -745,7 +749,7 @@ enum Nginx {
 fn nginx_config(prefix: &Path, setup: Nginx) -> PathBuf {
     let template = std::fs::read_to_string(peer("nginx.conf.template")).expect("nginx template");
     let headers = match setup {
-        Nginx::Upgrade | Nginx::ShortReadTimeout => {
+        Nginx::Upgrade | Nginx::ShortReadTimeout | Nginx::HideExtensions => {
             "            proxy_set_header Upgrade $http_upgrade;\n            proxy_set_header Connection \"upgrade\";"
         }
         Nginx::NoUpgrade => "            # (no Upgrade / Connection headers: the broken configuration)",
@@ -765,8 +769,12 @@ fn nginx_config(prefix: &Path, setup: Nginx) -> PathBuf {
         .replace("@UPGRADE_HEADERS@", headers)
         .replace("@KEEPALIVE@", keepalive)
         .replace("@MAP@", map)
-        .replace("@READ_TIMEOUT@", if setup == Nginx::ShortReadTimeout { "3s" } else { "30s" });
-    for p in ["@PREFIX@", "@LISTEN@", "@UPSTREAM@", "@UPGRADE_HEADERS@", "@KEEPALIVE@", "@MAP@", "@READ_TIMEOUT@"] {
+        .replace("@READ_TIMEOUT@", if setup == Nginx::ShortReadTimeout { "3s" } else { "30s" })
+        .replace(
+            "@EXTRA@",
+            if setup == Nginx::HideExtensions { "            proxy_hide_header Sec-WebSocket-Extensions;" } else { "" },
+        );
+    for p in ["@PREFIX@", "@LISTEN@", "@UPSTREAM@", "@UPGRADE_HEADERS@", "@KEEPALIVE@", "@MAP@", "@READ_TIMEOUT@", "@EXTRA@"] {
         assert!(template.contains(p) && !conf.contains(p), "nginx template: placeholder {p}");
     }
     let path = prefix.join("nginx.conf");
@@ -1302,4 +1310,61 @@ fn an_nginx_read_timeout_cutting_idle_sessions_is_found_with_its_duration() {
     let cuts: Vec<&Value> = reports.live_events.iter().filter(|e| e["kind"] == "idle_timeout_cut").collect();
     assert_eq!(cuts.len(), 2, "{:?}", reports.live_events);
     assert!(cuts.iter().all(|e| e["detail"].as_str().is_some_and(|d| d.contains("s idle, without a close handshake"))));
+}
+
+/// One session of close_peers.js's `echo` scenario through nginx set up as `setup`, to a
+/// close_peers.js backend started with `backend_args`: what the client saw, and the reports.
+fn echo_through_nginx(h: &Hosts, tag: &str, setup: Nginx, backend_args: &[&str]) -> (Value, Reports) {
+    let mut upstream = h.client_ns.command("node");
+    upstream.arg(peer("close_peers.js")).args(["server", "--port", &UPSTREAM_PORT.to_string(), "--expect", "1"]);
+    upstream.args(backend_args);
+    let mut upstream = Proc::spawn(upstream, "close_peers.js server");
+    upstream.wait_line("listening", false);
+    let mut nginx = start_nginx(&h.server_ns, h.dir.path(), setup);
+    let cap = start_capture(&h.server_ns, &h.veth, &[FRONT_PORT, UPSTREAM_PORT], &[], h.dir.path());
+    let mut client = h.client_ns.command("node");
+    client.arg(peer("close_peers.js")).args(["client", "--host", SERVER_V4, "--port", &FRONT_PORT.to_string()]);
+    client.args(["--scenarios", "echo"]);
+    let out = Proc::spawn(client, "close_peers.js client via nginx").finish_ok(PEER_RUN);
+    let said = last_json(&out.stdout, "client peer");
+    upstream.finish_ok(STOP);
+    let reports = stop_capture(cap, tag);
+    nginx.assert_running();
+    (said, reports)
+}
+
+#[test]
+fn a_proxy_hiding_the_extensions_header_is_named_as_the_hop_that_broke_it() {
+    let test = "a_proxy_hiding_the_extensions_header_is_named_as_the_hop_that_broke_it";
+    let Some(h) = hosts(test, "phx", &[Dep::NodeWs, Dep::Nginx]) else { return };
+    // The backend compresses even "hello"; nginx hides its Sec-WebSocket-Extensions.
+    let (said, reports) = echo_through_nginx(&h, "phx", Nginx::HideExtensions, &["--deflate", "yes"]);
+    assert_eq!(said["echo"]["first"], "close", "the client refuses RSV1 and ends the session before any echo: {said}");
+    for (name, r) in [("live", &reports.live), ("replay", &reports.replay)] {
+        let ctx = format!("{name}: proxy {} diagnosis {}", r["proxy"], r["diagnosis"]);
+        assert_eq!(r["proxy"]["pairs"], 1, "{ctx}");
+        assert_eq!(r["proxy"]["alterations"], json!({"extensions_dropped": 1}), "{ctx}");
+        assert_eq!(r["violations_by_direction"]["server"]["rsv_without_extension"], 1, "{ctx}: on the front connection only");
+        let top = r["diagnosis"][0]["cause"].as_str().unwrap_or_default();
+        assert!(top.starts_with("a proxy alters WebSocket sessions: it dropped Sec-WebSocket-Extensions from the 101"), "{ctx}");
+        assert!(top.contains(&format!("{SERVER_V4}:{FRONT_PORT}")), "{ctx}: names the hop");
+    }
+    let altered: Vec<&Value> = reports.live_events.iter().filter(|e| e["kind"] == "proxy_altered").collect();
+    assert_eq!(altered.len(), 1, "{:?}", reports.live_events);
+    assert_eq!(altered[0]["connection"]["server"], format!("{SERVER_V4}:{FRONT_PORT}"), "on the front connection");
+}
+
+#[test]
+fn a_proxy_stripping_upgrade_is_named_as_the_hop_that_broke_it() {
+    let test = "a_proxy_stripping_upgrade_is_named_as_the_hop_that_broke_it";
+    let Some(h) = hosts(test, "pup", &[Dep::NodeWs, Dep::Nginx]) else { return };
+    let (said, reports) = echo_through_nginx(&h, "pup", Nginx::NoUpgrade, &[]);
+    assert_eq!(said["echo"]["refused"], "status 426", "{said}");
+    for (name, r) in [("live", &reports.live), ("replay", &reports.replay)] {
+        let ctx = format!("{name}: proxy {} diagnosis {}", r["proxy"], r["diagnosis"]);
+        assert_eq!(r["proxy"]["pairs"], 1, "{ctx}");
+        assert_eq!(r["proxy"]["alterations"], json!({"upgrade_removed": 1}), "{ctx}");
+        let top = r["diagnosis"][0]["cause"].as_str().unwrap_or_default();
+        assert!(top.starts_with("a proxy alters WebSocket sessions: it removed Upgrade/Connection"), "{ctx}");
+    }
 }

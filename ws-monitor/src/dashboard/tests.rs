@@ -45,6 +45,7 @@ fn view(n: u16, state: ConnState, frames: [u64; 2], violations: u64, last_ns: u6
         last_ns,
         unanalysed: Default::default(),
         messages: [0; 2],
+        tally: Default::default(),
         closes: [None, None],
         first_close: None,
         last_data_ns: last_ns,

@@ -1038,6 +1038,7 @@ fn category_name(k: Kind) -> &'static str {
         crate::engine::Category::Payload => "payload",
         crate::engine::Category::Stream => "stream",
         crate::engine::Category::Close => "close analysis",
+        crate::engine::Category::Proxy => "proxy",
     }
 }
 

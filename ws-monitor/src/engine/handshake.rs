@@ -128,6 +128,10 @@ pub struct RequestSeen {
     /// `Sec-WebSocket-Protocol` and `Sec-WebSocket-Extensions` as offered.
     pub protocols: Option<String>,
     pub extensions: Option<String>,
+    /// `Sec-WebSocket-Key`: the same on both sides of a proxy, which forwards it.
+    pub key: Option<String>,
+    /// Both `Upgrade: websocket` and `Connection: Upgrade` were sent.
+    pub upgrade: bool,
 }
 
 /// Longest header value the connection log keeps.
@@ -310,6 +314,8 @@ pub fn parse_request(buf: &[u8]) -> Head<Request> {
                 forwarded: logged(h, "x-forwarded-for").or_else(|| logged(h, "forwarded")),
                 protocols: logged(h, "sec-websocket-protocol"),
                 extensions: logged(h, "sec-websocket-extensions"),
+                key: logged(h, "sec-websocket-key"),
+                upgrade,
             },
         },
     )

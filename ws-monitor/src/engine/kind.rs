@@ -77,6 +77,10 @@ pub enum Kind {
     AbnormalClosure,
     /// A connection ended without a close handshake after being idle: cut by a timeout.
     IdleTimeoutCut,
+    // --- proxy hops ---
+    /// A proxy changed the handshake or the frames between the two connections of one
+    /// session (paired by `Sec-WebSocket-Key`).
+    ProxyAltered,
 }
 
 /// Broad family of a [`Kind`].
@@ -89,11 +93,13 @@ pub enum Category {
     Stream,
     /// How connections end: not violations of the wire rules, findings about the peers.
     Close,
+    /// What a proxy changed between the two connections of one session.
+    Proxy,
 }
 
 impl Kind {
     /// Number of kinds.
-    pub const COUNT: usize = 31;
+    pub const COUNT: usize = 32;
 
     /// Every kind, in index order.
     pub const ALL: [Kind; Kind::COUNT] = [
@@ -128,6 +134,7 @@ impl Kind {
         Kind::PeerProtocolError,
         Kind::AbnormalClosure,
         Kind::IdleTimeoutCut,
+        Kind::ProxyAltered,
     ];
 
     /// The protocol violations: every kind but close analysis ([`Category::Close`]).
@@ -137,12 +144,12 @@ impl Kind {
 
     /// The close-analysis kinds.
     pub fn close_analysis() -> impl Iterator<Item = Kind> {
-        Kind::ALL.into_iter().filter(|k| !k.is_violation())
+        Kind::ALL.into_iter().filter(|k| k.category() == Category::Close)
     }
 
-    /// A violation of the wire rules (not a close-analysis finding).
+    /// A violation of the wire rules (not close analysis, not a proxy's alteration).
     pub fn is_violation(self) -> bool {
-        self.category() != Category::Close
+        !matches!(self.category(), Category::Close | Category::Proxy)
     }
 
     /// Index into per-kind arrays (`Kind::ALL[k.index()] == k`).
@@ -184,6 +191,7 @@ impl Kind {
             Kind::PeerProtocolError => "peer_protocol_error",
             Kind::AbnormalClosure => "abnormal_closure",
             Kind::IdleTimeoutCut => "idle_timeout_cut",
+            Kind::ProxyAltered => "proxy_altered",
         }
     }
 
@@ -269,6 +277,9 @@ impl Kind {
             }
             Kind::IdleTimeoutCut => {
                 "the connection was cut without a close handshake after being idle: a timeout somewhere on the path"
+            }
+            Kind::ProxyAltered => {
+                "a proxy changed the session between its two connections (client to proxy, proxy to backend): headers of the handshake, or frames"
             }
         }
     }
@@ -365,6 +376,9 @@ impl Kind {
             Kind::IdleTimeoutCut => {
                 "a proxy or load balancer idle timeout (nginx proxy_read_timeout defaults to 60 s, AWS ALB 60 s, HAProxy timeout tunnel): send pings more often than it, or raise it"
             }
+            Kind::ProxyAltered => {
+                "the proxy's configuration: nginx needs proxy_set_header Upgrade $http_upgrade and Connection \"upgrade\", and must not hide Sec-WebSocket-Extensions (proxy_hide_header) when the backend negotiates compression"
+            }
         }
     }
 
@@ -386,6 +400,7 @@ impl Kind {
             | Kind::DataAfterClose => Category::Payload,
             Kind::HttpInStream | Kind::TlsOnPlainPort => Category::Stream,
             Kind::PeerProtocolError | Kind::AbnormalClosure | Kind::IdleTimeoutCut => Category::Close,
+            Kind::ProxyAltered => Category::Proxy,
             _ => Category::Frame,
         }
     }

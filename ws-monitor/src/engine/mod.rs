@@ -85,7 +85,7 @@ use crate::flow::{Closing, Direction, FlowId, FlowKey, Loss, Opening, StreamSink
 
 pub use frame::FrameHeaderBytes;
 pub use kind::{Category, Kind, KindSet};
-pub use record::{CloseSeen, ConnectionRecord, Ending, HandshakeSeen, Sides};
+pub use record::{CloseSeen, ConnectionRecord, Ending, FrameTally, HandshakeSeen, Sides};
 
 use frame::{OpClass, Rules, RsvPolicy};
 use handshake::{head_end, judge_101, parse_request, parse_response, Head, Request, Response, HEAD_CAP};
@@ -366,6 +366,72 @@ pub enum Detail {
     Ended { rst: bool },
     /// [`Kind::IdleTimeoutCut`]: idle this long (milliseconds) before the cut.
     Idle { ms: u64 },
+    /// [`Kind::ProxyAltered`]: what the proxy changed (on the front connection's key).
+    Proxy(Alteration),
+}
+
+/// What a proxy changed between the front connection (client to proxy) and the back
+/// one (proxy to backend) of one session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Alteration {
+    /// The request reached the backend without `Upgrade: websocket` / `Connection: Upgrade`.
+    UpgradeRemoved,
+    /// The client's `Sec-WebSocket-Extensions` offer reached the backend changed.
+    OfferChanged,
+    /// The backend's 101 accepted extensions that the client's 101 does not show.
+    ExtensionsDropped,
+    /// The client's 101 shows extensions the backend did not accept.
+    ExtensionsAdded,
+    /// The subprotocol accepted differs.
+    SubprotocolChanged,
+    /// The 101 reached the client without `Upgrade` / `Connection: Upgrade`.
+    ResponseUpgradeRemoved,
+    /// Frames with RSV1 differ in number between the hops (front, back).
+    Rsv1Differs { front: u64, back: u64 },
+    /// Frames differ in number (dropped or injected).
+    FramesDiffer { front: u64, back: u64 },
+    /// Payload bytes differ.
+    PayloadDiffers { front: u64, back: u64 },
+}
+
+impl Alteration {
+    /// Stable name used in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Alteration::UpgradeRemoved => "upgrade_removed",
+            Alteration::OfferChanged => "offer_changed",
+            Alteration::ExtensionsDropped => "extensions_dropped",
+            Alteration::ExtensionsAdded => "extensions_added",
+            Alteration::SubprotocolChanged => "subprotocol_changed",
+            Alteration::ResponseUpgradeRemoved => "response_upgrade_removed",
+            Alteration::Rsv1Differs { .. } => "rsv1_differs",
+            Alteration::FramesDiffer { .. } => "frames_differ",
+            Alteration::PayloadDiffers { .. } => "payload_differs",
+        }
+    }
+
+    /// What it means, in a sentence's middle: "the proxy {this}".
+    pub fn sentence(self) -> String {
+        match self {
+            Alteration::UpgradeRemoved => "removed Upgrade/Connection from the request it sent the backend".into(),
+            Alteration::OfferChanged => "changed the Sec-WebSocket-Extensions offer on its way to the backend".into(),
+            Alteration::ExtensionsDropped => {
+                "dropped Sec-WebSocket-Extensions from the 101: the backend negotiated an extension the client was not told of".into()
+            }
+            Alteration::ExtensionsAdded => "added Sec-WebSocket-Extensions to the 101 that the backend did not accept".into(),
+            Alteration::SubprotocolChanged => "changed the subprotocol of the 101".into(),
+            Alteration::ResponseUpgradeRemoved => "removed Upgrade/Connection from the 101 it sent the client".into(),
+            Alteration::Rsv1Differs { front, back } => {
+                format!("changed RSV1 bits: {front} frames with RSV1 on the client's side, {back} on the backend's")
+            }
+            Alteration::FramesDiffer { front, back } => {
+                format!("dropped or injected frames: {front} on the client's side, {back} on the backend's")
+            }
+            Alteration::PayloadDiffers { front, back } => {
+                format!("changed frame payloads: {front} bytes on the client's side, {back} on the backend's")
+            }
+        }
+    }
 }
 
 /// What the other side sent last before a close code that says it broke a rule.
@@ -409,6 +475,7 @@ impl Finding {
             Detail::Idle { ms } => {
                 format!("cut by the {who} side after {:.1} s idle, without a close handshake", ms as f64 / 1000.0)
             }
+            Detail::Proxy(a) => format!("the proxy at {} {}", self.key.server, a.sentence()),
         })
     }
 }
@@ -512,6 +579,8 @@ pub struct ConnectionView {
     pub unanalysed: Unanalysed,
     /// Data messages completed in sync, indexed by [`Direction::index`].
     pub messages: [u64; 2],
+    /// Frames by opcode, with RSV1 and payload, in sync, by [`Direction::index`].
+    pub tally: [record::FrameTally; 2],
     /// The close frame each side sent, if any, and which side sent the first.
     pub closes: [Option<CloseSeen>; 2],
     pub first_close: Option<Direction>,
@@ -793,6 +862,7 @@ impl Engine {
             last_data_ns: v.last_data_ns,
             handshake: v.handshake.as_deref().cloned(),
             frames: Sides::of(&v.frames),
+            tally: Sides::of(&v.tally),
             messages: Sides::of(&v.messages),
             bytes: Sides::of(&conn.dirs.each_ref().map(|d| d.end)),
             close: Sides::of(&v.closes),
@@ -1060,6 +1130,7 @@ fn advance(hs: &mut Hs, dirs: &mut [DirState; 2], cx: &mut Cx<'_>, cfg: &EngineC
                     seen.status = Some(resp.status);
                     seen.accepted_protocol = resp.protocols.first().cloned();
                     seen.accepted_extensions = resp.extensions_seen.clone();
+                    seen.response_upgrade = resp.upgrade;
                 }
                 if resp.status == 101 && req.intent {
                     s.consume_head(n, Framing::Empty);
@@ -1269,6 +1340,7 @@ impl StreamSink for Engine {
             last_ns: ts_ns,
             unanalysed: Unanalysed::default(),
             messages: [0; 2],
+            tally: Default::default(),
             closes: [None, None],
             first_close: None,
             last_data_ns: ts_ns,

@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 
 use serde::Serialize;
 
+use super::frame::FrameHeader;
 use super::handshake::RequestSeen;
+use super::FrameCounts;
 use super::kind::KindSet;
 use crate::flow::{FlowId, Opening, Unanalysed};
 
@@ -76,6 +78,25 @@ pub struct HandshakeSeen {
     pub status: Option<u16>,
     pub accepted_protocol: Option<String>,
     pub accepted_extensions: Option<String>,
+    /// The 101 carried `Upgrade: websocket` and `Connection: Upgrade`.
+    pub response_upgrade: bool,
+}
+
+/// What a direction of a connection sent, frame by frame, as far as a proxy could change
+/// it: frames by opcode, frames with RSV1, payload bytes (counted in sync only).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct FrameTally {
+    pub frames: FrameCounts,
+    pub rsv1: u64,
+    pub payload: u64,
+}
+
+impl FrameTally {
+    pub fn add(&mut self, h: &FrameHeader) {
+        self.frames.bump(h.class());
+        self.rsv1 += u64::from(h.rsv1());
+        self.payload = self.payload.saturating_add(h.len);
+    }
 }
 
 /// A value for each side, by the side that sent it.
@@ -112,6 +133,8 @@ pub struct ConnectionRecord {
     pub last_data_ns: u64,
     pub handshake: Option<HandshakeSeen>,
     pub frames: Sides<u64>,
+    /// What each side sent, as far as a proxy could change it.
+    pub tally: Sides<FrameTally>,
     pub messages: Sides<u64>,
     /// Stream bytes each way (frame headers and payload, handshake included).
     pub bytes: Sides<u64>,

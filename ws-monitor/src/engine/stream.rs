@@ -858,7 +858,8 @@ impl DirState {
         }
     }
 
-    fn count(&mut self, class: OpClass, cx: &mut Cx<'_>) {
+    fn count(&mut self, h: &FrameHeader, cx: &mut Cx<'_>) {
+        let class = h.class();
         match &mut self.probation {
             Some(p) => p.counts.bump(class),
             None => {
@@ -868,6 +869,9 @@ impl DirState {
                 }
                 if let Some(f) = cx.view.frames.get_mut(i) {
                     *f += 1;
+                }
+                if let Some(t) = cx.view.tally.get_mut(i) {
+                    t.add(h);
                 }
             }
         }
@@ -900,7 +904,7 @@ impl DirState {
         if self.abort {
             return false;
         }
-        self.count(class, cx);
+        self.count(h, cx);
         self.cur = Cur { hdr, offset, class, fin: h.fin, mask: h.mask, len: h.len, seen: 0, left: h.len, gap: false, skippable: false };
         match class {
             OpClass::Text | OpClass::Binary => self.start_msg(class == OpClass::Text, h.rsv1(), offset, hdr),

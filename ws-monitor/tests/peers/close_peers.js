@@ -2,10 +2,11 @@
 // How WebSocket connections end, with the `ws` library on both sides, for the connection
 // log and close-analysis tests (tests/close_analysis.rs).
 //
-// server: on --port, three paths: /echo echoes every message; /limit has maxPayload
+// server: on --port, three paths: /echo echoes every message (compressed, even a short
+//         one, with --deflate yes: permessage-deflate with no threshold); /limit has maxPayload
 //         --limit, so ws closes 1009 on a bigger message; /text accepts text only and
 //         closes 1003 "text only" on a binary message. Prints "listening"; exits after
-//         --expect connections have closed.
+//         --expect connections have closed. A request that is not an upgrade gets 426.
 // client: runs each scenario on its own connection, one after the other, and prints one
 //         JSON object: per scenario, the client port it used, what it sent, and the close
 //         code and reason it received.
@@ -16,6 +17,8 @@
 //   abrupt:  /echo, "hello" and its echo, then the socket is ended without a close frame.
 //   idle:    /echo, "hello" and its echo, then nothing: waits up to --idle seconds for the
 //            connection to be closed by someone else (a proxy's idle timeout).
+//   echo:    /echo, "hello", then whatever comes first: its echo (then close 1000), the
+//            connection closed, or a refused handshake (its status).
 // --scenarios picks and orders them (default: normal,big,binary,abrupt).
 'use strict';
 
@@ -24,7 +27,7 @@ const { WebSocket, WebSocketServer } = require('ws');
 function parseArgs(argv) {
   const a = {
     role: argv[0], port: 8001, host: '127.0.0.1', limit: 1000, big: 5000, expect: 4, idle: 10,
-    scenarios: 'normal,big,binary,abrupt',
+    scenarios: 'normal,big,binary,abrupt', deflate: 'no',
   };
   for (let i = 1; i < argv.length; i += 2) {
     const [k, v] = [argv[i].replace(/^--/, ''), argv[i + 1]];
@@ -35,7 +38,7 @@ function parseArgs(argv) {
 
 function server(a) {
   const http = require('http').createServer();
-  const echo = new WebSocketServer({ noServer: true });
+  const echo = new WebSocketServer({ noServer: true, perMessageDeflate: a.deflate === 'yes' ? { threshold: 0 } : false });
   const limit = new WebSocketServer({ noServer: true, maxPayload: a.limit });
   const text = new WebSocketServer({ noServer: true });
   let closed = 0;
@@ -57,6 +60,11 @@ function server(a) {
     ws.on('error', () => {});
   });
   const paths = { '/echo': echo, '/limit': limit, '/text': text };
+  http.on('request', (req, res) => {
+    res.writeHead(426, { Connection: 'close', 'Content-Type': 'text/plain' });
+    res.end('upgrade required');
+    done();
+  });
   http.on('upgrade', (req, socket, head) => {
     const wss = paths[req.url];
     if (!wss) return socket.destroy();
@@ -69,6 +77,7 @@ function open(a, path) {
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(`ws://${a.host}:${a.port}${path}`, { headers: { Origin: 'http://test.example' } });
     ws.once('open', () => resolve(ws));
+    ws.once('unexpected-response', (req, res) => reject(new Error(`status ${res.statusCode}`)));
     ws.once('error', reject);
   });
 }
@@ -76,11 +85,26 @@ function open(a, path) {
 const once = (ws, ev) => new Promise((resolve) => ws.once(ev, (...args) => resolve(args)));
 
 async function scenario(a, name) {
-  const path = { normal: '/echo', big: '/limit', binary: '/text', abrupt: '/echo', idle: '/echo' }[name];
-  const ws = await open(a, path);
+  const path = { normal: '/echo', big: '/limit', binary: '/text', abrupt: '/echo', idle: '/echo', echo: '/echo' }[name];
+  let ws;
+  try {
+    ws = await open(a, path);
+  } catch (e) {
+    if (name !== 'echo') throw e;
+    return { refused: e.message };
+  }
   const port = ws._socket.localPort;
   const closed = once(ws, 'close');
   const out = { port };
+  if (name === 'echo') {
+    ws.on('error', () => {}); // a frame the client refuses ends the connection with 1002
+    ws.send('hello');
+    const first = await Promise.race([once(ws, 'message').then(() => 'message'), closed.then(() => 'close')]);
+    if (first === 'message') ws.close(1000);
+    const [code, reason] = await closed;
+    await new Promise((r) => setTimeout(r, 200));
+    return { port, first, code, reason: reason.toString() };
+  }
   if (name === 'idle') {
     ws.send('hello');
     await once(ws, 'message');
@@ -119,6 +143,8 @@ async function client(a) {
     result[name] = await scenario(a, name);
   }
   console.log(JSON.stringify(result));
+  // A refused handshake leaves its HTTP connection open (keep-alive): do not wait for it.
+  process.exit(0);
 }
 
 const a = parseArgs(process.argv.slice(2));

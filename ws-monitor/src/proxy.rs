@@ -1,0 +1,215 @@
+//! Proxy hops: when the monitored ports carry one WebSocket session twice — a front
+//! connection (client to proxy) and a back one (proxy to backend) — the two are paired by
+//! their `Sec-WebSocket-Key` (proxies forward it unchanged) as they end, and what the
+//! proxy changed between them becomes [`Kind::ProxyAltered`] findings: headers of the
+//! handshake, and frames (by opcode, RSV1, payload bytes) each way.
+//!
+//! The two connections of a pair may be analysed by different workers, so pairing works
+//! on the connection records the driver receives. Pure: no I/O.
+
+use std::collections::{HashMap, VecDeque};
+
+use serde::Serialize;
+
+use crate::engine::{Alteration, ConnectionRecord, Detail, Excerpt, Finding, FrameHeaderBytes, Kind};
+use crate::flow::{Direction, FlowKey};
+
+/// Records waiting for their other half, at most.
+const PENDING: usize = 4096;
+/// Pairs kept for the report, at most (the counts go on).
+const KEPT: usize = 100;
+
+/// One paired session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Pair {
+    /// `client -> proxy`.
+    pub front: String,
+    /// `proxy -> backend`.
+    pub back: String,
+    /// What the proxy changed ([`Alteration::name`]); empty when nothing.
+    pub altered: Vec<&'static str>,
+}
+
+/// Pairs so far.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ProxyStats {
+    pub pairs: u64,
+    /// Pairs with at least one alteration.
+    pub altered_pairs: u64,
+    /// Alterations by name.
+    pub alterations: std::collections::BTreeMap<&'static str, u64>,
+    /// The first pairs seen (at most 100), altered ones first once there are many.
+    pub seen: Vec<Pair>,
+}
+
+#[derive(Default)]
+pub struct Hops {
+    pending: HashMap<String, ConnectionRecord>,
+    order: VecDeque<String>,
+    pub stats: ProxyStats,
+}
+
+impl Hops {
+    /// Takes the record of a connection that ended; when it completes a pair, returns
+    /// what the proxy changed, as findings on the front connection.
+    pub fn record(&mut self, r: &ConnectionRecord) -> Vec<Finding> {
+        let Some(key) = r.handshake.as_ref().and_then(|h| h.request.key.clone()) else { return Vec::new() };
+        let Some(other) = self.pending.remove(&key) else {
+            if self.pending.insert(key.clone(), r.clone()).is_none() {
+                self.order.push_back(key);
+            }
+            while self.order.len() > PENDING {
+                if let Some(old) = self.order.pop_front() {
+                    self.pending.remove(&old);
+                }
+            }
+            return Vec::new();
+        };
+        if other.client == r.client && other.server == r.server {
+            return Vec::new(); // the same connection twice (cannot happen: records are final)
+        }
+        // The client reaches the proxy before the proxy reaches the backend.
+        let (front, back) = if other.start_ns <= r.start_ns { (&other, r) } else { (r, &other) };
+        let altered = alterations(front, back);
+        self.count(front, back, &altered);
+        let key = FlowKey { client: front.client, server: front.server };
+        altered
+            .into_iter()
+            .map(|(dir, a)| Finding {
+                ts_ns: r.end_ns,
+                id: front.id,
+                key,
+                dir,
+                kind: Kind::ProxyAltered,
+                offset: 0,
+                header: FrameHeaderBytes::EMPTY,
+                excerpt: Excerpt::EMPTY,
+                detail: Detail::Proxy(a),
+            })
+            .collect()
+    }
+
+    fn count(&mut self, front: &ConnectionRecord, back: &ConnectionRecord, altered: &[(Direction, Alteration)]) {
+        let s = &mut self.stats;
+        s.pairs += 1;
+        s.altered_pairs += u64::from(!altered.is_empty());
+        for (_, a) in altered {
+            *s.alterations.entry(a.name()).or_insert(0) += 1;
+        }
+        let pair = Pair {
+            front: format!("{} -> {}", front.client, front.server),
+            back: format!("{} -> {}", back.client, back.server),
+            altered: altered.iter().map(|(_, a)| a.name()).collect(),
+        };
+        if s.seen.len() < KEPT {
+            s.seen.push(pair);
+        } else if !pair.altered.is_empty() {
+            // Make room for an altered pair in place of one that was not.
+            if let Some(slot) = s.seen.iter_mut().find(|p| p.altered.is_empty()) {
+                *slot = pair;
+            }
+        }
+    }
+}
+
+/// What differs between the two hops of one session, and in which direction.
+pub fn alterations(front: &ConnectionRecord, back: &ConnectionRecord) -> Vec<(Direction, Alteration)> {
+    let mut out = Vec::new();
+    let (Some(f), Some(b)) = (&front.handshake, &back.handshake) else { return out };
+    if f.request.upgrade && !b.request.upgrade {
+        out.push((Direction::ToServer, Alteration::UpgradeRemoved));
+    }
+    if f.request.extensions != b.request.extensions && b.request.upgrade {
+        out.push((Direction::ToServer, Alteration::OfferChanged));
+    }
+    let upgraded = f.status == Some(101) && b.status == Some(101);
+    if !upgraded {
+        return out;
+    }
+    if b.response_upgrade && !f.response_upgrade {
+        out.push((Direction::ToClient, Alteration::ResponseUpgradeRemoved));
+    }
+    match (&f.accepted_extensions, &b.accepted_extensions) {
+        (None, Some(_)) => out.push((Direction::ToClient, Alteration::ExtensionsDropped)),
+        (Some(_), None) => out.push((Direction::ToClient, Alteration::ExtensionsAdded)),
+        _ => {}
+    }
+    if f.accepted_protocol != b.accepted_protocol {
+        out.push((Direction::ToClient, Alteration::SubprotocolChanged));
+    }
+    // Frames: only where both hops were followed whole, in sync.
+    let whole = |r: &ConnectionRecord| !r.lost_sync && r.unanalysed.total() == 0;
+    if !(whole(front) && whole(back)) {
+        return out;
+    }
+    for (dir, ft, bt) in [
+        (Direction::ToServer, &front.tally.client, &back.tally.client),
+        (Direction::ToClient, &front.tally.server, &back.tally.server),
+    ] {
+        if ft.rsv1 != bt.rsv1 {
+            out.push((dir, Alteration::Rsv1Differs { front: ft.rsv1, back: bt.rsv1 }));
+        } else if ft.frames != bt.frames {
+            out.push((dir, Alteration::FramesDiffer { front: ft.frames.total(), back: bt.frames.total() }));
+        } else if ft.payload != bt.payload {
+            out.push((dir, Alteration::PayloadDiffers { front: ft.payload, back: bt.payload }));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Ending, FrameTally, HandshakeSeen, KindSet, Sides};
+    use crate::flow::{FlowId, Opening, Unanalysed};
+
+    fn record(id: u64, client: &str, server: &str, start_ns: u64, accepted: Option<&str>) -> ConnectionRecord {
+        let mut hs = HandshakeSeen { status: Some(101), accepted_extensions: accepted.map(str::to_string), response_upgrade: true, ..HandshakeSeen::default() };
+        hs.request.key = Some("dGhlIHNhbXBsZSBub25jZQ==".into());
+        hs.request.upgrade = true;
+        ConnectionRecord {
+            id: FlowId(id),
+            client: client.parse().unwrap(),
+            server: server.parse().unwrap(),
+            opening: Opening::Handshake,
+            start_ns,
+            end_ns: start_ns + 10,
+            last_data_ns: start_ns,
+            handshake: Some(hs),
+            frames: Sides::default(),
+            tally: Sides::default(),
+            messages: Sides::default(),
+            bytes: Sides::default(),
+            close: Sides::default(),
+            closed_first: None,
+            ending: Ending::CloseHandshake,
+            violations: 0,
+            kinds: KindSet::EMPTY,
+            lost_sync: false,
+            unanalysed: Unanalysed::default(),
+        }
+    }
+
+    #[test]
+    fn the_two_hops_of_a_session_pair_by_key_and_show_what_the_proxy_changed() {
+        let mut hops = Hops::default();
+        let front = record(1, "10.0.0.1:5000", "10.0.0.2:8080", 100, None);
+        let mut back = record(2, "10.0.0.2:6000", "10.0.0.3:9001", 200, Some("permessage-deflate"));
+        back.tally.server = FrameTally { rsv1: 3, ..FrameTally::default() };
+        // The back hop ends first; the pair is made when the front one ends.
+        assert!(hops.record(&back).is_empty());
+        let found = hops.record(&front);
+        let got: Vec<(Direction, Alteration)> = found.iter().map(|f| (f.dir, match f.detail { Detail::Proxy(a) => a, _ => panic!() })).collect();
+        assert_eq!(
+            got,
+            [(Direction::ToClient, Alteration::ExtensionsDropped), (Direction::ToClient, Alteration::Rsv1Differs { front: 0, back: 3 })]
+        );
+        assert!(found.iter().all(|f| f.key.server.port() == 8080 && f.id == FlowId(1)), "on the front connection");
+        assert_eq!((hops.stats.pairs, hops.stats.altered_pairs), (1, 1));
+        // A proxy that changes nothing: a pair, no finding.
+        let mut quiet = Hops::default();
+        assert!(quiet.record(&record(3, "10.0.0.1:5001", "10.0.0.2:8080", 100, None)).is_empty());
+        assert!(quiet.record(&record(4, "10.0.0.2:6001", "10.0.0.3:9001", 200, None)).is_empty());
+        assert_eq!((quiet.stats.pairs, quiet.stats.altered_pairs), (1, 0));
+    }
+}
