@@ -242,6 +242,12 @@ impl Outputs {
                 gaps: capture.gaps,
                 ring_drops: capture.ring_drops,
             };
+            dashboard.on_diagnosis(ws_monitor::diagnosis::diagnose(
+                &totals.engine,
+                &totals.reassembly,
+                &totals.proxy,
+                capture.ring_drops,
+            ));
             dashboard.on_tick(now_ns, health, &totals.engine, totals.connections.iter().map(|(id, v)| (*id, v)));
         }
         if let Some(events) = self.events.as_mut() {

@@ -156,6 +156,13 @@ impl Wire {
     /// One dashboard tick at the current time.
     pub fn tick(&mut self) {
         let now = self.ts();
+        let causes = crate::diagnosis::diagnose(
+            self.engine.stats(),
+            &crate::reassembly::ReassemblyStats::default(),
+            &crate::proxy::ProxyStats::default(),
+            self.health.ring_drops,
+        );
+        self.dash.on_diagnosis(causes);
         self.dash.on_tick(now, self.health, self.engine.stats(), self.engine.connections());
     }
 

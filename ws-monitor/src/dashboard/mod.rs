@@ -103,6 +103,11 @@ impl Dashboard {
         self.live.tick(now_ns, health, stats, connections);
     }
 
+    /// The most likely causes now (shown in the Diagnosis panel).
+    pub fn on_diagnosis(&mut self, causes: Vec<crate::diagnosis::Cause>) {
+        self.live.diagnosis = causes;
+    }
+
     /// Takes in one finding (kept in a ring of the last 1000).
     pub fn on_finding(&mut self, f: &Finding) {
         self.live.finding(f);

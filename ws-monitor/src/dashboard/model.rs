@@ -299,6 +299,8 @@ pub struct Data {
     gen: u64,
     findings: VecDeque<FindingRow>,
     next_seq: u64,
+    /// The most likely causes at the last tick ([`crate::diagnosis`]).
+    pub diagnosis: Vec<crate::diagnosis::Cause>,
 }
 
 impl Data {
@@ -321,6 +323,7 @@ impl Data {
             gen: 0,
             findings: VecDeque::new(),
             next_seq: 0,
+            diagnosis: Vec::new(),
         }
     }
 

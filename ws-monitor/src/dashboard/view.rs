@@ -55,6 +55,19 @@ pub(super) fn render(d: &Dashboard, frame: &mut Frame) {
         Layout::vertical([Constraint::Length(header_height), Constraint::Min(0), Constraint::Length(1)]).areas(area);
     render_header(d, data, frame, header);
     render_footer(d, frame, footer);
+    // The Diagnosis panel above the panes, while there is something to say (that the
+    // filter lets through) and room beyond what the three panes want.
+    let filter = d.ui.filter.applied.to_lowercase();
+    let causes: Vec<&crate::diagnosis::Cause> =
+        data.diagnosis.iter().filter(|c| c.cause.to_lowercase().contains(&filter)).take(DIAGNOSIS_ROWS).collect();
+    let rows = 2 + causes.len() as u16;
+    let body = if !causes.is_empty() && body.height >= FULL_BODY_HEIGHT + DIAGNOSIS_SPARE + rows {
+        let [diag, rest] = Layout::vertical([Constraint::Length(rows), Constraint::Min(0)]).areas(body);
+        render_diagnosis(&causes, frame, diag);
+        rest
+    } else {
+        body
+    };
     if body.height >= FULL_BODY_HEIGHT {
         let v_height = violations_height(d, data, body);
         let [v, c, f] = Layout::vertical([
@@ -78,6 +91,50 @@ pub(super) fn render(d: &Dashboard, frame: &mut Frame) {
     }
     if d.ui.help {
         render_help(frame, area);
+    }
+}
+
+/// Causes the Diagnosis panel shows at most.
+const DIAGNOSIS_ROWS: usize = 3;
+/// Rows the three panes keep beyond their minimum before the Diagnosis panel is shown.
+const DIAGNOSIS_SPARE: u16 = 8;
+
+/// The Diagnosis panel: the most likely causes, most telling first, each with its
+/// evidence and what to check.
+fn render_diagnosis(causes: &[&crate::diagnosis::Cause], frame: &mut Frame, area: Rect) {
+    let block = Block::bordered()
+        .border_type(BorderType::Rounded)
+        .border_style(Style::new().fg(WARN))
+        .title(Span::styled(" Diagnosis: most likely causes ", Style::new().fg(WARN).bold()));
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    let width = usize::from(inner.width);
+    let lines: Vec<Line<'static>> = causes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let unit = if c.evidence == 1 { singular(c.unit) } else { c.unit.into() };
+            let lead = format!("{}. {} ({} {unit})", i + 1, c.cause, format::count(c.evidence));
+            let check = format!(" · check: {}", c.check);
+            let lead = format::truncate(&lead, width);
+            let rest = width.saturating_sub(lead.chars().count());
+            Line::from(vec![
+                Span::styled(lead, Style::new().bold()),
+                Span::styled(format::truncate(&check, rest), Style::new().fg(DIM)),
+            ])
+        })
+        .collect();
+    frame.render_widget(Paragraph::new(lines), inner);
+}
+
+/// The unit of one: "finding" for "findings", "connection side" for "connection sides".
+fn singular(unit: &str) -> std::borrow::Cow<'_, str> {
+    match unit.split_once(' ') {
+        Some((noun, rest)) => match noun.strip_suffix('s') {
+            Some(one) => format!("{one} {rest}").into(),
+            None => unit.into(),
+        },
+        None => unit.strip_suffix('s').unwrap_or(unit).into(),
     }
 }
 
