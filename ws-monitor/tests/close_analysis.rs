@@ -54,24 +54,10 @@ fn run(tag: &str, extra: &[&str]) -> Run {
     let mut line = String::new();
     BufReader::new(srv.stdout.take().expect("stdout")).read_line(&mut line).expect("listening");
     assert!(line.contains("listening"), "{line}");
-    let mut monitor = server
-        .command(common::ws_monitor_bin())
-        .args(["--iface", &veth, "--port", "8001", "--json", "--log-interval", "0", "--connections"])
-        .arg(&log)
-        .arg("--events")
-        .arg(&events)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ws-monitor");
-    let mut err = BufReader::new(monitor.stderr.take().expect("stderr"));
-    line.clear();
-    while !line.contains("capturing") {
-        line.clear();
-        assert!(err.read_line(&mut line).expect("stderr") > 0, "ws-monitor exited early");
-    }
-    std::thread::spawn(move || err.lines().for_each(drop));
+    let (log_arg, events_arg) = (log.display().to_string(), events.display().to_string());
+    let mut args = vec!["--connections", log_arg.as_str(), "--events", events_arg.as_str()];
+    args.extend_from_slice(extra);
+    let monitor = common::start_monitor(&server, &veth, &args);
     let out = client
         .command("node")
         .arg(peer())
@@ -82,11 +68,7 @@ fn run(tag: &str, extra: &[&str]) -> Run {
     let client_said: Value = serde_json::from_slice(&out.stdout).expect("client JSON");
     let _ = srv.wait();
     std::thread::sleep(Duration::from_millis(500));
-    // SAFETY: signalling our own child by pid.
-    unsafe { libc::kill(monitor.id() as i32, libc::SIGINT) };
-    let out = monitor.wait_with_output().expect("ws-monitor");
-    assert!(out.status.success(), "ws-monitor: {}", out.status);
-    let report: Value = serde_json::from_slice(&out.stdout).expect("report");
+    let report = common::stop_monitor(monitor);
     let text = std::fs::read_to_string(&log).expect("connection log");
     let lines = text
         .lines()

@@ -7,7 +7,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -29,39 +29,6 @@ fn route(ns: &common::Netns, peer: &common::Netns, peer_dev: &str) -> (String, S
     (dev, String::from_utf8_lossy(&mac.stdout).trim().to_string())
 }
 
-/// Starts ws-monitor on `veth` in `ns` with `extra` arguments; returns once it captures.
-fn start_monitor(ns: &common::Netns, veth: &str, extra: &[&str]) -> Child {
-    let mut child = ns
-        .command(common::ws_monitor_bin())
-        .args(["--iface", veth, "--port", "8001", "--json", "--log-interval", "0"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start ws-monitor");
-    let mut err = BufReader::new(child.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    while !line.contains("capturing") {
-        line.clear();
-        assert!(err.read_line(&mut line).expect("read stderr") > 0, "ws-monitor exited before capturing");
-    }
-    std::thread::spawn(move || {
-        for l in err.lines().map_while(Result::ok) {
-            eprintln!("ws-monitor: {l}");
-        }
-    });
-    child
-}
-
-/// SIGINT, then the JSON report.
-fn stop(child: Child) -> Value {
-    // SAFETY: signalling our own child by pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let out = child.wait_with_output().expect("ws-monitor output");
-    assert!(out.status.success(), "ws-monitor: {}", out.status);
-    serde_json::from_slice(&out.stdout).expect("one JSON report")
-}
-
 fn n(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
 }
@@ -74,7 +41,7 @@ fn a_spoofed_out_of_order_flood_stays_under_the_memory_limit() {
     let (client, server, veth) = common::veth_pair("oo");
     let (dev, mac) = route(&client, &server, &veth);
     let limit: u64 = 4 << 20;
-    let monitor = start_monitor(&server, &veth, &["--memory-limit", "4M", "--ring-size", "64M", "--full-payload"]);
+    let monitor = common::start_monitor(&server, &veth, &["--memory-limit", "4M", "--ring-size", "64M", "--full-payload"]);
     // 40 spoofed connections, each a byte, a 99-byte hole, then 600 kB that can only wait
     // for the hole: 24 MB to hold without a limit.
     let flows = 40u64;
@@ -86,7 +53,7 @@ fn a_spoofed_out_of_order_flood_stays_under_the_memory_limit() {
         .expect("flood");
     assert!(out.status.success(), "flood: {}", String::from_utf8_lossy(&out.stderr));
     std::thread::sleep(Duration::from_millis(1500));
-    let report = stop(monitor);
+    let report = common::stop_monitor(monitor);
     let budgets = &report["budgets"];
     eprintln!("budgets: {budgets}\nunanalysed: {}", report["unanalysed"]);
     assert_eq!(n(&report["kernel"]["ring_full_records"]), 0, "the ring kept up: {report}");
@@ -117,7 +84,7 @@ fn a_syn_flood_through_a_small_flow_table_leaves_a_violator_counted_exactly() {
     let mut line = String::new();
     BufReader::new(ws_server.stdout.take().expect("stdout")).read_line(&mut line).expect("listening");
     assert!(line.contains("listening"), "{line}");
-    let monitor = start_monitor(&server, &veth, &["--max-flows", "1000"]);
+    let monitor = common::start_monitor(&server, &veth, &["--max-flows", "1000"]);
     // 225 unmasked frames over about 4 s, and meanwhile 66,000 spoofed SYNs.
     let violator = client
         .command("python3")
@@ -136,7 +103,7 @@ fn a_syn_flood_through_a_small_flow_table_leaves_a_violator_counted_exactly() {
     assert!(String::from_utf8_lossy(&v.stdout).contains("done"), "violator: {v:?}");
     let _ = ws_server.wait();
     std::thread::sleep(Duration::from_millis(500));
-    let report = stop(monitor);
+    let report = common::stop_monitor(monitor);
     let budgets = &report["budgets"];
     eprintln!("budgets: {budgets}\ncapture: {}", report["capture"]);
     assert!(n(&report["capture"]["flows_opened"]) > 60_000, "the flood was seen: {}", report["capture"]);

@@ -1,6 +1,7 @@
 //! Helpers for the privileged tests: root check, network namespaces, veth pairs.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -99,3 +100,37 @@ pub fn veth_pair(tag: &str) -> (Netns, Netns, String) {
 pub fn ws_monitor_bin() -> &'static str {
     env!("CARGO_BIN_EXE_ws-monitor")
 }
+
+/// Starts ws-monitor on `veth` in `ns` with `extra` arguments; returns once it captures.
+pub fn start_monitor(ns: &Netns, veth: &str, extra: &[&str]) -> std::process::Child {
+    let mut child = ns
+        .command(ws_monitor_bin())
+        .args(["--iface", veth, "--port", "8001", "--json", "--log-interval", "0"])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start ws-monitor");
+    let mut err = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    while !line.contains("capturing") {
+        line.clear();
+        assert!(err.read_line(&mut line).expect("read stderr") > 0, "ws-monitor exited before capturing");
+    }
+    std::thread::spawn(move || {
+        for l in err.lines().map_while(Result::ok) {
+            eprintln!("ws-monitor: {l}");
+        }
+    });
+    child
+}
+
+/// SIGINT, then the JSON report.
+pub fn stop_monitor(child: std::process::Child) -> serde_json::Value {
+    // SAFETY: signalling our own child by pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().expect("ws-monitor output");
+    assert!(out.status.success(), "ws-monitor: {}", out.status);
+    serde_json::from_slice(&out.stdout).expect("one JSON report")
+}
+
