@@ -52,6 +52,17 @@
 //! request, `handshake_too_large` of a request and `frame_before_upgrade` are the
 //! client's; the response kinds are the server's).
 //!
+//! # Close analysis
+//!
+//! How a WebSocket connection ends is analysed too, with kinds that are not violations
+//! ([`Category::Close`], apart in every total): [`Kind::PeerProtocolError`] for a first
+//! close frame with 1002, 1003, 1007, 1008 or 1009 (with what the other side sent just
+//! before, [`Before`]); [`Kind::AbnormalClosure`] for each direction in sync that sent no
+//! close frame before TCP ended; [`Kind::IdleTimeoutCut`] when TCP ended without close
+//! handshake after a second or more without data, on the side whose FIN or RST came
+//! first. Every WebSocket connection that ends is counted by how ([`Ending`]) and, with
+//! [`EngineConfig::connection_log`], described by a [`ConnectionRecord`].
+//!
 //! # What is deliberately not reported
 //!
 //! * Anything while a direction is unsynced, or on probation after a resync (except
