@@ -939,14 +939,19 @@ fn nginx_proxy_without_upgrade_headers_breaks_the_upgrade() {
         assert_eq!(r["close_codes"], json!({}), "{ctx}");
     }
     // Where each finding is: upgrade_missing on nginx -> upstream, handshake_rejected on
-    // client -> nginx.
+    // client -> nginx, and what nginx changed (the two hops of each attempt paired by
+    // their key) on client -> nginx.
     for e in &run.reports.live_events {
         let (server, kind) = (e["connection"]["server"].as_str().unwrap(), e["kind"].as_str().unwrap());
         match kind {
             "upgrade_missing" => assert_eq!(server, format!("{CLIENT_V4}:{UPSTREAM_PORT}"), "{e}"),
-            "handshake_rejected" => assert_eq!(server, format!("{SERVER_V4}:{FRONT_PORT}"), "{e}"),
+            "handshake_rejected" | "proxy_altered" => assert_eq!(server, format!("{SERVER_V4}:{FRONT_PORT}"), "{e}"),
             _ => panic!("unexpected finding {e}"),
         }
+    }
+    for (name, r) in [("live", &run.reports.live), ("replay", &run.reports.replay)] {
+        assert_eq!(r["proxy"]["pairs"], connections, "{name}: {}", r["proxy"]);
+        assert_eq!(r["proxy"]["alterations"], json!({"upgrade_removed": connections}), "{name}: {}", r["proxy"]);
     }
 }
 
