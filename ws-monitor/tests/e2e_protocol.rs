@@ -1276,23 +1276,9 @@ fn browser_sized_handshake_with_a_20kb_cookie_is_analysed() {
 fn an_nginx_read_timeout_cutting_idle_sessions_is_found_with_its_duration() {
     let test = "an_nginx_read_timeout_cutting_idle_sessions_is_found_with_its_duration";
     let Some(h) = hosts(test, "nit", &[Dep::NodeWs, Dep::Nginx]) else { return };
-    let mut upstream = h.client_ns.command("node");
-    upstream.arg(peer("close_peers.js")).args(["server", "--port", &UPSTREAM_PORT.to_string(), "--expect", "1"]);
-    let mut upstream = Proc::spawn(upstream, "close_peers.js server");
-    upstream.wait_line("listening", false);
-    let mut nginx = start_nginx(&h.server_ns, h.dir.path(), Nginx::ShortReadTimeout);
-    let cap = start_capture(&h.server_ns, &h.veth, &[FRONT_PORT, UPSTREAM_PORT], &[], h.dir.path());
     // One session through nginx: a message and its echo, then nothing for 6 s.
-    let mut client = h.client_ns.command("node");
-    client.arg(peer("close_peers.js")).args(["client", "--host", SERVER_V4, "--port", &FRONT_PORT.to_string()]);
-    client.args(["--scenarios", "idle", "--idle", "6"]);
-    let out = Proc::spawn(client, "close_peers.js client via nginx").finish_ok(PEER_RUN);
-    let said = last_json(&out.stdout, "client peer");
+    let (said, reports) = session_through_nginx(&h, "nit", Nginx::ShortReadTimeout, &[], &["idle", "--idle", "6"]);
     assert_eq!(said["idle"]["code"], 1006, "nginx cut the session without a close frame: {said}");
-    upstream.finish_ok(STOP);
-    let reports = stop_capture(cap, "nit");
-    nginx.assert_running();
-    drop(nginx);
     for (name, r) in [("live", &reports.live), ("replay", &reports.replay)] {
         let ca = &r["close_analysis"];
         let ctx = format!("{name}: {ca}");
@@ -1317,9 +1303,10 @@ fn an_nginx_read_timeout_cutting_idle_sessions_is_found_with_its_duration() {
     assert!(cuts.iter().all(|e| e["detail"].as_str().is_some_and(|d| d.contains("s idle, without a close handshake"))));
 }
 
-/// One session of close_peers.js's `echo` scenario through nginx set up as `setup`, to a
-/// close_peers.js backend started with `backend_args`: what the client saw, and the reports.
-fn echo_through_nginx(h: &Hosts, tag: &str, setup: Nginx, backend_args: &[&str]) -> (Value, Reports) {
+/// One session of a close_peers.js scenario (`scenario`: its name, then its options)
+/// through nginx set up as `setup`, to a close_peers.js backend started with
+/// `backend_args`: what the client saw, and the reports.
+fn session_through_nginx(h: &Hosts, tag: &str, setup: Nginx, backend_args: &[&str], scenario: &[&str]) -> (Value, Reports) {
     let mut upstream = h.client_ns.command("node");
     upstream.arg(peer("close_peers.js")).args(["server", "--port", &UPSTREAM_PORT.to_string(), "--expect", "1"]);
     upstream.args(backend_args);
@@ -1329,7 +1316,7 @@ fn echo_through_nginx(h: &Hosts, tag: &str, setup: Nginx, backend_args: &[&str])
     let cap = start_capture(&h.server_ns, &h.veth, &[FRONT_PORT, UPSTREAM_PORT], &[], h.dir.path());
     let mut client = h.client_ns.command("node");
     client.arg(peer("close_peers.js")).args(["client", "--host", SERVER_V4, "--port", &FRONT_PORT.to_string()]);
-    client.args(["--scenarios", "echo"]);
+    client.arg("--scenarios").args(scenario);
     let out = Proc::spawn(client, "close_peers.js client via nginx").finish_ok(PEER_RUN);
     let said = last_json(&out.stdout, "client peer");
     upstream.finish_ok(STOP);
@@ -1343,7 +1330,7 @@ fn a_proxy_hiding_the_extensions_header_is_named_as_the_hop_that_broke_it() {
     let test = "a_proxy_hiding_the_extensions_header_is_named_as_the_hop_that_broke_it";
     let Some(h) = hosts(test, "phx", &[Dep::NodeWs, Dep::Nginx]) else { return };
     // The backend compresses even "hello"; nginx hides its Sec-WebSocket-Extensions.
-    let (said, reports) = echo_through_nginx(&h, "phx", Nginx::HideExtensions, &["--deflate", "yes"]);
+    let (said, reports) = session_through_nginx(&h, "phx", Nginx::HideExtensions, &["--deflate", "yes"], &["echo"]);
     assert_eq!(said["echo"]["first"], "close", "the client refuses RSV1 and ends the session before any echo: {said}");
     for (name, r) in [("live", &reports.live), ("replay", &reports.replay)] {
         let ctx = format!("{name}: proxy {} diagnosis {}", r["proxy"], r["diagnosis"]);
@@ -1363,7 +1350,7 @@ fn a_proxy_hiding_the_extensions_header_is_named_as_the_hop_that_broke_it() {
 fn a_proxy_stripping_upgrade_is_named_as_the_hop_that_broke_it() {
     let test = "a_proxy_stripping_upgrade_is_named_as_the_hop_that_broke_it";
     let Some(h) = hosts(test, "pup", &[Dep::NodeWs, Dep::Nginx]) else { return };
-    let (said, reports) = echo_through_nginx(&h, "pup", Nginx::NoUpgrade, &[]);
+    let (said, reports) = session_through_nginx(&h, "pup", Nginx::NoUpgrade, &[], &["echo"]);
     assert_eq!(said["echo"]["refused"], "status 426", "{said}");
     for (name, r) in [("live", &reports.live), ("replay", &reports.replay)] {
         let ctx = format!("{name}: proxy {} diagnosis {}", r["proxy"], r["diagnosis"]);
