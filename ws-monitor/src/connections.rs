@@ -13,18 +13,22 @@ pub struct ConnectionLog {
     out: JsonLines,
     /// Include close reasons (`--log-payload`): they are payload.
     log_payload: bool,
+    /// The interface captured on (live; none in replay).
+    iface: Option<String>,
 }
 
 impl ConnectionLog {
-    pub fn create(path: &Path, epoch_offset_ns: i128, log_payload: bool) -> anyhow::Result<Self> {
-        Ok(ConnectionLog { out: JsonLines::create(path, "--connections", epoch_offset_ns)?, log_payload })
+    pub fn create(path: &Path, epoch_offset_ns: i128, log_payload: bool, iface: Option<&str>) -> anyhow::Result<Self> {
+        let out = JsonLines::create(path, "--connections", epoch_offset_ns)?;
+        Ok(ConnectionLog { out, log_payload, iface: iface.map(str::to_string) })
     }
 
-    /// The line for `r`: its fields, then `start`, `end` (RFC 3339), `duration_s`,
-    /// `idle_before_end_s` (from the last payload byte to the end) and `tracked`
-    /// (`handshake`, `mid_stream` or `resumed`).
+    /// The line for `r`: its fields, then `iface` (live), `start`, `end` (RFC 3339),
+    /// `duration_s`, `idle_before_end_s` (from the last payload byte to the end) and
+    /// `tracked` (`handshake`, `mid_stream` or `resumed`).
     pub fn line(&self, r: &ConnectionRecord) -> Value {
         let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
+        v["iface"] = self.iface.clone().into();
         let secs = |ns: u64| ns as f64 / 1e9;
         v["start"] = self.out.time(r.start_ns).into();
         v["end"] = self.out.time(r.end_ns).into();

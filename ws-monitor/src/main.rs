@@ -167,7 +167,8 @@ struct Outputs {
 }
 
 impl Outputs {
-    fn new(args: &RunArgs, epoch_offset_ns: i128, headless: bool) -> anyhow::Result<Outputs> {
+    /// `iface`: the interface captured on (live), for the connection log.
+    fn new(args: &RunArgs, epoch_offset_ns: i128, headless: bool, iface: Option<&str>) -> anyhow::Result<Outputs> {
         Ok(Outputs {
             events: args
                 .events
@@ -177,7 +178,7 @@ impl Outputs {
             connections: args
                 .connections
                 .as_deref()
-                .map(|p| ConnectionLog::create(p, epoch_offset_ns, args.log_payload))
+                .map(|p| ConnectionLog::create(p, epoch_offset_ns, args.log_payload, iface))
                 .transpose()?,
             log: headless.then(|| HeadlessLog::new(args.log_interval, args.log_payload)),
             metrics: None,
@@ -277,7 +278,7 @@ async fn live(config: &CaptureConfig, args: &RunArgs, privileges: &PrivilegeArgs
     if !tui {
         logs::init(args.log_format)?;
     }
-    let mut outputs = Outputs::new(args, epoch_offset, !tui)?;
+    let mut outputs = Outputs::new(args, epoch_offset, !tui, Some(&config.iface))?;
     if let Some(addr) = args.metrics_addr {
         outputs.metrics = Some(Exporter::bind(addr)?);
     }
@@ -553,7 +554,7 @@ fn replay_file(args: &ReplayArgs) -> anyhow::Result<()> {
     let run = &args.run;
     let mut pipeline = PipelineSetup::new(run, false, true)?.start()?;
     logs::init(run.log_format)?;
-    let mut outputs = Outputs::new(run, 0, true)?;
+    let mut outputs = Outputs::new(run, 0, true, None)?;
     const TICK_NS: u64 = 1_000_000_000;
     let (mut last_tick, mut last_ts) = (0u64, 0u64);
     let mut since_findings = 0u32;

@@ -29,6 +29,8 @@ fn node_ws() -> bool {
 }
 
 struct Run {
+    /// The interface captured on.
+    veth: String,
     report: Value,
     /// `--events` lines.
     events: Vec<Value>,
@@ -80,7 +82,7 @@ fn run(tag: &str, extra: &[&str]) -> Run {
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect();
-    Run { report, events, lines, client: client_said }
+    Run { veth, report, events, lines, client: client_said }
 }
 
 impl Run {
@@ -99,6 +101,7 @@ fn the_connection_log_says_how_each_connection_went_and_ended() {
     assert_eq!(r.lines.len(), 4, "one line per connection: {:?}", r.lines);
 
     let normal = r.line("normal");
+    assert_eq!(normal["iface"], r.veth.as_str());
     let hs = &normal["handshake"];
     assert_eq!(hs["line"], "GET /echo");
     assert_eq!(hs["host"], "10.201.0.2:8001");
