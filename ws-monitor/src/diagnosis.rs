@@ -53,8 +53,9 @@ pub fn diagnose(engine: &EngineStats, reassembly: &ReassemblyStats, proxy: &Prox
     for (&name, &n) in &proxy.alterations {
         let example = proxy.seen.iter().find(|p| p.altered.contains(&name));
         let hop = example.map_or_else(String::new, |p| format!(" (client side {}, backend side {})", p.front, p.back));
+        let what = proxy.examples.get(name).map_or_else(|| name.to_string(), |a| format!("it {}", a.sentence()));
         out.push(Cause {
-            cause: format!("a proxy alters WebSocket sessions: {}{hop}", alteration_sentence(name)),
+            cause: format!("a proxy alters WebSocket sessions: {what}{hop}"),
             evidence: n,
             unit: "sessions",
             check: Kind::ProxyAltered.likely_cause().to_string(),
@@ -118,29 +119,6 @@ pub fn diagnose(engine: &EngineStats, reassembly: &ReassemblyStats, proxy: &Prox
     out.sort_by(|a, b| b.weight.cmp(&a.weight).then_with(|| a.cause.cmp(&b.cause)));
     out.truncate(MOST);
     out
-}
-
-/// The sentence of the alteration named `name` ([`crate::engine::Alteration::name`]).
-fn alteration_sentence(name: &str) -> String {
-    use crate::engine::Alteration as A;
-    let all = [
-        A::UpgradeRemoved,
-        A::OfferChanged,
-        A::ExtensionsDropped,
-        A::ExtensionsAdded,
-        A::SubprotocolChanged,
-        A::ResponseUpgradeRemoved,
-        A::Rsv1Differs { front: 0, back: 0 },
-        A::FramesDiffer { front: 0, back: 0 },
-        A::PayloadDiffers { front: 0, back: 0 },
-    ];
-    match all.into_iter().find(|a| a.name() == name) {
-        Some(A::Rsv1Differs { .. }) => "it changes RSV1 bits between the hops".into(),
-        Some(A::FramesDiffer { .. }) => "it drops or injects frames".into(),
-        Some(A::PayloadDiffers { .. }) => "it changes frame payloads".into(),
-        Some(a) => format!("it {}", a.sentence()),
-        None => name.to_string(),
-    }
 }
 
 /// What the monitor itself could not see or keep.

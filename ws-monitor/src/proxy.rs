@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 
 use serde::Serialize;
 
-use crate::engine::{Alteration, ConnectionRecord, Detail, Excerpt, Finding, FrameHeaderBytes, Kind};
+use crate::engine::{Alteration, ConnectionRecord, Detail, Ending, Excerpt, Finding, FrameHeaderBytes, Kind};
 use crate::flow::{Direction, FlowKey};
 
 /// Records waiting for their other half, at most.
@@ -38,6 +38,9 @@ pub struct ProxyStats {
     pub altered_pairs: u64,
     /// Alterations by name.
     pub alterations: std::collections::BTreeMap<&'static str, u64>,
+    /// The first alteration of each name, as it was seen (for the diagnosis's sentence).
+    #[serde(skip)]
+    pub examples: std::collections::BTreeMap<&'static str, Alteration>,
     /// The first pairs seen (at most 100), altered ones first once there are many.
     pub seen: Vec<Pair>,
 }
@@ -95,6 +98,7 @@ impl Hops {
         s.altered_pairs += u64::from(!altered.is_empty());
         for (_, a) in altered {
             *s.alterations.entry(a.name()).or_insert(0) += 1;
+            s.examples.entry(a.name()).or_insert(*a);
         }
         let pair = Pair {
             front: format!("{} -> {}", front.client, front.server),
@@ -137,8 +141,10 @@ pub fn alterations(front: &ConnectionRecord, back: &ConnectionRecord) -> Vec<(Di
     if f.accepted_protocol != b.accepted_protocol {
         out.push((Direction::ToClient, Alteration::SubprotocolChanged));
     }
-    // Frames: only where both hops were followed whole, in sync.
-    let whole = |r: &ConnectionRecord| !r.lost_sync && r.unanalysed.total() == 0;
+    // Frames: only where both hops were followed whole, in sync, and ended with a close
+    // handshake. A hop that ends abruptly leaves frames in flight that the proxy could
+    // not deliver any more: a race, not an alteration.
+    let whole = |r: &ConnectionRecord| !r.lost_sync && r.unanalysed.total() == 0 && r.ending == Ending::CloseHandshake;
     if !(whole(front) && whole(back)) {
         return out;
     }
@@ -160,7 +166,7 @@ pub fn alterations(front: &ConnectionRecord, back: &ConnectionRecord) -> Vec<(Di
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{Ending, FrameTally, HandshakeSeen, KindSet, Sides};
+    use crate::engine::{FrameTally, HandshakeSeen, KindSet, Sides};
     use crate::flow::{FlowId, Opening, Unanalysed};
 
     fn record(id: u64, client: &str, server: &str, start_ns: u64, accepted: Option<&str>) -> ConnectionRecord {
