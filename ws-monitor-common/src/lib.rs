@@ -65,6 +65,8 @@ pub struct ChunkHeader {
     /// out on purpose: the rest of a binary frame's payload, which the engine passes over
     /// without reading (a known-length skip, not a loss).
     pub skip: u32,
+    /// Index of the interface the packet was seen on.
+    pub ifindex: u32,
     pub sport: u16,
     pub dport: u16,
     /// Payload bytes that follow this header in the record.
@@ -80,13 +82,13 @@ pub struct ChunkHeader {
     /// 1 in a loss note (the `LOSSES` ring): the record of these bytes could not be
     /// written, and `skip` counts the payload bytes it would have carried (`len` is 0).
     pub lost: u8,
-    pub _pad: u8,
+    pub _pad: [u8; 5],
 }
 
 /// Size of [`ChunkHeader`] in a record; a multiple of 8 so the payload stays aligned.
 pub const HEADER_SIZE: usize = core::mem::size_of::<ChunkHeader>();
 const _: () = assert!(HEADER_SIZE.is_multiple_of(8));
-const _: () = assert!(HEADER_SIZE == 72);
+const _: () = assert!(HEADER_SIZE == 80);
 
 /// One piece of a packet's payload as the kernel hands it on: bytes `[start, copy_end)`
 /// copied, then `[copy_end, skip_end)` skipped (offsets inside the payload).
@@ -185,10 +187,14 @@ pub enum Counter {
     /// Loss notes that did not fit in the `LOSSES` ring either: those losses are only
     /// in the counters, not attributed to a connection.
     LossNotesLost,
+    /// Packets seen again on another interface (a bridge and its ports, both ends of a
+    /// veth pair) after the interface that owns their direction: counted and passed on
+    /// once, from that interface.
+    PacketsDuplicate,
 }
 
 /// Number of counters in `COUNTERS`.
-pub const COUNTER_COUNT: u32 = 24;
+pub const COUNTER_COUNT: u32 = 25;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -216,6 +222,7 @@ impl Counter {
         Counter::RetransmittedBytes,
         Counter::LossNotes,
         Counter::LossNotesLost,
+        Counter::PacketsDuplicate,
     ];
 
     /// Stable snake_case name for reports.
@@ -245,6 +252,7 @@ impl Counter {
             Counter::RetransmittedBytes => "retransmitted_bytes",
             Counter::LossNotes => "loss_notes",
             Counter::LossNotesLost => "loss_notes_lost",
+            Counter::PacketsDuplicate => "packets_duplicate",
         }
     }
 }
@@ -337,6 +345,37 @@ pub struct Anchor {
     pub _pad: [u8; 3],
 }
 
+/// Value of the kernel's `OWNERS` map (capture on several interfaces): the interface
+/// whose copy of a connection direction's packets is handed on, and when it last saw
+/// one. Another interface takes over once the owner has seen nothing for
+/// [`OWNER_TAKEOVER_NS`] (the route changed): copies of one packet on two interfaces are
+/// microseconds apart.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owner {
+    pub seen_ns: u64,
+    pub ifindex: u32,
+    pub _pad: u32,
+}
+
+/// Directions whose owning interface the kernel remembers (`OWNERS`, LRU).
+pub const MAX_OWNERS: u32 = 65_536;
+/// How long an owning interface may be silent before another one takes its direction.
+pub const OWNER_TAKEOVER_NS: u64 = 1_000_000_000;
+
+/// Value of the `IFACES` map (key: interface index): how packets at the TC hooks of an
+/// interface start. An interface missing from the map is taken as Ethernet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Iface {
+    /// Bytes before the network header: 14 for Ethernet and loopback, 0 for L3 devices
+    /// (tun, WireGuard), whose packets' L3 protocol is in the skb's protocol field.
+    pub l2_len: u32,
+}
+
+/// Interfaces the `IFACES` map describes at most.
+pub const MAX_IFACES: u32 = 16_384;
+
 /// `ChunkHeader::hook`: which TC hook saw the packet.
 pub const HOOK_INGRESS: u8 = 0;
 pub const HOOK_EGRESS: u8 = 1;
@@ -385,4 +424,8 @@ mod user {
     unsafe impl aya::Pod for super::WalkState {}
     // SAFETY: `Anchor` is `repr(C)`: a u32 and four bytes, no padding.
     unsafe impl aya::Pod for super::Anchor {}
+    // SAFETY: `Owner` is `repr(C)`: a u64 and two u32, no padding.
+    unsafe impl aya::Pod for super::Owner {}
+    // SAFETY: `Iface` is `repr(C)`: one u32.
+    unsafe impl aya::Pod for super::Iface {}
 }

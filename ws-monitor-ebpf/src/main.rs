@@ -31,11 +31,12 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use ws_monitor_common::{
-    Anchor, ChunkHeader, Counter, FlowDir, Liveness, Plan, Span, WalkState, CHUNK_SIZE,
-    DIR_TO_CLIENT, DIR_TO_SERVER, EXCERPT_LEN, HEADER_SIZE, HOOK_EGRESS, HOOK_INGRESS,
-    JUMP_EMIT, JUMP_WALK, MAX_ANCHORS, MAX_CHUNKS, MAX_FLOWS, MAX_SPANS, MAX_WALK, MSG_COPY,
-    MSG_NONE, MSG_SKIP, ORPHAN_AFTER_NS, PORT_MONITORED, PORT_SLOTS, TCP_FIN, TCP_RST,
-    TCP_SYN, WALK_COPY, WALK_HEADERS, WALK_RUNS,
+    Anchor, ChunkHeader, Counter, FlowDir, Iface, Liveness, Owner, Plan, Span, WalkState,
+    CHUNK_SIZE, DIR_TO_CLIENT, DIR_TO_SERVER, EXCERPT_LEN, HEADER_SIZE, HOOK_EGRESS,
+    HOOK_INGRESS, JUMP_EMIT, JUMP_WALK, MAX_ANCHORS, MAX_CHUNKS, MAX_FLOWS, MAX_IFACES,
+    MAX_OWNERS, MAX_SPANS, MAX_WALK, MSG_COPY, MSG_NONE, MSG_SKIP, ORPHAN_AFTER_NS,
+    OWNER_TAKEOVER_NS, PORT_MONITORED, PORT_SLOTS, TCP_FIN, TCP_RST, TCP_SYN, WALK_COPY,
+    WALK_HEADERS, WALK_RUNS,
 };
 
 /// Ring buffer of records; its size is set by userspace (`--ring-size`) before load.
@@ -65,6 +66,16 @@ static LIVENESS: Array<Liveness> = Array::with_max_entries(1, 0);
 #[map]
 static FLOWS: LruHashMap<FlowDir, WalkState> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 
+/// How packets start on each interface attached to (see `Iface`), set by userspace
+/// before it attaches there.
+#[map]
+static IFACES: HashMap<u32, Iface> = HashMap::with_max_entries(MAX_IFACES, 0);
+
+/// Capture on several interfaces (`DEDUP` = 1): which interface hands on each connection
+/// direction's packets; the copies other interfaces see are counted and left alone.
+#[map]
+static OWNERS: LruHashMap<FlowDir, Owner> = LruHashMap::with_max_entries(MAX_OWNERS, 0);
+
 /// Frame headers userspace knows of in directions the program copies whole.
 #[map]
 static ANCHORS: HashMap<FlowDir, Anchor> = HashMap::with_max_entries(MAX_ANCHORS, 0);
@@ -91,10 +102,11 @@ const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88A8;
 const ETH_HDR_LEN: u32 = 14;
 
-/// Link-layer header length of the interface (14 for Ethernet and loopback, 0 for L3
-/// devices such as tun or WireGuard), set by userspace at load time.
+/// 1 when the program is attached to more than one interface (so that one packet may
+/// pass two of them): each direction is then handed on from one interface only
+/// (`OWNERS`). Set by userspace at load time.
 #[no_mangle]
-static L2_LEN: u32 = ETH_HDR_LEN;
+static DEDUP: u32 = 0;
 /// 1: header-only capture; 0: copy every payload byte (`--full-payload`). Set by
 /// userspace at load time.
 #[no_mangle]
@@ -202,9 +214,9 @@ fn load<const N: usize>(ctx: &TcContext, offset: u32) -> Option<[u8; N]> {
 
 /// The network header's offset and the L3 protocol (EtherType).
 #[inline(always)]
-fn parse_l2(ctx: &TcContext) -> Option<(u32, u16)> {
-    // SAFETY: a read-only global written by userspace before load.
-    let l2_len = unsafe { core::ptr::read_volatile(&L2_LEN) };
+fn parse_l2(ctx: &TcContext, ifindex: u32) -> Option<(u32, u16)> {
+    // SAFETY: a value of a map only userspace writes; read by copy.
+    let l2_len = unsafe { IFACES.get(&ifindex) }.map_or(ETH_HDR_LEN, |i| i.l2_len);
     if l2_len != ETH_HDR_LEN {
         // No link-layer header: the kernel's protocol field names the L3 protocol.
         return Some((0, u16::from_be(ctx.skb.protocol() as u16)));
@@ -232,8 +244,8 @@ struct L3 {
 }
 
 #[inline(always)]
-fn parse_l3(ctx: &TcContext) -> Result<L3, Counter> {
-    let (net, proto) = parse_l2(ctx).ok_or(Counter::SkipTruncated)?;
+fn parse_l3(ctx: &TcContext, ifindex: u32) -> Result<L3, Counter> {
+    let (net, proto) = parse_l2(ctx, ifindex).ok_or(Counter::SkipTruncated)?;
     match proto {
         ETH_P_IP => {
             let ip: [u8; 20] = load(ctx, net).ok_or(Counter::SkipTruncated)?;
@@ -340,7 +352,9 @@ fn try_capture(ctx: &TcContext, hook: u8) -> Result<(), ()> {
         return Ok(());
     }
     count(Counter::PacketsSeen, 1);
-    let l3 = match parse_l3(ctx) {
+    // SAFETY: the context's skb is valid for the whole run of the program.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let l3 = match parse_l3(ctx, ifindex) {
         Ok(l3) => l3,
         Err(reason) => {
             count(reason, 1);
@@ -366,17 +380,23 @@ fn try_capture(ctx: &TcContext, hook: u8) -> Result<(), ()> {
         count(Counter::SkipTruncated, 1);
         return Err(());
     }
+    let Some(plan) = PLAN.get_ptr_mut(0) else {
+        return Err(());
+    };
+    // SAFETY: per-CPU map value owned by this CPU for the duration of the program.
+    let plan = unsafe { &mut *plan };
+    plan.key = FlowDir { saddr: l3.saddr, daddr: l3.daddr, sport, dport, family: l3.family, _pad: [0; 3] };
+    // SAFETY: a read-only global written by userspace before load.
+    if unsafe { core::ptr::read_volatile(&DEDUP) } != 0 && !owns(&plan.key, ifindex, now) {
+        count(Counter::PacketsDuplicate, 1);
+        return Ok(());
+    }
     count(Counter::PacketsMatched, 1);
 
     let payload_len = l3.ip_payload_len - doff;
     let payload_offset = l3.net + l3.tcp_offset + doff;
     let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
     let flags = tcp[13];
-    let Some(plan) = PLAN.get_ptr_mut(0) else {
-        return Err(());
-    };
-    // SAFETY: per-CPU map value owned by this CPU for the duration of the program.
-    let plan = unsafe { &mut *plan };
     plan.header = ChunkHeader {
         ts_ns: now,
         saddr: l3.saddr,
@@ -393,10 +413,10 @@ fn try_capture(ctx: &TcContext, hook: u8) -> Result<(), ()> {
         flags,
         hook,
         skip: 0,
+        ifindex,
         lost: 0,
-        _pad: 0,
+        _pad: [0; 5],
     };
-    plan.key = FlowDir { saddr: l3.saddr, daddr: l3.daddr, sport, dport, family: l3.family, _pad: [0; 3] };
     plan.n = 0;
     // SAFETY: a read-only global written by userspace before load.
     let header_only = unsafe { core::ptr::read_volatile(&HEADER_ONLY) } != 0;
@@ -426,6 +446,27 @@ fn try_capture(ctx: &TcContext, hook: u8) -> Result<(), ()> {
     }
     jump(ctx, plan, JUMP_EMIT);
     Err(())
+}
+
+/// Whether `ifindex` hands on the packets of direction `key`: the first interface to see
+/// the direction owns it, and another takes over once the owner has been silent for
+/// `OWNER_TAKEOVER_NS`. (Two CPUs seeing a direction's first packet on two interfaces at
+/// once may both pass it: reassembly drops the second as a duplicate.)
+#[inline(always)]
+fn owns(key: &FlowDir, ifindex: u32, now: u64) -> bool {
+    if let Some(owner) = OWNERS.get_ptr_mut(key) {
+        // SAFETY: a value of the OWNERS map, valid while the program runs; concurrent
+        // writers store whole, equally valid values.
+        let owner = unsafe { &mut *owner };
+        if owner.ifindex != ifindex && now.saturating_sub(owner.seen_ns) <= OWNER_TAKEOVER_NS {
+            return false;
+        }
+        owner.ifindex = ifindex;
+        owner.seen_ns = now;
+        return true;
+    }
+    let _ = OWNERS.insert(key, &Owner { seen_ns: now, ifindex, _pad: 0 }, 0);
+    true
 }
 
 /// Drops what is kept for one direction of a connection that starts or ends.

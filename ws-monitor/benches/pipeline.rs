@@ -178,6 +178,7 @@ fn segments(conns: &[(Vec<u8>, Vec<u8>)], f: &mut dyn FnMut(&Segment<'_>)) {
             data: &[],
             skip: 0,
             ts_ns: 1,
+            iface: 1,
         };
         f(&syn(Direction::ToServer, isn_c, 0, true, false));
         f(&syn(Direction::ToClient, isn_s, isn_c + 1, true, true));
@@ -199,6 +200,7 @@ fn segments(conns: &[(Vec<u8>, Vec<u8>)], f: &mut dyn FnMut(&Segment<'_>)) {
                         data: &data[off..end],
                         skip: 0,
                         ts_ns: 2,
+                        iface: 1,
                     });
                     offs[i] = end;
                 }

@@ -1,5 +1,10 @@
-//! Live capture: loads the embedded TC program, attaches it to an interface, and turns
-//! its ring-buffer records into [`Segment`]s.
+//! Live capture: loads the embedded TC program, attaches it to one or more interfaces
+//! (or to every interface that is up, `any`, following those that come and go), and
+//! turns its ring-buffer records into [`Segment`]s.
+//!
+//! On several interfaces one packet may pass two of them (a bridge and its ports, both
+//! ends of a veth pair): the kernel program hands each connection direction on from one
+//! interface only, and counts the other copies (`packets_duplicate`).
 //!
 //! Two ways to attach: TCX links (Linux 6.6+), which the kernel detaches when the process
 //! ends however it ends, and before 6.6 `cls_bpf` filters on the clsact qdisc (as `tc
@@ -10,20 +15,21 @@
 //! next to nothing, since the program stops working once its heartbeat
 //! ([`crate::liveness`]) is more than five seconds old.
 
-use std::ffi::CString;
+use std::collections::BTreeMap;
+use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{bail, Context as _};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray, RingBuf};
-use aya::programs::tc::{NlOptions, TcAttachOptions, TcHandle};
+use aya::programs::tc::{NlOptions, SchedClassifierLinkId, TcAttachOptions, TcHandle};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfLoader};
 use tokio::io::unix::AsyncFd;
 use ws_monitor_common::{
-    Anchor, ChunkHeader, Counter, FlowDir, WalkState, DIR_TO_SERVER, HEADER_SIZE, JUMP_EMIT,
+    Anchor, ChunkHeader, Counter, FlowDir, Iface, WalkState, DIR_TO_SERVER, HEADER_SIZE, JUMP_EMIT,
     JUMP_WALK, LIVENESS_QDISC_OWNED, MAX_PORTS, MSG_COPY, MSG_NONE, MSG_SKIP, PORT_MONITORED,
     PROGRAM_EMIT, PROGRAM_WALK, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
@@ -38,10 +44,52 @@ use crate::privileges;
 /// program tests, which load it directly).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ws-monitor.bpf.o"));
 
+/// Which interfaces to capture on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Interfaces {
+    /// These, by name: each must exist, and the capture stops if one disappears.
+    Named(Vec<String>),
+    /// Every interface that is up, and each one that comes up while running.
+    Any,
+}
+
+impl Interfaces {
+    /// `--iface` values: names (repeated or comma-separated), or `any` alone.
+    pub fn from_args(names: &[String]) -> anyhow::Result<Interfaces> {
+        let mut out: Vec<String> = Vec::new();
+        for name in names.iter().flat_map(|n| n.split(',')).map(str::trim).filter(|n| !n.is_empty()) {
+            if !out.iter().any(|n| n == name) {
+                out.push(name.to_string());
+            }
+        }
+        match out.as_slice() {
+            [] => bail!("no interface to capture on: pass --iface IFACE (repeat it for more, or `any`)"),
+            [any] if any == "any" => Ok(Interfaces::Any),
+            more if more.iter().any(|n| n == "any") => {
+                bail!("--iface any already means every interface: give it alone, or name the interfaces")
+            }
+            _ => Ok(Interfaces::Named(out)),
+        }
+    }
+
+    /// How the operator named them: `eth0,lo` or `any`.
+    pub fn label(&self) -> String {
+        match self {
+            Interfaces::Named(names) => names.join(","),
+            Interfaces::Any => "any".into(),
+        }
+    }
+
+    /// More than one interface may see the same packet.
+    fn may_overlap(&self) -> bool {
+        !matches!(self, Interfaces::Named(names) if names.len() == 1)
+    }
+}
+
 /// What to capture.
 #[derive(Clone, Debug)]
 pub struct CaptureConfig {
-    pub iface: String,
+    pub interfaces: Interfaces,
     pub ports: Vec<u16>,
     /// Ring buffer size in bytes: a power of two, at least one page.
     pub ring_size: u32,
@@ -93,6 +141,21 @@ impl KernelCounters {
 pub struct Attachment {
     /// `tcx` or `netlink` (never `auto`).
     pub mode: AttachMode,
+    /// `--iface any`: interfaces that come up are attached to as they appear.
+    pub any: bool,
+    /// Every interface attached to during the run, in the order attached.
+    pub interfaces: Vec<Attached>,
+    /// Interfaces `any` left out, and why (a link type ws-monitor cannot parse, or an
+    /// attach that failed).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub skipped: BTreeMap<String, String>,
+}
+
+/// One interface the programs were attached to.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Attached {
+    pub name: String,
+    pub ifindex: u32,
     /// Hooks the program is attached to.
     pub hooks: Vec<&'static str>,
     /// With netlink: whether ws-monitor added the clsact qdisc (and removes it at exit
@@ -103,6 +166,8 @@ pub struct Attachment {
     /// PIDs of other ws-monitor instances running on the same interface (left alone).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub others_running: Vec<u32>,
+    /// The interface's state when last looked at.
+    pub state: LinkState,
 }
 
 /// What userspace told a header-only capture (the `header_only` object of the report).
@@ -131,26 +196,61 @@ pub struct Capture {
     anchors: HashMap<MapData, FlowDir, Anchor>,
     pub steer_stats: SteerStats,
     pub attachment: Attachment,
-    /// The interface attached to, by name and index.
-    iface: String,
-    ifindex: u32,
+    interfaces: Interfaces,
+    /// Names of the interfaces attached to, by index (kept once one is gone: records of
+    /// it may still be in the ring).
+    names: std::collections::HashMap<u32, String>,
+    /// How packets start on each interface (`IFACES`), written before attaching there.
+    link_headers: HashMap<MapData, u32, Iface>,
     // Dropped in this order: the heartbeat stops, then the programs and their links go,
-    // then the qdisc they hung on.
+    // then the qdiscs they hung on.
     heartbeat: Heartbeat,
-    _ebpf: Ebpf,
-    _qdisc: Option<OwnedQdisc>,
+    ebpf: Ebpf,
+    qdiscs: Vec<OwnedQdisc>,
+}
+
+/// What changed on the interfaces since the last look ([`Capture::watch`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkEvent {
+    Down(String),
+    Up(String),
+    /// An interface named on the command line disappeared: the capture cannot go on as
+    /// asked.
+    Gone(String),
+    /// An interface `any` was following disappeared (a container's veth, say).
+    Left(String),
+    /// `any`: a new interface came up and is now captured on.
+    Added(String),
+    /// `any`: a new interface could not be attached to.
+    Skipped(String, String),
+}
+
+/// An interface about to be attached to: the qdisc prepared (netlink) and what the
+/// sweep of stale filters found.
+struct Prepared {
+    name: String,
+    ifindex: u32,
+    link_header: u32,
+    sweep: Sweep,
+    qdisc: Option<OwnedQdisc>,
 }
 
 impl Capture {
-    /// Checks privileges, kernel and interface, removes what killed instances left on the
-    /// interface, then loads and attaches the program.
+    /// Checks privileges, kernel and interfaces, removes what killed instances left on
+    /// them, then loads and attaches the program.
     pub fn start(config: &CaptureConfig) -> anyhow::Result<Capture> {
-        let ifindex = preflight(config)?;
+        preflight(config)?;
         let mode = resolve(config.attach, current_kernel())?;
-        let l2_len = link_header_len(&config.iface)?;
+        let named: Named = match &config.interfaces {
+            Interfaces::Named(names) => names
+                .iter()
+                .map(|name| Ok((name.clone(), interface_index(name)?)))
+                .collect::<anyhow::Result<_>>()?,
+            Interfaces::Any => Vec::new(),
+        };
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", config.ring_size)
-            .override_global("L2_LEN", &l2_len, true)
+            .override_global("DEDUP", &u32::from(config.interfaces.may_overlap()), true)
             .override_global("HEADER_ONLY", &u32::from(config.header_only), true)
             .override_global("WAKE_BYTES", &wake_bytes(config.ring_size), true)
             .load(EBPF_OBJECT)
@@ -164,58 +264,51 @@ impl Capture {
         }
 
         load_tail_programs(&mut ebpf)?;
+        for (name, _) in HOOKS {
+            load_classifier(&mut ebpf, name)?;
+        }
 
-        let mut rtnl = Rtnl::open().context("opening a netlink socket")?;
-        // A netlink filter outlives a ws-monitor killed with SIGKILL, whatever the mode
-        // of the next run: sweep them first. With TCX an inherited empty qdisc goes too.
-        let sweep = sweep(&mut rtnl, ifindex, &config.iface, mode == AttachMode::Tcx)?;
-        let qdisc = match mode {
-            AttachMode::Netlink => {
-                let needs_egress = !is_loopback(&config.iface);
-                Some(clsact_for(&mut rtnl, ifindex, &config.iface, needs_egress, sweep.qdisc_owned)?)
+        let mut skipped = BTreeMap::new();
+        let candidates = match &config.interfaces {
+            Interfaces::Named(_) => named,
+            Interfaces::Any => {
+                let (up, left_out) = interfaces_up()?;
+                skipped.extend(left_out);
+                up
             }
-            _ => None,
         };
-        let flags = if qdisc.as_ref().is_some_and(|q| q.owned) { LIVENESS_QDISC_OWNED } else { 0 };
+        let mut prepared = Vec::new();
+        for (name, ifindex) in candidates {
+            match prepare(mode, &name, ifindex) {
+                Ok(p) => prepared.push(p),
+                Err(e) if config.interfaces == Interfaces::Any => {
+                    skipped.insert(name, format!("{e:#}"));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if prepared.is_empty() {
+            bail!("no interface is up to capture on: bring one up (ip link set IFACE up) or name it with --iface");
+        }
+        // A killed instance's sweeper learns from this flag whether the qdisc was ours
+        // (with several interfaces: on any of them; an empty clsact qdisc it then removes
+        // costs nothing to add again).
+        let flags = if prepared.iter().any(|p| p.qdisc.as_ref().is_some_and(|q| q.owned)) { LIVENESS_QDISC_OWNED } else { 0 };
         // Alive before the first packet: the program ignores packets without a heartbeat.
         let heartbeat = Heartbeat::start(map(&mut ebpf, liveness::MAP_NAME)?, liveness::this_process(flags))?;
-
-        // On loopback every packet passes egress and then ingress: one hook sees it all.
-        let hooks: &[(&str, TcAttachType, Hook)] = if is_loopback(&config.iface) {
-            &[("ws_monitor_ingress", TcAttachType::Ingress, Hook::Ingress)]
-        } else {
-            &[
-                ("ws_monitor_ingress", TcAttachType::Ingress, Hook::Ingress),
-                ("ws_monitor_egress", TcAttachType::Egress, Hook::Egress),
-            ]
-        };
-        for (name, attach_type, hook) in hooks {
-            let program = load_classifier(&mut ebpf, name)?;
-            let options = match mode {
-                AttachMode::Netlink => TcAttachOptions::Netlink(NlOptions {
-                    priority: first_priority(&mut rtnl, ifindex, *hook)?,
-                    // The handle marks the filter as ours.
-                    handle: TcHandle::from(FILTER_HANDLE),
-                    ..Default::default()
-                }),
-                _ => TcAttachOptions::TcxOrder(LinkOrder::default()),
-            };
-            program.attach_with_options(&config.iface, *attach_type, options).map_err(|e| {
-                explain(anyhow::Error::new(e).context(format!("attaching to {} {}", config.iface, hook.name())))
-            })?;
-        }
 
         let ring: RingBuf<MapData> = map(&mut ebpf, "EVENTS")?;
         let losses: RingBuf<MapData> = map(&mut ebpf, "LOSSES")?;
         let counters: PerCpuArray<MapData, u64> = map(&mut ebpf, "COUNTERS")?;
         let flows = map(&mut ebpf, "FLOWS")?;
         let anchors = map(&mut ebpf, "ANCHORS")?;
+        let link_headers = map(&mut ebpf, "IFACES")?;
         // SAFETY: the RingBuf owns its map fd, which stays open and unchanged for as long
         // as the RingBuf lives, and the AsyncFd owns the RingBuf.
         let ring = unsafe { AsyncFd::register(ring) }
             .map_err(io::Error::from)
             .context("registering the ring buffer with tokio")?;
-        Ok(Capture {
+        let mut capture = Capture {
             ring,
             losses,
             notes: std::collections::VecDeque::new(),
@@ -223,19 +316,87 @@ impl Capture {
             flows,
             anchors,
             steer_stats: SteerStats { enabled: config.header_only, ..SteerStats::default() },
-            iface: config.iface.clone(),
-            ifindex,
-            attachment: Attachment {
-                mode,
-                hooks: hooks.iter().map(|h| h.2.name()).collect(),
-                qdisc_owned: qdisc.as_ref().is_some_and(|q| q.owned),
-                stale_filters_removed: sweep.removed,
-                others_running: sweep.running,
-            },
+            attachment: Attachment { mode, any: config.interfaces == Interfaces::Any, interfaces: Vec::new(), skipped },
+            interfaces: config.interfaces.clone(),
+            names: std::collections::HashMap::new(),
+            link_headers,
             heartbeat,
-            _ebpf: ebpf,
-            _qdisc: qdisc,
-        })
+            ebpf,
+            qdiscs: Vec::new(),
+        };
+        for p in prepared {
+            let name = p.name.clone();
+            if let Err(e) = capture.attach(p) {
+                if capture.attachment.any {
+                    capture.attachment.skipped.insert(name, format!("{e:#}"));
+                } else {
+                    return Err(e);
+                }
+            }
+        }
+        if capture.attachment.interfaces.is_empty() {
+            bail!("could not attach to any interface: {:?}", capture.attachment.skipped);
+        }
+        Ok(capture)
+    }
+
+    /// Attaches the programs to a prepared interface.
+    fn attach(&mut self, p: Prepared) -> anyhow::Result<()> {
+        let Prepared { name, ifindex, link_header, sweep, qdisc } = p;
+        let owned = qdisc.as_ref().is_some_and(|q| q.owned);
+        if let Some(q) = qdisc {
+            self.qdiscs.push(q);
+        }
+        self.link_headers
+            .insert(ifindex, Iface { l2_len: link_header }, 0)
+            .with_context(|| format!("describing {name} to the kernel program"))?;
+        // On loopback every packet passes egress and then ingress: one hook sees it all.
+        let hooks: &[(&str, Hook)] = if is_loopback(&name) { &HOOKS[..1] } else { &HOOKS };
+        let mode = self.attachment.mode;
+        let mut rtnl = match mode {
+            AttachMode::Netlink => Some(Rtnl::open().context("opening a netlink socket")?),
+            _ => None,
+        };
+        let mut links: Vec<(&str, SchedClassifierLinkId)> = Vec::new();
+        let mut attach_all = || -> anyhow::Result<()> {
+            for (program_name, hook) in hooks {
+                let options = match rtnl.as_mut() {
+                    Some(rtnl) => TcAttachOptions::Netlink(NlOptions {
+                        priority: first_priority(rtnl, ifindex, *hook)?,
+                        // The handle marks the filter as ours.
+                        handle: TcHandle::from(FILTER_HANDLE),
+                        ..Default::default()
+                    }),
+                    None => TcAttachOptions::TcxOrder(LinkOrder::default()),
+                };
+                let program = classifier(&mut self.ebpf, program_name)?;
+                let link = program
+                    .attach_with_options(&name, attach_type(*hook), options)
+                    .map_err(|e| explain(anyhow::Error::new(e).context(format!("attaching to {name} {}", hook.name()))))?;
+                links.push((program_name, link));
+            }
+            Ok(())
+        };
+        if let Err(e) = attach_all() {
+            // Half attached is not attached: undo the hooks that worked.
+            for (program_name, link) in links {
+                if let Ok(program) = classifier(&mut self.ebpf, program_name) {
+                    let _ = program.detach(link);
+                }
+            }
+            return Err(e);
+        }
+        self.names.insert(ifindex, name.clone());
+        self.attachment.interfaces.push(Attached {
+            state: link_state(&name, ifindex),
+            name,
+            ifindex,
+            hooks: hooks.iter().map(|h| h.1.name()).collect(),
+            qdisc_owned: owned,
+            stale_filters_removed: sweep.removed,
+            others_running: sweep.running,
+        });
+        Ok(())
     }
 
     /// Waits until the ring buffer has records; read them with [`Capture::drain`].
@@ -313,15 +474,81 @@ impl Capture {
     /// Gives up what attaching needed (see [`privileges`]), then starts the heartbeat's
     /// thread. Call it before any other thread of the process starts.
     pub fn release(&mut self, user: Option<String>, seccomp: bool) -> anyhow::Result<privileges::Dropped> {
-        let plan = privileges::Plan { netlink: self.attachment.mode == AttachMode::Netlink, user, seccomp };
+        let plan = privileges::Plan {
+            netlink: self.attachment.mode == AttachMode::Netlink,
+            attach_later: self.attachment.any,
+            user,
+            seccomp,
+        };
         let dropped = privileges::drop_after_attach(&plan, || self.counters().is_ok())?;
         self.heartbeat.keep_beating()?;
         Ok(dropped)
     }
 
-    /// Whether the interface the programs hang on is still there, and up.
-    pub fn link_state(&self) -> LinkState {
-        link_state(&self.iface, self.ifindex)
+    /// Looks at the interfaces again: which went down, came back or disappeared, and
+    /// with `any`, which new ones came up (attached to now). Call it about once a second.
+    pub fn watch(&mut self) -> Vec<LinkEvent> {
+        let mut events = Vec::new();
+        for iface in &mut self.attachment.interfaces {
+            if iface.state == LinkState::Gone {
+                continue;
+            }
+            let now = link_state(&iface.name, iface.ifindex);
+            let was = std::mem::replace(&mut iface.state, now);
+            match (was, now) {
+                (_, LinkState::Gone) if self.attachment.any => events.push(LinkEvent::Left(iface.name.clone())),
+                (_, LinkState::Gone) => events.push(LinkEvent::Gone(iface.name.clone())),
+                (LinkState::Up, LinkState::Down) => events.push(LinkEvent::Down(iface.name.clone())),
+                (LinkState::Down, LinkState::Up) => events.push(LinkEvent::Up(iface.name.clone())),
+                _ => {}
+            }
+        }
+        if self.interfaces == Interfaces::Any {
+            events.extend(self.follow_new_interfaces());
+        }
+        events
+    }
+
+    /// `any`: attaches to the interfaces that came up since the last look.
+    fn follow_new_interfaces(&mut self) -> Vec<LinkEvent> {
+        let Ok((up, left_out)) = interfaces_up() else { return Vec::new() };
+        let mut events = Vec::new();
+        for (name, reason) in left_out {
+            if let std::collections::btree_map::Entry::Vacant(slot) = self.attachment.skipped.entry(name.clone()) {
+                events.push(LinkEvent::Skipped(name, reason.clone()));
+                slot.insert(reason);
+            }
+        }
+        let live = |a: &Attached| a.state != LinkState::Gone;
+        for (name, ifindex) in up {
+            if self.attachment.interfaces.iter().any(|a| a.ifindex == ifindex && live(a)) {
+                continue;
+            }
+            match prepare(self.attachment.mode, &name, ifindex).and_then(|p| self.attach(p)) {
+                Ok(()) => {
+                    self.attachment.skipped.remove(&name);
+                    events.push(LinkEvent::Added(name));
+                }
+                Err(e) => {
+                    let reason = format!("{e:#}");
+                    if self.attachment.skipped.get(&name) != Some(&reason) {
+                        events.push(LinkEvent::Skipped(name.clone(), reason.clone()));
+                        self.attachment.skipped.insert(name, reason);
+                    }
+                }
+            }
+        }
+        events
+    }
+
+    /// Names of the interfaces attached to, by index.
+    pub fn interface_names(&self) -> &std::collections::HashMap<u32, String> {
+        &self.names
+    }
+
+    /// Interfaces attached to now and up, by name.
+    pub fn interfaces_up(&self) -> Vec<&str> {
+        self.attachment.interfaces.iter().filter(|a| a.state == LinkState::Up).map(|a| a.name.as_str()).collect()
     }
 
     /// Kernel counters summed over all CPUs.
@@ -338,8 +565,9 @@ impl Capture {
     }
 }
 
-/// The state of the interface a capture is attached to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The state of an interface a capture is attached to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum LinkState {
     Up,
     /// Administratively down: no packet passes, so nothing is captured.
@@ -444,6 +672,75 @@ pub fn load_tail_programs(ebpf: &mut Ebpf) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The entry programs and the hook each goes on (ingress first: the one loopback needs).
+const HOOKS: [(&str, Hook); 2] = [("ws_monitor_ingress", Hook::Ingress), ("ws_monitor_egress", Hook::Egress)];
+
+fn attach_type(hook: Hook) -> TcAttachType {
+    match hook {
+        Hook::Ingress => TcAttachType::Ingress,
+        Hook::Egress => TcAttachType::Egress,
+    }
+}
+
+/// The classifier `name` of the object, once loaded.
+fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut SchedClassifier> {
+    Ok(ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing from the eBPF object"))?
+        .try_into()?)
+}
+
+/// Readies an interface for attaching: its link type, the stale filters a killed
+/// instance left there (removed), and with netlink the clsact qdisc.
+fn prepare(mode: AttachMode, name: &str, ifindex: u32) -> anyhow::Result<Prepared> {
+    let link_header = link_header_len(name)?;
+    let mut rtnl = Rtnl::open().context("opening a netlink socket")?;
+    // A netlink filter outlives a ws-monitor killed with SIGKILL, whatever the mode of
+    // the next run: sweep them first. With TCX an inherited empty qdisc goes too.
+    let sweep = sweep(&mut rtnl, ifindex, name, mode == AttachMode::Tcx)?;
+    let qdisc = match mode {
+        AttachMode::Netlink => Some(clsact_for(&mut rtnl, ifindex, name, !is_loopback(name), sweep.qdisc_owned)?),
+        _ => None,
+    };
+    Ok(Prepared { name: name.to_string(), ifindex, link_header, sweep, qdisc })
+}
+
+/// Interfaces by name and index.
+type Named = Vec<(String, u32)>;
+
+/// The interfaces that are up (name and index, in index order), and those of them
+/// `any` leaves out with the reason: a link type the program cannot parse.
+fn interfaces_up() -> anyhow::Result<(Named, Vec<(String, String)>)> {
+    // SAFETY: if_nameindex has no preconditions; its array is freed below.
+    let list = unsafe { libc::if_nameindex() };
+    if list.is_null() {
+        return Err(io::Error::last_os_error()).context("listing the network interfaces");
+    }
+    let mut all = Vec::new();
+    let mut entry = list;
+    // SAFETY: the array ends with an entry whose index is 0 and name null; every entry
+    // before it has a valid NUL-terminated name. It is freed once, after the loop.
+    unsafe {
+        while (*entry).if_index != 0 && !(*entry).if_name.is_null() {
+            all.push((CStr::from_ptr((*entry).if_name).to_string_lossy().into_owned(), (*entry).if_index));
+            entry = entry.add(1);
+        }
+        libc::if_freenameindex(list);
+    }
+    all.sort_by_key(|(_, index)| *index);
+    let (mut up, mut left_out) = (Vec::new(), Vec::new());
+    for (name, index) in all {
+        if link_state(&name, index) != LinkState::Up {
+            continue;
+        }
+        match link_header_len(&name) {
+            Ok(_) => up.push((name, index)),
+            Err(e) => left_out.push((name, e.to_string())),
+        }
+    }
+    Ok((up, left_out))
+}
+
 /// The classifier `name` of the object, loaded into the kernel (verified).
 fn load_classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut SchedClassifier> {
     let program: &mut SchedClassifier = ebpf
@@ -468,7 +765,7 @@ where
 
 /// Clear, actionable errors for what can be checked before touching BPF. Returns the
 /// interface index.
-fn preflight(config: &CaptureConfig) -> anyhow::Result<u32> {
+fn preflight(config: &CaptureConfig) -> anyhow::Result<()> {
     if config.ports.is_empty() {
         bail!("no port to monitor: pass --port PORT (up to {MAX_PORTS})");
     }
@@ -476,14 +773,24 @@ fn preflight(config: &CaptureConfig) -> anyhow::Result<u32> {
         bail!("too many ports ({}): ws-monitor watches at most {MAX_PORTS} at once", config.ports.len());
     }
     check_kernel(current_kernel())?;
-    privileged_interface(&config.iface)
+    check_privileges()
 }
 
 /// Root (or the capabilities), and the index of an interface that exists.
 fn privileged_interface(iface: &str) -> anyhow::Result<u32> {
+    check_privileges()?;
+    interface_index(iface)
+}
+
+fn check_privileges() -> anyhow::Result<()> {
     if !has_bpf_privileges() {
         bail!("ws-monitor needs root to load eBPF programs: run it with sudo, or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (sudo setcap cap_bpf,cap_net_admin,cap_perfmon+ep $(command -v ws-monitor))");
     }
+    Ok(())
+}
+
+/// The index of an interface that exists.
+fn interface_index(iface: &str) -> anyhow::Result<u32> {
     let name = CString::new(iface).with_context(|| format!("invalid interface name {iface:?}"))?;
     // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
     match unsafe { libc::if_nametoindex(name.as_ptr()) } {
@@ -847,6 +1154,7 @@ pub fn segment<'a>(header: &ChunkHeader, payload: &'a [u8]) -> Segment<'a> {
         data: payload,
         skip: header.skip,
         ts_ns: header.ts_ns,
+        iface: header.ifindex,
     }
 }
 

@@ -13,9 +13,11 @@ use crate::logs::LogFormat;
 #[derive(Debug, Parser)]
 #[command(name = "ws-monitor", version, subcommand_negates_reqs = true, args_conflicts_with_subcommands = true)]
 pub struct Cli {
-    /// Interface to capture on (e.g. eth0, lo).
-    #[arg(long, short = 'i', required = true)]
-    pub iface: Option<String>,
+    /// Interface to capture on (e.g. eth0, lo); repeat it (or separate names with commas)
+    /// for several, or `any` for every interface that is up, following those that come
+    /// up later. A packet that passes two of them is counted once.
+    #[arg(long, short = 'i', value_name = "IFACE", required = true)]
+    pub iface: Vec<String>,
 
     /// TCP port serving WebSocket traffic; repeat for more (up to 16).
     #[arg(long = "port", short = 'p', value_name = "PORT", required = true, value_parser = parse_port)]

@@ -1,5 +1,6 @@
 //! `--connections FILE`: one JSON line for every WebSocket connection when it ends.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use serde_json::Value;
@@ -13,14 +14,19 @@ pub struct ConnectionLog {
     out: JsonLines,
     /// Include close reasons (`--log-payload`): they are payload.
     log_payload: bool,
-    /// The interface captured on (live; none in replay).
-    iface: Option<String>,
+    /// Names of the interfaces captured on, by index (live; none in replay).
+    interfaces: HashMap<u32, String>,
 }
 
 impl ConnectionLog {
-    pub fn create(path: &Path, epoch_offset_ns: i128, log_payload: bool, iface: Option<&str>) -> anyhow::Result<Self> {
+    pub fn create(path: &Path, epoch_offset_ns: i128, log_payload: bool) -> anyhow::Result<Self> {
         let out = JsonLines::create(path, "--connections", epoch_offset_ns)?;
-        Ok(ConnectionLog { out, log_payload, iface: iface.map(str::to_string) })
+        Ok(ConnectionLog { out, log_payload, interfaces: HashMap::new() })
+    }
+
+    /// Names the interfaces records may carry the index of.
+    pub fn name_interfaces(&mut self, names: &HashMap<u32, String>) {
+        self.interfaces.clone_from(names);
     }
 
     /// The line for `r`: its fields, then `iface` (live), `start`, `end` (RFC 3339),
@@ -28,7 +34,7 @@ impl ConnectionLog {
     /// `tracked` (`handshake`, `mid_stream` or `resumed`).
     pub fn line(&self, r: &ConnectionRecord) -> Value {
         let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
-        v["iface"] = self.iface.clone().into();
+        v["iface"] = self.interfaces.get(&r.iface).cloned().into();
         let secs = |ns: u64| ns as f64 / 1e9;
         v["start"] = self.out.time(r.start_ns).into();
         v["end"] = self.out.time(r.end_ns).into();

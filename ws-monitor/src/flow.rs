@@ -114,6 +114,9 @@ pub struct Segment<'a> {
     pub skip: u32,
     /// Monotonic timestamp in nanoseconds (kernel `bpf_ktime_get_ns`, or pcap time).
     pub ts_ns: u64,
+    /// Index of the interface the packet was captured on (0: not known, as in a capture
+    /// file).
+    pub iface: u32,
 }
 
 impl<'a> Segment<'a> {
@@ -253,6 +256,11 @@ pub trait StreamSink {
         let _ = (id, dir, ts_ns);
     }
     fn close(&mut self, id: FlowId, closing: Closing, ts_ns: u64);
+    /// The connection's packets are captured on the interface with index `ifindex`
+    /// (told once, right after `open`, when it is known).
+    fn seen_on(&mut self, id: FlowId, ifindex: u32) {
+        let _ = (id, ifindex);
+    }
 }
 
 /// Feeds two sinks with the same events, in order (`a` first).
@@ -281,6 +289,10 @@ impl<A: StreamSink, B: StreamSink> StreamSink for (A, B) {
         self.0.close(id, closing, ts_ns);
         self.1.close(id, closing, ts_ns);
     }
+    fn seen_on(&mut self, id: FlowId, ifindex: u32) {
+        self.0.seen_on(id, ifindex);
+        self.1.seen_on(id, ifindex);
+    }
 }
 
 impl<S: StreamSink + ?Sized> StreamSink for &mut S {
@@ -301,5 +313,8 @@ impl<S: StreamSink + ?Sized> StreamSink for &mut S {
     }
     fn close(&mut self, id: FlowId, closing: Closing, ts_ns: u64) {
         (**self).close(id, closing, ts_ns);
+    }
+    fn seen_on(&mut self, id: FlowId, ifindex: u32) {
+        (**self).seen_on(id, ifindex);
     }
 }

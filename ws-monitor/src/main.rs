@@ -7,7 +7,7 @@ use clap::{CommandFactory as _, Parser as _};
 use futures_util::StreamExt as _;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::Instant;
-use ws_monitor::capture::{self, Capture, CaptureConfig, LinkState};
+use ws_monitor::capture::{self, Capture, CaptureConfig, Interfaces, LinkEvent, LinkState};
 use ws_monitor::cli::{Cli, Command, DemoArgs, PrivilegeArgs, ReplayArgs, RunArgs};
 use ws_monitor::dashboard::{CaptureHealth, Control, Dashboard, TerminalSession};
 use ws_monitor::demo::{Demo, DemoConfig};
@@ -39,14 +39,16 @@ fn main() -> ExitCode {
             Ok(())
         }
         None => {
-            let config = CaptureConfig {
-                iface: cli.iface.unwrap_or_default(),
-                ports: cli.ports,
-                ring_size: cli.ring_size,
-                attach: cli.attach,
-                header_only: !cli.full_payload && cli.run.streams_dir.is_none(),
-            };
-            runtime().and_then(|rt| rt.block_on(live(&config, &cli.run, &cli.privileges, Live::default())))
+            Interfaces::from_args(&cli.iface).and_then(|interfaces| {
+                let config = CaptureConfig {
+                    interfaces,
+                    ports: cli.ports,
+                    ring_size: cli.ring_size,
+                    attach: cli.attach,
+                    header_only: !cli.full_payload && cli.run.streams_dir.is_none(),
+                };
+                runtime().and_then(|rt| rt.block_on(live(&config, &cli.run, &cli.privileges, Live::default())))
+            })
         }
     };
     match result {
@@ -167,8 +169,7 @@ struct Outputs {
 }
 
 impl Outputs {
-    /// `iface`: the interface captured on (live), for the connection log.
-    fn new(args: &RunArgs, epoch_offset_ns: i128, headless: bool, iface: Option<&str>) -> anyhow::Result<Outputs> {
+    fn new(args: &RunArgs, epoch_offset_ns: i128, headless: bool) -> anyhow::Result<Outputs> {
         Ok(Outputs {
             events: args
                 .events
@@ -178,7 +179,7 @@ impl Outputs {
             connections: args
                 .connections
                 .as_deref()
-                .map(|p| ConnectionLog::create(p, epoch_offset_ns, args.log_payload, iface))
+                .map(|p| ConnectionLog::create(p, epoch_offset_ns, args.log_payload))
                 .transpose()?,
             log: headless.then(|| HeadlessLog::new(args.log_interval, args.log_payload)),
             metrics: None,
@@ -278,7 +279,7 @@ async fn live(config: &CaptureConfig, args: &RunArgs, privileges: &PrivilegeArgs
     if !tui {
         logs::init(args.log_format)?;
     }
-    let mut outputs = Outputs::new(args, epoch_offset, !tui, Some(&config.iface))?;
+    let mut outputs = Outputs::new(args, epoch_offset, !tui)?;
     if let Some(addr) = args.metrics_addr {
         outputs.metrics = Some(Exporter::bind(addr)?);
     }
@@ -300,41 +301,49 @@ async fn live(config: &CaptureConfig, args: &RunArgs, privileges: &PrivilegeArgs
             tracing::info!("serving Prometheus metrics at http://{addr}/metrics");
         }
     }
-    let attachment = capture.attachment.clone();
     let mut notes = Vec::new();
-    if attachment.stale_filters_removed > 0 {
-        notes.push(format!(
-            "removed {} stale ws-monitor filter(s) from {}, left by an instance that is no longer running",
-            attachment.stale_filters_removed, config.iface
-        ));
+    for iface in &capture.attachment.interfaces {
+        if iface.stale_filters_removed > 0 {
+            notes.push(format!(
+                "removed {} stale ws-monitor filter(s) from {}, left by an instance that is no longer running",
+                iface.stale_filters_removed, iface.name
+            ));
+        }
+        if !iface.others_running.is_empty() {
+            notes.push(format!(
+                "another ws-monitor (pid {:?}) is attached to {} too; each sees its own ports",
+                iface.others_running, iface.name
+            ));
+        }
+        if iface.state == LinkState::Down {
+            notes.push(format!(
+                "{} is down: nothing passes it, so nothing is captured until it is up (ip link set {} up)",
+                iface.name, iface.name
+            ));
+        }
     }
-    if !attachment.others_running.is_empty() {
-        notes.push(format!(
-            "another ws-monitor (pid {:?}) is attached to {} too; each sees its own ports",
-            attachment.others_running, config.iface
-        ));
-    }
-    let mut link = capture.link_state();
-    if link == LinkState::Down {
-        notes.push(format!(
-            "{} is down: nothing passes it, so nothing is captured until it is up (ip link set {} up)",
-            config.iface, config.iface
-        ));
+    for (name, why) in &capture.attachment.skipped {
+        notes.push(format!("left {name} out: {why}"));
     }
     for note in &notes {
         warn_or_print(tui, note);
     }
+    if let Some(log) = outputs.connections.as_mut() {
+        log.name_interfaces(capture.interface_names());
+    }
     let ports: Vec<String> = config.ports.iter().map(u16::to_string).collect();
+    let attached: Vec<String> =
+        capture.attachment.interfaces.iter().map(|i| format!("{} {}", i.name, i.hooks.join("+"))).collect();
     tracing::info!(
-        "capturing TCP port {} on {} ({}, {}); Ctrl-C to stop",
+        "capturing TCP port {} on {} ({}; {}); Ctrl-C to stop",
         ports.join(","),
-        config.iface,
-        attachment.hooks.join("+"),
-        attachment.mode.name()
+        config.interfaces.label(),
+        attached.join(", "),
+        capture.attachment.mode.name()
     );
     if tui {
         let session = TerminalSession::enter()?;
-        let mut dashboard = Dashboard::new(&config.iface, &config.ports, monotonic_ns());
+        let mut dashboard = Dashboard::new(&config.interfaces.label(), &config.ports, monotonic_ns());
         dashboard.set_epoch_offset(epoch_offset);
         outputs.dashboard = Some((dashboard, session));
     }
@@ -397,12 +406,24 @@ async fn live(config: &CaptureConfig, args: &RunArgs, privileges: &PrivilegeArgs
                 }
             }
             _ = tick.tick() => {
-                let was = std::mem::replace(&mut link, capture.link_state());
-                match (was, link) {
-                    (_, LinkState::Gone) => break Ok(Stop::LinkGone),
-                    (LinkState::Up, LinkState::Down) => tracing::warn!("{} went down: nothing is captured until it is up again", config.iface),
-                    (LinkState::Down, LinkState::Up) => tracing::info!("{} is up again", config.iface),
-                    _ => {}
+                let events = capture.watch();
+                if let Some(LinkEvent::Gone(name)) = events.iter().find(|e| matches!(e, LinkEvent::Gone(_))) {
+                    break Ok(Stop::LinkGone(name.clone()));
+                }
+                for event in &events {
+                    match event {
+                        LinkEvent::Down(name) => tracing::warn!("{name} went down: nothing is captured there until it is up again"),
+                        LinkEvent::Up(name) => tracing::info!("{name} is up again"),
+                        LinkEvent::Left(name) => tracing::info!("{name} disappeared; capture goes on on the others"),
+                        LinkEvent::Added(name) => tracing::info!("{name} came up: capturing on it too"),
+                        LinkEvent::Skipped(name, why) => tracing::warn!("left {name} out: {why}"),
+                        LinkEvent::Gone(_) => {}
+                    }
+                }
+                if events.iter().any(|e| matches!(e, LinkEvent::Added(_))) {
+                    if let Some(log) = outputs.connections.as_mut() {
+                        log.name_interfaces(capture.interface_names());
+                    }
                 }
                 let now = monotonic_ns();
                 pipeline.tick(now, outputs.dashboard.is_some());
@@ -430,6 +451,7 @@ async fn live(config: &CaptureConfig, args: &RunArgs, privileges: &PrivilegeArgs
     }
     let counters = capture.counters()?;
     let steer_stats = capture.steer_stats;
+    let attachment = capture.attachment.clone();
     drop(capture);
     pipeline.finish(monotonic_ns());
     outputs.findings(&mut pipeline);
@@ -472,22 +494,21 @@ async fn live(config: &CaptureConfig, args: &RunArgs, privileges: &PrivilegeArgs
             out.insert("demo_committed".into(), map.into());
         }
     })?;
-    if stop == Stop::LinkGone {
+    if let Stop::LinkGone(name) = stop {
         bail!(
-            "{} disappeared during the capture (deleted, renamed or moved to another network namespace); the report above covers what came before: restart ws-monitor once the interface is back",
-            config.iface
+            "{name} disappeared during the capture (deleted, renamed or moved to another network namespace); the report above covers what came before: restart ws-monitor once the interface is back (or use --iface any to follow interfaces that come and go)"
         );
     }
     Ok(())
 }
 
 /// Why the live loop ended.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 enum Stop {
     /// Ctrl-C, SIGTERM, `q`, or `--duration` over.
     Asked,
-    /// The interface went away, and the programs with it.
-    LinkGone,
+    /// An interface named on the command line went away, and the programs with it.
+    LinkGone(String),
 }
 
 /// A warning before the dashboard starts: on stderr under the dashboard (the log
@@ -519,7 +540,7 @@ fn drain_into(
 async fn run_demo(args: &DemoArgs) -> anyhow::Result<()> {
     let demo = Demo::start(DemoConfig { clients: args.clients.max(1), seed: 1 }).await?;
     let config = CaptureConfig {
-        iface: "lo".into(),
+        interfaces: Interfaces::Named(vec!["lo".into()]),
         ports: vec![demo.server_port, demo.proxy_port],
         ring_size: args.ring_size,
         attach: capture::AttachMode::Auto,
@@ -554,7 +575,7 @@ fn replay_file(args: &ReplayArgs) -> anyhow::Result<()> {
     let run = &args.run;
     let mut pipeline = PipelineSetup::new(run, false, true)?.start()?;
     logs::init(run.log_format)?;
-    let mut outputs = Outputs::new(run, 0, true, None)?;
+    let mut outputs = Outputs::new(run, 0, true)?;
     const TICK_NS: u64 = 1_000_000_000;
     let (mut last_tick, mut last_ts) = (0u64, 0u64);
     let mut since_findings = 0u32;

@@ -37,6 +37,9 @@ impl StreamSink for Sinks {
             d.skip(id, dir, offset, len, ts_ns);
         }
     }
+    fn seen_on(&mut self, id: FlowId, ifindex: u32) {
+        self.engine.seen_on(id, ifindex);
+    }
     fn end(&mut self, id: FlowId, dir: Direction, ts_ns: u64) {
         self.engine.end(id, dir, ts_ns);
     }

@@ -56,6 +56,7 @@ struct Meta {
     flags: TcpFlags,
     skip: u32,
     ts_ns: u64,
+    iface: u32,
     start: usize,
     len: usize,
     /// A loss note ([`Monitor::lost`]), not a segment.
@@ -275,6 +276,7 @@ impl Pipeline {
             flags: seg.flags,
             skip: seg.skip,
             ts_ns: seg.ts_ns,
+            iface: seg.iface,
             start: b.data.len(),
             len: seg.data.len(),
             lost,
@@ -571,6 +573,7 @@ fn work(mut monitor: Monitor, rx: Receiver<Work>, ctx: WorkerCtx) {
                         data,
                         skip: m.skip,
                         ts_ns: m.ts_ns,
+                        iface: m.iface,
                     };
                     if m.lost {
                         monitor.lost(&seg);
@@ -613,7 +616,7 @@ mod tests {
         let server = SocketAddr::from((Ipv4Addr::new(10, 0, 0, 2), 8001));
         let key = key_for((client.ip(), client.port()), (server.ip(), server.port()), Direction::ToServer);
         let seg = |dir, seq: u32, ack: u32, syn: bool, data: &[u8], f: &mut dyn FnMut(&Segment<'_>)| {
-            f(&Segment { key, dir, seq, ack, flags: TcpFlags { syn, ack: ack != 0, fin: false, rst: false }, data, skip: 0, ts_ns: 1 })
+            f(&Segment { key, dir, seq, ack, flags: TcpFlags { syn, ack: ack != 0, fin: false, rst: false }, data, skip: 0, ts_ns: 1, iface: 0 })
         };
         let req = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".to_vec();
         let resp = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n".to_vec();
@@ -690,7 +693,7 @@ mod tests {
             let down = key_for((b.ip(), b.port()), (a.ip(), a.port()), Direction::ToServer);
             let seg = |key, seq: u32, ack: u32, syn: bool, fin: bool, data: &[u8], p: &mut Pipeline| {
                 let flags = TcpFlags { syn, ack: ack != 0, fin, rst: false };
-                p.segment(&Segment { key, dir: Direction::ToServer, seq, ack, flags, data, skip: 0, ts_ns: 1 });
+                p.segment(&Segment { key, dir: Direction::ToServer, seq, ack, flags, data, skip: 0, ts_ns: 1, iface: 0 });
             };
             seg(up, 100, 0, true, false, &[], &mut p);
             seg(down, 900, 101, true, false, &[], &mut p);

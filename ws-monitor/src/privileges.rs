@@ -11,6 +11,8 @@
 //! * CAP_NET_ADMIN, only for a netlink attach (kernels before 6.6): its filters, and the
 //!   clsact qdisc it may have added, are removed through netlink at exit. TCX links go
 //!   when their file descriptors close.
+//! * With `--iface any`, CAP_NET_ADMIN and CAP_BPF both: attaching to interfaces that
+//!   come up later is attach-time work.
 //!
 //! Everything else goes from the effective, permitted, inheritable, ambient and
 //! bounding sets; NoNewPrivs is set; with `--user` the process becomes that user (and
@@ -46,6 +48,9 @@ pub struct Dropped {
 pub struct Plan {
     /// Attached with netlink filters: CAP_NET_ADMIN stays, to remove them at exit.
     pub netlink: bool,
+    /// More interfaces will be attached to while running (`--iface any`): CAP_NET_ADMIN
+    /// and CAP_BPF stay.
+    pub attach_later: bool,
     /// Run as this user (name or numeric uid) from now on.
     pub user: Option<String>,
     /// Install the system-call filter.
@@ -60,7 +65,7 @@ pub fn drop_after_attach(plan: &Plan, map_access: impl Fn() -> bool) -> anyhow::
         bail!("internal: privileges must be dropped before other threads start, and {threads} are running; please report this");
     }
     let mut keep = CapsHashSet::new();
-    if plan.netlink {
+    if plan.netlink || plan.attach_later {
         keep.insert(Capability::CAP_NET_ADMIN);
     }
     // Try the maps without CAP_BPF (and CAP_SYS_ADMIN, which also grants it) in the
@@ -69,7 +74,7 @@ pub fn drop_after_attach(plan: &Plan, map_access: impl Fn() -> bool) -> anyhow::
     let mut trial = effective.clone();
     trial.retain(|c| !matches!(c, Capability::CAP_BPF | Capability::CAP_SYS_ADMIN));
     caps::set(None, CapSet::Effective, &trial).context("lowering the effective capabilities")?;
-    if !map_access() {
+    if plan.attach_later || !map_access() {
         keep.insert(if effective.contains(&Capability::CAP_BPF) { Capability::CAP_BPF } else { Capability::CAP_SYS_ADMIN });
     }
     caps::set(None, CapSet::Effective, &effective).context("restoring the effective capabilities")?;

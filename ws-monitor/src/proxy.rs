@@ -177,6 +177,7 @@ mod tests {
             id: FlowId(id),
             client: client.parse().unwrap(),
             server: server.parse().unwrap(),
+            iface: 0,
             opening: Opening::Handshake,
             start_ns,
             end_ns: start_ns + 10,

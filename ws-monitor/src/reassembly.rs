@@ -1173,6 +1173,9 @@ impl Reassembler {
             (false, false) => Opening::MidStream,
         };
         sink.open(id, &seg.key, opening, seg.ts_ns);
+        if seg.iface != 0 {
+            sink.seen_on(id, seg.iface);
+        }
         bump(&mut self.stats.flows_opened, 1);
         self.table.insert(seg.key.unordered(), Flow::new(id, seg.key, seg.ts_ns), class)
     }
@@ -1367,6 +1370,7 @@ mod tests {
             },
             data,
             skip: 0,
+            iface: 0,
             ts_ns: 0,
         }
     }
@@ -2354,6 +2358,7 @@ mod tests {
                         data: &data,
                         skip: 0,
                         ts_ns: ts,
+                        iface: 0,
                     };
                     r.segment(&seg, &mut rec);
                     if tick {

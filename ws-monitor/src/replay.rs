@@ -108,6 +108,7 @@ pub fn replay(
             data: tcp.payload,
             skip: 0,
             ts_ns: frame.ts_ns,
+            iface: 0,
         });
     })?;
     stats.truncated_file = truncated_file;

@@ -204,7 +204,7 @@ fn netlink_filters_restart_clean_up_and_leave_other_tools_alone() {
     s.exchange(up, down);
     let report = stop(child);
     assert_exact(&report, up as u64, down as u64);
-    assert_eq!(report["attach"]["qdisc_owned"], true);
+    assert_eq!(report["attach"]["interfaces"][0]["qdisc_owned"], true);
     assert!(s.filters().is_empty());
     assert_eq!(s.qdisc(), None, "the clsact qdisc ws-monitor added is gone");
 
@@ -234,7 +234,7 @@ fn netlink_filters_restart_clean_up_and_leave_other_tools_alone() {
     s.exchange(up, down);
     let report = stop(child);
     assert_exact(&report, up as u64, down as u64);
-    assert_eq!(report["attach"]["stale_filters_removed"], 2);
+    assert_eq!(report["attach"]["interfaces"][0]["stale_filters_removed"], 2);
     assert!(s.filters().is_empty());
     assert_eq!(s.qdisc(), None);
 
@@ -248,7 +248,7 @@ fn netlink_filters_restart_clean_up_and_leave_other_tools_alone() {
     s.exchange(up, down);
     let report = stop(child);
     assert_exact(&report, up as u64, down as u64);
-    assert_eq!(report["attach"]["qdisc_owned"], false);
+    assert_eq!(report["attach"]["interfaces"][0]["qdisc_owned"], false);
     assert_eq!(s.filters(), foreign, "the foreign filter is exactly as it was");
     assert_eq!(s.qdisc().as_deref(), Some("clsact"), "the foreign qdisc stays");
 

@@ -58,6 +58,17 @@ fn unknown_interface_says_how_to_list_them() {
 }
 
 #[test]
+fn any_goes_alone_and_every_named_interface_must_exist() {
+    let err = one_line_error(&ws_monitor(&["--iface", "lo", "--iface", "any", "--port", "8001"]));
+    assert!(err.contains("--iface any already means every interface"), "{err}");
+    if !common::require_root("any_goes_alone_and_every_named_interface_must_exist") {
+        return;
+    }
+    let err = one_line_error(&ws_monitor(&["--iface", "lo,nosuch0", "--port", "8001"]));
+    assert!(err.contains("no such interface \"nosuch0\""), "{err}");
+}
+
+#[test]
 fn too_many_ports_is_refused() {
     let mut args = vec!["--iface".to_string(), "lo".to_string()];
     for p in 1..=17 {

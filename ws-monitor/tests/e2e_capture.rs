@@ -190,7 +190,7 @@ fn streams_are_rebuilt_exactly_through_netlink_filters() {
     };
     let o = run(&t, "n");
     assert_eq!(o.report["attach"]["mode"], "netlink");
-    assert_eq!(o.report["attach"]["hooks"], serde_json::json!(["ingress", "egress"]));
+    assert_eq!(o.report["attach"]["interfaces"][0]["hooks"], serde_json::json!(["ingress", "egress"]));
     assert_exact(&t, &o);
 }
 

@@ -173,7 +173,8 @@ fn record_seed(sends: &[(bool, Vec<u8>)]) -> Vec<u8> {
             flags,
             hook: 0,
             lost: 0,
-            _pad: 0,
+            ifindex: 1,
+            _pad: [0; 5],
         };
         // SAFETY: ChunkHeader is a #[repr(C)] struct of integers and byte arrays without
         // padding holes (its size is checked to be a multiple of 8 and every field is

@@ -35,6 +35,7 @@ fn view(n: u16, state: ConnState, frames: [u64; 2], violations: u64, last_ns: u6
     ConnectionView {
         key: flow_key(n),
         opening: Opening::Handshake,
+        iface: 0,
         state,
         frames,
         violations,

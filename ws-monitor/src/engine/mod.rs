@@ -574,6 +574,8 @@ pub enum ConnState {
 pub struct ConnectionView {
     pub key: FlowKey,
     pub opening: Opening,
+    /// Index of the interface its packets were captured on (0: not known).
+    pub iface: u32,
     pub state: ConnState,
     /// Frames parsed in sync, indexed by [`Direction::index`].
     pub frames: [u64; 2],
@@ -867,6 +869,7 @@ impl Engine {
             id,
             client: v.key.client,
             server: v.key.server,
+            iface: v.iface,
             opening: v.opening,
             start_ns: v.opened_ns,
             end_ns: ts_ns,
@@ -1341,6 +1344,7 @@ impl StreamSink for Engine {
         let view = ConnectionView {
             key: *key,
             opening,
+            iface: 0,
             state: ConnState::Handshake,
             frames: [0; 2],
             violations: 0,
@@ -1437,6 +1441,12 @@ impl StreamSink for Engine {
     fn end(&mut self, id: FlowId, dir: Direction, ts_ns: u64) {
         if let Some(conn) = self.conns.get_mut(&id) {
             conn.view.ended_first.get_or_insert((dir, ts_ns));
+        }
+    }
+
+    fn seen_on(&mut self, id: FlowId, ifindex: u32) {
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.view.iface = ifindex;
         }
     }
 

@@ -122,6 +122,10 @@ pub struct ConnectionRecord {
     pub id: FlowId,
     pub client: SocketAddr,
     pub server: SocketAddr,
+    /// Index of the interface it was captured on (0: not known); the connection log
+    /// writes its name.
+    #[serde(skip)]
+    pub iface: u32,
     #[serde(skip)]
     pub opening: Opening,
     #[serde(skip)]
