@@ -244,10 +244,12 @@ impl Outputs {
                 gaps: capture.gaps,
                 ring_drops: capture.ring_drops,
             };
+            // Sessions open on both hops of a proxy count as soon as both handshakes are in.
+            let open = ws_monitor::proxy::live_pairs(totals.connections.iter().map(|(id, v)| (*id, v)));
             dashboard.on_diagnosis(ws_monitor::diagnosis::diagnose(
                 &totals.engine,
                 &totals.reassembly,
-                &totals.proxy,
+                &totals.proxy.with_open(&open),
                 capture.ring_drops,
             ));
             dashboard.on_tick(now_ns, health, &totals.engine, totals.connections.iter().map(|(id, v)| (*id, v)));

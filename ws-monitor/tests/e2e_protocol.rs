@@ -746,7 +746,7 @@ enum Nginx {
 /// Writes the nginx configuration for a proxy on SERVER_V4:FRONT_PORT in front of the
 /// upstream at CLIENT_V4:UPSTREAM_PORT (in the client namespace, so that both the front
 /// and the upstream connection cross the monitored veth).
-fn nginx_config(prefix: &Path, setup: Nginx) -> PathBuf {
+fn nginx_config(prefix: &Path, setup: Nginx, upstream: &str) -> PathBuf {
     let template = std::fs::read_to_string(peer("nginx.conf.template")).expect("nginx template");
     let headers = match setup {
         Nginx::Upgrade | Nginx::ShortReadTimeout | Nginx::HideExtensions => {
@@ -765,7 +765,7 @@ fn nginx_config(prefix: &Path, setup: Nginx) -> PathBuf {
     let conf = template
         .replace("@PREFIX@", &prefix.display().to_string())
         .replace("@LISTEN@", &format!("{SERVER_V4}:{FRONT_PORT}"))
-        .replace("@UPSTREAM@", &format!("{CLIENT_V4}:{UPSTREAM_PORT}"))
+        .replace("@UPSTREAM@", upstream)
         .replace("@UPGRADE_HEADERS@", headers)
         .replace("@KEEPALIVE@", keepalive)
         .replace("@MAP@", map)
@@ -791,9 +791,14 @@ struct NginxProc {
 /// Starts nginx set up as `setup` in `ns`, with its prefix under `dir`, and waits until
 /// it listens on FRONT_PORT.
 fn start_nginx(ns: &Netns, dir: &Path, setup: Nginx) -> NginxProc {
+    start_nginx_to(ns, dir, setup, &format!("{CLIENT_V4}:{UPSTREAM_PORT}"))
+}
+
+/// nginx as `setup`, proxying to `upstream`.
+fn start_nginx_to(ns: &Netns, dir: &Path, setup: Nginx, upstream: &str) -> NginxProc {
     let prefix = dir.join("nginx");
     std::fs::create_dir(&prefix).unwrap();
-    let conf = nginx_config(&prefix, setup);
+    let conf = nginx_config(&prefix, setup, upstream);
     let mut nginx = ns.command("nginx");
     nginx.arg("-p").arg(&prefix).arg("-c").arg(&conf).arg("-e").arg(prefix.join("error.log"));
     nginx.args(["-g", "daemon off;"]);
@@ -1344,6 +1349,65 @@ fn a_proxy_hiding_the_extensions_header_is_named_as_the_hop_that_broke_it() {
     let altered: Vec<&Value> = reports.live_events.iter().filter(|e| e["kind"] == "proxy_altered").collect();
     assert_eq!(altered.len(), 1, "{:?}", reports.live_events);
     assert_eq!(altered[0]["connection"]["server"], format!("{SERVER_V4}:{FRONT_PORT}"), "on the front connection");
+}
+
+/// The deployment the issue describes: nginx on the host takes clients on its outside
+/// interface (the veth) and reaches its backend on lo. One monitor on both interfaces
+/// pairs the two hops, names the interface of each in the connection log, and blames
+/// the proxy in the report, the connection log, the events and the headless log.
+#[test]
+fn a_proxy_on_the_host_is_watched_on_its_outside_interface_and_on_lo() {
+    let test = "a_proxy_on_the_host_is_watched_on_its_outside_interface_and_on_lo";
+    let Some(h) = hosts(test, "plo", &[Dep::NodeWs, Dep::Nginx]) else { return };
+    // The backend listens on the server's loopback (and compresses even "hello").
+    let mut upstream = h.server_ns.command("node");
+    upstream.arg(peer("close_peers.js")).args(["server", "--port", &UPSTREAM_PORT.to_string(), "--expect", "1", "--deflate", "yes"]);
+    let mut upstream = Proc::spawn(upstream, "close_peers.js server on lo");
+    upstream.wait_line("listening", false);
+    let mut nginx = start_nginx_to(&h.server_ns, h.dir.path(), Nginx::HideExtensions, &format!("127.0.0.1:{UPSTREAM_PORT}"));
+    let (connections, events) = (h.dir.path().join("connections.jsonl"), h.dir.path().join("events.jsonl"));
+    let mut monitor = h.server_ns.command(common::ws_monitor_bin());
+    monitor.args(["--iface", &h.veth, "--iface", "lo", "--json", "--no-tui", "--log-interval", "0"]);
+    monitor.args(["--port", &FRONT_PORT.to_string(), "--port", &UPSTREAM_PORT.to_string()]);
+    monitor.arg("--connections").arg(&connections).arg("--events").arg(&events);
+    let mut monitor = Proc::spawn(monitor, "ws-monitor on the veth and lo");
+    let line = monitor.wait_line("capturing", true);
+    assert!(line.contains(&format!("{} ingress+egress", h.veth)) && line.contains("lo ingress"), "{line}");
+
+    let mut client = h.client_ns.command("node");
+    client.arg(peer("close_peers.js")).args(["client", "--host", SERVER_V4, "--port", &FRONT_PORT.to_string()]);
+    client.args(["--scenarios", "echo"]);
+    let said = last_json(&Proc::spawn(client, "close_peers.js client via nginx").finish_ok(PEER_RUN).stdout, "client peer");
+    assert_eq!(said["echo"]["first"], "close", "the client refuses RSV1: {said}");
+    upstream.finish_ok(STOP);
+    std::thread::sleep(Duration::from_millis(500));
+    monitor.signal(libc::SIGINT);
+    let out = monitor.finish_ok(STOP);
+    nginx.assert_running();
+    let r = last_json(&out.stdout, "ws-monitor");
+
+    let ctx = format!("proxy {} diagnosis {}", r["proxy"], r["diagnosis"]);
+    let names: Vec<&str> = r["attach"]["interfaces"].as_array().map_or(Vec::new(), |a| a.iter().filter_map(|i| i["name"].as_str()).collect());
+    assert_eq!(names, [h.veth.as_str(), "lo"], "{}", r["attach"]);
+    assert_eq!(r["proxy"]["pairs"], 1, "{ctx}");
+    assert_eq!(r["proxy"]["alterations"], json!({"extensions_dropped": 1}), "{ctx}");
+    assert_eq!(r["proxy"]["seen"][0]["blame"], "proxy", "{ctx}");
+    assert_eq!(r["violations_by_direction"]["server"]["rsv_without_extension"], 1, "{ctx}: on the front hop only");
+    let top = r["diagnosis"][0]["cause"].as_str().unwrap_or_default();
+    assert!(top.starts_with("a proxy alters WebSocket sessions: it dropped Sec-WebSocket-Extensions from the 101"), "{ctx}");
+    // Each hop on its own interface, nothing counted twice.
+    let log = std::fs::read_to_string(&connections).expect("connection log");
+    let records: Vec<Value> = log.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    assert_eq!(records.len(), 2, "{log}");
+    let hop = |port: u16| records.iter().find(|c| c["server"].as_str().is_some_and(|s| s.ends_with(&format!(":{port}")))).expect("hop");
+    assert_eq!(hop(FRONT_PORT)["iface"], h.veth.as_str(), "{log}");
+    assert_eq!(hop(UPSTREAM_PORT)["iface"], "lo", "{log}");
+    assert_eq!(hop(UPSTREAM_PORT)["server"], format!("127.0.0.1:{UPSTREAM_PORT}"), "{log}");
+    let has_rsv = |c: &Value| c["kinds"].as_array().is_some_and(|k| k.contains(&json!("rsv_without_extension")));
+    assert!(has_rsv(hop(FRONT_PORT)) && !has_rsv(hop(UPSTREAM_PORT)), "the violation on the front hop only: {log}");
+    let events = std::fs::read_to_string(&events).expect("events");
+    assert!(events.lines().any(|l| l.contains("\"proxy_altered\"")), "{events}");
+    assert!(out.stderr.contains("a proxy alters WebSocket sessions"), "the headless log says it too: {}", out.stderr);
 }
 
 #[test]

@@ -50,6 +50,13 @@ snapshot() {
     lines "$1.filter_ingress" "$TC" filter show dev "$IFACE" ingress
     lines "$1.filter_egress" "$TC" filter show dev "$IFACE" egress
     lines "$1.net" "$BPFTOOL" net show dev "$IFACE"
+    # The kernel frees the programs of an exited process asynchronously (the tail-call
+    # table's, after its map): give it up to 3 s before listing what is loaded.
+    i=0
+    while [ "$i" -lt 30 ] && "$BPFTOOL" prog show 2>/dev/null | grep -q ws_monitor; do
+        sleep 0.1
+        i=$((i + 1))
+    done
     result "$1.progs" "$(one_line "$BPFTOOL" -j prog show)"
 }
 

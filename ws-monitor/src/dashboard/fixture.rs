@@ -99,6 +99,27 @@ pub fn response_101() -> Vec<u8> {
     .into_bytes()
 }
 
+/// An upgrade request with its own key, offering permessage-deflate or not.
+pub fn request_keyed(key: &str, offer: bool) -> Vec<u8> {
+    let offer = if offer { "Sec-WebSocket-Extensions: permessage-deflate\r\n" } else { "" };
+    format!(
+        "GET /live HTTP/1.1\r\nHost: ws.example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\n{offer}Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// Its 101, accepting permessage-deflate or not.
+pub fn response_keyed(key: &str, deflate: bool) -> Vec<u8> {
+    let accepted = if deflate { "Sec-WebSocket-Extensions: permessage-deflate\r\n" } else { "" };
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {}\r\n{accepted}\r\n",
+        accept(key)
+    )
+    .into_bytes()
+}
+
 pub fn response_404() -> Vec<u8> {
     b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec()
 }
@@ -156,10 +177,11 @@ impl Wire {
     /// One dashboard tick at the current time.
     pub fn tick(&mut self) {
         let now = self.ts();
+        let open = crate::proxy::live_pairs(self.engine.connections());
         let causes = crate::diagnosis::diagnose(
             self.engine.stats(),
             &crate::reassembly::ReassemblyStats::default(),
-            &crate::proxy::ProxyStats::default(),
+            &crate::proxy::ProxyStats::default().with_open(&open),
             self.health.ring_drops,
         );
         self.dash.on_diagnosis(causes);
@@ -314,6 +336,50 @@ pub fn incident() -> Wire {
         }
     }
     w.at(90_000);
+    w
+}
+
+/// A proxy at 10.0.0.10:8080 in front of a backend at 10.0.0.20:8001, two sessions
+/// through it: one whose 101 the proxy strips of `permessage-deflate` while relaying the
+/// backend's compressed frames (connections 1 and 2), and a clean one (3 and 4, closed
+/// at 20 s). Ends at 30 s.
+pub fn proxied() -> Wire {
+    const STRIPPED: &str = "c3RyaXBwZWQgc2Vzc2lvbg==";
+    const CLEAN: &str = "Y2xlYW4gc2Vzc2lvbmtleQ==";
+    let mut w = Wire::new();
+    w.at(200);
+    w.open(1, "10.0.0.1:50001", "10.0.0.10:8080");
+    w.send(1, C, &request_keyed(STRIPPED, true));
+    w.at(210);
+    w.open(2, "10.0.0.10:40001", "10.0.0.20:8001");
+    w.send(2, C, &request_keyed(STRIPPED, true));
+    w.send(2, S, &response_keyed(STRIPPED, true));
+    w.send(1, S, &response_keyed(STRIPPED, false));
+    w.at(1_300);
+    w.open(3, "10.0.0.3:50003", "10.0.0.10:8080");
+    w.send(3, C, &request_keyed(CLEAN, false));
+    w.open(4, "10.0.0.10:40004", "10.0.0.20:8001");
+    w.send(4, C, &request_keyed(CLEAN, false));
+    w.send(4, S, &response_keyed(CLEAN, false));
+    w.send(3, S, &response_keyed(CLEAN, false));
+    for s in 2..30u64 {
+        w.at(s * 1000 + 100);
+        let compressed = frame(true, 0b100, OP_TEXT, None, b"\x4a\xcc\x4d\xc9\xc9\x07\x00");
+        w.send(2, S, &compressed);
+        w.send(1, S, &compressed);
+        if s < 20 {
+            w.send(3, C, &client(OP_TEXT, b"hi"));
+            w.send(4, C, &client(OP_TEXT, b"hi"));
+        }
+        if s == 20 {
+            for id in [3, 4] {
+                w.send(id, C, &client(OP_CLOSE, &close_body(1000, "")));
+                w.send(id, S, &server(OP_CLOSE, &close_body(1000, "")));
+                w.close(id);
+            }
+        }
+    }
+    w.at(30_000);
     w
 }
 

@@ -301,6 +301,21 @@ pub struct Data {
     next_seq: u64,
     /// The most likely causes at the last tick ([`crate::diagnosis`]).
     pub diagnosis: Vec<crate::diagnosis::Cause>,
+    /// Sessions seen on two hops of a proxy among the connections shown (open or
+    /// recently closed), paired at the last tick.
+    pub hops: Vec<HopRow>,
+}
+
+/// One proxied session: its front and back hops, and who is to blame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HopRow {
+    pub pair: crate::proxy::LivePair,
+    /// Both hops are still open.
+    pub live: bool,
+    /// What the proxy changed: in the handshake, and once both hops ended, in the
+    /// frames (the `proxy_altered` findings on the front hop).
+    pub altered: Vec<&'static str>,
+    pub blame: crate::proxy::Blame,
 }
 
 impl Data {
@@ -324,6 +339,7 @@ impl Data {
             findings: VecDeque::new(),
             next_seq: 0,
             diagnosis: Vec::new(),
+            hops: Vec::new(),
         }
     }
 
@@ -372,6 +388,28 @@ impl Data {
         self.stats = stats.clone();
 
         self.tick_connections(now_ns, connections);
+        self.pair_hops();
+    }
+
+    /// Pairs the connections shown that carry one session on two hops of a proxy.
+    fn pair_hops(&mut self) {
+        let views = self.conns.values().filter_map(|r| r.view.as_ref().map(|v| (r.id, v)));
+        let pairs = crate::proxy::live_pairs(views);
+        self.hops = pairs
+            .into_iter()
+            .map(|pair| {
+                let (front, back) = (self.conns.get(&pair.front.0), self.conns.get(&pair.back.0));
+                let live = front.is_some_and(|r| !r.is_gone()) && back.is_some_and(|r| !r.is_gone());
+                let mut altered: Vec<&'static str> = pair.altered.iter().map(|a| a.name()).collect();
+                if altered.is_empty() && front.is_some_and(|r| r.kinds.contains(Kind::ProxyAltered)) {
+                    altered.push("frames");
+                }
+                let blame = if altered.is_empty() { pair.blame } else { crate::proxy::Blame::Proxy };
+                HopRow { pair, live, altered, blame }
+            })
+            .collect();
+        // What the proxy changed first, then open before closed.
+        self.hops.sort_by_key(|h| (h.blame, !h.live, h.pair.front.0));
     }
 
     fn tick_connections<'a>(&mut self, now_ns: u64, connections: impl Iterator<Item = (FlowId, &'a ConnectionView)>) {

@@ -4,7 +4,7 @@
 use crossterm::event::KeyCode;
 use insta::assert_snapshot;
 
-use super::fixture::{calm, chat, incident, render, unmasked, C};
+use super::fixture::{calm, chat, incident, proxied, render, unmasked, C};
 
 #[test]
 fn overview_violations_selected_with_meaning() {
@@ -38,6 +38,12 @@ fn help_overlay() {
     let mut w = incident();
     w.key(KeyCode::Char('?'));
     assert_snapshot!(render(&w.dash, 100, 30).backend());
+}
+
+#[test]
+fn proxy_hops_panel_blames_the_proxy_that_strips_the_extension() {
+    let w = proxied();
+    assert_snapshot!(render(&w.dash, 120, 50).backend());
 }
 
 #[test]

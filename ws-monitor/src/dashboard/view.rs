@@ -68,6 +68,16 @@ pub(super) fn render(d: &Dashboard, frame: &mut Frame) {
     } else {
         body
     };
+    // The Proxy hops panel below it, on the same terms.
+    let hops: Vec<String> = data.hops.iter().map(hop_line).filter(|l| l.to_lowercase().contains(&filter)).take(HOP_ROWS).collect();
+    let rows = 2 + hops.len() as u16;
+    let body = if !hops.is_empty() && body.height >= FULL_BODY_HEIGHT + DIAGNOSIS_SPARE + rows {
+        let [panel, rest] = Layout::vertical([Constraint::Length(rows), Constraint::Min(0)]).areas(body);
+        render_hops(&hops, data.hops.len(), frame, panel);
+        rest
+    } else {
+        body
+    };
     if body.height >= FULL_BODY_HEIGHT {
         let v_height = violations_height(d, data, body);
         let [v, c, f] = Layout::vertical([
@@ -125,6 +135,32 @@ fn render_diagnosis(causes: &[&crate::diagnosis::Cause], frame: &mut Frame, area
         })
         .collect();
     frame.render_widget(Paragraph::new(lines), inner);
+}
+
+/// Proxied sessions the Proxy hops panel shows at most.
+const HOP_ROWS: usize = 3;
+
+/// One proxied session: `client → proxy → backend · open · who is to blame`.
+fn hop_line(h: &super::model::HopRow) -> String {
+    let (f, b) = (h.pair.front.1, h.pair.back.1);
+    let state = if h.live { "open" } else { "closed" };
+    let altered = if h.altered.is_empty() { String::new() } else { format!(": {}", h.altered.join(", ").replace('_', " ")) };
+    format!("{} → {} (proxy) → {} · {state} · {}{altered}", f.client, f.server, b.server, h.blame.describe())
+}
+
+/// The Proxy hops panel: sessions seen on both sides of a proxy, what the proxy changed
+/// first.
+fn render_hops(lines: &[String], total: usize, frame: &mut Frame, area: Rect) {
+    let title = format!(" Proxy hops: client → proxy → backend ({total} session{}) ", if total == 1 { "" } else { "s" });
+    let block = Block::bordered()
+        .border_type(BorderType::Rounded)
+        .border_style(Style::new().fg(ACCENT))
+        .title(Span::styled(title, Style::new().fg(ACCENT).bold()));
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    let width = usize::from(inner.width);
+    let text: Vec<Line<'static>> = lines.iter().map(|l| Line::raw(format::truncate(l, width))).collect();
+    frame.render_widget(Paragraph::new(text), inner);
 }
 
 /// The unit of one: "finding" for "findings", "connection side" for "connection sides".
