@@ -244,6 +244,7 @@ impl Outputs {
                 gaps: capture.gaps,
                 ring_drops: capture.ring_drops,
             };
+            dashboard.on_proxy(&totals.proxy);
             // Sessions open on both hops of a proxy count as soon as both handshakes are in.
             let open = ws_monitor::proxy::live_pairs(totals.connections.iter().map(|(id, v)| (*id, v)));
             dashboard.on_diagnosis(ws_monitor::diagnosis::diagnose(

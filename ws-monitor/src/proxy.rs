@@ -37,6 +37,9 @@ pub struct Pair {
     pub front_violations: u64,
     pub back_violations: u64,
     pub blame: Blame,
+    /// The two hops' connections.
+    #[serde(skip)]
+    pub hops: [FlowKey; 2],
 }
 
 /// Which hop of a proxied session is to blame, from what the proxy changed and where
@@ -159,6 +162,7 @@ impl ProxyStats {
                     front_violations: 0,
                     back_violations: 0,
                     blame: p.blame,
+                    hops: [p.front.1, p.back.1],
                 });
             }
         }
@@ -228,6 +232,7 @@ impl Hops {
             front_violations: front.violations,
             back_violations: back.violations,
             blame: Blame::of(!altered.is_empty(), front.violations, back.violations),
+            hops: [front, back].map(|r| FlowKey { client: r.client, server: r.server }),
         };
         if s.seen.len() < KEPT {
             s.seen.push(pair);

@@ -1351,6 +1351,58 @@ fn a_proxy_hiding_the_extensions_header_is_named_as_the_hop_that_broke_it() {
     assert_eq!(altered[0]["connection"]["server"], format!("{SERVER_V4}:{FRONT_PORT}"), "on the front connection");
 }
 
+/// nginx on the server host hiding the backend's `Sec-WebSocket-Extensions`, in front of a
+/// compressing close_peers.js backend on the host's loopback.
+fn proxy_on_the_host(h: &Hosts) -> (Proc, NginxProc) {
+    let mut upstream = h.server_ns.command("node");
+    upstream.arg(peer("close_peers.js")).args(["server", "--port", &UPSTREAM_PORT.to_string(), "--expect", "1", "--deflate", "yes"]);
+    let mut upstream = Proc::spawn(upstream, "close_peers.js server on lo");
+    upstream.wait_line("listening", false);
+    let nginx = start_nginx_to(&h.server_ns, h.dir.path(), Nginx::HideExtensions, &format!("127.0.0.1:{UPSTREAM_PORT}"));
+    (upstream, nginx)
+}
+
+/// One echo session from the client host through that proxy: the client refuses the
+/// compressed frame it was not told about.
+fn echo_through_the_proxy(h: &Hosts) {
+    let mut client = h.client_ns.command("node");
+    client.arg(peer("close_peers.js")).args(["client", "--host", SERVER_V4, "--port", &FRONT_PORT.to_string()]);
+    client.args(["--scenarios", "echo"]);
+    let said = last_json(&Proc::spawn(client, "close_peers.js client via nginx").finish_ok(PEER_RUN).stdout, "client peer");
+    assert_eq!(said["echo"]["first"], "close", "the client refuses RSV1: {said}");
+}
+
+/// The same on the dashboard, in a real terminal: the Diagnosis panel ranks the proxy
+/// first and the Proxy hops panel blames it. The screen goes to stderr.
+#[test]
+fn the_dashboard_ranks_a_proxy_hiding_the_extensions_header_first() {
+    let test = "the_dashboard_ranks_a_proxy_hiding_the_extensions_header_first";
+    let Some(h) = hosts(test, "pdb", &[Dep::NodeWs, Dep::Nginx]) else { return };
+    let (mut upstream, mut nginx) = proxy_on_the_host(&h);
+    let command = format!(
+        "ip netns exec {} {} --iface {} --iface lo --port {FRONT_PORT} --port {UPSTREAM_PORT}; sleep 60",
+        h.server_ns.name,
+        common::ws_monitor_bin(),
+        h.veth
+    );
+    let tmux = common::Tmux::start(&command, 140, 50);
+    tmux.wait_for(&format!("ports {FRONT_PORT},{UPSTREAM_PORT}"));
+    echo_through_the_proxy(&h);
+    upstream.finish_ok(STOP);
+    tmux.wait_for("Proxy hops");
+    // The engine's counters follow at the next tick.
+    let screen = tmux.wait_for("rsv_without_extension");
+    eprintln!("{screen}");
+    let line = |needle: &str| screen.lines().find(|l| l.contains(needle)).unwrap_or_else(|| panic!("no {needle:?}:\n{screen}"));
+    assert!(line("Diagnosis").contains("most likely causes"), "{screen}");
+    assert!(line("1. ").contains("a proxy alters WebSocket sessions: it dropped Sec-WebSocket-Extensions"), "{screen}");
+    let hop = line("(proxy) →");
+    assert!(hop.contains(&format!("{SERVER_V4}:{FRONT_PORT} (proxy) → 127.0.0.1:{UPSTREAM_PORT}")), "{screen}");
+    assert!(hop.contains("the proxy changed the session: extensions dropped"), "{screen}");
+    tmux.keys(&["q"]);
+    nginx.assert_running();
+}
+
 /// The deployment the issue describes: nginx on the host takes clients on its outside
 /// interface (the veth) and reaches its backend on lo. One monitor on both interfaces
 /// pairs the two hops, names the interface of each in the connection log, and blames
@@ -1359,12 +1411,7 @@ fn a_proxy_hiding_the_extensions_header_is_named_as_the_hop_that_broke_it() {
 fn a_proxy_on_the_host_is_watched_on_its_outside_interface_and_on_lo() {
     let test = "a_proxy_on_the_host_is_watched_on_its_outside_interface_and_on_lo";
     let Some(h) = hosts(test, "plo", &[Dep::NodeWs, Dep::Nginx]) else { return };
-    // The backend listens on the server's loopback (and compresses even "hello").
-    let mut upstream = h.server_ns.command("node");
-    upstream.arg(peer("close_peers.js")).args(["server", "--port", &UPSTREAM_PORT.to_string(), "--expect", "1", "--deflate", "yes"]);
-    let mut upstream = Proc::spawn(upstream, "close_peers.js server on lo");
-    upstream.wait_line("listening", false);
-    let mut nginx = start_nginx_to(&h.server_ns, h.dir.path(), Nginx::HideExtensions, &format!("127.0.0.1:{UPSTREAM_PORT}"));
+    let (mut upstream, mut nginx) = proxy_on_the_host(&h);
     let (connections, events) = (h.dir.path().join("connections.jsonl"), h.dir.path().join("events.jsonl"));
     let mut monitor = h.server_ns.command(common::ws_monitor_bin());
     monitor.args(["--iface", &h.veth, "--iface", "lo", "--json", "--no-tui", "--log-interval", "0"]);
@@ -1374,11 +1421,7 @@ fn a_proxy_on_the_host_is_watched_on_its_outside_interface_and_on_lo() {
     let line = monitor.wait_line("capturing", true);
     assert!(line.contains(&format!("{} ingress+egress", h.veth)) && line.contains("lo ingress"), "{line}");
 
-    let mut client = h.client_ns.command("node");
-    client.arg(peer("close_peers.js")).args(["client", "--host", SERVER_V4, "--port", &FRONT_PORT.to_string()]);
-    client.args(["--scenarios", "echo"]);
-    let said = last_json(&Proc::spawn(client, "close_peers.js client via nginx").finish_ok(PEER_RUN).stdout, "client peer");
-    assert_eq!(said["echo"]["first"], "close", "the client refuses RSV1: {said}");
+    echo_through_the_proxy(&h);
     upstream.finish_ok(STOP);
     std::thread::sleep(Duration::from_millis(500));
     monitor.signal(libc::SIGINT);

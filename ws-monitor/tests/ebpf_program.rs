@@ -13,7 +13,7 @@ use etherparse::PacketBuilder;
 use ws_monitor::capture::{decode, EBPF_OBJECT};
 use ws_monitor_common::{
     Anchor, ChunkHeader, Counter, FlowDir, Liveness, WalkState, CHUNK_SIZE, COUNTER_COUNT,
-    DIR_TO_CLIENT, DIR_TO_SERVER, MSG_NONE, ORPHAN_AFTER_NS, TCP_ACK, TCP_FIN, TCP_SYN,
+    DIR_TO_CLIENT, DIR_TO_SERVER, HEADER_SIZE, MSG_NONE, ORPHAN_AFTER_NS, TCP_ACK, TCP_FIN, TCP_SYN,
 };
 
 const PORT: u16 = 8001;
@@ -253,7 +253,7 @@ fn an_orphan_whose_heartbeat_stopped_does_nothing() {
     assert!(l.records().is_empty(), "an orphan must not fill the ring");
     assert_eq!(
         l.counters().iter().sum::<u64>(),
-        1 + 1 + 100 + (72 + 128),
+        1 + 1 + 100 + (HEADER_SIZE as u64 + 128),
         "only the first run counted: seen, matched, copied, ring bytes"
     );
 }

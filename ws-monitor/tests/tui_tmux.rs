@@ -4,54 +4,9 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-struct Tmux {
-    session: String,
-}
-
-impl Tmux {
-    fn start(command: &str) -> Tmux {
-        let session = format!("wsm-tui-{}", std::process::id());
-        let out = Command::new("tmux")
-            .args(["new-session", "-d", "-s", &session, "-x", "120", "-y", "40", command])
-            .output()
-            .expect("tmux (apt-get install tmux)");
-        assert!(out.status.success(), "tmux: {}", String::from_utf8_lossy(&out.stderr));
-        Tmux { session }
-    }
-
-    fn keys(&self, keys: &[&str]) {
-        let mut args = vec!["send-keys", "-t", &self.session];
-        args.extend_from_slice(keys);
-        common::sh(&["tmux"].iter().chain(args.iter()).copied().collect::<Vec<_>>());
-    }
-
-    fn screen(&self) -> String {
-        let out = Command::new("tmux").args(["capture-pane", "-p", "-t", &self.session]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).to_string()
-    }
-
-    /// Waits until the screen contains `needle`; returns the screen.
-    fn wait_for(&self, needle: &str) -> String {
-        let start = Instant::now();
-        loop {
-            let screen = self.screen();
-            if screen.contains(needle) {
-                return screen;
-            }
-            assert!(start.elapsed() < Duration::from_secs(30), "no {needle:?} on screen:\n{screen}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux").args(["kill-session", "-t", &self.session]).output();
-    }
-}
+use common::Tmux;
 
 #[test]
 fn dashboard_renders_switches_panes_pauses_and_restores_the_terminal() {
@@ -66,7 +21,7 @@ fn dashboard_renders_switches_panes_pauses_and_restores_the_terminal() {
         ns.name,
         common::ws_monitor_bin()
     );
-    let tmux = Tmux::start(&command);
+    let tmux = Tmux::start(&command, 120, 40);
 
     let screen = tmux.wait_for("port 8001");
     assert!(screen.contains("Violations") && screen.contains("Connections"), "{screen}");

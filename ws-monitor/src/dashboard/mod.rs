@@ -108,6 +108,14 @@ impl Dashboard {
         self.live.diagnosis = causes;
     }
 
+    /// The sessions paired through a proxy as they ended (shown in the Proxy hops panel
+    /// with those open now, from the next tick).
+    pub fn on_proxy(&mut self, proxy: &crate::proxy::ProxyStats) {
+        if self.live.ended_hops != proxy.seen {
+            self.live.ended_hops.clone_from(&proxy.seen);
+        }
+    }
+
     /// Takes in one finding (kept in a ring of the last 1000).
     pub fn on_finding(&mut self, f: &Finding) {
         self.live.finding(f);

@@ -301,19 +301,22 @@ pub struct Data {
     next_seq: u64,
     /// The most likely causes at the last tick ([`crate::diagnosis`]).
     pub diagnosis: Vec<crate::diagnosis::Cause>,
-    /// Sessions seen on two hops of a proxy among the connections shown (open or
-    /// recently closed), paired at the last tick.
+    /// Sessions seen on two hops of a proxy: those open (or recently closed) among the
+    /// connections shown, paired at the last tick, then those paired as they ended.
     pub hops: Vec<HopRow>,
+    /// Sessions paired as they ended ([`crate::proxy::ProxyStats::seen`]).
+    pub ended_hops: Vec<crate::proxy::Pair>,
 }
 
 /// One proxied session: its front and back hops, and who is to blame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HopRow {
-    pub pair: crate::proxy::LivePair,
+    pub front: FlowKey,
+    pub back: FlowKey,
     /// Both hops are still open.
     pub live: bool,
     /// What the proxy changed: in the handshake, and once both hops ended, in the
-    /// frames (the `proxy_altered` findings on the front hop).
+    /// frames.
     pub altered: Vec<&'static str>,
     pub blame: crate::proxy::Blame,
 }
@@ -340,6 +343,7 @@ impl Data {
             next_seq: 0,
             diagnosis: Vec::new(),
             hops: Vec::new(),
+            ended_hops: Vec::new(),
         }
     }
 
@@ -391,25 +395,32 @@ impl Data {
         self.pair_hops();
     }
 
-    /// Pairs the connections shown that carry one session on two hops of a proxy.
+    /// Pairs the connections shown that carry one session on two hops of a proxy, and
+    /// adds the pairs made as sessions ended.
     fn pair_hops(&mut self) {
         let views = self.conns.values().filter_map(|r| r.view.as_ref().map(|v| (r.id, v)));
-        let pairs = crate::proxy::live_pairs(views);
-        self.hops = pairs
+        let mut hops: Vec<HopRow> = crate::proxy::live_pairs(views)
             .into_iter()
             .map(|pair| {
                 let (front, back) = (self.conns.get(&pair.front.0), self.conns.get(&pair.back.0));
                 let live = front.is_some_and(|r| !r.is_gone()) && back.is_some_and(|r| !r.is_gone());
-                let mut altered: Vec<&'static str> = pair.altered.iter().map(|a| a.name()).collect();
-                if altered.is_empty() && front.is_some_and(|r| r.kinds.contains(Kind::ProxyAltered)) {
-                    altered.push("frames");
-                }
-                let blame = if altered.is_empty() { pair.blame } else { crate::proxy::Blame::Proxy };
-                HopRow { pair, live, altered, blame }
+                let altered: Vec<&'static str> = pair.altered.iter().map(|a| a.name()).collect();
+                HopRow { front: pair.front.1, back: pair.back.1, live, altered, blame: pair.blame }
             })
             .collect();
+        for p in &self.ended_hops {
+            let [front, back] = p.hops;
+            if let Some(h) = hops.iter_mut().find(|h| h.front == front) {
+                // Ended since: what the comparison of the whole hops found.
+                h.altered.clone_from(&p.altered);
+                h.blame = p.blame;
+            } else {
+                hops.push(HopRow { front, back, live: false, altered: p.altered.clone(), blame: p.blame });
+            }
+        }
         // What the proxy changed first, then open before closed.
-        self.hops.sort_by_key(|h| (h.blame, !h.live, h.pair.front.0));
+        hops.sort_by_key(|h| (h.blame, !h.live, h.front.client, h.front.server));
+        self.hops = hops;
     }
 
     fn tick_connections<'a>(&mut self, now_ns: u64, connections: impl Iterator<Item = (FlowId, &'a ConnectionView)>) {

@@ -142,7 +142,7 @@ const HOP_ROWS: usize = 3;
 
 /// One proxied session: `client → proxy → backend · open · who is to blame`.
 fn hop_line(h: &super::model::HopRow) -> String {
-    let (f, b) = (h.pair.front.1, h.pair.back.1);
+    let (f, b) = (h.front, h.back);
     let state = if h.live { "open" } else { "closed" };
     let altered = if h.altered.is_empty() { String::new() } else { format!(": {}", h.altered.join(", ").replace('_', " ")) };
     format!("{} → {} (proxy) → {} · {state} · {}{altered}", f.client, f.server, b.server, h.blame.describe())

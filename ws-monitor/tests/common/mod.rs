@@ -4,6 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 /// True when the test may load BPF programs and create namespaces. Outside CI a
 /// non-root run skips (with a message); in CI (`CI=true`) it fails instead.
@@ -134,3 +135,50 @@ pub fn stop_monitor(child: std::process::Child) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("one JSON report")
 }
 
+/// A tmux session running one command in a terminal of a given size; killed on drop.
+pub struct Tmux {
+    session: String,
+}
+
+impl Tmux {
+    pub fn start(command: &str, width: u16, height: u16) -> Tmux {
+        let session = format!("wsm-tui-{}", std::process::id());
+        let (w, h) = (width.to_string(), height.to_string());
+        let out = Command::new("tmux")
+            .args(["new-session", "-d", "-s", &session, "-x", &w, "-y", &h, command])
+            .output()
+            .expect("tmux (apt-get install tmux)");
+        assert!(out.status.success(), "tmux: {}", String::from_utf8_lossy(&out.stderr));
+        Tmux { session }
+    }
+
+    pub fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", &self.session];
+        args.extend_from_slice(keys);
+        sh(&["tmux"].iter().chain(args.iter()).copied().collect::<Vec<_>>());
+    }
+
+    pub fn screen(&self) -> String {
+        let out = Command::new("tmux").args(["capture-pane", "-p", "-t", &self.session]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    /// Waits until the screen contains `needle`; returns the screen.
+    pub fn wait_for(&self, needle: &str) -> String {
+        let start = Instant::now();
+        loop {
+            let screen = self.screen();
+            if screen.contains(needle) {
+                return screen;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "no {needle:?} on screen:\n{screen}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux").args(["kill-session", "-t", &self.session]).output();
+    }
+}
