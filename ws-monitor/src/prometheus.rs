@@ -82,6 +82,12 @@ impl Exporter {
         Ok(exporter)
     }
 
+    /// The address it listens on (before [`Exporter::serve`]): the port the system chose
+    /// for port 0.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
     /// Answers scrapes from a thread of its own, so that a busy capture loop never keeps
     /// one waiting.
     pub fn serve(&mut self) -> anyhow::Result<()> {

@@ -306,7 +306,7 @@ fn pick_archive(sources: &[AptSource], codename: Option<&str>) -> Option<String>
 }
 
 /// The Debian archive URI from this machine's apt configuration.
-fn archive_uri() -> anyhow::Result<String> {
+pub(crate) fn archive_uri() -> anyhow::Result<String> {
     let mut sources = Vec::new();
     if let Ok(text) = fs::read_to_string("/etc/apt/sources.list") {
         sources.extend(parse_one_line_sources(&text));

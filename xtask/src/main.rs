@@ -14,6 +14,7 @@
 
 mod bench;
 mod deny;
+mod dist;
 mod fuzz;
 mod kernels;
 mod netns;
@@ -176,6 +177,14 @@ enum Task {
     /// Check the dependency tree with cargo-deny (deny.toml): licenses, duplicate
     /// versions and sources, and RustSec advisories where the database can be fetched.
     Deny,
+    /// Build the release artifacts: a portable x86_64 binary (glibc 2.17+, cargo zigbuild),
+    /// a tarball and a .deb with a systemd unit, in target/dist/. With --check (root):
+    /// the glibc floor, and the package installed, verified and capturing live in a
+    /// Debian 11 chroot, and the Kubernetes DaemonSet against its schema.
+    Dist {
+        #[arg(long)]
+        check: bool,
+    },
     /// The scripted WebSocket peer of `kernels` (one connection on 127.0.0.1:PORT).
     #[command(hide = true)]
     WsPeer {
@@ -272,6 +281,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             deny::install()?;
             deny::check()
         }
+        Task::Dist { check } => dist::run(&dist::Options { check }),
         Task::WsPeer { role: PeerRole::Server, port, ready } => kernels::peer_server(port, ready.as_deref()),
         Task::WsPeer { role: PeerRole::Client, port, .. } => kernels::peer_client(port),
     }
@@ -344,28 +354,7 @@ fn release_ws_monitor(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 /// Node `ws` and socket.io (npm ci from the committed lock file), installed only when missing.
 fn setup_peer_libraries() -> anyhow::Result<()> {
     for (package, module) in PY_PACKAGES {
-        let import = format!("import {module}");
-        if succeeds("python3", &["-c", &import]) {
-            step(&format!("python {package}: present"));
-            continue;
-        }
-        step(&format!("installing python {package} with pip"));
-        let pip = |extra: &[&str]| -> anyhow::Result<std::process::Output> {
-            let mut args = vec!["-m", "pip", "install", "--quiet", package];
-            args.extend_from_slice(extra);
-            Command::new("python3").args(&args).output().context("running python3 -m pip")
-        };
-        let mut out = pip(&[])?;
-        // A Debian-managed python refuses pip installs (PEP 668) unless told otherwise.
-        if !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("externally-managed") {
-            out = pip(&["--break-system-packages"])?;
-        }
-        if !out.status.success() {
-            bail!("python3 -m pip install {package} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
-        }
-        if !succeeds("python3", &["-c", &import]) {
-            bail!("{package} was installed but python3 cannot import {module}; is python3 the same interpreter pip used?");
-        }
+        pip_install(package, module)?;
     }
     let peers = workspace_root().join(NODE_PEERS_DIR);
     if NODE_PACKAGES.iter().all(|p| peers.join("node_modules").join(p).join("package.json").is_file()) {
@@ -385,6 +374,33 @@ fn setup_peer_libraries() -> anyhow::Result<()> {
         if !status.success() {
             bail!("npm ci in {} failed ({status}); package-lock.json pins the peers' packages", peers.display());
         }
+    }
+    Ok(())
+}
+
+/// Installs the Python `package` with pip unless `module` imports already.
+fn pip_install(package: &str, module: &str) -> anyhow::Result<()> {
+    let import = format!("import {module}");
+    if succeeds("python3", &["-c", &import]) {
+        step(&format!("python {package}: present"));
+        return Ok(());
+    }
+    step(&format!("installing python {package} with pip"));
+    let pip = |extra: &[&str]| -> anyhow::Result<std::process::Output> {
+        let mut args = vec!["-m", "pip", "install", "--quiet", package];
+        args.extend_from_slice(extra);
+        Command::new("python3").args(&args).output().context("running python3 -m pip")
+    };
+    let mut out = pip(&[])?;
+    // A Debian-managed python refuses pip installs (PEP 668) unless told otherwise.
+    if !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("externally-managed") {
+        out = pip(&["--break-system-packages"])?;
+    }
+    if !out.status.success() {
+        bail!("python3 -m pip install {package} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    if !succeeds("python3", &["-c", &import]) {
+        bail!("{package} was installed but python3 cannot import {module}; is python3 the same interpreter pip used?");
     }
     Ok(())
 }
