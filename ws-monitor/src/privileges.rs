@@ -279,8 +279,15 @@ fn allowed_syscalls() -> Vec<libc::c_long> {
         // the maps (and a program or link closed at exit)
         libc::SYS_bpf,
     ];
+    v.extend_from_slice(legacy_syscalls());
+    v
+}
+
+/// The older calls x86_64 still has beside their `*at`/`p*` successors (libc may use
+/// them); other architectures never had them.
+fn legacy_syscalls() -> &'static [libc::c_long] {
     #[cfg(target_arch = "x86_64")]
-    v.extend([
+    return &[
         libc::SYS_open,
         libc::SYS_stat,
         libc::SYS_lstat,
@@ -297,8 +304,9 @@ fn allowed_syscalls() -> Vec<libc::c_long> {
         libc::SYS_readlink,
         libc::SYS_arch_prctl,
         libc::SYS_time,
-    ]);
-    v
+    ];
+    #[cfg(not(target_arch = "x86_64"))]
+    return &[];
 }
 
 fn syscall_filter() -> anyhow::Result<BpfProgram> {

@@ -2,19 +2,19 @@
 //! work where production hosts are.
 //!
 //! The binary is built with `cargo zigbuild` (zig from the `ziglang` package on PyPI) for
-//! glibc 2.17, so one x86_64 binary runs on every distribution from RHEL 7 on; the kernel
-//! program is embedded as always. From it:
+//! glibc 2.17, so one binary per architecture (x86_64, aarch64) runs on every
+//! distribution from RHEL 7 on; the kernel program is embedded as always. For each:
 //!
-//! * `target/dist/ws-monitor-VERSION-x86_64-linux-gnu.tar.gz`: the binary, the man page,
+//! * `target/dist/ws-monitor-VERSION-ARCH-linux-gnu.tar.gz`: the binary, the man page,
 //!   shell completions, README, licence notice, and `deploy/` (systemd unit and defaults,
 //!   Prometheus scrape configuration, Kubernetes DaemonSet and Dockerfile, Grafana
 //!   dashboard);
-//! * `target/dist/ws-monitor_VERSION_amd64.deb`: the same installed where Debian puts
+//! * `target/dist/ws-monitor_VERSION_DEBARCH.deb`: the same installed where Debian puts
 //!   them, with `ws-monitor.service` (not enabled: the interfaces to watch are set first in
 //!   `/etc/default/ws-monitor`).
 //!
-//! `--check` then looks at what was built: no glibc symbol version above 2.17
-//! (`objdump -T`); a Debian 11 userland (debootstrap bullseye, glibc 2.31, kept under
+//! Every binary is checked for its architecture and for no glibc symbol version above
+//! 2.17 (`readelf`). `--check` then tries the x86_64 package in a Debian 11 userland (debootstrap bullseye, glibc 2.31, kept under
 //! `target/dist/bullseye`) where the package installs, its files are in place, its unit
 //! passes `systemd-analyze verify`, and the installed binary captures a scripted
 //! WebSocket exchange live (in a private network namespace, on its loopback) and reports it
@@ -35,11 +35,21 @@ pub struct Options {
     pub check: bool,
 }
 
-/// Debian packages `dist` needs: objdump, the chroot, `systemd-analyze`, network
+/// Debian packages `dist` needs: readelf, the chroot, `systemd-analyze`, network
 /// namespaces, and the archive's keys.
 pub const PACKAGES: &[&str] = &["binutils", "debootstrap", "debian-archive-keyring", "systemd", "iproute2", "xz-utils"];
-/// Rust target and the glibc it is built for.
-const TARGET: &str = "x86_64-unknown-linux-gnu";
+/// The architectures built: Rust's, the ELF machine `readelf` names, Debian's.
+struct Arch {
+    name: &'static str,
+    target: &'static str,
+    machine: &'static str,
+    deb: &'static str,
+}
+const ARCHES: [Arch; 2] = [
+    Arch { name: "x86_64", target: "x86_64-unknown-linux-gnu", machine: "Advanced Micro Devices X86-64", deb: "amd64" },
+    Arch { name: "aarch64", target: "aarch64-unknown-linux-gnu", machine: "AArch64", deb: "arm64" },
+];
+/// The glibc every binary is built for.
 const GLIBC: (u32, u32) = (2, 17);
 /// The zig that links it (PyPI), and cargo-zigbuild (crates.io).
 const ZIGLANG: (&str, &str) = ("ziglang==0.17.1", "ziglang");
@@ -57,28 +67,56 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     ensure_zig()?;
     let root = workspace_root();
     let version = version(&root)?;
-    step(&format!("building ws-monitor {version} for {TARGET} with glibc {}.{} (cargo zigbuild)", GLIBC.0, GLIBC.1));
-    let target = format!("{TARGET}.{}.{}", GLIBC.0, GLIBC.1);
-    cargo(&["zigbuild", "--release", "--locked", "--package", "ws-monitor", "--target", &target])?;
-    let binary = target_dir(&root).join(TARGET).join("release/ws-monitor");
-    let newest = newest_glibc(&binary)?;
-    if newest > GLIBC {
-        bail!("{} needs GLIBC_{}.{}, above {}.{}: a dependency links a newer symbol", binary.display(), newest.0, newest.1, GLIBC.0, GLIBC.1);
-    }
-    step(&format!("newest glibc symbol version: GLIBC_{}.{}", newest.0, newest.1));
-
     let dist = target_dir(&root).join("dist");
     fs::create_dir_all(&dist).with_context(|| format!("creating {}", dist.display()))?;
-    let tarball = tarball(&root, &binary, &dist, &version)?;
-    let deb = deb(&root, &binary, &dist, &version)?;
-    for artifact in [&binary, &tarball, &deb] {
+    let mut artifacts = Vec::new();
+    let mut generated_docs = None;
+    for arch in &ARCHES {
+        let binary = build(&root, arch)?;
+        // The man page and completions come from running the binary: the host's.
+        let docs = match generated_docs.take() {
+            Some(docs) => docs,
+            None => generated(&binary)?,
+        };
+        artifacts.push(binary.clone());
+        artifacts.push(tarball(&root, &binary, &dist, &version, arch, &docs)?);
+        artifacts.push(deb(&root, &binary, &dist, &version, arch, &docs)?);
+        generated_docs = Some(docs);
+    }
+    for artifact in &artifacts {
         let size = fs::metadata(artifact).map(|m| m.len()).unwrap_or(0);
         println!("{:>10}  {}", format!("{:.1} MiB", size as f64 / (1 << 20) as f64), artifact.display());
     }
     if opts.check {
+        let deb = dist.join(format!("ws-monitor_{version}_{}.deb", ARCHES[0].deb));
         check(&root, &dist, &deb, &version)?;
     }
     Ok(())
+}
+
+/// Builds the binary for `arch` (its Rust target added with rustup when missing) and
+/// checks its machine and glibc floor.
+fn build(root: &Path, arch: &Arch) -> anyhow::Result<PathBuf> {
+    let installed = Command::new("rustup").args(["target", "list", "--installed"]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    if !installed.lines().any(|l| l.trim() == arch.target) {
+        step(&format!("adding the Rust target {}", arch.target));
+        sh("rustup", &["target", "add", arch.target])?;
+    }
+    step(&format!("building ws-monitor for {} with glibc {}.{} (cargo zigbuild)", arch.target, GLIBC.0, GLIBC.1));
+    let target = format!("{}.{}.{}", arch.target, GLIBC.0, GLIBC.1);
+    cargo(&["zigbuild", "--release", "--locked", "--package", "ws-monitor", "--target", &target])?;
+    let binary = target_dir(root).join(arch.target).join("release/ws-monitor");
+    let header = sh("readelf", &["-h", &binary.to_string_lossy()])?;
+    if !header.lines().any(|l| l.trim_start().starts_with("Machine:") && l.contains(arch.machine)) {
+        bail!("{} is not an {} binary:\n{header}", binary.display(), arch.name);
+    }
+    let symbols = sh("readelf", &["-W", "--dyn-syms", &binary.to_string_lossy()])?;
+    let newest = glibc_versions(&symbols).into_iter().max().unwrap_or((0, 0));
+    if newest > GLIBC {
+        bail!("{} needs GLIBC_{}.{}, above {}.{}: a dependency links a newer symbol", binary.display(), newest.0, newest.1, GLIBC.0, GLIBC.1);
+    }
+    step(&format!("{}: {} ELF, newest glibc symbol version GLIBC_{}.{}", arch.name, arch.machine, newest.0, newest.1));
+    Ok(binary)
 }
 
 /// zig (PyPI `ziglang`, which cargo-zigbuild finds through `python3 -m ziglang`) and
@@ -109,18 +147,10 @@ fn target_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |d| root.join(d))
 }
 
-/// The newest `GLIBC_x.y` version among the binary's dynamic symbols ((0, 0) if none).
-fn newest_glibc(binary: &Path) -> anyhow::Result<(u32, u32)> {
-    let out = Command::new("objdump").arg("-T").arg(binary).output().context("running objdump -T (binutils)")?;
-    if !out.status.success() {
-        bail!("objdump -T {} failed: {}", binary.display(), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(glibc_versions(&String::from_utf8_lossy(&out.stdout)).into_iter().max().unwrap_or((0, 0)))
-}
-
-/// Every `GLIBC_x.y[.z]` version named in `objdump -T` output, as (x, y).
+/// Every `GLIBC_x.y[.z]` version named in `readelf --dyn-syms` (or `objdump -T`) output,
+/// as (x, y).
 fn glibc_versions(text: &str) -> Vec<(u32, u32)> {
-    text.split(|c: char| c.is_whitespace() || c == '(' || c == ')')
+    text.split(|c: char| c.is_whitespace() || matches!(c, '(' | ')' | '@'))
         .filter_map(|w| w.strip_prefix("GLIBC_"))
         .filter_map(|v| {
             let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
@@ -173,11 +203,10 @@ version 2.0, at your option (SPDX: MIT OR Apache-2.0). Its eBPF program is GPL-c
 as the kernel requires for the helpers it calls.\n";
 
 /// The release tarball.
-fn tarball(root: &Path, binary: &Path, dist: &Path, version: &str) -> anyhow::Result<PathBuf> {
+fn tarball(root: &Path, binary: &Path, dist: &Path, version: &str, arch: &Arch, g: &Generated) -> anyhow::Result<PathBuf> {
     let name = format!("ws-monitor-{version}");
-    let stage = dist.join("stage").join(&name);
+    let stage = dist.join("stage").join(arch.name).join(&name);
     let _ = fs::remove_dir_all(&stage);
-    let g = generated(binary)?;
     write(&stage.join("bin/ws-monitor"), &fs::read(binary).context("reading the binary")?, 0o755)?;
     write(&stage.join("share/man/man8/ws-monitor.8"), &g.man, 0o644)?;
     for (shell, text) in &g.completions {
@@ -186,7 +215,7 @@ fn tarball(root: &Path, binary: &Path, dist: &Path, version: &str) -> anyhow::Re
     write(&stage.join("README.md"), &fs::read(root.join("README.md"))?, 0o644)?;
     write(&stage.join("LICENSE"), NOTICE.as_bytes(), 0o644)?;
     copy_tree(&root.join("ws-monitor/deploy"), &stage.join("deploy"))?;
-    let out = dist.join(format!("ws-monitor-{version}-x86_64-linux-gnu.tar.gz"));
+    let out = dist.join(format!("ws-monitor-{version}-{}-linux-gnu.tar.gz", arch.name));
     let parent = stage.parent().context("stage has a parent")?;
     sh("tar", &["--owner=0", "--group=0", "-czf", &out.to_string_lossy(), "-C", &parent.to_string_lossy(), &name])?;
     step(&format!("wrote {}", out.display()));
@@ -212,10 +241,9 @@ const UNIT_PATH: &str = "lib/systemd/system/ws-monitor.service";
 const DEFAULT_PATH: &str = "etc/default/ws-monitor";
 
 /// The Debian package, built with `dpkg-deb`.
-fn deb(root: &Path, binary: &Path, dist: &Path, version: &str) -> anyhow::Result<PathBuf> {
-    let tree = dist.join("stage/deb");
+fn deb(root: &Path, binary: &Path, dist: &Path, version: &str, arch: &Arch, g: &Generated) -> anyhow::Result<PathBuf> {
+    let tree = dist.join("stage").join(arch.name).join("deb");
     let _ = fs::remove_dir_all(&tree);
-    let g = generated(binary)?;
     let deploy = root.join("ws-monitor/deploy");
     write(&tree.join("usr/bin/ws-monitor"), &fs::read(binary)?, 0o755)?;
     write(&tree.join("usr/share/man/man8/ws-monitor.8.gz"), &gzip(&g.man)?, 0o644)?;
@@ -234,11 +262,12 @@ fn deb(root: &Path, binary: &Path, dist: &Path, version: &str) -> anyhow::Result
     copy_tree(&deploy, &tree.join("usr/share/doc/ws-monitor/deploy"))?;
     let installed_kib = dir_size(&tree)?.div_ceil(1024);
     let control = format!(
-        "Package: ws-monitor\nVersion: {version}\nArchitecture: amd64\nMaintainer: ws-monitor developers <ws-monitor@localhost>\n\
+        "Package: ws-monitor\nVersion: {version}\nArchitecture: {}\nMaintainer: ws-monitor developers <ws-monitor@localhost>\n\
          Installed-Size: {installed_kib}\nDepends: libc6 (>= 2.17)\nSection: net\nPriority: optional\n\
          Description: passive WebSocket protocol-violation monitor\n \
          A TC eBPF program hands the TCP payload of the given ports to userspace, which\n \
-         rebuilds each connection and checks the HTTP upgrade and every RFC 6455 frame.\n"
+         rebuilds each connection and checks the HTTP upgrade and every RFC 6455 frame.\n",
+        arch.deb
     );
     write(&tree.join("DEBIAN/control"), control.as_bytes(), 0o644)?;
     write(&tree.join("DEBIAN/conffiles"), format!("/{DEFAULT_PATH}\n").as_bytes(), 0o644)?;
@@ -246,7 +275,7 @@ fn deb(root: &Path, binary: &Path, dist: &Path, version: &str) -> anyhow::Result
     let reload = "#!/bin/sh\nset -e\nif [ -d /run/systemd/system ]; then systemctl daemon-reload >/dev/null || true; fi\n";
     write(&tree.join("DEBIAN/postinst"), reload.as_bytes(), 0o755)?;
     write(&tree.join("DEBIAN/postrm"), reload.as_bytes(), 0o755)?;
-    let out = dist.join(format!("ws-monitor_{version}_amd64.deb"));
+    let out = dist.join(format!("ws-monitor_{version}_{}.deb", arch.deb));
     sh("dpkg-deb", &["--root-owner-group", "-Zxz", "--build", &tree.to_string_lossy(), &out.to_string_lossy()])?;
     step(&format!("wrote {}", out.display()));
     Ok(out)
@@ -466,5 +495,8 @@ mod tests {
                     0000000000000000  w   DF *UND*  0000000000000000 (GLIBC_2.34) __libc_start_main\n";
         assert_eq!(glibc_versions(text).into_iter().max(), Some((2, 34)));
         assert_eq!(glibc_versions("no versions here").into_iter().max(), None);
+        let readelf = "     5: 0000000000000000     0 FUNC    GLOBAL DEFAULT  UND memcpy@GLIBC_2.14 (4)\n\
+                       6: 0000000000000000     0 FUNC    WEAK   DEFAULT  UND getrandom@GLIBC_2.25 (7)\n";
+        assert_eq!(glibc_versions(readelf).into_iter().max(), Some((2, 25)));
     }
 }
