@@ -24,6 +24,9 @@ use ws_monitor::report::{self, CaptureReport};
 use ws_monitor_common::Counter;
 
 fn main() -> ExitCode {
+    // A panic analysing one connection is caught and logged by the monitor; the hook
+    // stays quiet for those.
+    ws_monitor::monitor::quiet_contained_panics();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),

@@ -1,5 +1,12 @@
 //! The pipeline shared by live capture and replay: segments → reassembly → engine (and
 //! the optional stream dump). No I/O of its own beyond what the sinks do.
+//!
+//! A bug stays in its flow: a panic while a connection is analysed is caught here, that
+//! connection is dropped from reassembly and the engine and counted (`engine_panics`,
+//! with the connection in an error log line), and the monitor goes on.
+
+use std::cell::Cell;
+use std::panic::AssertUnwindSafe;
 
 use crate::engine::{ConnectionRecord, Engine, EngineConfig, EngineStats, Finding, Hint, Steer};
 use crate::flow::{Closing, Direction, FlowId, FlowKey, Loss, Opening, Segment, StreamSink};
@@ -56,6 +63,27 @@ pub struct Monitor {
     pub sinks: Sinks,
 }
 
+thread_local! {
+    /// Set while a [`Monitor`] runs analysis whose panics it catches.
+    static CONTAINING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether a panic on this thread now is one a [`Monitor`] catches: the panic hooks then
+/// leave the terminal and stderr alone (the monitor logs it and goes on).
+pub fn panic_is_contained() -> bool {
+    CONTAINING.with(Cell::get)
+}
+
+/// Makes the process's panic hook quiet for the panics a [`Monitor`] contains.
+pub fn quiet_contained_panics() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !panic_is_contained() {
+            previous(info);
+        }
+    }));
+}
+
 impl Monitor {
     pub fn new(reassembly: ReassemblyConfig, engine: EngineConfig, dump: Option<StreamDump>) -> Self {
         Self::with_ids(reassembly, engine, dump, 1, 1)
@@ -71,23 +99,52 @@ impl Monitor {
     }
 
     pub fn segment(&mut self, seg: &Segment<'_>) {
-        self.reassembler.segment(seg, &mut self.sinks);
-        for (id, key) in self.sinks.engine.drain_sessions() {
-            self.reassembler.promote(id, &key);
-        }
+        self.contain(Some(seg.key), |m| {
+            m.reassembler.segment(seg, &mut m.sinks);
+            for (id, key) in m.sinks.engine.drain_sessions() {
+                m.reassembler.promote(id, &key);
+            }
+        });
     }
 
     /// A segment the capture lost (see [`Reassembler::lost`]).
     pub fn lost(&mut self, seg: &Segment<'_>) {
-        self.reassembler.lost(seg, &mut self.sinks);
+        self.contain(Some(seg.key), |m| m.reassembler.lost(seg, &mut m.sinks));
     }
 
     pub fn tick(&mut self, now_ns: u64) {
-        self.reassembler.tick(now_ns, &mut self.sinks);
+        self.contain(None, |m| m.reassembler.tick(now_ns, &mut m.sinks));
     }
 
     pub fn finish(&mut self, now_ns: u64) {
-        self.reassembler.finish(now_ns, &mut self.sinks);
+        self.contain(None, |m| m.reassembler.finish(now_ns, &mut m.sinks));
+    }
+
+    /// Runs `f`, catching a panic in it: the connection `key` (the one being analysed,
+    /// when known) is then dropped from reassembly and the engine, and the panic counted
+    /// and logged, instead of taking the monitor down.
+    fn contain(&mut self, key: Option<FlowKey>, f: impl FnOnce(&mut Monitor)) {
+        let was = CONTAINING.replace(true);
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| f(self)));
+        CONTAINING.set(was);
+        let Err(payload) = result else { return };
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        if let Some(id) = key.and_then(|k| self.reassembler.forget(&k)) {
+            self.sinks.engine.forget(id);
+        }
+        self.sinks.engine.count_panic();
+        match key {
+            Some(k) => tracing::error!(
+                client = %k.client,
+                server = %k.server,
+                "analysing a connection panicked ({what}): it is dropped and counted in engine_panics; please report this with the connection"
+            ),
+            None => tracing::error!("the periodic sweep of connections panicked ({what}): counted in engine_panics; please report this"),
+        }
     }
 
     pub fn reassembly(&self) -> &ReassemblyStats {

@@ -612,6 +612,11 @@ mod tests {
     /// Connection `i`: an upgrade, then `frames` unmasked client frames (a protocol
     /// violation each: clients must mask) and a close each way.
     fn connection(i: u16, frames: usize, f: &mut dyn FnMut(&Segment<'_>)) {
+        session(i, &[0x81, 0x02, b'h', b'i'], frames, f);
+    }
+
+    /// Connection `i`: an upgrade, then `frames` copies of the client frame `frame`.
+    fn session(i: u16, frame: &[u8], frames: usize, f: &mut dyn FnMut(&Segment<'_>)) {
         let client = SocketAddr::from((Ipv4Addr::new(10, 0, 0, 1), 40000 + i));
         let server = SocketAddr::from((Ipv4Addr::new(10, 0, 0, 2), 8001));
         let key = key_for((client.ip(), client.port()), (server.ip(), server.port()), Direction::ToServer);
@@ -622,7 +627,7 @@ mod tests {
         let resp = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n".to_vec();
         let mut c = req;
         for _ in 0..frames {
-            c.extend([0x81, 0x02, b'h', b'i']);
+            c.extend(frame);
         }
         seg(Direction::ToServer, 100, 0, true, &[], f);
         seg(Direction::ToClient, 900, 101, true, &[], f);
@@ -650,6 +655,27 @@ mod tests {
         p.finish(3);
         found.extend(p.drain_findings());
         (p, found)
+    }
+
+    #[test]
+    fn a_panic_analysing_one_connection_drops_it_and_the_others_go_on() {
+        let mut p = Pipeline::start(2, ReassemblyConfig::default(), EngineConfig::default(), None, true).expect("start");
+        let fault = crate::engine::tests::FAULT;
+        let mut faulty = vec![0x81, fault.len() as u8];
+        faulty.extend_from_slice(fault);
+        for i in 0..20 {
+            if i == 7 {
+                session(i, &faulty, 1, &mut |s| p.segment(s));
+            } else {
+                connection(i, 3, &mut |s| p.segment(s));
+            }
+        }
+        p.finish(3);
+        let t = p.totals();
+        assert_eq!(t.engine.panics, 1, "the injected fault was hit once");
+        assert_eq!(t.reassembly.flows_dropped, 1, "its connection was dropped");
+        assert_eq!(t.engine.violation_count(Kind::UnmaskedClientFrame), 19 * 3, "every other connection analysed");
+        assert_eq!(t.reassembly.flows_opened, 20);
     }
 
     #[test]

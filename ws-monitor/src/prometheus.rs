@@ -76,6 +76,10 @@ impl Exporter {
             "WebSocket connections ended, by how: close_handshake, close_one_sided, fin_without_close, rst, evicted, open_at_exit"
         );
         describe_gauge!("ws_monitor_buffered_bytes", "Out-of-order bytes held now over all connections");
+        describe_counter!(
+            "ws_monitor_engine_panics_total",
+            "Times analysing a connection panicked: that connection was dropped, the monitor went on (please report)"
+        );
         let exporter = Exporter { listener: Some((listener, handle)) };
         // Every kind and direction from the start, zeros included.
         exporter.update(&EngineStats::default(), &ReassemblyStats::default(), &CaptureReport::default(), 0);
@@ -148,6 +152,7 @@ impl Exporter {
             counter!("ws_monitor_budget_hits_total", "budget" => budget).absolute(n);
         }
         counter!("ws_monitor_sessions_evicted_total").absolute(r.upgraded_evictions);
+        counter!("ws_monitor_engine_panics_total").absolute(engine.panics);
         for ending in crate::engine::Ending::ALL {
             counter!("ws_monitor_connections_ended_total", "how" => ending.name())
                 .absolute(engine.endings.get(ending.index()).copied().unwrap_or(0));

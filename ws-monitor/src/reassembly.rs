@@ -129,6 +129,8 @@ pub struct ReassemblyStats {
     pub flows_closed: u64,
     /// Connections closed as `Closing::Evicted`.
     pub flows_evicted: u64,
+    /// Dropped because their analysis panicked (see [`crate::monitor`]).
+    pub flows_dropped: u64,
     /// Connections still open when capture ended (closed with `Closing::CaptureEnded`).
     pub flows_open_at_end: u64,
     /// `StreamSink::gap` calls.
@@ -181,6 +183,7 @@ impl ReassemblyStats {
             flows_opened,
             flows_closed,
             flows_evicted,
+            flows_dropped,
             flows_open_at_end,
             gaps,
             bytes_lost,
@@ -206,6 +209,7 @@ impl ReassemblyStats {
             (&mut self.flows_opened, flows_opened),
             (&mut self.flows_closed, flows_closed),
             (&mut self.flows_evicted, flows_evicted),
+            (&mut self.flows_dropped, flows_dropped),
             (&mut self.flows_open_at_end, flows_open_at_end),
             (&mut self.gaps, gaps),
             (&mut self.bytes_lost, bytes_lost),
@@ -1178,6 +1182,17 @@ impl Reassembler {
         }
         bump(&mut self.stats.flows_opened, 1);
         self.table.insert(seg.key.unordered(), Flow::new(id, seg.key, seg.ts_ns), class)
+    }
+
+    /// Drops the connection `key` without telling the sinks (its analysis panicked, see
+    /// [`crate::monitor`]); its id, if it was tracked.
+    pub fn forget(&mut self, key: &FlowKey) -> Option<FlowId> {
+        let slot = self.table.find(&key.unordered())?;
+        let flow = self.table.remove(slot)?;
+        self.held = self.held.saturating_sub(flow.memory());
+        self.stats.buffered_bytes = self.held as u64;
+        bump(&mut self.stats.flows_dropped, 1);
+        Some(flow.id)
     }
 
     /// Flushes the flow in `slot`, closes it with `closing` and forgets it; false if there

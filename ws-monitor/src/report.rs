@@ -58,7 +58,7 @@ pub fn kernel_json(k: &KernelCounters) -> serde_json::Value {
 /// The whole `--json` report, the same for live capture and replay:
 /// `{"ports", "connections", "upgrades_ok", "frames", "violations",
 /// "violations_by_direction", "close_codes", "http_requests", "not_http",
-/// "inflate_skipped", "findings_suppressed", "unanalysed", "endings", "close_analysis",
+/// "inflate_skipped", "findings_suppressed", "engine_panics", "unanalysed", "endings", "close_analysis",
 /// "sync", "capture"}`.
 pub fn report_json(ports: &[u16], engine: &EngineStats, capture: &CaptureReport) -> Value {
     let by_kind = |dir: Option<Direction>| -> Map<String, Value> {
@@ -88,6 +88,7 @@ pub fn report_json(ports: &[u16], engine: &EngineStats, capture: &CaptureReport)
         "not_http": engine.not_http,
         "inflate_skipped": engine.inflate_skipped,
         "findings_suppressed": engine.findings_suppressed,
+        "engine_panics": engine.panics,
         "unanalysed": engine.unanalysed,
         "endings": crate::engine::Ending::ALL
             .iter()

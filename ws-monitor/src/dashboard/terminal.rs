@@ -33,6 +33,11 @@ fn install_panic_hook() {
     HOOK.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
+            // A panic the monitor catches (one connection's analysis) leaves the
+            // dashboard running.
+            if crate::monitor::panic_is_contained() {
+                return;
+            }
             restore();
             previous(info);
         }));

@@ -86,7 +86,7 @@ mod stream;
 pub mod utf8;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -293,6 +293,9 @@ pub struct EngineStats {
     /// Connections cut after being idle ([`Kind::IdleTimeoutCut`]), by the side that
     /// cut them ([`Direction::index`]) and idle time in tenths of a second.
     pub idle_cuts: [BTreeMap<u64, u64>; 2],
+    /// Times analysing a connection panicked: the connection was dropped, the monitor
+    /// went on (see [`crate::monitor`]).
+    pub panics: u64,
 }
 
 impl EngineStats {
@@ -316,7 +319,9 @@ impl EngineStats {
             findings_suppressed,
             endings,
             idle_cuts,
+            panics,
         } = o;
+        self.panics += panics;
         self.connections += connections;
         self.upgrades_ok += upgrades_ok;
         for (mine, theirs) in self.frames.iter_mut().zip(frames) {
@@ -851,6 +856,17 @@ impl Engine {
         self.sessions.drain(..)
     }
 
+    /// Drops connection `id` without analysing what is left of it (its analysis
+    /// panicked).
+    pub fn forget(&mut self, id: FlowId) {
+        self.conns.remove(&id);
+    }
+
+    /// Counts a panic the monitor caught.
+    pub fn count_panic(&mut self) {
+        self.stats.panics += 1;
+    }
+
     /// Counts how a WebSocket connection ended and, with the connection log, keeps its
     /// record.
     fn ended(&mut self, id: FlowId, conn: &Conn, closing: Closing, ts_ns: u64) {
@@ -1378,6 +1394,11 @@ impl StreamSink for Engine {
     }
 
     fn data(&mut self, id: FlowId, dir: Direction, offset: u64, data: &[u8], ts_ns: u64) {
+        // The unit tests' injected fault: a bug in the analysis of one connection.
+        #[cfg(test)]
+        if data.windows(tests::FAULT.len()).any(|w| w == tests::FAULT) {
+            panic!("injected fault");
+        }
         self.with_conn(id, ts_ns, |hs, dirs, cx, cfg| {
             cx.view.last_data_ns = ts_ns;
             let end = dirs.get(dir.index()).map_or(offset, |d| d.end);

@@ -12,6 +12,10 @@ use sha1::{Digest, Sha1};
 use super::*;
 use crate::flow::{Closing, Direction, FlowId, FlowKey, Loss, Opening, StreamSink};
 
+/// Payload that makes the engine panic in unit tests (see `Engine::data`): the injected
+/// fault of the monitor's panic-containment test.
+pub(crate) const FAULT: &[u8] = b"\xde\xadinject-an-engine-panic";
+
 const C: Direction = Direction::ToServer;
 const S: Direction = Direction::ToClient;
 
