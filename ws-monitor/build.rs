@@ -4,6 +4,10 @@
 //! The BPF target's `core` comes prebuilt from Debian's `libstd-rust-web-dev-bpf`, so the
 //! build uses that rustc (`/usr/bin/rustc`, override with `WS_MONITOR_BPF_RUSTC`) instead of
 //! `-Z build-std`. `cargo xtask setup` installs it and `bpf-linker`.
+//!
+//! Without the `kernel` feature (on by default) nothing of that is needed: the object is
+//! left empty, so the pure core (flow types, reassembly, engine, outputs) and replay build
+//! and test on a stock Rust toolchain, and live capture says it was built without it.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -22,6 +26,11 @@ fn main() {
 }
 
 fn build_ebpf() -> Result<(), String> {
+    let out_dir = PathBuf::from(env::var("OUT_DIR").map_err(|e| e.to_string())?);
+    if env::var_os("CARGO_FEATURE_KERNEL").is_none() {
+        return std::fs::write(out_dir.join("ws-monitor.bpf.o"), b"")
+            .map_err(|e| format!("writing the empty eBPF object: {e}"));
+    }
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").map_err(|e| e.to_string())?);
     let workspace = manifest_dir.parent().ok_or("ws-monitor has no parent directory")?;
     let ebpf_dir = workspace.join("ws-monitor-ebpf");
@@ -35,7 +44,6 @@ fn build_ebpf() -> Result<(), String> {
     }
     println!("cargo:rerun-if-env-changed=WS_MONITOR_BPF_RUSTC");
 
-    let out_dir = PathBuf::from(env::var("OUT_DIR").map_err(|e| e.to_string())?);
     let rustc = env::var("WS_MONITOR_BPF_RUSTC").unwrap_or_else(|_| "/usr/bin/rustc".into());
     let linker = find_bpf_linker(Path::new(&rustc))?;
 

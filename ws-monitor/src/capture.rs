@@ -41,7 +41,7 @@ use crate::liveness::{self, Heartbeat, Owner};
 use crate::privileges;
 
 /// The kernel program, built by `build.rs` and embedded in this binary (public for the
-/// program tests, which load it directly).
+/// program tests, which load it directly); empty in a build without the `kernel` feature.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ws-monitor.bpf.o"));
 
 /// Which interfaces to capture on.
@@ -640,6 +640,7 @@ fn wake_bytes(ring_size: u32) -> u32 {
 /// Attaches `ws_monitor_null` (returns at once) to both TC hooks of `iface` with TCX
 /// links, which last as long as the returned object.
 pub fn attach_null(iface: &str) -> anyhow::Result<Ebpf> {
+    check_embedded()?;
     privileged_interface(iface)?;
     resolve(AttachMode::Tcx, current_kernel())?;
     let mut ebpf = EbpfLoader::new()
@@ -766,6 +767,7 @@ where
 /// Clear, actionable errors for what can be checked before touching BPF. Returns the
 /// interface index.
 fn preflight(config: &CaptureConfig) -> anyhow::Result<()> {
+    check_embedded()?;
     if config.ports.is_empty() {
         bail!("no port to monitor: pass --port PORT (up to {MAX_PORTS})");
     }
@@ -774,6 +776,14 @@ fn preflight(config: &CaptureConfig) -> anyhow::Result<()> {
     }
     check_kernel(current_kernel())?;
     check_privileges()
+}
+
+/// This binary carries the kernel program.
+fn check_embedded() -> anyhow::Result<()> {
+    if EBPF_OBJECT.is_empty() {
+        bail!("this ws-monitor was built without its kernel program (--no-default-features): live capture needs a build with the `kernel` feature (`cargo xtask run`); `ws-monitor replay` works as it is");
+    }
+    Ok(())
 }
 
 /// Root (or the capabilities), and the index of an interface that exists.

@@ -88,7 +88,8 @@ enum Task {
         args: Vec<String>,
     },
     /// Set up everything and run the whole test suite (needs root for the BPF tests),
-    /// then every fuzz target for a short while.
+    /// the core's tests again without the kernel program (no BPF toolchain), then every
+    /// fuzz target for a short while.
     Test {
         /// Seconds of fuzzing after the tests, shared out among the targets (0 = skip;
         /// needs the rustup nightly toolchain).
@@ -243,6 +244,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             if !status.success() {
                 bail!("tests failed ({status})");
+            }
+            // The pure core needs no BPF toolchain: its build must not even look for one.
+            step("the core's tests without the kernel program (no BPF toolchain)");
+            let status = Command::new(env_cargo())
+                .args(["test", "--package", "ws-monitor", "--no-default-features", "--lib"])
+                .env("WS_MONITOR_BPF_RUSTC", "/nonexistent/rustc")
+                .current_dir(workspace_root())
+                .status()?;
+            if !status.success() {
+                bail!("the core's tests without the kernel feature failed ({status})");
             }
             if fuzz_seconds > 0 {
                 fuzz::run(&fuzz::TARGETS, (fuzz_seconds / fuzz::TARGETS.len() as u32).max(1))?;
