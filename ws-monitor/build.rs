@@ -78,9 +78,7 @@ fn build_ebpf() -> Result<(), String> {
             cmd.env_remove(key);
         }
     }
-    let status = cmd
-        .status()
-        .map_err(|e| format!("could not run cargo to build the eBPF program: {e}"))?;
+    let status = cmd.status().map_err(|e| format!("could not run cargo to build the eBPF program: {e}"))?;
     if !status.success() {
         return Err(format!(
             "building the eBPF program failed ({status}); run `cargo xtask setup` to install the BPF toolchain"
@@ -88,8 +86,7 @@ fn build_ebpf() -> Result<(), String> {
     }
     let object = target_dir.join("bpfel-unknown-none/release/ws-monitor");
     let dest = out_dir.join("ws-monitor.bpf.o");
-    std::fs::copy(&object, &dest)
-        .map_err(|e| format!("eBPF object {} missing after build: {e}", object.display()))?;
+    std::fs::copy(&object, &dest).map_err(|e| format!("eBPF object {} missing after build: {e}", object.display()))?;
     Ok(())
 }
 
@@ -101,8 +98,7 @@ fn find_bpf_linker(rustc: &Path) -> Result<PathBuf, String> {
             rustc.display()
         ));
     }
-    let mut dirs: Vec<PathBuf> =
-        env::var_os("PATH").map(|p| env::split_paths(&p).collect()).unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = env::var_os("PATH").map(|p| env::split_paths(&p).collect()).unwrap_or_default();
     if let Some(home) = env::var_os("CARGO_HOME") {
         dirs.push(PathBuf::from(home).join("bin"));
     }

@@ -11,7 +11,8 @@ use ws_monitor::flow::{Closing, Direction, FlowId, FlowKey, Loss, Opening, Strea
 
 fuzz_target!(|input: &[u8]| {
     let Some((&control, rest)) = input.split_first() else { return };
-    let mut engine = Engine::new(EngineConfig { max_frame_size: 1 << 16, max_message_size: 1 << 18, ..EngineConfig::default() });
+    let mut engine =
+        Engine::new(EngineConfig { max_frame_size: 1 << 16, max_message_size: 1 << 18, ..EngineConfig::default() });
     let key = FlowKey {
         client: SocketAddr::from((Ipv4Addr::LOCALHOST, 40000)),
         server: SocketAddr::from((Ipv4Addr::LOCALHOST, 8001)),

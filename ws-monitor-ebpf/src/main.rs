@@ -31,12 +31,10 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use ws_monitor_common::{
-    Anchor, ChunkHeader, Counter, FlowDir, Iface, Liveness, Owner, Plan, Span, WalkState,
-    CHUNK_SIZE, DIR_TO_CLIENT, DIR_TO_SERVER, EXCERPT_LEN, HEADER_SIZE, HOOK_EGRESS,
-    HOOK_INGRESS, JUMP_EMIT, JUMP_WALK, MAX_ANCHORS, MAX_CHUNKS, MAX_FLOWS, MAX_IFACES,
-    MAX_OWNERS, MAX_SPANS, MAX_WALK, MSG_COPY, MSG_NONE, MSG_SKIP, ORPHAN_AFTER_NS,
-    OWNER_TAKEOVER_NS, PORT_MONITORED, PORT_SLOTS, TCP_FIN, TCP_RST, TCP_SYN, WALK_COPY,
-    WALK_HEADERS, WALK_RUNS,
+    Anchor, ChunkHeader, Counter, FlowDir, Iface, Liveness, Owner, Plan, Span, WalkState, CHUNK_SIZE, DIR_TO_CLIENT,
+    DIR_TO_SERVER, EXCERPT_LEN, HEADER_SIZE, HOOK_EGRESS, HOOK_INGRESS, JUMP_EMIT, JUMP_WALK, MAX_ANCHORS, MAX_CHUNKS,
+    MAX_FLOWS, MAX_IFACES, MAX_OWNERS, MAX_SPANS, MAX_WALK, MSG_COPY, MSG_NONE, MSG_SKIP, ORPHAN_AFTER_NS,
+    OWNER_TAKEOVER_NS, PORT_MONITORED, PORT_SLOTS, TCP_FIN, TCP_RST, TCP_SYN, WALK_COPY, WALK_HEADERS, WALK_RUNS,
 };
 
 /// Ring buffer of records; its size is set by userspace (`--ring-size`) before load.
@@ -55,8 +53,7 @@ static PORTS: Array<u8> = Array::with_max_entries(PORT_SLOTS, 0);
 
 /// Per-CPU counters indexed by `Counter`.
 #[map]
-static COUNTERS: PerCpuArray<u64> =
-    PerCpuArray::with_max_entries(ws_monitor_common::COUNTER_COUNT, 0);
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ws_monitor_common::COUNTER_COUNT, 0);
 
 /// Owner and heartbeat, written by userspace (see `Liveness`).
 #[map]
@@ -206,9 +203,7 @@ fn count(counter: Counter, n: u64) {
 fn load<const N: usize>(ctx: &TcContext, offset: u32) -> Option<[u8; N]> {
     let mut buf = [0u8; N];
     // SAFETY: `buf` is a valid, writable `N`-byte buffer; the helper bounds-checks the skb.
-    let ret = unsafe {
-        bpf_skb_load_bytes(ctx.skb.skb as *const _, offset, buf.as_mut_ptr() as *mut _, N as u32)
-    };
+    let ret = unsafe { bpf_skb_load_bytes(ctx.skb.skb as *const _, offset, buf.as_mut_ptr() as *mut _, N as u32) };
     (ret == 0).then_some(buf)
 }
 
@@ -268,14 +263,8 @@ fn parse_l3(ctx: &TcContext, ifindex: u32) -> Result<L3, Counter> {
             if total < ihl + TCP_MIN_HDR_LEN {
                 return Err(Counter::SkipTruncated);
             }
-            let mut l3 = L3 {
-                family: 4,
-                net,
-                saddr: [0; 16],
-                daddr: [0; 16],
-                tcp_offset: ihl,
-                ip_payload_len: total - ihl,
-            };
+            let mut l3 =
+                L3 { family: 4, net, saddr: [0; 16], daddr: [0; 16], tcp_offset: ihl, ip_payload_len: total - ihl };
             l3.saddr[..4].copy_from_slice(&ip[12..16]);
             l3.daddr[..4].copy_from_slice(&ip[16..20]);
             Ok(l3)
@@ -650,12 +639,7 @@ fn read_header(ctx: &TcContext, st: &mut WalkState, plan: &mut Plan, off: u32, p
     // SAFETY: `k <= 15` and `n <= 16` bytes land inside the 32-byte `hdr`; the helper
     // bounds-checks the skb.
     let ret = unsafe {
-        bpf_skb_load_bytes(
-            ctx.skb.skb as *const _,
-            off + from as u32,
-            plan.hdr.as_mut_ptr().add(k & 15) as *mut _,
-            n,
-        )
+        bpf_skb_load_bytes(ctx.skb.skb as *const _, off + from as u32, plan.hdr.as_mut_ptr().add(k & 15) as *mut _, n)
     };
     if ret != 0 {
         count(Counter::LoadErrors, 1);
@@ -795,7 +779,15 @@ fn walk_run(ctx: &TcContext, plan: &mut Plan) {
             _ => false,
         };
         match frame.opcode {
-            1 | 2 => st.msg = if frame.fin { MSG_NONE } else if skipped { MSG_SKIP } else { MSG_COPY },
+            1 | 2 => {
+                st.msg = if frame.fin {
+                    MSG_NONE
+                } else if skipped {
+                    MSG_SKIP
+                } else {
+                    MSG_COPY
+                }
+            }
             0 if frame.fin => st.msg = MSG_NONE,
             0 if st.msg == MSG_NONE => st.msg = MSG_COPY,
             _ => {}
@@ -927,9 +919,7 @@ fn emit_sized<const N: usize>(ctx: &TcContext, header: &ChunkHeader, src: u32, n
         let n = unsafe { core::ptr::read_volatile(&n) };
         let len = ((n.max(1) - 1) & (N as u32 - 1)) + 1;
         // SAFETY: `len <= N` bytes written after the header, inside the reservation.
-        let ret = unsafe {
-            bpf_skb_load_bytes(ctx.skb.skb as *const _, src, base.add(HEADER_SIZE) as *mut _, len)
-        };
+        let ret = unsafe { bpf_skb_load_bytes(ctx.skb.skb as *const _, src, base.add(HEADER_SIZE) as *mut _, len) };
         if ret != 0 {
             record.discard(0);
             count(Counter::LoadErrors, 1);

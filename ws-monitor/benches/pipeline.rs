@@ -6,6 +6,7 @@
 //! peak resident memory. Reassembly + engine run three ways: one monitor on the bench's
 //! own thread, and the pipeline (this thread hands segments to worker threads) with one
 //! worker and with one per CPU. Run: `cargo bench -p ws-monitor --bench pipeline`.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test or benchmark fails loudly")]
 
 use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -111,7 +112,10 @@ fn streams(seed: u16, traffic: Traffic) -> (Vec<u8>, Vec<u8>) {
     let binary: Vec<u8> = (0..65_536u32).map(|i| (i * 31 + seed as u32) as u8).collect();
     let long_text = "ünïcödé text, four kilobytes of it. ".repeat(100);
     let small = "a chat message of some length, repeated to fill two hundred bytes of text..".repeat(3);
-    let (mut zc, mut zs) = (flate2::Compress::new(flate2::Compression::fast(), false), flate2::Compress::new(flate2::Compression::fast(), false));
+    let (mut zc, mut zs) = (
+        flate2::Compress::new(flate2::Compression::fast(), false),
+        flate2::Compress::new(flate2::Compression::fast(), false),
+    );
     for i in 0..traffic.frames() {
         let key = (i ^ seed as u32).to_be_bytes();
         match traffic {
@@ -216,7 +220,11 @@ fn mb_per_s(bytes: usize, secs: f64) -> f64 {
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmHWM:")).map(|v| v.trim().trim_end_matches(" kB").parse().unwrap_or(0)))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .map(|v| v.trim().trim_end_matches(" kB").parse().unwrap_or(0))
+        })
         .unwrap_or(0)
 }
 
@@ -251,7 +259,11 @@ fn measure(traffic: Traffic, conns: &[(Vec<u8>, Vec<u8>)]) {
     let start = Instant::now();
     let mut engine = Engine::new(EngineConfig::default());
     for (i, (c, s)) in conns.iter().enumerate() {
-        let key = key_for((Ipv4Addr::new(10, 0, 0, 1).into(), 40000 + i as u16), (Ipv4Addr::new(10, 0, 0, 2).into(), 8001), Direction::ToServer);
+        let key = key_for(
+            (Ipv4Addr::new(10, 0, 0, 1).into(), 40000 + i as u16),
+            (Ipv4Addr::new(10, 0, 0, 2).into(), 8001),
+            Direction::ToServer,
+        );
         let id = FlowId(i as u64);
         engine.open(id, &key, Opening::Handshake, 0);
         // The request, then the 101, as on the wire (a client sends frames only once the
@@ -297,8 +309,8 @@ fn measure(traffic: Traffic, conns: &[(Vec<u8>, Vec<u8>)]) {
 
     let pipelined = |workers: usize| {
         let start = Instant::now();
-        let mut pipeline =
-            Pipeline::start(workers, ReassemblyConfig::default(), EngineConfig::default(), None, true).expect("workers");
+        let mut pipeline = Pipeline::start(workers, ReassemblyConfig::default(), EngineConfig::default(), None, true)
+            .expect("workers");
         segments(conns, &mut |seg| pipeline.segment(seg));
         pipeline.finish(3);
         let secs = start.elapsed().as_secs_f64();
@@ -308,7 +320,12 @@ fn measure(traffic: Traffic, conns: &[(Vec<u8>, Vec<u8>)]) {
     let one_secs = pipelined(1);
     let workers_secs = pipelined(default_workers());
     let rate = |secs: f64| {
-        format!("{:.0} MB/s = {:.2}× memcpy, {:.2} M frames/s", mb_per_s(total, secs), reference / secs, frames as f64 / 1e6 / secs)
+        format!(
+            "{:.0} MB/s = {:.2}× memcpy, {:.2} M frames/s",
+            mb_per_s(total, secs),
+            reference / secs,
+            frames as f64 / 1e6 / secs
+        )
     };
 
     println!(

@@ -16,9 +16,7 @@
 //! ([`crate::liveness`]) is more than five seconds old.
 
 use std::collections::BTreeMap;
-use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{bail, Context as _};
@@ -29,62 +27,23 @@ use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfLoader};
 use tokio::io::unix::AsyncFd;
 use ws_monitor_common::{
-    Anchor, ChunkHeader, Counter, FlowDir, Iface, WalkState, DIR_TO_SERVER, HEADER_SIZE, JUMP_EMIT,
-    JUMP_WALK, LIVENESS_QDISC_OWNED, MAX_PORTS, MSG_COPY, MSG_NONE, MSG_SKIP, PORT_MONITORED,
-    PROGRAM_EMIT, PROGRAM_WALK, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    Anchor, ChunkHeader, Counter, FlowDir, Iface, WalkState, DIR_TO_SERVER, HEADER_SIZE, JUMP_EMIT, JUMP_WALK,
+    LIVENESS_QDISC_OWNED, MAX_PORTS, MSG_COPY, MSG_NONE, MSG_SKIP, PORT_MONITORED, PROGRAM_EMIT, PROGRAM_WALK, TCP_ACK,
+    TCP_FIN, TCP_RST, TCP_SYN,
 };
 
-use crate::clsact::{Hook, Rtnl, FILTER_HANDLE};
+pub use crate::clsact::detach;
+use crate::clsact::{clsact_for, first_priority, sweep, Hook, OwnedQdisc, Rtnl, Sweep, FILTER_HANDLE};
 use crate::engine::{Hint, OpenMessage, Steer};
 use crate::flow::{key_for, Direction, FlowKey, Segment, TcpFlags};
-use crate::liveness::{self, Heartbeat, Owner};
+use crate::interfaces::{interface_index, interfaces_up, is_loopback, link_header_len, link_state, Named};
+pub use crate::interfaces::{Interfaces, LinkState};
+use crate::liveness::{self, Heartbeat};
 use crate::privileges;
 
 /// The kernel program, built by `build.rs` and embedded in this binary (public for the
 /// program tests, which load it directly); empty in a build without the `kernel` feature.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ws-monitor.bpf.o"));
-
-/// Which interfaces to capture on.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Interfaces {
-    /// These, by name: each must exist, and the capture stops if one disappears.
-    Named(Vec<String>),
-    /// Every interface that is up, and each one that comes up while running.
-    Any,
-}
-
-impl Interfaces {
-    /// `--iface` values: names (repeated or comma-separated), or `any` alone.
-    pub fn from_args(names: &[String]) -> anyhow::Result<Interfaces> {
-        let mut out: Vec<String> = Vec::new();
-        for name in names.iter().flat_map(|n| n.split(',')).map(str::trim).filter(|n| !n.is_empty()) {
-            if !out.iter().any(|n| n == name) {
-                out.push(name.to_string());
-            }
-        }
-        match out.as_slice() {
-            [] => bail!("no interface to capture on: pass --iface IFACE (repeat it for more, or `any`)"),
-            [any] if any == "any" => Ok(Interfaces::Any),
-            more if more.iter().any(|n| n == "any") => {
-                bail!("--iface any already means every interface: give it alone, or name the interfaces")
-            }
-            _ => Ok(Interfaces::Named(out)),
-        }
-    }
-
-    /// How the operator named them: `eth0,lo` or `any`.
-    pub fn label(&self) -> String {
-        match self {
-            Interfaces::Named(names) => names.join(","),
-            Interfaces::Any => "any".into(),
-        }
-    }
-
-    /// More than one interface may see the same packet.
-    fn may_overlap(&self) -> bool {
-        !matches!(self, Interfaces::Named(names) if names.len() == 1)
-    }
-}
 
 /// What to capture.
 #[derive(Clone, Debug)]
@@ -242,10 +201,9 @@ impl Capture {
         preflight(config)?;
         let mode = resolve(config.attach, current_kernel())?;
         let named: Named = match &config.interfaces {
-            Interfaces::Named(names) => names
-                .iter()
-                .map(|name| Ok((name.clone(), interface_index(name)?)))
-                .collect::<anyhow::Result<_>>()?,
+            Interfaces::Named(names) => {
+                names.iter().map(|name| Ok((name.clone(), interface_index(name)?))).collect::<anyhow::Result<_>>()?
+            }
             Interfaces::Any => Vec::new(),
         };
         let mut ebpf = EbpfLoader::new()
@@ -258,9 +216,7 @@ impl Capture {
 
         let mut ports: Array<_, u8> = map(&mut ebpf, "PORTS")?;
         for &port in &config.ports {
-            ports
-                .set(u32::from(port), PORT_MONITORED, 0)
-                .with_context(|| format!("configuring port {port}"))?;
+            ports.set(u32::from(port), PORT_MONITORED, 0).with_context(|| format!("configuring port {port}"))?;
         }
 
         load_tail_programs(&mut ebpf)?;
@@ -293,7 +249,8 @@ impl Capture {
         // A killed instance's sweeper learns from this flag whether the qdisc was ours
         // (with several interfaces: on any of them; an empty clsact qdisc it then removes
         // costs nothing to add again).
-        let flags = if prepared.iter().any(|p| p.qdisc.as_ref().is_some_and(|q| q.owned)) { LIVENESS_QDISC_OWNED } else { 0 };
+        let flags =
+            if prepared.iter().any(|p| p.qdisc.as_ref().is_some_and(|q| q.owned)) { LIVENESS_QDISC_OWNED } else { 0 };
         // Alive before the first packet: the program ignores packets without a heartbeat.
         let heartbeat = Heartbeat::start(map(&mut ebpf, liveness::MAP_NAME)?, liveness::this_process(flags))?;
 
@@ -370,9 +327,9 @@ impl Capture {
                     None => TcAttachOptions::TcxOrder(LinkOrder::default()),
                 };
                 let program = classifier(&mut self.ebpf, program_name)?;
-                let link = program
-                    .attach_with_options(&name, attach_type(*hook), options)
-                    .map_err(|e| explain(anyhow::Error::new(e).context(format!("attaching to {name} {}", hook.name()))))?;
+                let link = program.attach_with_options(&name, attach_type(*hook), options).map_err(|e| {
+                    explain(anyhow::Error::new(e).context(format!("attaching to {name} {}", hook.name())))
+                })?;
                 links.push((program_name, link));
             }
             Ok(())
@@ -461,9 +418,7 @@ impl Capture {
                     OpenMessage::Read => MSG_COPY,
                     OpenMessage::Skip => MSG_SKIP,
                 };
-                seq.is_some_and(|hdr_seq| {
-                    self.anchors.insert(key, Anchor { hdr_seq, msg, _pad: [0; 3] }, 0).is_ok()
-                })
+                seq.is_some_and(|hdr_seq| self.anchors.insert(key, Anchor { hdr_seq, msg, _pad: [0; 3] }, 0).is_ok())
             }
         };
         if !applied {
@@ -555,71 +510,11 @@ impl Capture {
     pub fn counters(&self) -> anyhow::Result<KernelCounters> {
         let mut out = KernelCounters::default();
         for (i, slot) in out.0.iter_mut().enumerate() {
-            let values = self
-                .counters
-                .get(&(i as u32), 0)
-                .context("reading the kernel counters")?;
+            let values = self.counters.get(&(i as u32), 0).context("reading the kernel counters")?;
             *slot = values.iter().sum();
         }
         Ok(out)
     }
-}
-
-/// The state of an interface a capture is attached to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LinkState {
-    Up,
-    /// Administratively down: no packet passes, so nothing is captured.
-    Down,
-    /// No interface of that name has the index attached to any more: deleted, renamed or
-    /// moved to another network namespace. The programs went with it.
-    Gone,
-}
-
-fn link_state(iface: &str, ifindex: u32) -> LinkState {
-    let Ok(name) = CString::new(iface) else { return LinkState::Gone };
-    // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
-    if unsafe { libc::if_nametoindex(name.as_ptr()) } != ifindex {
-        return LinkState::Gone;
-    }
-    match link_flags(iface) {
-        Some(flags) if flags & libc::IFF_UP == 0 => LinkState::Down,
-        _ => LinkState::Up,
-    }
-}
-
-/// Whether an interface has this index (in this process's network namespace).
-fn index_exists(ifindex: u32) -> bool {
-    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: `name` has room for IF_NAMESIZE bytes, as if_indextoname requires.
-    !unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) }.is_null()
-}
-
-/// The interface's flags (`SIOCGIFFLAGS`, in this process's network namespace).
-fn link_flags(iface: &str) -> Option<libc::c_int> {
-    // SAFETY: socket() has no preconditions; the descriptor is owned (and closed) below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: `fd` is a descriptor this function just opened and nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: an all-zero ifreq is a valid value (an empty name, zero flags).
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    if iface.len() >= req.ifr_name.len() {
-        return None;
-    }
-    for (dst, src) in req.ifr_name.iter_mut().zip(iface.as_bytes()) {
-        *dst = *src as libc::c_char;
-    }
-    // SAFETY: SIOCGIFFLAGS reads the NUL-terminated ifr_name of `req` and writes its
-    // flags; `req` outlives the call.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
-        return None;
-    }
-    // SAFETY: SIOCGIFFLAGS has just written the flags member of the union.
-    Some(libc::c_int::from(unsafe { req.ifr_ifru.ifru_flags }))
 }
 
 /// Records read in one go before the other work of the loop (ticks, keys, redraws) gets
@@ -664,9 +559,8 @@ pub fn load_tail_programs(ebpf: &mut Ebpf) -> anyhow::Result<()> {
         let fd = program.fd().context("a loaded program has an fd")?.try_clone().context("duplicating a program fd")?;
         fds.push((slot, fd));
     }
-    let mut jump: ProgramArray<_> = ProgramArray::try_from(
-        ebpf.map_mut("JUMP").context("map JUMP missing from the eBPF object")?,
-    )?;
+    let mut jump: ProgramArray<_> =
+        ProgramArray::try_from(ebpf.map_mut("JUMP").context("map JUMP missing from the eBPF object")?)?;
     for (slot, fd) in &fds {
         jump.set(*slot, fd, 0).context("filling the tail-call table")?;
     }
@@ -685,10 +579,7 @@ fn attach_type(hook: Hook) -> TcAttachType {
 
 /// The classifier `name` of the object, once loaded.
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut SchedClassifier> {
-    Ok(ebpf
-        .program_mut(name)
-        .with_context(|| format!("program {name} missing from the eBPF object"))?
-        .try_into()?)
+    Ok(ebpf.program_mut(name).with_context(|| format!("program {name} missing from the eBPF object"))?.try_into()?)
 }
 
 /// Readies an interface for attaching: its link type, the stale filters a killed
@@ -706,51 +597,11 @@ fn prepare(mode: AttachMode, name: &str, ifindex: u32) -> anyhow::Result<Prepare
     Ok(Prepared { name: name.to_string(), ifindex, link_header, sweep, qdisc })
 }
 
-/// Interfaces by name and index.
-type Named = Vec<(String, u32)>;
-
-/// The interfaces that are up (name and index, in index order), and those of them
-/// `any` leaves out with the reason: a link type the program cannot parse.
-fn interfaces_up() -> anyhow::Result<(Named, Vec<(String, String)>)> {
-    // SAFETY: if_nameindex has no preconditions; its array is freed below.
-    let list = unsafe { libc::if_nameindex() };
-    if list.is_null() {
-        return Err(io::Error::last_os_error()).context("listing the network interfaces");
-    }
-    let mut all = Vec::new();
-    let mut entry = list;
-    // SAFETY: the array ends with an entry whose index is 0 and name null; every entry
-    // before it has a valid NUL-terminated name. It is freed once, after the loop.
-    unsafe {
-        while (*entry).if_index != 0 && !(*entry).if_name.is_null() {
-            all.push((CStr::from_ptr((*entry).if_name).to_string_lossy().into_owned(), (*entry).if_index));
-            entry = entry.add(1);
-        }
-        libc::if_freenameindex(list);
-    }
-    all.sort_by_key(|(_, index)| *index);
-    let (mut up, mut left_out) = (Vec::new(), Vec::new());
-    for (name, index) in all {
-        if link_state(&name, index) != LinkState::Up {
-            continue;
-        }
-        match link_header_len(&name) {
-            Ok(_) => up.push((name, index)),
-            Err(e) => left_out.push((name, e.to_string())),
-        }
-    }
-    Ok((up, left_out))
-}
-
 /// The classifier `name` of the object, loaded into the kernel (verified).
 fn load_classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut SchedClassifier> {
-    let program: &mut SchedClassifier = ebpf
-        .program_mut(name)
-        .with_context(|| format!("program {name} missing from the eBPF object"))?
-        .try_into()?;
-    program
-        .load()
-        .map_err(|e| explain(anyhow::Error::new(e).context(format!("loading {name}"))))?;
+    let program: &mut SchedClassifier =
+        ebpf.program_mut(name).with_context(|| format!("program {name} missing from the eBPF object"))?.try_into()?;
+    program.load().map_err(|e| explain(anyhow::Error::new(e).context(format!("loading {name}"))))?;
     Ok(program)
 }
 
@@ -758,9 +609,7 @@ fn map<T>(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<T>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf
-        .take_map(name)
-        .with_context(|| format!("map {name} missing from the eBPF object"))?;
+    let map = ebpf.take_map(name).with_context(|| format!("map {name} missing from the eBPF object"))?;
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
 }
 
@@ -787,7 +636,7 @@ fn check_embedded() -> anyhow::Result<()> {
 }
 
 /// Root (or the capabilities), and the index of an interface that exists.
-fn privileged_interface(iface: &str) -> anyhow::Result<u32> {
+pub(crate) fn privileged_interface(iface: &str) -> anyhow::Result<u32> {
     check_privileges()?;
     interface_index(iface)
 }
@@ -797,16 +646,6 @@ fn check_privileges() -> anyhow::Result<()> {
         bail!("ws-monitor needs root to load eBPF programs: run it with sudo, or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (sudo setcap cap_bpf,cap_net_admin,cap_perfmon+ep $(command -v ws-monitor))");
     }
     Ok(())
-}
-
-/// The index of an interface that exists.
-fn interface_index(iface: &str) -> anyhow::Result<u32> {
-    let name = CString::new(iface).with_context(|| format!("invalid interface name {iface:?}"))?;
-    // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
-    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
-        0 => bail!("no such interface {iface:?}: list the interfaces with `ip link`"),
-        index => Ok(index),
-    }
 }
 
 /// The running kernel's version, if it can be read.
@@ -856,176 +695,6 @@ fn release(kernel: Option<KernelVersion>) -> String {
     kernel.map_or_else(|| "?".into(), |v| v.to_string())
 }
 
-/// What a sweep of an interface found.
-#[derive(Debug, Default)]
-struct Sweep {
-    /// ws-monitor filters whose owner is gone, removed.
-    removed: usize,
-    /// Hooks they were on.
-    removed_from: Vec<&'static str>,
-    /// PIDs owning ws-monitor filters that are still running.
-    running: Vec<u32>,
-    /// One of the removed filters' owners had added the clsact qdisc.
-    qdisc_owned: bool,
-    /// That qdisc was removed too (nothing else used it).
-    qdisc_removed: bool,
-}
-
-/// Removes the ws-monitor filters on `ifindex` whose owner is no longer running, and
-/// never anything else; with `remove_qdisc`, also the clsact qdisc a gone owner had
-/// added, once no filter at all is left on it.
-fn sweep(rtnl: &mut Rtnl, ifindex: u32, iface: &str, remove_qdisc: bool) -> anyhow::Result<Sweep> {
-    let context = || format!("looking for ws-monitor filters left on {iface}");
-    let mut out = Sweep::default();
-    for hook in Hook::BOTH {
-        for filter in rtnl.filters(ifindex, hook).with_context(context)? {
-            if !filter.is_ws_monitor() {
-                continue;
-            }
-            let read = || filter.prog_id.map(liveness::of_program).transpose().map(Option::flatten);
-            let live = read().with_context(context)?;
-            let verdict = match live {
-                // No owner recorded: a copy without a heartbeat does nothing anyway.
-                None => Owner::Gone,
-                Some(l) => match liveness::owner(&l, liveness::monotonic_ns()) {
-                    Owner::Unsure { recheck_at_ns } => {
-                        // An owner in another PID namespace: is its heartbeat still going?
-                        let wait = recheck_at_ns.saturating_sub(liveness::monotonic_ns());
-                        std::thread::sleep(std::time::Duration::from_nanos(wait));
-                        match read().with_context(context)? {
-                            Some(again) if again.heartbeat_ns != l.heartbeat_ns => Owner::Running { pid: l.pid },
-                            _ => Owner::Gone,
-                        }
-                    }
-                    verdict => verdict,
-                },
-            };
-            match verdict {
-                Owner::Running { pid } => out.running.push(pid),
-                _ => {
-                    rtnl.delete_filter(ifindex, &filter)
-                        .with_context(|| format!("removing a stale ws-monitor filter from {iface} {}", hook.name()))?;
-                    out.removed += 1;
-                    out.removed_from.push(hook.name());
-                    out.qdisc_owned |= live.is_some_and(|l| l.flags & LIVENESS_QDISC_OWNED != 0);
-                }
-            }
-        }
-    }
-    if remove_qdisc && out.qdisc_owned {
-        out.qdisc_removed = OwnedQdisc { ifindex, owned: true }.remove_if_unused(rtnl)?;
-    }
-    Ok(out)
-}
-
-/// A priority ahead of every filter already on the hook: a filter that ends
-/// classification (`action pass`, a final verdict) would otherwise keep the program from
-/// ever seeing a packet. The program returns TC_ACT_UNSPEC, so the others still run.
-/// 0 lets the kernel choose where nothing is there (or nothing is free ahead).
-fn first_priority(rtnl: &mut Rtnl, ifindex: u32, hook: Hook) -> anyhow::Result<u16> {
-    let filters = rtnl.filters(ifindex, hook).context("listing the filters already attached")?;
-    Ok(filters.iter().map(|f| f.priority).min().map_or(0, |p| p.saturating_sub(1)))
-}
-
-/// The clsact qdisc the netlink filters hang on: one already there is used as it is
-/// (so is the older ingress-only qdisc, where no egress hook is needed).
-fn clsact_for(
-    rtnl: &mut Rtnl,
-    ifindex: u32,
-    iface: &str,
-    needs_egress: bool,
-    inherited: bool,
-) -> anyhow::Result<OwnedQdisc> {
-    let in_use = |kind: String| -> anyhow::Result<OwnedQdisc> {
-        if kind == "clsact" || (kind == "ingress" && !needs_egress) {
-            return Ok(OwnedQdisc { ifindex, owned: inherited && kind == "clsact" });
-        }
-        bail!(
-            "{iface} has an `{kind}` qdisc where ws-monitor needs clsact (which also has an egress hook): \
-             replace it (`tc qdisc del dev {iface} {kind}`, `tc qdisc add dev {iface} clsact`, then re-add its filters), or use --attach tcx on Linux 6.6+"
-        )
-    };
-    let context = || format!("adding the clsact qdisc to {iface}");
-    if let Some(kind) = rtnl.ingress_slot(ifindex).with_context(context)? {
-        return in_use(kind);
-    }
-    match rtnl.add_clsact(ifindex) {
-        Ok(()) => Ok(OwnedQdisc { ifindex, owned: true }),
-        // Somebody added one in the meantime.
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => match rtnl.ingress_slot(ifindex).with_context(context)? {
-            Some(kind) => in_use(kind),
-            None => Err(anyhow::Error::new(e).context(context())),
-        },
-        Err(e) => Err(explain(anyhow::Error::new(e).context(context()))),
-    }
-}
-
-/// The clsact qdisc under ws-monitor's filters; when ws-monitor added it (`owned`), it
-/// is removed on drop unless another filter still uses it.
-struct OwnedQdisc {
-    ifindex: u32,
-    owned: bool,
-}
-
-impl OwnedQdisc {
-    /// Removes the qdisc if owned and no filter is left on it; true if removed.
-    fn remove_if_unused(&self, rtnl: &mut Rtnl) -> anyhow::Result<bool> {
-        if !self.owned {
-            return Ok(false);
-        }
-        for hook in Hook::BOTH {
-            if !rtnl.filters(self.ifindex, hook).context("listing the filters on the clsact qdisc")?.is_empty() {
-                return Ok(false);
-            }
-        }
-        rtnl.delete_clsact(self.ifindex).context("removing the clsact qdisc ws-monitor added")?;
-        Ok(true)
-    }
-}
-
-impl Drop for OwnedQdisc {
-    fn drop(&mut self) {
-        if !self.owned || !index_exists(self.ifindex) {
-            return; // an interface that is gone took its qdisc with it
-        }
-        let result = Rtnl::open().map_err(anyhow::Error::from).and_then(|mut rtnl| self.remove_if_unused(&mut rtnl));
-        if let Err(e) = result {
-            tracing::warn!("{e:#}: remove it with `ws-monitor detach --iface IFACE`");
-        }
-    }
-}
-
-/// `ws-monitor detach --iface IFACE`: removes what killed instances left attached to
-/// `iface` (netlink filters and a clsact qdisc they added) and says what it did.
-pub fn detach(iface: &str) -> anyhow::Result<String> {
-    let ifindex = privileged_interface(iface)?;
-    let mut rtnl = Rtnl::open().context("opening a netlink socket")?;
-    let sweep = sweep(&mut rtnl, ifindex, iface, true)?;
-    let mut said = Vec::new();
-    if sweep.removed > 0 {
-        said.push(format!(
-            "removed {} stale ws-monitor filter{} ({}){} from {iface}",
-            sweep.removed,
-            if sweep.removed == 1 { "" } else { "s" },
-            sweep.removed_from.join(", "),
-            if sweep.qdisc_removed { " and the clsact qdisc ws-monitor had added" } else { "" },
-        ));
-    }
-    if !sweep.running.is_empty() {
-        let pids: Vec<String> = sweep.running.iter().map(u32::to_string).collect();
-        said.push(format!(
-            "left {} filter{} on {iface} alone: they belong to ws-monitor (pid {}), still running; stop it instead",
-            pids.len(),
-            if pids.len() == 1 { "" } else { "s" },
-            pids.join(", ")
-        ));
-    }
-    if said.is_empty() {
-        said.push(format!("nothing of ws-monitor's is attached to {iface}"));
-    }
-    Ok(said.join("; "))
-}
-
 /// Root, or the effective capabilities BPF + NET_ADMIN + PERFMON (read from /proc).
 fn has_bpf_privileges() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -1046,35 +715,9 @@ fn has_bpf_privileges() -> bool {
     [CAP_NET_ADMIN, CAP_PERFMON, CAP_BPF].iter().all(|c| eff & (1 << c) != 0)
 }
 
-/// ARPHRD_* of an interface, from sysfs.
-fn link_type(iface: &str) -> Option<u32> {
-    std::fs::read_to_string(format!("/sys/class/net/{iface}/type")).ok()?.trim().parse().ok()
-}
-
-/// Bytes before the network header in packets at the TC hooks of `iface`.
-fn link_header_len(iface: &str) -> anyhow::Result<u32> {
-    const ARPHRD_ETHER: u32 = 1;
-    const ARPHRD_LOOPBACK: u32 = 772;
-    const ARPHRD_NONE: u32 = 65534;
-    const ARPHRD_RAWIP: u32 = 519;
-    match link_type(iface) {
-        Some(ARPHRD_ETHER | ARPHRD_LOOPBACK) | None => Ok(14),
-        Some(ARPHRD_NONE | ARPHRD_RAWIP) => Ok(0),
-        Some(other) => bail!(
-            "interface {iface} has link type {other}, which ws-monitor cannot parse: use an Ethernet, loopback or L3 (tun, WireGuard) interface"
-        ),
-    }
-}
-
-fn is_loopback(iface: &str) -> bool {
-    link_type(iface).map_or(iface == "lo", |t| t == 772) // ARPHRD_LOOPBACK
-}
-
 /// Adds what to do to errors whose cause is recognisable.
-fn explain(err: anyhow::Error) -> anyhow::Error {
-    let errno = err
-        .chain()
-        .find_map(|e| e.downcast_ref::<io::Error>().and_then(io::Error::raw_os_error));
+pub(crate) fn explain(err: anyhow::Error) -> anyhow::Error {
+    let errno = err.chain().find_map(|e| e.downcast_ref::<io::Error>().and_then(io::Error::raw_os_error));
     match errno {
         Some(libc::EPERM) | Some(libc::EACCES) => err.context(
             "permission denied by the kernel: run with sudo (or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON); \
@@ -1126,11 +769,8 @@ pub fn decode(record: &[u8]) -> Result<(ChunkHeader, &[u8]), RecordError> {
     let header_bytes = record.get(..HEADER_SIZE).ok_or(RecordError::Truncated)?;
     // SAFETY: `header_bytes` is exactly HEADER_SIZE bytes, `ChunkHeader` is plain integers
     // (every bit pattern valid), and `read_unaligned` has no alignment requirement.
-    let header: ChunkHeader =
-        unsafe { std::ptr::read_unaligned(header_bytes.as_ptr().cast::<ChunkHeader>()) };
-    let payload = record
-        .get(HEADER_SIZE..HEADER_SIZE + header.len as usize)
-        .ok_or(RecordError::Truncated)?;
+    let header: ChunkHeader = unsafe { std::ptr::read_unaligned(header_bytes.as_ptr().cast::<ChunkHeader>()) };
+    let payload = record.get(HEADER_SIZE..HEADER_SIZE + header.len as usize).ok_or(RecordError::Truncated)?;
     if !matches!(header.family, 4 | 6) || header.direction > 1 {
         return Err(RecordError::Malformed);
     }
@@ -1174,9 +814,7 @@ mod tests {
 
     fn record(header: ChunkHeader, payload: &[u8]) -> Vec<u8> {
         // SAFETY: ChunkHeader is repr(C) plain integers with explicit padding.
-        let bytes = unsafe {
-            std::slice::from_raw_parts((&header as *const ChunkHeader).cast::<u8>(), HEADER_SIZE)
-        };
+        let bytes = unsafe { std::slice::from_raw_parts((&header as *const ChunkHeader).cast::<u8>(), HEADER_SIZE) };
         let mut v = bytes.to_vec();
         v.extend_from_slice(payload);
         v

@@ -253,9 +253,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 fn parse_ring_size(s: &str) -> Result<u32, String> {
     let n = parse_size(s)?;
     if !n.is_power_of_two() || !(4096..=(1 << 30)).contains(&n) {
-        return Err(format!(
-            "ring size {s} must be a power of two between 4K and 1G, e.g. 16M"
-        ));
+        return Err(format!("ring size {s} must be a power of two between 4K and 1G, e.g. 16M"));
     }
     Ok(n as u32)
 }

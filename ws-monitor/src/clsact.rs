@@ -8,9 +8,15 @@
 
 use std::io;
 
+use anyhow::{bail, Context as _};
+use ws_monitor_common::LIVENESS_QDISC_OWNED;
+
+use crate::capture::{explain, privileged_interface};
+use crate::interfaces::index_exists;
+use crate::liveness::{self, Owner};
+
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
-    NLM_F_EXCL, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
 };
 use netlink_packet_route::tc::{TcAttribute, TcFilterBpfOption, TcMessage, TcOption};
 use netlink_packet_route::RouteNetlinkMessage;
@@ -110,8 +116,7 @@ impl Rtnl {
     /// Adds the clsact qdisc; fails with `AlreadyExists` if the slot is taken.
     pub fn add_clsact(&mut self, ifindex: u32) -> io::Result<()> {
         let msg = clsact_message(ifindex);
-        self.request(RouteNetlinkMessage::NewQueueDiscipline(msg), NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL)
-            .map(drop)
+        self.request(RouteNetlinkMessage::NewQueueDiscipline(msg), NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL).map(drop)
     }
 
     pub fn delete_clsact(&mut self, ifindex: u32) -> io::Result<()> {
@@ -224,6 +229,179 @@ fn filter(hook: Hook, m: &TcMessage) -> Filter {
         }
     }
     f
+}
+
+// ---------------------------------------------------------------------------------------
+// What ws-monitor does with its filters: sweeping stale ones, the qdisc it owns, detach.
+
+/// What a sweep of an interface found.
+#[derive(Debug, Default)]
+pub(crate) struct Sweep {
+    /// ws-monitor filters whose owner is gone, removed.
+    pub(crate) removed: usize,
+    /// Hooks they were on.
+    pub(crate) removed_from: Vec<&'static str>,
+    /// PIDs owning ws-monitor filters that are still running.
+    pub(crate) running: Vec<u32>,
+    /// One of the removed filters' owners had added the clsact qdisc.
+    pub(crate) qdisc_owned: bool,
+    /// That qdisc was removed too (nothing else used it).
+    pub(crate) qdisc_removed: bool,
+}
+
+/// Removes the ws-monitor filters on `ifindex` whose owner is no longer running, and
+/// never anything else; with `remove_qdisc`, also the clsact qdisc a gone owner had
+/// added, once no filter at all is left on it.
+pub(crate) fn sweep(rtnl: &mut Rtnl, ifindex: u32, iface: &str, remove_qdisc: bool) -> anyhow::Result<Sweep> {
+    let context = || format!("looking for ws-monitor filters left on {iface}");
+    let mut out = Sweep::default();
+    for hook in Hook::BOTH {
+        for filter in rtnl.filters(ifindex, hook).with_context(context)? {
+            if !filter.is_ws_monitor() {
+                continue;
+            }
+            let read = || filter.prog_id.map(liveness::of_program).transpose().map(Option::flatten);
+            let live = read().with_context(context)?;
+            let verdict = match live {
+                // No owner recorded: a copy without a heartbeat does nothing anyway.
+                None => Owner::Gone,
+                Some(l) => match liveness::owner(&l, liveness::monotonic_ns()) {
+                    Owner::Unsure { recheck_at_ns } => {
+                        // An owner in another PID namespace: is its heartbeat still going?
+                        let wait = recheck_at_ns.saturating_sub(liveness::monotonic_ns());
+                        std::thread::sleep(std::time::Duration::from_nanos(wait));
+                        match read().with_context(context)? {
+                            Some(again) if again.heartbeat_ns != l.heartbeat_ns => Owner::Running { pid: l.pid },
+                            _ => Owner::Gone,
+                        }
+                    }
+                    verdict => verdict,
+                },
+            };
+            match verdict {
+                Owner::Running { pid } => out.running.push(pid),
+                _ => {
+                    rtnl.delete_filter(ifindex, &filter)
+                        .with_context(|| format!("removing a stale ws-monitor filter from {iface} {}", hook.name()))?;
+                    out.removed += 1;
+                    out.removed_from.push(hook.name());
+                    out.qdisc_owned |= live.is_some_and(|l| l.flags & LIVENESS_QDISC_OWNED != 0);
+                }
+            }
+        }
+    }
+    if remove_qdisc && out.qdisc_owned {
+        out.qdisc_removed = OwnedQdisc { ifindex, owned: true }.remove_if_unused(rtnl)?;
+    }
+    Ok(out)
+}
+
+/// A priority ahead of every filter already on the hook: a filter that ends
+/// classification (`action pass`, a final verdict) would otherwise keep the program from
+/// ever seeing a packet. The program returns TC_ACT_UNSPEC, so the others still run.
+/// 0 lets the kernel choose where nothing is there (or nothing is free ahead).
+pub(crate) fn first_priority(rtnl: &mut Rtnl, ifindex: u32, hook: Hook) -> anyhow::Result<u16> {
+    let filters = rtnl.filters(ifindex, hook).context("listing the filters already attached")?;
+    Ok(filters.iter().map(|f| f.priority).min().map_or(0, |p| p.saturating_sub(1)))
+}
+
+/// The clsact qdisc the netlink filters hang on: one already there is used as it is
+/// (so is the older ingress-only qdisc, where no egress hook is needed).
+pub(crate) fn clsact_for(
+    rtnl: &mut Rtnl,
+    ifindex: u32,
+    iface: &str,
+    needs_egress: bool,
+    inherited: bool,
+) -> anyhow::Result<OwnedQdisc> {
+    let in_use = |kind: String| -> anyhow::Result<OwnedQdisc> {
+        if kind == "clsact" || (kind == "ingress" && !needs_egress) {
+            return Ok(OwnedQdisc { ifindex, owned: inherited && kind == "clsact" });
+        }
+        bail!(
+            "{iface} has an `{kind}` qdisc where ws-monitor needs clsact (which also has an egress hook): \
+             replace it (`tc qdisc del dev {iface} {kind}`, `tc qdisc add dev {iface} clsact`, then re-add its filters), or use --attach tcx on Linux 6.6+"
+        )
+    };
+    let context = || format!("adding the clsact qdisc to {iface}");
+    if let Some(kind) = rtnl.ingress_slot(ifindex).with_context(context)? {
+        return in_use(kind);
+    }
+    match rtnl.add_clsact(ifindex) {
+        Ok(()) => Ok(OwnedQdisc { ifindex, owned: true }),
+        // Somebody added one in the meantime.
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => match rtnl.ingress_slot(ifindex).with_context(context)? {
+            Some(kind) => in_use(kind),
+            None => Err(anyhow::Error::new(e).context(context())),
+        },
+        Err(e) => Err(explain(anyhow::Error::new(e).context(context()))),
+    }
+}
+
+/// The clsact qdisc under ws-monitor's filters; when ws-monitor added it (`owned`), it
+/// is removed on drop unless another filter still uses it.
+pub(crate) struct OwnedQdisc {
+    pub(crate) ifindex: u32,
+    pub(crate) owned: bool,
+}
+
+impl OwnedQdisc {
+    /// Removes the qdisc if owned and no filter is left on it; true if removed.
+    fn remove_if_unused(&self, rtnl: &mut Rtnl) -> anyhow::Result<bool> {
+        if !self.owned {
+            return Ok(false);
+        }
+        for hook in Hook::BOTH {
+            if !rtnl.filters(self.ifindex, hook).context("listing the filters on the clsact qdisc")?.is_empty() {
+                return Ok(false);
+            }
+        }
+        rtnl.delete_clsact(self.ifindex).context("removing the clsact qdisc ws-monitor added")?;
+        Ok(true)
+    }
+}
+
+impl Drop for OwnedQdisc {
+    fn drop(&mut self) {
+        if !self.owned || !index_exists(self.ifindex) {
+            return; // an interface that is gone took its qdisc with it
+        }
+        let result = Rtnl::open().map_err(anyhow::Error::from).and_then(|mut rtnl| self.remove_if_unused(&mut rtnl));
+        if let Err(e) = result {
+            tracing::warn!("{e:#}: remove it with `ws-monitor detach --iface IFACE`");
+        }
+    }
+}
+
+/// `ws-monitor detach --iface IFACE`: removes what killed instances left attached to
+/// `iface` (netlink filters and a clsact qdisc they added) and says what it did.
+pub fn detach(iface: &str) -> anyhow::Result<String> {
+    let ifindex = privileged_interface(iface)?;
+    let mut rtnl = Rtnl::open().context("opening a netlink socket")?;
+    let sweep = sweep(&mut rtnl, ifindex, iface, true)?;
+    let mut said = Vec::new();
+    if sweep.removed > 0 {
+        said.push(format!(
+            "removed {} stale ws-monitor filter{} ({}){} from {iface}",
+            sweep.removed,
+            if sweep.removed == 1 { "" } else { "s" },
+            sweep.removed_from.join(", "),
+            if sweep.qdisc_removed { " and the clsact qdisc ws-monitor had added" } else { "" },
+        ));
+    }
+    if !sweep.running.is_empty() {
+        let pids: Vec<String> = sweep.running.iter().map(u32::to_string).collect();
+        said.push(format!(
+            "left {} filter{} on {iface} alone: they belong to ws-monitor (pid {}), still running; stop it instead",
+            pids.len(),
+            if pids.len() == 1 { "" } else { "s" },
+            pids.join(", ")
+        ));
+    }
+    if said.is_empty() {
+        said.push(format!("nothing of ws-monitor's is attached to {iface}"));
+    }
+    Ok(said.join("; "))
 }
 
 #[cfg(test)]

@@ -1525,7 +1525,9 @@ mod tests {
             let kinds: BTreeSet<_> = demo.committed().keys().map(|(k, _)| *k).collect();
             let a = demo.activity();
             let cycles = a.proxy_accepts >= 2 * SCHEDULE.len() as u64;
-            if (kinds.len() + NOT_IN_DEMO.len() == Kind::COUNT && cycles && a.direct_sessions >= 3) || Instant::now() > deadline {
+            if (kinds.len() + NOT_IN_DEMO.len() == Kind::COUNT && cycles && a.direct_sessions >= 3)
+                || Instant::now() > deadline
+            {
                 break;
             }
         }
@@ -1541,7 +1543,11 @@ mod tests {
 
         // Every kind was committed, in a complete cycle.
         let kinds: BTreeSet<_> = committed.keys().map(|(k, _)| *k).collect();
-        assert_eq!(kinds.len() + NOT_IN_DEMO.len(), Kind::violations().count(), "not every kind committed: {committed:?}");
+        assert_eq!(
+            kinds.len() + NOT_IN_DEMO.len(),
+            Kind::violations().count(),
+            "not every kind committed: {committed:?}"
+        );
 
         // Direct sessions: flows on the server port that the clients opened themselves.
         let direct: BTreeSet<FlowId> =

@@ -8,15 +8,16 @@
 //! capture gives up what attaching needed ([`privileges`]).
 
 pub mod capture;
+pub mod cli;
 pub mod clsact;
 pub mod connections;
-pub mod cli;
 pub mod dashboard;
 pub mod demo;
 pub mod diagnosis;
 pub mod engine;
 pub mod events;
 pub mod flow;
+pub mod interfaces;
 pub mod jsonl;
 pub mod liveness;
 pub mod logs;

@@ -131,7 +131,9 @@ impl Heartbeat {
                     Err(mpsc::RecvTimeoutError::Timeout) => {
                         value.heartbeat_ns = monotonic_ns();
                         if let Err(e) = map.set(0, value, 0) {
-                            tracing::warn!("cannot refresh the kernel program's heartbeat: {e}; it stops capturing within 5 s");
+                            tracing::warn!(
+                                "cannot refresh the kernel program's heartbeat: {e}; it stops capturing within 5 s"
+                            );
                             return;
                         }
                     }

@@ -168,14 +168,16 @@ impl HeadlessLog {
             let rate = (*value as f64 - before as f64) / secs;
             let _ = write!(line, "{name}={value} ({rate:.1}/s) ");
         }
-        info!(
-            "counters: {}",
-            if line.is_empty() { "all zero" } else { line.trim_end() }
-        );
+        info!("counters: {}", if line.is_empty() { "all zero" } else { line.trim_end() });
         for kind in Kind::ALL {
             let n = std::mem::take(&mut self.suppressed[kind.index()]);
             if n > 0 {
-                warn!(kind = kind.name(), suppressed = n, "{}: {n} more findings not logged in the last {secs:.0} s", kind.name());
+                warn!(
+                    kind = kind.name(),
+                    suppressed = n,
+                    "{}: {n} more findings not logged in the last {secs:.0} s",
+                    kind.name()
+                );
             }
         }
         self.budget = [FINDINGS_PER_INTERVAL; Kind::COUNT];
@@ -210,7 +212,16 @@ impl HeadlessLog {
             warn!("summary: {line}");
         }
         for (i, c) in crate::diagnosis::diagnose(engine, reassembly, proxy, capture.ring_drops).iter().enumerate() {
-            warn!(rank = i + 1, evidence = c.evidence, "diagnosis {}: {} ({} {}); check: {}", i + 1, c.cause, c.evidence, c.unit, c.check);
+            warn!(
+                rank = i + 1,
+                evidence = c.evidence,
+                "diagnosis {}: {} ({} {}); check: {}",
+                i + 1,
+                c.cause,
+                c.evidence,
+                c.unit,
+                c.check
+            );
         }
     }
 }

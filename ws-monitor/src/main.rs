@@ -9,10 +9,10 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::Instant;
 use ws_monitor::capture::{self, Capture, CaptureConfig, Interfaces, LinkEvent, LinkState};
 use ws_monitor::cli::{Cli, Command, DemoArgs, PrivilegeArgs, ReplayArgs, RunArgs};
+use ws_monitor::connections::ConnectionLog;
 use ws_monitor::dashboard::{CaptureHealth, Control, Dashboard, TerminalSession};
 use ws_monitor::demo::{Demo, DemoConfig};
 use ws_monitor::engine::EngineConfig;
-use ws_monitor::connections::ConnectionLog;
 use ws_monitor::events::EventLog;
 use ws_monitor::liveness::monotonic_ns;
 use ws_monitor::logs::{self, HeadlessLog, Totals};
@@ -41,18 +41,16 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "ws-monitor", &mut std::io::stdout());
             Ok(())
         }
-        None => {
-            Interfaces::from_args(&cli.iface).and_then(|interfaces| {
-                let config = CaptureConfig {
-                    interfaces,
-                    ports: cli.ports,
-                    ring_size: cli.ring_size,
-                    attach: cli.attach,
-                    header_only: !cli.full_payload && cli.run.streams_dir.is_none(),
-                };
-                runtime().and_then(|rt| rt.block_on(live(&config, &cli.run, &cli.privileges, Live::default())))
-            })
-        }
+        None => Interfaces::from_args(&cli.iface).and_then(|interfaces| {
+            let config = CaptureConfig {
+                interfaces,
+                ports: cli.ports,
+                ring_size: cli.ring_size,
+                attach: cli.attach,
+                header_only: !cli.full_payload && cli.run.streams_dir.is_none(),
+            };
+            runtime().and_then(|rt| rt.block_on(live(&config, &cli.run, &cli.privileges, Live::default())))
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -68,9 +66,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn print_man() -> anyhow::Result<()> {
-    clap_mangen::Man::new(Cli::command())
-        .render(&mut std::io::stdout())
-        .context("writing the man page")
+    clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()).context("writing the man page")
 }
 
 /// Help and version go to stdout as usual; a usage error becomes one line on stderr.
@@ -126,7 +122,9 @@ impl PipelineSetup {
                 max_buffered_per_direction: usize::try_from(args.flow_buffer).unwrap_or(usize::MAX),
                 idle_timeout_ns: secs_to_ns(args.idle_timeout),
                 max_half_open: args.max_half_open.max(1),
-                memory_limit: args.memory_limit.map_or_else(default_memory_limit, |n| usize::try_from(n).unwrap_or(usize::MAX)),
+                memory_limit: args
+                    .memory_limit
+                    .map_or_else(default_memory_limit, |n| usize::try_from(n).unwrap_or(usize::MAX)),
             },
             engine: EngineConfig {
                 max_frame_size: args.max_frame_size,
@@ -158,7 +156,6 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
     unsafe { libc::clock_gettime(clock, &mut ts) };
     (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
 }
-
 
 /// Where findings and counters go besides the final report.
 #[derive(Default)]
@@ -274,7 +271,12 @@ struct Live<'a> {
     demo: Option<&'a Demo>,
 }
 
-async fn live(config: &CaptureConfig, args: &RunArgs, privileges: &PrivilegeArgs, hooks: Live<'_>) -> anyhow::Result<()> {
+async fn live(
+    config: &CaptureConfig,
+    args: &RunArgs,
+    privileges: &PrivilegeArgs,
+    hooks: Live<'_>,
+) -> anyhow::Result<()> {
     // Handlers first: a signal that arrives once we are attached must detach cleanly.
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -463,7 +465,9 @@ async fn live(config: &CaptureConfig, args: &RunArgs, privileges: &PrivilegeArgs
     outputs.findings(&mut pipeline);
     let findings_dropped = pipeline.findings_dropped();
     if findings_dropped > 0 {
-        tracing::warn!("{findings_dropped} findings were dropped: the outputs fell behind the workers (counted in every total)");
+        tracing::warn!(
+            "{findings_dropped} findings were dropped: the outputs fell behind the workers (counted in every total)"
+        );
     }
     if bad_records > 0 {
         tracing::warn!("{bad_records} malformed ring-buffer records were dropped");
@@ -493,10 +497,8 @@ async fn live(config: &CaptureConfig, args: &RunArgs, privileges: &PrivilegeArgs
         out.insert("header_only".into(), serde_json::to_value(steer_stats).unwrap_or_default());
         out.insert("bad_records".into(), bad_records.into());
         if let Some(committed) = demo_committed {
-            let map: serde_json::Map<String, serde_json::Value> = committed
-                .into_iter()
-                .map(|((kind, dir), n)| (format!("{kind}.{dir}"), n.into()))
-                .collect();
+            let map: serde_json::Map<String, serde_json::Value> =
+                committed.into_iter().map(|((kind, dir), n)| (format!("{kind}.{dir}"), n.into())).collect();
             out.insert("demo_committed".into(), map.into());
         }
     })?;
@@ -558,17 +560,18 @@ async fn run_demo(args: &DemoArgs) -> anyhow::Result<()> {
 }
 
 fn live_report(counters: &capture::KernelCounters, totals: &pipeline::Totals) -> CaptureReport {
-    CaptureReport::new(counters.get(Counter::PacketsMatched), counters.get(Counter::RingFullRecords), &totals.reassembly)
+    CaptureReport::new(
+        counters.get(Counter::PacketsMatched),
+        counters.get(Counter::RingFullRecords),
+        &totals.reassembly,
+    )
 }
 
 fn replay_file(args: &ReplayArgs) -> anyhow::Result<()> {
     let ports = if args.ports.is_empty() {
         let found = replay::detect_ports(&args.file)?;
         if found.is_empty() {
-            bail!(
-                "no WebSocket upgrade found in {}: name the server port with --port PORT",
-                args.file.display()
-            );
+            bail!("no WebSocket upgrade found in {}: name the server port with --port PORT", args.file.display());
         }
         eprintln!(
             "ws-monitor: WebSocket server port(s) found by handshake: {}",
@@ -629,7 +632,8 @@ fn finish_report(
             map.insert("reassembly".into(), serde_json::to_value(totals.reassembly)?);
             map.insert("budgets".into(), report::budgets_json(&totals.limits, &totals.reassembly, &totals.engine));
             map.insert("proxy".into(), serde_json::to_value(&totals.proxy)?);
-            let diagnosis = ws_monitor::diagnosis::diagnose(&totals.engine, &totals.reassembly, &totals.proxy, capture.ring_drops);
+            let diagnosis =
+                ws_monitor::diagnosis::diagnose(&totals.engine, &totals.reassembly, &totals.proxy, capture.ring_drops);
             map.insert("diagnosis".into(), serde_json::to_value(diagnosis)?);
             map.insert(
                 "blind_spots".into(),

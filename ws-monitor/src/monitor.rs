@@ -91,7 +91,13 @@ impl Monitor {
 
     /// A monitor whose flow ids are `first`, `first + step`, ... (one of several side by
     /// side, see [`crate::pipeline`]).
-    pub fn with_ids(reassembly: ReassemblyConfig, engine: EngineConfig, dump: Option<StreamDump>, first: u64, step: u64) -> Self {
+    pub fn with_ids(
+        reassembly: ReassemblyConfig,
+        engine: EngineConfig,
+        dump: Option<StreamDump>,
+        first: u64,
+        step: u64,
+    ) -> Self {
         Monitor {
             reassembler: Reassembler::with_ids(reassembly, first, step),
             sinks: Sinks { engine: Engine::new(engine), dump },
@@ -143,7 +149,9 @@ impl Monitor {
                 server = %k.server,
                 "analysing a connection panicked ({what}): it is dropped and counted in engine_panics; please report this with the connection"
             ),
-            None => tracing::error!("the periodic sweep of connections panicked ({what}): counted in engine_panics; please report this"),
+            None => tracing::error!(
+                "the periodic sweep of connections panicked ({what}): counted in engine_panics; please report this"
+            ),
         }
     }
 

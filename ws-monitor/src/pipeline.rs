@@ -71,9 +71,14 @@ struct Batch {
 enum Work {
     Segments(Batch),
     /// Housekeeping at this time; answer with a snapshot (with connections if asked).
-    Tick { now_ns: u64, connections: bool },
+    Tick {
+        now_ns: u64,
+        connections: bool,
+    },
     /// Capture ended: flush everything, answer with a last snapshot, and stop.
-    Finish { now_ns: u64 },
+    Finish {
+        now_ns: u64,
+    },
 }
 
 /// What a worker reports at a tick.
@@ -621,7 +626,17 @@ mod tests {
         let server = SocketAddr::from((Ipv4Addr::new(10, 0, 0, 2), 8001));
         let key = key_for((client.ip(), client.port()), (server.ip(), server.port()), Direction::ToServer);
         let seg = |dir, seq: u32, ack: u32, syn: bool, data: &[u8], f: &mut dyn FnMut(&Segment<'_>)| {
-            f(&Segment { key, dir, seq, ack, flags: TcpFlags { syn, ack: ack != 0, fin: false, rst: false }, data, skip: 0, ts_ns: 1, iface: 0 })
+            f(&Segment {
+                key,
+                dir,
+                seq,
+                ack,
+                flags: TcpFlags { syn, ack: ack != 0, fin: false, rst: false },
+                data,
+                skip: 0,
+                ts_ns: 1,
+                iface: 0,
+            })
         };
         let req = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".to_vec();
         let resp = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n".to_vec();
@@ -659,7 +674,8 @@ mod tests {
 
     #[test]
     fn a_panic_analysing_one_connection_drops_it_and_the_others_go_on() {
-        let mut p = Pipeline::start(2, ReassemblyConfig::default(), EngineConfig::default(), None, true).expect("start");
+        let mut p =
+            Pipeline::start(2, ReassemblyConfig::default(), EngineConfig::default(), None, true).expect("start");
         let fault = crate::engine::tests::FAULT;
         let mut faulty = vec![0x81, fault.len() as u8];
         faulty.extend_from_slice(fault);
@@ -710,7 +726,8 @@ mod tests {
     /// connection one flow that closes cleanly.
     #[test]
     fn both_labellings_of_a_connection_meet_in_one_worker() {
-        let mut p = Pipeline::start(3, ReassemblyConfig::default(), EngineConfig::default(), None, true).expect("start");
+        let mut p =
+            Pipeline::start(3, ReassemblyConfig::default(), EngineConfig::default(), None, true).expect("start");
         let n = 24u16;
         for i in 0..n {
             let a = SocketAddr::from((Ipv4Addr::new(10, 0, 0, 1), 8002 + i));
@@ -719,7 +736,17 @@ mod tests {
             let down = key_for((b.ip(), b.port()), (a.ip(), a.port()), Direction::ToServer);
             let seg = |key, seq: u32, ack: u32, syn: bool, fin: bool, data: &[u8], p: &mut Pipeline| {
                 let flags = TcpFlags { syn, ack: ack != 0, fin, rst: false };
-                p.segment(&Segment { key, dir: Direction::ToServer, seq, ack, flags, data, skip: 0, ts_ns: 1, iface: 0 });
+                p.segment(&Segment {
+                    key,
+                    dir: Direction::ToServer,
+                    seq,
+                    ack,
+                    flags,
+                    data,
+                    skip: 0,
+                    ts_ns: 1,
+                    iface: 0,
+                });
             };
             seg(up, 100, 0, true, false, &[], &mut p);
             seg(down, 900, 101, true, false, &[], &mut p);

@@ -75,7 +75,11 @@ pub fn drop_after_attach(plan: &Plan, map_access: impl Fn() -> bool) -> anyhow::
     trial.retain(|c| !matches!(c, Capability::CAP_BPF | Capability::CAP_SYS_ADMIN));
     caps::set(None, CapSet::Effective, &trial).context("lowering the effective capabilities")?;
     if plan.attach_later || !map_access() {
-        keep.insert(if effective.contains(&Capability::CAP_BPF) { Capability::CAP_BPF } else { Capability::CAP_SYS_ADMIN });
+        keep.insert(if effective.contains(&Capability::CAP_BPF) {
+            Capability::CAP_BPF
+        } else {
+            Capability::CAP_SYS_ADMIN
+        });
     }
     caps::set(None, CapSet::Effective, &effective).context("restoring the effective capabilities")?;
 
@@ -85,7 +89,8 @@ pub fn drop_after_attach(plan: &Plan, map_access: impl Fn() -> bool) -> anyhow::
     if effective.contains(&Capability::CAP_SETPCAP) {
         let bounding = caps::read(None, CapSet::Bounding).unwrap_or_default();
         for cap in bounding.iter().filter(|c| !keep.contains(c)) {
-            caps::drop(None, CapSet::Bounding, *cap).with_context(|| format!("dropping {cap} from the bounding set"))?;
+            caps::drop(None, CapSet::Bounding, *cap)
+                .with_context(|| format!("dropping {cap} from the bounding set"))?;
         }
     }
     let user = match &plan.user {

@@ -31,13 +31,17 @@ pub struct Exporter {
 impl Exporter {
     /// Binds `addr` and installs the metrics recorder; [`Exporter::serve`] answers.
     pub fn bind(addr: SocketAddr) -> anyhow::Result<Exporter> {
-        let listener = TcpListener::bind(addr)
-            .with_context(|| format!("cannot serve metrics on {addr} (is the port in use? pick another --metrics-addr)"))?;
+        let listener = TcpListener::bind(addr).with_context(|| {
+            format!("cannot serve metrics on {addr} (is the port in use? pick another --metrics-addr)")
+        })?;
         let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         metrics::set_global_recorder(recorder)
             .map_err(|_| anyhow::anyhow!("a metrics recorder is already installed in this process"))?;
-        describe_counter!("ws_monitor_violations_total", "WebSocket protocol violations by kind and direction of the offending bytes");
+        describe_counter!(
+            "ws_monitor_violations_total",
+            "WebSocket protocol violations by kind and direction of the offending bytes"
+        );
         describe_counter!(
             "ws_monitor_close_analysis_total",
             "How connections ended: peer_protocol_error, abnormal_closure, idle_timeout_cut, by the side concerned"
@@ -46,17 +50,32 @@ impl Exporter {
         describe_counter!("ws_monitor_connections_total", "TCP connections to the monitored ports");
         describe_gauge!("ws_monitor_connections_open", "TCP connections tracked now");
         describe_counter!("ws_monitor_upgrades_total", "Connections that completed a valid HTTP 101 upgrade");
-        describe_counter!("ws_monitor_close_codes_total", "Close frames by status code (codes not allowed on the wire as code=\"invalid\")");
-        describe_counter!("ws_monitor_http_requests_total", "Plain HTTP requests (no WebSocket header) by server port: health checks, polling");
-        describe_counter!("ws_monitor_inflate_skipped_total", "Compressed messages not inflated to their end (max_message_size, max_inflate_rate)");
-        describe_counter!("ws_monitor_not_http_total", "Connections given up during the handshake because their bytes were not HTTP");
+        describe_counter!(
+            "ws_monitor_close_codes_total",
+            "Close frames by status code (codes not allowed on the wire as code=\"invalid\")"
+        );
+        describe_counter!(
+            "ws_monitor_http_requests_total",
+            "Plain HTTP requests (no WebSocket header) by server port: health checks, polling"
+        );
+        describe_counter!(
+            "ws_monitor_inflate_skipped_total",
+            "Compressed messages not inflated to their end (max_message_size, max_inflate_rate)"
+        );
+        describe_counter!(
+            "ws_monitor_not_http_total",
+            "Connections given up during the handshake because their bytes were not HTTP"
+        );
         describe_counter!("ws_monitor_capture_packets_total", "TCP packets captured on the monitored ports");
         describe_counter!("ws_monitor_capture_bytes_total", "Payload bytes delivered in order, by direction");
         describe_counter!(
             "ws_monitor_capture_bytes_skipped_total",
             "Payload bytes left out by header-only capture (binary frame payload), by direction"
         );
-        describe_counter!("ws_monitor_capture_ring_drops_total", "Records lost because the kernel ring buffer was full");
+        describe_counter!(
+            "ws_monitor_capture_ring_drops_total",
+            "Records lost because the kernel ring buffer was full"
+        );
         describe_counter!("ws_monitor_capture_gaps_total", "Holes in TCP streams that were never filled");
         describe_counter!("ws_monitor_capture_bytes_lost_total", "Bytes in those holes");
         describe_counter!(

@@ -15,7 +15,8 @@ use std::collections::{HashMap, VecDeque};
 use serde::Serialize;
 
 use crate::engine::{
-    Alteration, ConnectionRecord, ConnectionView, Detail, Ending, Excerpt, Finding, FrameHeaderBytes, HandshakeSeen, Kind,
+    Alteration, ConnectionRecord, ConnectionView, Detail, Ending, Excerpt, Finding, FrameHeaderBytes, HandshakeSeen,
+    Kind,
 };
 use crate::flow::{Direction, FlowId, FlowKey};
 
@@ -307,7 +308,12 @@ mod tests {
     use crate::flow::{FlowId, Opening, Unanalysed};
 
     fn record(id: u64, client: &str, server: &str, start_ns: u64, accepted: Option<&str>) -> ConnectionRecord {
-        let mut hs = HandshakeSeen { status: Some(101), accepted_extensions: accepted.map(str::to_string), response_upgrade: true, ..HandshakeSeen::default() };
+        let mut hs = HandshakeSeen {
+            status: Some(101),
+            accepted_extensions: accepted.map(str::to_string),
+            response_upgrade: true,
+            ..HandshakeSeen::default()
+        };
         hs.request.key = Some("dGhlIHNhbXBsZSBub25jZQ==".into());
         hs.request.upgrade = true;
         ConnectionRecord {
@@ -343,10 +349,24 @@ mod tests {
         // The back hop ends first; the pair is made when the front one ends.
         assert!(hops.record(&back).is_empty());
         let found = hops.record(&front);
-        let got: Vec<(Direction, Alteration)> = found.iter().map(|f| (f.dir, match f.detail { Detail::Proxy(a) => a, _ => panic!() })).collect();
+        let got: Vec<(Direction, Alteration)> = found
+            .iter()
+            .map(|f| {
+                (
+                    f.dir,
+                    match f.detail {
+                        Detail::Proxy(a) => a,
+                        _ => panic!(),
+                    },
+                )
+            })
+            .collect();
         assert_eq!(
             got,
-            [(Direction::ToClient, Alteration::ExtensionsDropped), (Direction::ToClient, Alteration::Rsv1Differs { front: 0, back: 3 })]
+            [
+                (Direction::ToClient, Alteration::ExtensionsDropped),
+                (Direction::ToClient, Alteration::Rsv1Differs { front: 0, back: 3 })
+            ]
         );
         assert!(found.iter().all(|f| f.key.server.port() == 8080 && f.id == FlowId(1)), "on the front connection");
         assert_eq!((hops.stats.pairs, hops.stats.altered_pairs), (1, 1));

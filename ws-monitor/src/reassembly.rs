@@ -391,16 +391,7 @@ struct Stream {
 
 impl Stream {
     fn new(dir: Direction) -> Self {
-        Self {
-            dir,
-            base: None,
-            next: 0,
-            pending: BTreeMap::new(),
-            buffered: 0,
-            fin: None,
-            acked: 0,
-            early_acks: None,
-        }
+        Self { dir, base: None, next: 0, pending: BTreeMap::new(), buffered: 0, fin: None, acked: 0, early_acks: None }
     }
 
     /// Offset of `seq`: the one nearest the next expected offset (negative = before 0).
@@ -464,14 +455,7 @@ impl Stream {
     }
 
     /// Takes the run `data` found at offset `start`, followed by a FIN when `fin`.
-    fn ingest(
-        &mut self,
-        start: i64,
-        data: Run<'_>,
-        fin: bool,
-        cfg: &ReassemblyConfig,
-        out: &mut Out<'_>,
-    ) {
+    fn ingest(&mut self, start: i64, data: Run<'_>, fin: bool, cfg: &ReassemblyConfig, out: &mut Out<'_>) {
         let next = self.next as i64;
         let mut end = start.saturating_add(data.len() as i64);
         if fin && self.fin.is_none() {
@@ -575,9 +559,7 @@ impl Stream {
 
     /// Keeps the buffer under its caps by giving up on the first hole, as often as needed.
     fn relieve(&mut self, cfg: &ReassemblyConfig, out: &mut Out<'_>) {
-        while self.buffered > cfg.max_buffered_per_direction
-            || self.pending.len() > MAX_PENDING_PIECES
-        {
+        while self.buffered > cfg.max_buffered_per_direction || self.pending.len() > MAX_PENDING_PIECES {
             if !self.give_up_hole(Loss::BufferLimit, out) {
                 break;
             }
@@ -637,12 +619,7 @@ struct Flow {
 
 impl Flow {
     fn new(id: FlowId, key: FlowKey, ts: u64) -> Self {
-        Self {
-            id,
-            key,
-            streams: [Stream::new(Direction::ToServer), Stream::new(Direction::ToClient)],
-            last_ts: ts,
-        }
+        Self { id, key, streams: [Stream::new(Direction::ToServer), Stream::new(Direction::ToClient)], last_ts: ts }
     }
 
     /// The stream travelling in `dir`, and the other one.
@@ -674,11 +651,12 @@ impl Flow {
         let before = self.memory();
         while before - self.memory() < excess {
             let [a, b] = &mut self.streams;
-            let fuller = if a.pending.len() * PIECE_OVERHEAD + a.buffered >= b.pending.len() * PIECE_OVERHEAD + b.buffered {
-                a
-            } else {
-                b
-            };
+            let fuller =
+                if a.pending.len() * PIECE_OVERHEAD + a.buffered >= b.pending.len() * PIECE_OVERHEAD + b.buffered {
+                    a
+                } else {
+                    b
+                };
             if !fuller.give_up_hole(Loss::BufferLimit, out) {
                 break;
             }
@@ -708,13 +686,7 @@ impl Flow {
 
     /// Applies one segment; returns how the flow ends, if it does.
     /// `lost`: `seg` is a loss note (`seg.skip` bytes the capture lost).
-    fn apply(
-        &mut self,
-        seg: &Segment<'_>,
-        lost: bool,
-        cfg: &ReassemblyConfig,
-        out: &mut Out<'_>,
-    ) -> Option<Closing> {
+    fn apply(&mut self, seg: &Segment<'_>, lost: bool, cfg: &ReassemblyConfig, out: &mut Out<'_>) -> Option<Closing> {
         let flags = seg.flags;
         let (own, peer) = self.pair(seg.dir);
         if flags.syn {
@@ -978,8 +950,7 @@ impl Reassembler {
         let slot = match self.table.find(&seg.key.unordered()) {
             Some(slot) => match self.table.get(slot) {
                 Some(old) if old.restarted_by(&old.orient(seg)) => {
-                    let closing =
-                        if old.both_fins_seen() { Closing::Fin } else { Closing::Evicted };
+                    let closing = if old.both_fins_seen() { Closing::Fin } else { Closing::Evicted };
                     self.close(slot, closing, seg.ts_ns, sink);
                     self.open(&syn_oriented(seg), sink)
                 }
@@ -1085,9 +1056,10 @@ impl Reassembler {
         seg.flags.syn
             && seg.data.is_empty()
             && seg.skip == 0
-            && self.closed.get(&seg.key).is_some_and(|bases| {
-                bases.get(seg.dir.index()).copied().flatten() == Some(seg.seq.wrapping_add(1))
-            })
+            && self
+                .closed
+                .get(&seg.key)
+                .is_some_and(|bases| bases.get(seg.dir.index()).copied().flatten() == Some(seg.seq.wrapping_add(1)))
     }
 
     /// `seg` (opening a connection without a SYN) as the evicted session it goes on
@@ -1271,17 +1243,11 @@ mod tests {
         }
 
         fn opened(&self) -> Vec<(FlowId, Opening)> {
-            self.events
-                .iter()
-                .filter_map(|e| if let Ev::Open(id, o) = e { Some((*id, *o)) } else { None })
-                .collect()
+            self.events.iter().filter_map(|e| if let Ev::Open(id, o) = e { Some((*id, *o)) } else { None }).collect()
         }
 
         fn closes(&self) -> Vec<(FlowId, Closing)> {
-            self.events
-                .iter()
-                .filter_map(|e| if let Ev::Close(id, c) = e { Some((*id, *c)) } else { None })
-                .collect()
+            self.events.iter().filter_map(|e| if let Ev::Close(id, c) = e { Some((*id, *c)) } else { None }).collect()
         }
 
         fn only_flow(&self) -> FlowId {
@@ -1316,12 +1282,8 @@ mod tests {
             let mut out = Vec::new();
             for e in &self.events {
                 match e {
-                    Ev::Data(i, d, _, bytes) if *i == id && *d == dir => {
-                        out.extend(bytes.iter().map(|&b| Some(b)))
-                    }
-                    Ev::Gap(i, d, _, len) if *i == id && *d == dir => {
-                        out.extend((0..*len).map(|_| None))
-                    }
+                    Ev::Data(i, d, _, bytes) if *i == id && *d == dir => out.extend(bytes.iter().map(|&b| Some(b))),
+                    Ev::Gap(i, d, _, len) if *i == id && *d == dir => out.extend((0..*len).map(|_| None)),
                     _ => {}
                 }
             }
@@ -1365,13 +1327,7 @@ mod tests {
     }
 
     /// A segment; `flags` holds any of `S`, `F`, `R`; `ack` sets the ACK flag.
-    fn mk<'a>(
-        dir: Direction,
-        seq: u32,
-        ack: Option<u32>,
-        flags: &str,
-        data: &'a [u8],
-    ) -> Segment<'a> {
+    fn mk<'a>(dir: Direction, seq: u32, ack: Option<u32>, flags: &str, data: &'a [u8]) -> Segment<'a> {
         Segment {
             key: key(),
             dir,
@@ -1526,7 +1482,8 @@ mod tests {
         let get = captured((a, b), C + 1, Some(S + 1), "", b"GET");
         let http = captured((b, a), S + 1, Some(C + 4), "", b"HTTP");
         let syn_ack = captured((b, a), S, Some(C + 1), "S", b"");
-        for (segs, opening) in [(&[syn_ack, get, http][..], Opening::Handshake), (&[get, http][..], Opening::MidStream)] {
+        for (segs, opening) in [(&[syn_ack, get, http][..], Opening::Handshake), (&[get, http][..], Opening::MidStream)]
+        {
             let (r, rec) = fed(segs);
             let id = rec.only_flow();
             assert_eq!(rec.opened(), [(id, opening)]);
@@ -1579,10 +1536,7 @@ mod tests {
         assert_eq!(rec.events[2], Ev::Data(id, ToServer, 6, b"HTTP/1.1".to_vec()));
         assert_eq!(rec.data(id, ToClient), b"HTTP/1.1 101");
         let st = r.stats();
-        assert_eq!(
-            (st.segments, st.flows_opened, st.bytes_client, st.bytes_server),
-            (6, 1, 14, 12)
-        );
+        assert_eq!((st.segments, st.flows_opened, st.bytes_client, st.bytes_server), (6, 1, 14, 12));
         assert_eq!((st.gaps, st.duplicate_bytes, st.out_of_order_segments), (0, 0, 0));
         assert_eq!(r.open_flows(), 1);
     }
@@ -1850,10 +1804,7 @@ mod tests {
         r.segment(&sdata(0, b"b"), &mut rec);
         let id = rec.only_flow();
         assert_eq!(rec.opened(), vec![(id, Opening::Handshake)]);
-        assert_eq!(
-            (rec.data(id, ToServer), rec.data(id, ToClient)),
-            (b"a".to_vec(), b"b".to_vec())
-        );
+        assert_eq!((rec.data(id, ToServer), rec.data(id, ToClient)), (b"a".to_vec(), b"b".to_vec()));
     }
 
     #[test]
@@ -1883,8 +1834,7 @@ mod tests {
 
     #[test]
     fn buffer_cap_forces_a_gap() {
-        let cfg =
-            ReassemblyConfig { max_buffered_per_direction: 10, ..ReassemblyConfig::default() };
+        let cfg = ReassemblyConfig { max_buffered_per_direction: 10, ..ReassemblyConfig::default() };
         let (mut r, mut rec) = handshake_with(cfg, C, S);
         r.segment(&cdata(0, b"a"), &mut rec);
         r.segment(&cdata(5, b"fghij"), &mut rec);
@@ -2251,35 +2201,24 @@ mod tests {
             fins: bool,
         ) -> (Reassembler, Rec) {
             let (mut r, mut rec) = handshake_with(ReassemblyConfig::default(), isns[0], isns[1]);
-            let seq = |dir: Direction, off: usize| {
-                isns[dir.index()].wrapping_add(1).wrapping_add(off as u32)
-            };
+            let seq = |dir: Direction, off: usize| isns[dir.index()].wrapping_add(1).wrapping_add(off as u32);
             let end = |dir: Direction| seq(dir, streams[dir.index()].len());
             for (i, &(dir, a, b)) in pieces.iter().enumerate() {
                 if !dropped.get(i).copied().unwrap_or(false) {
                     let data = &streams[dir.index()][a..b];
-                    r.segment(
-                        &mk(dir, seq(dir, a), Some(seq(dir.reverse(), 0)), "", data),
-                        &mut rec,
-                    );
+                    r.segment(&mk(dir, seq(dir, a), Some(seq(dir.reverse(), 0)), "", data), &mut rec);
                 }
             }
             if ack_end {
                 for dir in Direction::BOTH {
-                    r.segment(
-                        &mk(dir.reverse(), seq(dir.reverse(), 0), Some(end(dir)), "", b""),
-                        &mut rec,
-                    );
+                    r.segment(&mk(dir.reverse(), seq(dir.reverse(), 0), Some(end(dir)), "", b""), &mut rec);
                 }
             }
             if fins {
                 let (c, s) = (end(ToServer), end(ToClient));
                 r.segment(&mk(ToServer, c, Some(s), "F", b""), &mut rec);
                 r.segment(&mk(ToClient, s, Some(c.wrapping_add(1)), "F", b""), &mut rec);
-                r.segment(
-                    &mk(ToServer, c.wrapping_add(1), Some(s.wrapping_add(1)), "", b""),
-                    &mut rec,
-                );
+                r.segment(&mk(ToServer, c.wrapping_add(1), Some(s.wrapping_add(1)), "", b""), &mut rec);
             } else {
                 r.finish(0, &mut rec);
             }

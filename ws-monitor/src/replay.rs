@@ -25,9 +25,7 @@ use etherparse::err::ip::{HeaderError as IpHeaderError, LaxHeaderSliceError};
 use etherparse::err::Layer;
 use etherparse::{EtherType, IpNumber, LaxNetSlice, LaxSlicedPacket, TransportSlice};
 use pcap_parser::traits::{PcapNGPacketBlock, PcapReaderIterator};
-use pcap_parser::{
-    Block, LegacyPcapReader, OptionCode, PcapBlockOwned, PcapError, PcapNGOption, PcapNGReader,
-};
+use pcap_parser::{Block, LegacyPcapReader, OptionCode, PcapBlockOwned, PcapError, PcapNGOption, PcapNGReader};
 
 use crate::flow::{key_for, Direction, Segment, TcpFlags};
 
@@ -77,11 +75,7 @@ pub struct ReplayStats {
 /// One line saying what to do, when the file cannot be opened or read, is not a capture,
 /// is cut short inside its file header, is corrupt, or only has interfaces whose
 /// link-layer type cannot be decoded.
-pub fn replay(
-    path: &Path,
-    ports: &[u16],
-    mut on_segment: impl FnMut(&Segment<'_>),
-) -> Result<ReplayStats> {
+pub fn replay(path: &Path, ports: &[u16], mut on_segment: impl FnMut(&Segment<'_>)) -> Result<ReplayStats> {
     let ports = PortSet::new(ports);
     let mut stats = ReplayStats::default();
     let truncated_file = read_capture(path, |frame| {
@@ -301,19 +295,10 @@ fn decode(link: Link, frame: &[u8]) -> Result<TcpPacket<'_>, Skip> {
 /// Linux cooked capture (SLL, SLL2). Parsed here rather than with etherparse's
 /// `LinuxSllSlice`, which rejects ARPHRD types it does not know — including
 /// ARPHRD_LOOPBACK, i.e. all of `lo` in a `tcpdump -i any` capture.
-fn cooked(
-    frame: &[u8],
-    header_len: usize,
-    protocol_at: usize,
-    hatype_at: usize,
-) -> Result<LaxSlicedPacket<'_>, Skip> {
+fn cooked(frame: &[u8], header_len: usize, protocol_at: usize, hatype_at: usize) -> Result<LaxSlicedPacket<'_>, Skip> {
     let (header, payload) = frame.split_at_checked(header_len).ok_or(Skip::Truncated)?;
     let be16 = |at: usize| {
-        header
-            .get(at..)
-            .and_then(<[u8]>::first_chunk::<2>)
-            .map(|b| u16::from_be_bytes(*b))
-            .ok_or(Skip::Truncated)
+        header.get(at..).and_then(<[u8]>::first_chunk::<2>).map(|b| u16::from_be_bytes(*b)).ok_or(Skip::Truncated)
     };
     if be16(hatype_at)? == ARPHRD_NETLINK {
         return Err(Skip::NotIp);
@@ -369,8 +354,7 @@ fn tcp_in<'a>(packet: &LaxSlicedPacket<'a>) -> Result<TcpPacket<'a>, Skip> {
     };
     let proto = ip_payload.ip_number;
     if proto != IpNumber::TCP {
-        let extension =
-            proto == IpNumber::AUTHENTICATION_HEADER || (is_v6 && proto.is_ipv6_ext_header_value());
+        let extension = proto == IpNumber::AUTHENTICATION_HEADER || (is_v6 && proto.is_ipv6_ext_header_value());
         return Err(match (extension, packet.stop_err.is_some(), is_v6) {
             // An extension header etherparse tried to follow but found malformed.
             (true, true, _) => Skip::Truncated,
@@ -429,22 +413,22 @@ fn read_capture<F: FnMut(Frame<'_>)>(path: &Path, mut on_frame: F) -> Result<boo
     let read_error = Rc::clone(&source.error);
     match sniff(&head) {
         Sniffed::Pcap => {
-            let mut reader = LegacyPcapReader::new(BUFFER_SIZE, source)
-                .map_err(|e| header_error(&name, "pcap", &e, &read_error))?;
+            let mut reader =
+                LegacyPcapReader::new(BUFFER_SIZE, source).map_err(|e| header_error(&name, "pcap", &e, &read_error))?;
             let mut handler = LegacyHandler::new(name.clone());
             pump(&name, &mut reader, &mut handler, &mut on_frame, &read_error)
         }
         Sniffed::PcapNg => {
-            let mut reader = PcapNGReader::new(BUFFER_SIZE, source)
-                .map_err(|e| header_error(&name, "pcapng", &e, &read_error))?;
+            let mut reader =
+                PcapNGReader::new(BUFFER_SIZE, source).map_err(|e| header_error(&name, "pcapng", &e, &read_error))?;
             let mut handler = NgHandler::new(name.clone());
             let truncated = pump(&name, &mut reader, &mut handler, &mut on_frame, &read_error)?;
             handler.finish()?;
             Ok(truncated)
         }
-        Sniffed::Empty => bail!(
-            "{name} is empty, not a pcap or pcapng capture: save captures with tcpdump -w or Wireshark"
-        ),
+        Sniffed::Empty => {
+            bail!("{name} is empty, not a pcap or pcapng capture: save captures with tcpdump -w or Wireshark")
+        }
         Sniffed::Compressed(kind) => bail!(
             "{name} is {kind}-compressed (starts with {}): decompress it first, then replay the .pcap/.pcapng",
             quote_bytes(&head)
@@ -578,12 +562,7 @@ fn read_failed(name: &str, slot: &Cell<Option<io::Error>>) -> anyhow::Error {
 }
 
 /// The reader could not even get past the file header.
-fn header_error<I>(
-    name: &str,
-    format: &str,
-    err: &PcapError<I>,
-    slot: &Cell<Option<io::Error>>,
-) -> anyhow::Error {
+fn header_error<I>(name: &str, format: &str, err: &PcapError<I>, slot: &Cell<Option<io::Error>>) -> anyhow::Error {
     match err {
         PcapError::ReadError => read_failed(name, slot),
         PcapError::Incomplete(_) | PcapError::UnexpectedEof | PcapError::Eof => anyhow!(
@@ -596,20 +575,13 @@ fn header_error<I>(
 }
 
 fn corrupt(name: &str, offset: u64, what: &str) -> anyhow::Error {
-    anyhow!(
-        "{name} is corrupt at byte {offset} ({what}): repair it (e.g. pcapfix) or re-save it with Wireshark"
-    )
+    anyhow!("{name} is corrupt at byte {offset} ({what}): repair it (e.g. pcapfix) or re-save it with Wireshark")
 }
 
 /// Per-format handling of the records a pcap-parser reader yields.
 trait Records {
     /// Handles one block; `offset` is its position in the file (for error messages).
-    fn block<F: FnMut(Frame<'_>)>(
-        &mut self,
-        block: PcapBlockOwned<'_>,
-        offset: u64,
-        on_frame: &mut F,
-    ) -> Result<()>;
+    fn block<F: FnMut(Frame<'_>)>(&mut self, block: PcapBlockOwned<'_>, offset: u64, on_frame: &mut F) -> Result<()>;
 
     /// Looks at the header of the incomplete record at the start of `data`: says what
     /// is wrong if its declared length cannot be right.
@@ -739,32 +711,17 @@ struct LegacyHandler {
 
 impl LegacyHandler {
     fn new(name: String) -> Self {
-        LegacyHandler {
-            name,
-            link: Link::Ethernet,
-            nanosecond: false,
-            big_endian: false,
-            max_caplen: MAX_SNAPLEN,
-        }
+        LegacyHandler { name, link: Link::Ethernet, nanosecond: false, big_endian: false, max_caplen: MAX_SNAPLEN }
     }
 
     fn check_caplen(&self, caplen: u32) -> Option<String> {
-        (caplen > self.max_caplen).then(|| {
-            format!(
-                "a record of {caplen} captured bytes, more than the {} this file allows",
-                self.max_caplen
-            )
-        })
+        (caplen > self.max_caplen)
+            .then(|| format!("a record of {caplen} captured bytes, more than the {} this file allows", self.max_caplen))
     }
 }
 
 impl Records for LegacyHandler {
-    fn block<F: FnMut(Frame<'_>)>(
-        &mut self,
-        block: PcapBlockOwned<'_>,
-        offset: u64,
-        on_frame: &mut F,
-    ) -> Result<()> {
+    fn block<F: FnMut(Frame<'_>)>(&mut self, block: PcapBlockOwned<'_>, offset: u64, on_frame: &mut F) -> Result<()> {
         match block {
             PcapBlockOwned::LegacyHeader(header) => {
                 // The upper bits of the field hold FCS information, not the type.
@@ -812,8 +769,7 @@ impl Interface {
     fn ts_ns(&self, high: u32, low: u32) -> u64 {
         let ticks = u128::from((u64::from(high) << 32) | u64::from(low));
         let ns = ticks * 1_000_000_000 / u128::from(self.units_per_sec.max(1));
-        let ns =
-            i128::try_from(ns).unwrap_or(i128::MAX) + i128::from(self.offset_sec) * 1_000_000_000;
+        let ns = i128::try_from(ns).unwrap_or(i128::MAX) + i128::from(self.offset_sec) * 1_000_000_000;
         u64::try_from(ns.max(0)).unwrap_or(u64::MAX)
     }
 }
@@ -865,10 +821,7 @@ impl NgHandler {
 
     fn interface(&self, id: u32, offset: u64) -> Result<&Interface> {
         usize::try_from(id).ok().and_then(|i| self.interfaces.get(i)).ok_or_else(|| {
-            let what = format!(
-                "a packet on interface {id}, but the section declares {}",
-                self.interfaces.len()
-            );
+            let what = format!("a packet on interface {id}, but the section declares {}", self.interfaces.len());
             corrupt(&self.name, offset, &what)
         })
     }
@@ -876,21 +829,14 @@ impl NgHandler {
     /// Called at the end of the file.
     fn finish(&self) -> Result<()> {
         match self.first_unsupported {
-            Some(linktype) if !self.any_supported => {
-                Err(unsupported_link_error(&self.name, linktype))
-            }
+            Some(linktype) if !self.any_supported => Err(unsupported_link_error(&self.name, linktype)),
             _ => Ok(()),
         }
     }
 }
 
 impl Records for NgHandler {
-    fn block<F: FnMut(Frame<'_>)>(
-        &mut self,
-        block: PcapBlockOwned<'_>,
-        offset: u64,
-        on_frame: &mut F,
-    ) -> Result<()> {
+    fn block<F: FnMut(Frame<'_>)>(&mut self, block: PcapBlockOwned<'_>, offset: u64, on_frame: &mut F) -> Result<()> {
         let PcapBlockOwned::NG(block) = block else {
             return Ok(());
         };
@@ -991,8 +937,7 @@ mod tests {
 
     #[test]
     fn websocket_upgrade_detection() {
-        let req =
-            b"GET /chat HTTP/1.1\r\nHost: x\r\nUPGRADE:  WebSocket \r\nConnection: Upgrade\r\n\r\n";
+        let req = b"GET /chat HTTP/1.1\r\nHost: x\r\nUPGRADE:  WebSocket \r\nConnection: Upgrade\r\n\r\n";
         assert!(is_websocket_upgrade(req));
         assert!(is_websocket_upgrade(b"GET / HTTP/1.1\nupgrade: h2c, websocket\n\n"));
         assert!(!is_websocket_upgrade(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
@@ -1093,8 +1038,7 @@ mod tests {
 
     #[test]
     fn timestamps() {
-        let micro =
-            Interface { link: Link::Ethernet, units_per_sec: 1_000_000, offset_sec: 0, snaplen: 0 };
+        let micro = Interface { link: Link::Ethernet, units_per_sec: 1_000_000, offset_sec: 0, snaplen: 0 };
         assert_eq!(micro.ts_ns(0, 1_500_000), 1_500_000_000);
         let nano = Interface { units_per_sec: ts_units_per_sec(9), ..micro };
         assert_eq!(nano.ts_ns(1, 5), ((1u64 << 32) + 5));

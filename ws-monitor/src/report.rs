@@ -145,7 +145,9 @@ pub fn idle_cut_patterns(engine: &EngineStats) -> Vec<IdleCutPattern> {
         };
         for (&idle, &n) in cuts {
             group = match group {
-                Some((first, sum, count)) if idle - first <= PATTERN_SPREAD_DS => Some((first, sum + idle * n, count + n)),
+                Some((first, sum, count)) if idle - first <= PATTERN_SPREAD_DS => {
+                    Some((first, sum + idle * n, count + n))
+                }
                 g => {
                     flush(g, &mut out);
                     Some((idle, idle * n, n))
@@ -197,7 +199,8 @@ pub fn budgets_json(limits: &crate::pipeline::Limits, r: &ReassemblyStats, engin
 /// This process's peak resident memory (`VmHWM`), or `None` where `/proc` does not say.
 pub fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kib = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()?;
+    let kib =
+        status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()?;
     Some(kib * 1024)
 }
 
@@ -223,11 +226,8 @@ pub fn stats_line(totals: &crate::pipeline::Totals, packets: u64, drops: u64) ->
 
 /// `kind: N (client A, server B) — meaning` for every kind seen, most frequent first.
 pub fn violation_lines(engine: &EngineStats) -> Vec<String> {
-    let mut kinds: Vec<(Kind, u64)> = Kind::ALL
-        .iter()
-        .map(|&k| (k, engine.violation_count(k)))
-        .filter(|&(_, n)| n > 0)
-        .collect();
+    let mut kinds: Vec<(Kind, u64)> =
+        Kind::ALL.iter().map(|&k| (k, engine.violation_count(k))).filter(|&(_, n)| n > 0).collect();
     kinds.sort_by_key(|&(_, n)| std::cmp::Reverse(n));
     kinds
         .into_iter()

@@ -34,21 +34,16 @@ impl StreamDump {
         // One line for the whole run, whichever worker's dump fails first.
         static WARNED: AtomicBool = AtomicBool::new(false);
         if !WARNED.swap(true, Ordering::Relaxed) {
-            tracing::warn!("--streams-dir: {what}: {err} (further errors are only counted; the run will end with an error)");
+            tracing::warn!(
+                "--streams-dir: {what}: {err} (further errors are only counted; the run will end with an error)"
+            );
         }
         self.errors += 1;
     }
 }
 
 fn file_name(id: FlowId, key: &FlowKey) -> String {
-    format!(
-        "{}_{}_{}_{}_{}",
-        id.0,
-        key.client.ip(),
-        key.client.port(),
-        key.server.ip(),
-        key.server.port()
-    )
+    format!("{}_{}_{}_{}_{}", id.0, key.client.ip(), key.client.port(), key.server.ip(), key.server.port())
 }
 
 impl StreamSink for StreamDump {
@@ -80,11 +75,8 @@ impl StreamSink for StreamDump {
     fn gap(&mut self, id: FlowId, dir: Direction, offset: u64, len: u64, _loss: Loss, _ts_ns: u64) {
         let Some(name) = self.names.get(&id) else { return };
         let path = self.dir.join(format!("{name}.{}.gaps", dir.name()));
-        let result = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .and_then(|mut f| writeln!(f, "{offset} {len}"));
+        let result =
+            OpenOptions::new().create(true).append(true).open(path).and_then(|mut f| writeln!(f, "{offset} {len}"));
         // A gap at the very end leaves the file short: extend it so sizes add up.
         let extend = self.open.get(&id).map(|files| {
             let f = &files[dir.index()];

@@ -4,6 +4,7 @@
 //! is removed by the next start or by `ws-monitor detach`, and another tool's qdisc and
 //! filters are never touched. Needs root. (`cargo xtask kernels` runs the same on real
 //! 5.10, 6.1 and 6.12 kernels under QEMU.)
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test or benchmark fails loudly")]
 
 mod common;
 
@@ -124,7 +125,10 @@ impl Setup {
             let _ = self
                 .client
                 .command("python3")
-                .args(["-c", "import socket\ntry: socket.create_connection(('10.201.0.2', 8001), 2)\nexcept OSError: pass"])
+                .args([
+                    "-c",
+                    "import socket\ntry: socket.create_connection(('10.201.0.2', 8001), 2)\nexcept OSError: pass",
+                ])
                 .status();
         }
     }

@@ -1,5 +1,6 @@
 //! Bad input gets one clear line and a non-zero exit; nothing stays attached after the
 //! monitor exits, even after `kill -9`.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test or benchmark fails loudly")]
 
 mod common;
 
@@ -132,11 +133,15 @@ fn wait_detached(ns: &common::Netns, iface: &str) {
     let start = Instant::now();
     loop {
         let tcx = attached(ns, iface);
-        let filters = String::from_utf8_lossy(&ns.exec(&["tc", "filter", "show", "dev", iface, "ingress"]).stdout).to_string();
+        let filters =
+            String::from_utf8_lossy(&ns.exec(&["tc", "filter", "show", "dev", iface, "ingress"]).stdout).to_string();
         if tcx == 0 && !filters.contains("ws_monitor") {
             return;
         }
-        assert!(start.elapsed() < Duration::from_secs(5), "still attached to {iface}: {tcx} TCX programs, filters {filters}");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "still attached to {iface}: {tcx} TCX programs, filters {filters}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -276,11 +281,18 @@ fn privileges_are_dropped_on_every_thread_once_attached() {
     assert!(before & CAP_NET_ADMIN != 0, "the test runs with every capability: {before:x}");
     for (attach, user, needed) in [("tcx", None, 0), ("netlink", None, CAP_NET_ADMIN), ("tcx", Some("nobody"), 0)] {
         let (client, server, veth) = common::veth_pair(&attach[..2]);
-        let mut args = vec!["--iface", veth.as_str(), "--port", "8001", "--json", "--log-interval", "0", "--attach", attach];
+        let mut args =
+            vec!["--iface", veth.as_str(), "--port", "8001", "--json", "--log-interval", "0", "--attach", attach];
         if let Some(u) = user {
             args.extend(["--user", u]);
         }
-        let mut child = server.command(common::ws_monitor_bin()).args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child = server
+            .command(common::ws_monitor_bin())
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         let mut err = BufReader::new(child.stderr.take().unwrap());
         let mut line = String::new();
         while !line.contains("capturing") {
@@ -299,11 +311,18 @@ fn privileges_are_dropped_on_every_thread_once_attached() {
                 assert_eq!(caps & !CAP_BPF, needed, "{ctx}: {field} {v} on a thread (before: {before:x})");
             }
         }
-        assert!(thread_status(pid, "CapBnd").iter().all(|v| u64::from_str_radix(v, 16).unwrap() & !CAP_BPF == needed), "{ctx}");
+        assert!(
+            thread_status(pid, "CapBnd").iter().all(|v| u64::from_str_radix(v, 16).unwrap() & !CAP_BPF == needed),
+            "{ctx}"
+        );
         assert!(thread_status(pid, "NoNewPrivs").iter().all(|v| v == "1"), "{ctx}: NoNewPrivs");
         assert!(thread_status(pid, "Seccomp").iter().all(|v| v == "2"), "{ctx}: a seccomp filter on every thread");
         if user.is_some() {
-            assert!(thread_status(pid, "Uid").iter().all(|v| v.starts_with("65534\t")), "{ctx}: {:?}", thread_status(pid, "Uid"));
+            assert!(
+                thread_status(pid, "Uid").iter().all(|v| v.starts_with("65534\t")),
+                "{ctx}: {:?}",
+                thread_status(pid, "Uid")
+            );
         }
         // It still captures: a connection to the port, and its bytes, arrive.
         client.exec(&["python3", "-c", "import socket,time\ns=socket.socket()\ns.settimeout(2)\ntry:\n s.connect(('10.201.0.2',8001))\nexcept OSError:\n pass\ntime.sleep(0.3)"]);
@@ -312,13 +331,13 @@ fn privileges_are_dropped_on_every_thread_once_attached() {
         unsafe { libc::kill(pid as i32, libc::SIGINT) };
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "{ctx}: {}", out.status);
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{ctx}: report: {e}"));
+        let report: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{ctx}: report: {e}"));
         assert!(report["capture"]["packets"].as_u64().unwrap_or(0) >= 2, "{ctx}: a SYN and its answer: {report}");
         assert_eq!(report["privileges"]["seccomp"], true, "{ctx}: {report}");
         wait_detached(&server, &veth);
     }
 }
-
 
 #[test]
 fn the_demo_runs_with_dropped_privileges_and_finds_what_it_commits() {
@@ -333,9 +352,13 @@ fn the_demo_runs_with_dropped_privileges_and_finds_what_it_commits() {
         .unwrap();
     assert!(out.status.success(), "demo: {}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the demo's report");
-    let committed: u64 = report["demo_committed"].as_object().expect("demo_committed").values().filter_map(|v| v.as_u64()).sum();
+    let committed: u64 =
+        report["demo_committed"].as_object().expect("demo_committed").values().filter_map(|v| v.as_u64()).sum();
     let found: u64 = report["violations"].as_object().unwrap().values().filter_map(|v| v.as_u64()).sum();
     // (A violation committed while the monitor stops may miss the capture.)
-    assert!(found > 0 && found <= committed && committed - found <= 2, "committed {committed}, found {found}: {report}");
+    assert!(
+        found > 0 && found <= committed && committed - found <= 2,
+        "committed {committed}, found {found}: {report}"
+    );
     assert_eq!(report["privileges"]["seccomp"], true, "{report}");
 }

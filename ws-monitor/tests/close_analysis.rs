@@ -1,6 +1,7 @@
 //! How connections end, with real peers (Node `ws` on both sides, tests/peers/close_peers.js)
 //! between two network namespaces, monitored live: the connection log (`--connections`)
 //! line by line against what the peers did, and the report's counts. Needs root.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test or benchmark fails loudly")]
 
 mod common;
 
@@ -21,7 +22,10 @@ fn node_ws() -> bool {
     let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/node_modules/ws/package.json");
     let node = std::process::Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
     if !(node && ws.is_file()) {
-        assert!(std::env::var("CI").is_err(), "node with ws in tests/peers/node_modules: run `cargo xtask setup --tests`");
+        assert!(
+            std::env::var("CI").is_err(),
+            "node with ws in tests/peers/node_modules: run `cargo xtask setup --tests`"
+        );
         eprintln!("SKIPPED: needs node with ws in tests/peers/node_modules (cargo xtask setup --tests)");
         return false;
     }
@@ -88,7 +92,9 @@ fn run(tag: &str, extra: &[&str]) -> Run {
 impl Run {
     fn line(&self, scenario: &str) -> &Value {
         let port = self.client[scenario]["port"].as_u64().expect("port");
-        self.lines.get(&port).unwrap_or_else(|| panic!("no connection-log line for {scenario} (port {port}): {:?}", self.lines))
+        self.lines
+            .get(&port)
+            .unwrap_or_else(|| panic!("no connection-log line for {scenario} (port {port}): {:?}", self.lines))
     }
 }
 
@@ -163,7 +169,13 @@ fn the_connection_log_says_how_each_connection_went_and_ended() {
     assert_eq!(details.len(), 4, "{details:#?}");
     // The diagnosis puts the server's refusals first.
     let first = &r.report["diagnosis"][0];
-    assert!(first["cause"].as_str().is_some_and(|c| c.starts_with("the server closes connections with a protocol-error code")), "{}", r.report["diagnosis"]);
+    assert!(
+        first["cause"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("the server closes connections with a protocol-error code")),
+        "{}",
+        r.report["diagnosis"]
+    );
     assert_eq!(first["evidence"], 2);
 }
 

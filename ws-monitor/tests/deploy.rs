@@ -3,6 +3,7 @@
 //! options the binary accepts, and the DaemonSet asks for what the capture needs. (The
 //! Kubernetes schema, the unit's syntax and the package are checked by `cargo xtask dist
 //! --check`.)
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test or benchmark fails loudly")]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -84,13 +85,18 @@ fn the_grafana_dashboard_queries_only_what_the_exporter_serves() {
                 let labels = served.get(name).unwrap_or_else(|| panic!("{name} is not exported ({expr})"));
                 for l in &by {
                     // Prometheus adds `instance` (and `job`) to every scraped series.
-                    assert!(labels.contains(l) || l == "instance" || l == "job", "{name} has no label {l:?} ({expr}); it has {labels:?}");
+                    assert!(
+                        labels.contains(l) || l == "instance" || l == "job",
+                        "{name} has no label {l:?} ({expr}); it has {labels:?}"
+                    );
                 }
                 queried.insert(name.clone());
             }
         }
     }
-    for must in ["ws_monitor_violations_total", "ws_monitor_close_analysis_total", "ws_monitor_capture_ring_drops_total"] {
+    for must in
+        ["ws_monitor_violations_total", "ws_monitor_close_analysis_total", "ws_monitor_capture_ring_drops_total"]
+    {
         assert!(queried.contains(must), "the dashboard shows {must}");
     }
 }
@@ -130,5 +136,7 @@ fn the_service_and_the_daemonset_run_options_the_binary_accepts() {
     }
     assert!(unit.contains("Restart=on-failure") && unit.contains("--metrics-addr 127.0.0.1:9640"));
     assert!(daemonset.contains("hostNetwork: true") && daemonset.contains("prometheus.io/scrape: \"true\""));
-    assert!(daemonset.contains("add: [\"BPF\", \"NET_ADMIN\", \"PERFMON\"]") && daemonset.contains("path: /sys/fs/bpf"));
+    assert!(
+        daemonset.contains("add: [\"BPF\", \"NET_ADMIN\", \"PERFMON\"]") && daemonset.contains("path: /sys/fs/bpf")
+    );
 }

@@ -2,6 +2,7 @@
 //! exchanging megabytes both ways over several connections (some opened before the
 //! monitor starts, over IPv4 and IPv6), and `ws-monitor` capturing on the server's veth.
 //! The reassembled streams must be byte-identical to what was sent.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test or benchmark fails loudly")]
 
 mod common;
 
@@ -131,9 +132,7 @@ fn run(t: &Traffic, tag: &str) -> Outcome {
     let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
     eprintln!("{tag}: {report}");
 
-    let read = |p: &Path| -> BTreeMap<String, Value> {
-        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
-    };
+    let read = |p: &Path| -> BTreeMap<String, Value> { serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap() };
     Outcome {
         report,
         client_results: read(&client_out),
@@ -148,7 +147,8 @@ fn run(t: &Traffic, tag: &str) -> Outcome {
 fn stream_file(streams: &Path, key: &str, side: &str) -> Option<PathBuf> {
     std::fs::read_dir(streams).ok()?.flatten().map(|e| e.path()).find(|p| {
         let name = p.file_name().unwrap().to_string_lossy().to_string();
-        name.ends_with(&format!("_{PORT}.{side}")) && name.split_once('_').is_some_and(|(_, rest)| rest.starts_with(&format!("{key}_")))
+        name.ends_with(&format!("_{PORT}.{side}"))
+            && name.split_once('_').is_some_and(|(_, rest)| rest.starts_with(&format!("{key}_")))
     })
 }
 
@@ -203,8 +203,7 @@ fn assert_exact(t: &Traffic, o: &Outcome) {
         assert_eq!(c["sent_sha"], s["recv_sha"], "peers disagree on {key}");
         assert_eq!(s["sent_sha"], c["recv_sha"], "peers disagree on {key}");
         for (side, expected) in [("client", &c["sent_sha"]), ("server", &s["sent_sha"])] {
-            let file = stream_file(&o.streams, key, side)
-                .unwrap_or_else(|| panic!("no {side} stream for {key}"));
+            let file = stream_file(&o.streams, key, side).unwrap_or_else(|| panic!("no {side} stream for {key}"));
             let bytes = std::fs::read(&file).unwrap();
             assert_eq!(&Value::from(sha_hex(&bytes)), expected, "{side} stream of {key} differs");
         }
@@ -360,13 +359,14 @@ fn tiny_ring_reports_drops_and_gaps_that_add_up_and_never_wrong_bytes() {
         "tiny ring: sent {total}, delivered {}, in gaps {} ({} FIN phantoms), unseen {} (prefix {}, tail {})",
         sum.delivered, sum.lost, sum.phantom, unseen, sum.unseen_prefix, sum.unseen_tail
     );
-    assert_eq!(sum.delivered + sum.lost + unseen, total + sum.phantom, "every sent byte is delivered, in a gap, or unseen");
+    assert_eq!(
+        sum.delivered + sum.lost + unseen,
+        total + sum.phantom,
+        "every sent byte is delivered, in a gap, or unseen"
+    );
     assert!(sum.lost > 0, "lost records must show up as gaps");
     assert_eq!(cap["bytes_lost"].as_u64().unwrap(), sum.lost);
-    assert_eq!(
-        cap["bytes_client"].as_u64().unwrap() + cap["bytes_server"].as_u64().unwrap(),
-        sum.delivered
-    );
+    assert_eq!(cap["bytes_client"].as_u64().unwrap() + cap["bytes_server"].as_u64().unwrap(), sum.delivered);
     // Everything missing was lost in the ring (or not copied), nothing else. The ring
     // may also have dropped retransmissions (tail-loss probes) of bytes seen anyway.
     let ring_lost = kernel["ring_full_bytes"].as_u64().unwrap()
@@ -383,7 +383,11 @@ fn tiny_ring_reports_drops_and_gaps_that_add_up_and_never_wrong_bytes() {
     assert_eq!(unseen, 0, "no end of a connection went unaccounted");
     let spots = o.report["blind_spots"]["connections"].as_array().unwrap();
     let per_conn: u64 = spots.iter().map(|c| c["unanalysed"]["capture_loss"].as_u64().unwrap()).sum();
-    eprintln!("tiny ring: {} connections with blind spots, {per_conn} B of capture loss, {} segments retransmitted", spots.len(), o.retransmitted);
+    eprintln!(
+        "tiny ring: {} connections with blind spots, {per_conn} B of capture loss, {} segments retransmitted",
+        spots.len(),
+        o.retransmitted
+    );
     assert_eq!(o.report["unanalysed"]["capture_loss"].as_u64(), Some(per_conn));
     if o.retransmitted == 0 {
         assert_eq!(per_conn, ring_lost, "per-connection losses add up to the kernel's count");

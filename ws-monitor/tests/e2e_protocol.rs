@@ -22,6 +22,7 @@
 //! The peers and the nginx and HAProxy configuration templates are in tests/peers/; `cargo
 //! xtask setup --tests` installs what they need (nginx, haproxy, tcpdump, websockets,
 //! aiohttp, ws, socket.io).
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test or benchmark fails loudly")]
 
 mod common;
 
@@ -432,7 +433,8 @@ fn event_key(e: &Value) -> (String, String, String, String, u64, String) {
 }
 
 fn protocol_view(report: &Value) -> Value {
-    let mut view: serde_json::Map<String, Value> = PROTOCOL_KEYS.iter().map(|k| (k.to_string(), report[*k].clone())).collect();
+    let mut view: serde_json::Map<String, Value> =
+        PROTOCOL_KEYS.iter().map(|k| (k.to_string(), report[*k].clone())).collect();
     // How connections ended, by kind and side (the idle times of the patterns differ by
     // the clocks: kernel time live, file time in replay).
     let mut close = report["close_analysis"].clone();
@@ -453,7 +455,8 @@ fn findings_counted(report: &Value) -> u64 {
         .filter_map(Value::as_object)
         .flat_map(|sides| sides.values().filter_map(Value::as_u64))
         .sum();
-    let proxy: u64 = report["proxy"]["alterations"].as_object().map_or(0, |a| a.values().filter_map(Value::as_u64).sum());
+    let proxy: u64 =
+        report["proxy"]["alterations"].as_object().map_or(0, |a| a.values().filter_map(Value::as_u64).sum());
     violations + close + proxy
 }
 
@@ -512,7 +515,10 @@ fn stop_capture(mut cap: Capture, tag: &str) -> Reports {
             again.args(["--port", &p.to_string()]);
         }
         again.args(["--json", "--stats-interval", "0"]).args(&cap.engine_args).arg("--events").arg(&events);
-        let out = last_json(&Proc::spawn(again, "ws-monitor replay --workers").finish_ok(STOP).stdout, "ws-monitor replay --workers");
+        let out = last_json(
+            &Proc::spawn(again, "ws-monitor replay --workers").finish_ok(STOP).stdout,
+            "ws-monitor replay --workers",
+        );
         for key in PROTOCOL_KEYS.iter().chain(&["capture", "sync"]) {
             assert_eq!(out[*key], replay[*key], "{tag}: replay with {workers} worker(s) differs in {key}");
         }
@@ -560,7 +566,10 @@ fn stop_capture(mut cap: Capture, tag: &str) -> Reports {
         );
         assert_eq!(
             live["sync"]["skipped_bytes"].as_u64(),
-            live["capture"]["skipped_client"].as_u64().zip(live["capture"]["skipped_server"].as_u64()).map(|(a, b)| a + b),
+            live["capture"]["skipped_client"]
+                .as_u64()
+                .zip(live["capture"]["skipped_server"].as_u64())
+                .map(|(a, b)| a + b),
             "{tag}: the engine passed over every skipped byte in sync"
         );
     }
@@ -758,7 +767,10 @@ fn nginx_config(prefix: &Path, setup: Nginx, upstream: &str) -> PathBuf {
         }
     };
     let (keepalive, map) = if setup == Nginx::KeepalivePool {
-        ("        keepalive 4;", "    map $http_upgrade $connection_upgrade {\n        default upgrade;\n        '' '';\n    }")
+        (
+            "        keepalive 4;",
+            "    map $http_upgrade $connection_upgrade {\n        default upgrade;\n        '' '';\n    }",
+        )
     } else {
         ("", "")
     };
@@ -774,7 +786,9 @@ fn nginx_config(prefix: &Path, setup: Nginx, upstream: &str) -> PathBuf {
             "@EXTRA@",
             if setup == Nginx::HideExtensions { "            proxy_hide_header Sec-WebSocket-Extensions;" } else { "" },
         );
-    for p in ["@PREFIX@", "@LISTEN@", "@UPSTREAM@", "@UPGRADE_HEADERS@", "@KEEPALIVE@", "@MAP@", "@READ_TIMEOUT@", "@EXTRA@"] {
+    for p in
+        ["@PREFIX@", "@LISTEN@", "@UPSTREAM@", "@UPGRADE_HEADERS@", "@KEEPALIVE@", "@MAP@", "@READ_TIMEOUT@", "@EXTRA@"]
+    {
         assert!(template.contains(p) && !conf.contains(p), "nginx template: placeholder {p}");
     }
     let path = prefix.join("nginx.conf");
@@ -1187,7 +1201,8 @@ fn nginx_keepalive_pool_is_exact_on_the_backend_port() {
 #[test]
 fn haproxy_health_checks_on_the_websocket_port_are_counted_not_reported() {
     let tag = "hap";
-    let (name, deps) = ("haproxy_health_checks_on_the_websocket_port_are_counted_not_reported", [Dep::Aiohttp, Dep::Haproxy]);
+    let (name, deps) =
+        ("haproxy_health_checks_on_the_websocket_port_are_counted_not_reported", [Dep::Aiohttp, Dep::Haproxy]);
     let Some(Hosts { client_ns, server_ns, veth, dir }) = hosts(name, tag, &deps) else {
         return;
     };
@@ -1297,11 +1312,22 @@ fn an_nginx_read_timeout_cutting_idle_sessions_is_found_with_its_duration() {
             assert!((2.9..3.6).contains(&idle), "{ctx}: cut after {idle} s");
             assert_eq!(p["connections"], 1, "{ctx}");
         }
-        assert!(patterns.iter().any(|p| p["side"] == "server") && patterns.iter().any(|p| p["side"] == "client"), "{ctx}");
+        assert!(
+            patterns.iter().any(|p| p["side"] == "server") && patterns.iter().any(|p| p["side"] == "client"),
+            "{ctx}"
+        );
         assert_eq!(r["endings"]["fin_without_close"], 2, "{name}: {}", r["endings"]);
         let top = r["diagnosis"][0]["cause"].as_str().unwrap_or_default();
-        assert!(top.starts_with("1 connection cut after ") && top.contains(" s idle by the "), "{name}: the diagnosis starts with the cut: {}", r["diagnosis"]);
-        assert_eq!(r["violations"].as_object().map(|v| v.values().filter_map(Value::as_u64).sum::<u64>()), Some(0), "{name}");
+        assert!(
+            top.starts_with("1 connection cut after ") && top.contains(" s idle by the "),
+            "{name}: the diagnosis starts with the cut: {}",
+            r["diagnosis"]
+        );
+        assert_eq!(
+            r["violations"].as_object().map(|v| v.values().filter_map(Value::as_u64).sum::<u64>()),
+            Some(0),
+            "{name}"
+        );
     }
     let cuts: Vec<&Value> = reports.live_events.iter().filter(|e| e["kind"] == "idle_timeout_cut").collect();
     assert_eq!(cuts.len(), 2, "{:?}", reports.live_events);
@@ -1311,7 +1337,13 @@ fn an_nginx_read_timeout_cutting_idle_sessions_is_found_with_its_duration() {
 /// One session of a close_peers.js scenario (`scenario`: its name, then its options)
 /// through nginx set up as `setup`, to a close_peers.js backend started with
 /// `backend_args`: what the client saw, and the reports.
-fn session_through_nginx(h: &Hosts, tag: &str, setup: Nginx, backend_args: &[&str], scenario: &[&str]) -> (Value, Reports) {
+fn session_through_nginx(
+    h: &Hosts,
+    tag: &str,
+    setup: Nginx,
+    backend_args: &[&str],
+    scenario: &[&str],
+) -> (Value, Reports) {
     let mut upstream = h.client_ns.command("node");
     upstream.arg(peer("close_peers.js")).args(["server", "--port", &UPSTREAM_PORT.to_string(), "--expect", "1"]);
     upstream.args(backend_args);
@@ -1341,9 +1373,15 @@ fn a_proxy_hiding_the_extensions_header_is_named_as_the_hop_that_broke_it() {
         let ctx = format!("{name}: proxy {} diagnosis {}", r["proxy"], r["diagnosis"]);
         assert_eq!(r["proxy"]["pairs"], 1, "{ctx}");
         assert_eq!(r["proxy"]["alterations"], json!({"extensions_dropped": 1}), "{ctx}");
-        assert_eq!(r["violations_by_direction"]["server"]["rsv_without_extension"], 1, "{ctx}: on the front connection only");
+        assert_eq!(
+            r["violations_by_direction"]["server"]["rsv_without_extension"], 1,
+            "{ctx}: on the front connection only"
+        );
         let top = r["diagnosis"][0]["cause"].as_str().unwrap_or_default();
-        assert!(top.starts_with("a proxy alters WebSocket sessions: it dropped Sec-WebSocket-Extensions from the 101"), "{ctx}");
+        assert!(
+            top.starts_with("a proxy alters WebSocket sessions: it dropped Sec-WebSocket-Extensions from the 101"),
+            "{ctx}"
+        );
         assert!(top.contains(&format!("{SERVER_V4}:{FRONT_PORT}")), "{ctx}: names the hop");
     }
     let altered: Vec<&Value> = reports.live_events.iter().filter(|e| e["kind"] == "proxy_altered").collect();
@@ -1355,10 +1393,19 @@ fn a_proxy_hiding_the_extensions_header_is_named_as_the_hop_that_broke_it() {
 /// compressing close_peers.js backend on the host's loopback.
 fn proxy_on_the_host(h: &Hosts) -> (Proc, NginxProc) {
     let mut upstream = h.server_ns.command("node");
-    upstream.arg(peer("close_peers.js")).args(["server", "--port", &UPSTREAM_PORT.to_string(), "--expect", "1", "--deflate", "yes"]);
+    upstream.arg(peer("close_peers.js")).args([
+        "server",
+        "--port",
+        &UPSTREAM_PORT.to_string(),
+        "--expect",
+        "1",
+        "--deflate",
+        "yes",
+    ]);
     let mut upstream = Proc::spawn(upstream, "close_peers.js server on lo");
     upstream.wait_line("listening", false);
-    let nginx = start_nginx_to(&h.server_ns, h.dir.path(), Nginx::HideExtensions, &format!("127.0.0.1:{UPSTREAM_PORT}"));
+    let nginx =
+        start_nginx_to(&h.server_ns, h.dir.path(), Nginx::HideExtensions, &format!("127.0.0.1:{UPSTREAM_PORT}"));
     (upstream, nginx)
 }
 
@@ -1368,7 +1415,8 @@ fn echo_through_the_proxy(h: &Hosts) {
     let mut client = h.client_ns.command("node");
     client.arg(peer("close_peers.js")).args(["client", "--host", SERVER_V4, "--port", &FRONT_PORT.to_string()]);
     client.args(["--scenarios", "echo"]);
-    let said = last_json(&Proc::spawn(client, "close_peers.js client via nginx").finish_ok(PEER_RUN).stdout, "client peer");
+    let said =
+        last_json(&Proc::spawn(client, "close_peers.js client via nginx").finish_ok(PEER_RUN).stdout, "client peer");
     assert_eq!(said["echo"]["first"], "close", "the client refuses RSV1: {said}");
 }
 
@@ -1393,7 +1441,9 @@ fn the_dashboard_ranks_a_proxy_hiding_the_extensions_header_first() {
     // The engine's counters follow at the next tick.
     let screen = tmux.wait_for("rsv_without_extension");
     eprintln!("{screen}");
-    let line = |needle: &str| screen.lines().find(|l| l.contains(needle)).unwrap_or_else(|| panic!("no {needle:?}:\n{screen}"));
+    let line = |needle: &str| {
+        screen.lines().find(|l| l.contains(needle)).unwrap_or_else(|| panic!("no {needle:?}:\n{screen}"))
+    };
     assert!(line("Diagnosis").contains("most likely causes"), "{screen}");
     assert!(line("1. ").contains("a proxy alters WebSocket sessions: it dropped Sec-WebSocket-Extensions"), "{screen}");
     let hop = line("(proxy) →");
@@ -1430,19 +1480,26 @@ fn a_proxy_on_the_host_is_watched_on_its_outside_interface_and_on_lo() {
     let r = last_json(&out.stdout, "ws-monitor");
 
     let ctx = format!("proxy {} diagnosis {}", r["proxy"], r["diagnosis"]);
-    let names: Vec<&str> = r["attach"]["interfaces"].as_array().map_or(Vec::new(), |a| a.iter().filter_map(|i| i["name"].as_str()).collect());
+    let names: Vec<&str> = r["attach"]["interfaces"]
+        .as_array()
+        .map_or(Vec::new(), |a| a.iter().filter_map(|i| i["name"].as_str()).collect());
     assert_eq!(names, [h.veth.as_str(), "lo"], "{}", r["attach"]);
     assert_eq!(r["proxy"]["pairs"], 1, "{ctx}");
     assert_eq!(r["proxy"]["alterations"], json!({"extensions_dropped": 1}), "{ctx}");
     assert_eq!(r["proxy"]["seen"][0]["blame"], "proxy", "{ctx}");
     assert_eq!(r["violations_by_direction"]["server"]["rsv_without_extension"], 1, "{ctx}: on the front hop only");
     let top = r["diagnosis"][0]["cause"].as_str().unwrap_or_default();
-    assert!(top.starts_with("a proxy alters WebSocket sessions: it dropped Sec-WebSocket-Extensions from the 101"), "{ctx}");
+    assert!(
+        top.starts_with("a proxy alters WebSocket sessions: it dropped Sec-WebSocket-Extensions from the 101"),
+        "{ctx}"
+    );
     // Each hop on its own interface, nothing counted twice.
     let log = std::fs::read_to_string(&connections).expect("connection log");
     let records: Vec<Value> = log.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
     assert_eq!(records.len(), 2, "{log}");
-    let hop = |port: u16| records.iter().find(|c| c["server"].as_str().is_some_and(|s| s.ends_with(&format!(":{port}")))).expect("hop");
+    let hop = |port: u16| {
+        records.iter().find(|c| c["server"].as_str().is_some_and(|s| s.ends_with(&format!(":{port}")))).expect("hop")
+    };
     assert_eq!(hop(FRONT_PORT)["iface"], h.veth.as_str(), "{log}");
     assert_eq!(hop(UPSTREAM_PORT)["iface"], "lo", "{log}");
     assert_eq!(hop(UPSTREAM_PORT)["server"], format!("127.0.0.1:{UPSTREAM_PORT}"), "{log}");

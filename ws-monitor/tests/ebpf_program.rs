@@ -1,5 +1,6 @@
 //! The kernel program on crafted packets (BPF_PROG_TEST_RUN) and on a real 64 KiB
 //! GSO segment over loopback in a private network namespace. Needs root.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test or benchmark fails loudly")]
 
 mod common;
 
@@ -12,8 +13,8 @@ use aya::{Ebpf, EbpfLoader};
 use etherparse::PacketBuilder;
 use ws_monitor::capture::{decode, EBPF_OBJECT};
 use ws_monitor_common::{
-    Anchor, ChunkHeader, Counter, FlowDir, Liveness, WalkState, CHUNK_SIZE, COUNTER_COUNT,
-    DIR_TO_CLIENT, DIR_TO_SERVER, HEADER_SIZE, MSG_NONE, ORPHAN_AFTER_NS, TCP_ACK, TCP_FIN, TCP_SYN,
+    Anchor, ChunkHeader, Counter, FlowDir, Liveness, WalkState, CHUNK_SIZE, COUNTER_COUNT, DIR_TO_CLIENT,
+    DIR_TO_SERVER, HEADER_SIZE, MSG_NONE, ORPHAN_AFTER_NS, TCP_ACK, TCP_FIN, TCP_SYN,
 };
 
 const PORT: u16 = 8001;
@@ -26,10 +27,7 @@ struct Loaded {
 }
 
 fn load(ring_size: u32) -> Loaded {
-    let mut ebpf = EbpfLoader::new()
-        .map_max_entries("EVENTS", ring_size)
-        .load(EBPF_OBJECT)
-        .expect("load object");
+    let mut ebpf = EbpfLoader::new().map_max_entries("EVENTS", ring_size).load(EBPF_OBJECT).expect("load object");
     let mut ports: Array<_, u8> = Array::try_from(ebpf.map_mut("PORTS").unwrap()).unwrap();
     ports.set(u32::from(PORT), 1, 0).unwrap();
     // A heartbeat that never ages: these tests are about packets, not the owner.
@@ -50,8 +48,7 @@ fn set_heartbeat(ebpf: &mut Ebpf, heartbeat_ns: u64) {
 
 impl Loaded {
     fn run(&mut self, packet: &[u8]) {
-        let p: &SchedClassifier =
-            self.ebpf.program("ws_monitor_ingress").unwrap().try_into().unwrap();
+        let p: &SchedClassifier = self.ebpf.program("ws_monitor_ingress").unwrap().try_into().unwrap();
         let opts = TestRunOptions { data_in: Some(packet), ..Default::default() };
         let result = p.test_run(opts).expect("test_run");
         assert_eq!(result.return_value, u32::MAX, "TC_ACT_UNSPEC: the packet is never altered");
@@ -67,8 +64,7 @@ impl Loaded {
     }
 
     fn counters(&self) -> Vec<u64> {
-        let map: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.ebpf.map("COUNTERS").unwrap()).unwrap();
+        let map: PerCpuArray<_, u64> = PerCpuArray::try_from(self.ebpf.map("COUNTERS").unwrap()).unwrap();
         (0..COUNTER_COUNT).map(|i| map.get(&i, 0).unwrap().iter().sum()).collect()
     }
 

@@ -1,6 +1,7 @@
 //! Headless mode and Prometheus: a live run with injected violations (the raw-socket
 //! violator, three times over); the log lines and the `/metrics` values must agree
 //! with the `--json` report. Needs root.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test or benchmark fails loudly")]
 
 mod common;
 
@@ -124,8 +125,9 @@ fn run(tag: &str, runs: usize, extra: &[&str]) -> Run {
             .output()
             .unwrap();
         assert!(out.status.success(), "violator client: {}", String::from_utf8_lossy(&out.stderr));
-        let script: Value = serde_json::from_slice(out.stdout.trim_ascii_end().rsplit(|b| *b == b'\n').next().unwrap_or_default())
-            .expect("the violator's expectations");
+        let script: Value =
+            serde_json::from_slice(out.stdout.trim_ascii_end().rsplit(|b| *b == b'\n').next().unwrap_or_default())
+                .expect("the violator's expectations");
         expected += ["client", "server"]
             .iter()
             .flat_map(|d| script["violations_by_direction"][d].as_object().into_iter().flatten())
@@ -143,7 +145,8 @@ fn run(tag: &str, runs: usize, extra: &[&str]) -> Run {
     loop {
         std::thread::sleep(Duration::from_millis(1100));
         let again = scrape(&server_ns);
-        let shown: u64 = again.iter().filter(|(k, _)| k.starts_with("ws_monitor_violations_total{")).map(|(_, v)| *v as u64).sum();
+        let shown: u64 =
+            again.iter().filter(|(k, _)| k.starts_with("ws_monitor_violations_total{")).map(|(_, v)| *v as u64).sum();
         let settled = again == metrics && shown == expected;
         metrics = again;
         if settled {
@@ -184,10 +187,17 @@ fn logs_and_metrics_agree_with_the_json_report() {
         for (kind, n) in report["violations_by_direction"][dir].as_object().unwrap() {
             let n = n.as_u64().unwrap();
             total += n;
-            assert_eq!(metric(&metrics, "ws_monitor_violations_total", &[("kind", kind), ("direction", dir)]), n, "{kind} {dir}");
+            assert_eq!(
+                metric(&metrics, "ws_monitor_violations_total", &[("kind", kind), ("direction", dir)]),
+                n,
+                "{kind} {dir}"
+            );
         }
         for (opcode, n) in report["frames"][dir].as_object().unwrap() {
-            assert_eq!(metric(&metrics, "ws_monitor_frames_total", &[("opcode", opcode), ("direction", dir)]), n.as_u64().unwrap());
+            assert_eq!(
+                metric(&metrics, "ws_monitor_frames_total", &[("opcode", opcode), ("direction", dir)]),
+                n.as_u64().unwrap()
+            );
         }
     }
     assert!(total > 50, "the violator commits many violations, got {total}");
@@ -367,8 +377,18 @@ fn counters_and_metrics_keep_coming_under_load() {
     assert!(scrapes >= 10);
     // Counter lines (one a second is asked for) keep coming while the load runs: no gap
     // of 4 s or more.
-    let ticks: Vec<Instant> = lines.iter().filter(|(_, l)| l.contains("counters:")).map(|(t, _)| *t).take_while(|t| *t < started + Duration::from_secs(SECS)).collect();
-    assert!(ticks.len() >= 2, "{} counter lines in {SECS} s of load: {:?}", ticks.len(), lines.iter().map(|(t, l)| (t.duration_since(started), l)).collect::<Vec<_>>());
+    let ticks: Vec<Instant> = lines
+        .iter()
+        .filter(|(_, l)| l.contains("counters:"))
+        .map(|(t, _)| *t)
+        .take_while(|t| *t < started + Duration::from_secs(SECS))
+        .collect();
+    assert!(
+        ticks.len() >= 2,
+        "{} counter lines in {SECS} s of load: {:?}",
+        ticks.len(),
+        lines.iter().map(|(t, l)| (t.duration_since(started), l)).collect::<Vec<_>>()
+    );
     let gap = ticks.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
     assert!(gap < Duration::from_secs(4), "counter lines {gap:?} apart under load");
     let report: Value = serde_json::from_slice(&stdout).unwrap();

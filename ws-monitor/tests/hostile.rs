@@ -2,6 +2,7 @@
 //! while the monitor runs with its budgets. Memory stays under `--memory-limit` and the
 //! report says what was given up; a SYN flood through a small flow table leaves a real
 //! violator beside it counted exactly. Needs root.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test or benchmark fails loudly")]
 
 mod common;
 
@@ -41,7 +42,8 @@ fn a_spoofed_out_of_order_flood_stays_under_the_memory_limit() {
     let (client, server, veth) = common::veth_pair("oo");
     let (dev, mac) = route(&client, &server, &veth);
     let limit: u64 = 4 << 20;
-    let monitor = common::start_monitor(&server, &veth, &["--memory-limit", "4M", "--ring-size", "64M", "--full-payload"]);
+    let monitor =
+        common::start_monitor(&server, &veth, &["--memory-limit", "4M", "--ring-size", "64M", "--full-payload"]);
     // 40 spoofed connections, each a byte, a 99-byte hole, then 600 kB that can only wait
     // for the hole: 24 MB to hold without a limit.
     let flows = 40u64;
@@ -109,6 +111,11 @@ fn a_syn_flood_through_a_small_flow_table_leaves_a_violator_counted_exactly() {
     assert!(n(&report["capture"]["flows_opened"]) > 60_000, "the flood was seen: {}", report["capture"]);
     assert!(n(&budgets["table_full_evictions"]) + n(&budgets["half_open_evictions"]) > 60_000, "{budgets}");
     assert_eq!(n(&budgets["upgraded_evictions"]), 0, "the session was never pushed out: {budgets}");
-    assert_eq!(n(&report["violations"]["unmasked_client_frame"]), 225, "every violation counted: {}", report["violations"]);
+    assert_eq!(
+        n(&report["violations"]["unmasked_client_frame"]),
+        225,
+        "every violation counted: {}",
+        report["violations"]
+    );
     assert_eq!(n(&report["upgrades_ok"]), 1);
 }

@@ -3,6 +3,7 @@
 //! client and the server passes two monitored interfaces (the port, then the bridge, and
 //! the other way back); the monitor must attach to both as they come up, hand each
 //! packet on once, and name the interface in the connection log.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test or benchmark fails loudly")]
 
 mod common;
 
@@ -75,7 +76,18 @@ fn bridged(attach: &str) {
     // Only lo exists when the monitor starts.
     let mut monitor = host
         .command(common::ws_monitor_bin())
-        .args(["--iface", "any", "--attach", attach, "--port", "8001", "--json", "--log-interval", "0", "--connections"])
+        .args([
+            "--iface",
+            "any",
+            "--attach",
+            attach,
+            "--port",
+            "8001",
+            "--json",
+            "--log-interval",
+            "0",
+            "--connections",
+        ])
         .arg(&connections)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -126,8 +138,12 @@ fn bridged(attach: &str) {
     std::thread::sleep(Duration::from_millis(500));
     let report = common::stop_monitor(monitor);
 
-    let names: Vec<&str> =
-        report["attach"]["interfaces"].as_array().expect("attach.interfaces").iter().filter_map(|i| i["name"].as_str()).collect();
+    let names: Vec<&str> = report["attach"]["interfaces"]
+        .as_array()
+        .expect("attach.interfaces")
+        .iter()
+        .filter_map(|i| i["name"].as_str())
+        .collect();
     for name in ["lo", br.as_str(), vh.as_str()] {
         assert!(names.contains(&name), "{name} attached: {names:?}");
     }
@@ -137,7 +153,12 @@ fn bridged(attach: &str) {
     let kernel = &report["kernel"];
     assert!(n(&kernel["packets_matched"]) > 2 * frames, "{kernel}");
     assert_eq!(n(&kernel["packets_duplicate"]), n(&kernel["packets_matched"]), "each packet seen twice: {kernel}");
-    assert_eq!(n(&report["reassembly"]["duplicate_bytes"]), 0, "nothing reached reassembly twice: {}", report["reassembly"]);
+    assert_eq!(
+        n(&report["reassembly"]["duplicate_bytes"]),
+        0,
+        "nothing reached reassembly twice: {}",
+        report["reassembly"]
+    );
     assert_eq!(n(&report["violations"]["unmasked_client_frame"]), frames, "{}", report["violations"]);
 
     let log = std::fs::read_to_string(&connections).expect("connection log");

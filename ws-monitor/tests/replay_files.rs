@@ -1,6 +1,7 @@
 //! `replay` and `detect_ports` on capture files written here, byte by byte: legacy pcap
 //! (both byte orders, micro- and nanosecond) and pcapng (both byte orders, several
 //! interfaces), with packets built by etherparse. No tcpdump or tshark needed.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test or benchmark fails loudly")]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -97,13 +98,7 @@ impl Ng {
         self.block(0x0a0d_0d0a, &body)
     }
     /// Interface Description Block with optional if_tsresol and if_tsoffset.
-    fn idb(
-        &mut self,
-        linktype: u16,
-        snaplen: u32,
-        tsresol: Option<u8>,
-        tsoffset: Option<i64>,
-    ) -> &mut Ng {
+    fn idb(&mut self, linktype: u16, snaplen: u32, tsresol: Option<u8>, tsoffset: Option<i64>) -> &mut Ng {
         let mut body = Vec::new();
         body.extend(self.u16b(linktype));
         body.extend(self.u16b(0));
@@ -330,10 +325,7 @@ fn sa(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
 }
 
 fn key4(cport: u16, sport: u16) -> FlowKey {
-    FlowKey {
-        client: sa(Ipv4Addr::from(CLIENT4), cport),
-        server: sa(Ipv4Addr::from(SERVER4), sport),
-    }
+    FlowKey { client: sa(Ipv4Addr::from(CLIENT4), cport), server: sa(Ipv4Addr::from(SERVER4), sport) }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -364,10 +356,7 @@ fn ethernet_ipv4_and_ipv6_exact_segments_and_counts() {
 
     let ts = |i: u64| (1_700_000_000 + i) * 1_000_000_000 + 250_000_000;
     let k = key4(40000, 8080);
-    let k6 = FlowKey {
-        client: sa(Ipv6Addr::from(CLIENT6), 50000),
-        server: sa(Ipv6Addr::from(SERVER6), 8080),
-    };
+    let k6 = FlowKey { client: sa(Ipv6Addr::from(CLIENT6), 50000), server: sa(Ipv6Addr::from(SERVER6), 8080) };
     let seg = |key, dir, tcp: T, data: &[u8], i| Seg {
         key,
         dir,
@@ -389,10 +378,7 @@ fn ethernet_ipv4_and_ipv6_exact_segments_and_counts() {
             seg(k, ToClient, rst, b"", 5),
         ]
     );
-    assert_eq!(
-        stats,
-        ReplayStats { packets: 7, matched: 6, other_port: 1, ..ReplayStats::default() }
-    );
+    assert_eq!(stats, ReplayStats { packets: 7, matched: 6, other_port: 1, ..ReplayStats::default() });
 
     // Monitoring port 80 instead: only the last packet, towards the server.
     let (segs, stats) = run_bytes(&pcap(1, false, false, 65535, &recs), &[80]);
@@ -452,8 +438,7 @@ fn link_types_vlan_sll_sll2_raw_null() {
         (0, &null),
     ];
     for (linktype, frame) in cases.iter().chain([(108u32, null6.as_slice())].iter()) {
-        let (segs, stats) =
-            run_bytes(&pcap(*linktype, false, false, 65535, &[rec(1, 0, frame)]), &[8080]);
+        let (segs, stats) = run_bytes(&pcap(*linktype, false, false, 65535, &[rec(1, 0, frame)]), &[8080]);
         assert_eq!(stats.matched, 1, "link type {linktype}: {stats:?}");
         assert_eq!(segs[0].data, b"payload", "link type {linktype}");
         assert_eq!((segs[0].seq, segs[0].ack, segs[0].dir), (1, 2, Direction::ToServer));
@@ -552,18 +537,9 @@ fn pcapng_two_interfaces_nanosecond_tsresol_and_sections() {
             .spb(&c)
             .block(5, &[0; 16]); // interface statistics
                                  // A second section: interfaces start over.
-        ng.shb().idb(228, 0, Some(0x80 | 10), None).epb(
-            0,
-            3 * 1024 + 512,
-            &a[14..],
-            (a.len() - 14) as u32,
-        );
+        ng.shb().idb(228, 0, Some(0x80 | 10), None).epb(0, 3 * 1024 + 512, &a[14..], (a.len() - 14) as u32);
         let (segs, stats) = run_bytes(&ng.bytes(), &[8080]);
-        assert_eq!(
-            stats,
-            ReplayStats { packets: 4, matched: 4, ..ReplayStats::default() },
-            "be={be}"
-        );
+        assert_eq!(stats, ReplayStats { packets: 4, matched: 4, ..ReplayStats::default() }, "be={be}");
         assert_eq!(segs[0].data, b"on ethernet");
         assert_eq!(segs[0].ts_ns, 1_700_000_000_123_456_000);
         assert_eq!(segs[1].data, b"on raw ip");
@@ -603,12 +579,7 @@ fn unsupported_link_types() {
 
     // One decodable interface among others: the rest are only counted.
     let mut ng = Ng::new(false);
-    ng.idb(189, 0, None, None).idb(1, 0, None, None).epb(0, 0, &f, f.len() as u32).epb(
-        1,
-        0,
-        &f,
-        f.len() as u32,
-    );
+    ng.idb(189, 0, None, None).idb(1, 0, None, None).epb(0, 0, &f, f.len() as u32).epb(1, 0, &f, f.len() as u32);
     let (segs, stats) = run_bytes(&ng.bytes(), &[8080]);
     assert_eq!(segs.len(), 1);
     assert_eq!((stats.unsupported_link, stats.matched), (1, 1));
@@ -626,7 +597,10 @@ fn file_errors_are_one_clear_line() {
     assert!(err.starts_with("cannot open") && err.ends_with("Is a directory"), "{err}");
 
     let err = err_of(Some(b"<!DOCTYPE html><html>"), "page.pcap");
-    assert!(err.contains("page.pcap is not a pcap or pcapng capture (starts with 3c 21 44 4f 43 54 59 50 \"<!DOCTYP\")"), "{err}");
+    assert!(
+        err.contains("page.pcap is not a pcap or pcapng capture (starts with 3c 21 44 4f 43 54 59 50 \"<!DOCTYP\")"),
+        "{err}"
+    );
     assert!(err.ends_with("save captures with tcpdump -w or Wireshark"), "{err}");
 
     let err = err_of(Some(b""), "empty.pcap");
@@ -715,9 +689,8 @@ fn garbage_inside_the_file_is_an_error() {
 fn streams_files_larger_than_the_buffer() {
     // ~6 MB of records: several refills of the 1 MiB buffer.
     let payload = vec![b'z'; 1400];
-    let frames: Vec<Vec<u8>> = (0..4000u32)
-        .map(|i| eth4(CLIENT4, SERVER4, t(40000, 8080, i * 1400).ack(1), &payload))
-        .collect();
+    let frames: Vec<Vec<u8>> =
+        (0..4000u32).map(|i| eth4(CLIENT4, SERVER4, t(40000, 8080, i * 1400).ack(1), &payload)).collect();
     let recs: Vec<Rec<'_>> = frames.iter().map(|f| rec(1, 0, f)).collect();
     let mut total = 0u64;
     let mut next_seq = 0u32;
@@ -775,8 +748,7 @@ fn reads_from_a_pipe_written_in_dribbles() {
 fn detect_ports_finds_websocket_servers() {
     let upgrade = b"GET /chat HTTP/1.1\r\nHost: example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
     let plain = b"GET /index.html HTTP/1.1\r\nHost: example\r\nAccept: */*\r\n\r\n";
-    let response =
-        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+    let response = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
     let frames = [
         eth4(CLIENT4, SERVER4, t(40000, 80, 1).ack(1), plain),
         eth4(CLIENT4, SERVER4, t(40001, 8080, 1).ack(1), upgrade),
@@ -792,12 +764,7 @@ fn detect_ports_finds_websocket_servers() {
     let mut ng = Ng::new(false);
     ng.idb(101, 0, None, None)
         .epb(0, 0, &ip4(CLIENT4, SERVER4, t(1, 9001, 1), upgrade), 0)
-        .epb(
-            0,
-            0,
-            &ip4(CLIENT4, SERVER4, t(1, 443, 1), b"GET / HTTP/1.1\r\nupgrade: WebSocket\r\n\r\n"),
-            0,
-        )
+        .epb(0, 0, &ip4(CLIENT4, SERVER4, t(1, 443, 1), b"GET / HTTP/1.1\r\nupgrade: WebSocket\r\n\r\n"), 0)
         .epb(0, 0, &ip4(CLIENT4, SERVER4, t(1, 9001, 1), upgrade), 0);
     let path = dir.file("ws.pcapng", &ng.bytes());
     assert_eq!(detect_ports(&path).unwrap(), vec![443, 9001]);
@@ -885,7 +852,10 @@ fn streams_dir_write_failures_fail_the_run_after_the_report() {
     let run = |limit: Option<libc::rlim_t>| {
         let streams = dir.0.path().join(format!("streams-{limit:?}"));
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ws-monitor"));
-        cmd.arg("replay").arg(&path).args(["--port", "8001", "--json", "--log-interval", "0", "--streams-dir"]).arg(&streams);
+        cmd.arg("replay")
+            .arg(&path)
+            .args(["--port", "8001", "--json", "--log-interval", "0", "--streams-dir"])
+            .arg(&streams);
         if let Some(n) = limit {
             // SAFETY: setrlimit is async-signal-safe and touches only the child's limits.
             unsafe {
@@ -899,8 +869,8 @@ fn streams_dir_write_failures_fail_the_run_after_the_report() {
             }
         }
         let out = cmd.output().unwrap();
-        let report: serde_json::Value =
-            serde_json::from_slice(out.stdout.trim_ascii()).unwrap_or_else(|e| panic!("a report on stdout ({e}): {out:?}"));
+        let report: serde_json::Value = serde_json::from_slice(out.stdout.trim_ascii())
+            .unwrap_or_else(|e| panic!("a report on stdout ({e}): {out:?}"));
         (out.status.success(), report["streams"]["errors"].as_u64(), String::from_utf8_lossy(&out.stderr).into_owned())
     };
     let (ok, errors, stderr) = run(None);

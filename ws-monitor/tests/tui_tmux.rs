@@ -1,6 +1,7 @@
 //! The dashboard in a real terminal: ws-monitor runs inside tmux (in a private network
 //! namespace, on its loopback), keys switch panes and pause, q exits, and the terminal
 //! is restored (cooked mode, main screen). Needs root and tmux.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test or benchmark fails loudly")]
 
 mod common;
 

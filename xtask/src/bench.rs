@@ -145,7 +145,18 @@ fn live(ws_monitor: &Path, load: peer::Load, attached: Attached, secs: f64, rate
     let conns_s = conns.to_string();
     let port_s = PORT.to_string();
     let mut server = Proc::spawn(
-        in_ns(NS_SERVER, &me).args(["bench-peer", "server", "--port", &port_s, "--load", load_name, "--secs", &secs_s, "--conns", &conns_s]),
+        in_ns(NS_SERVER, &me).args([
+            "bench-peer",
+            "server",
+            "--port",
+            &port_s,
+            "--load",
+            load_name,
+            "--secs",
+            &secs_s,
+            "--conns",
+            &conns_s,
+        ]),
         "bench server",
     )?;
     server.wait_for("listening", false)?;
@@ -153,7 +164,10 @@ fn live(ws_monitor: &Path, load: peer::Load, attached: Attached, secs: f64, rate
     match attached {
         Attached::Nothing => {}
         Attached::Null => {
-            let mut p = Proc::spawn(in_ns(NS_SERVER, ws_monitor).args(["null-program", "--iface", VETH_SERVER]), "ws-monitor null-program")?;
+            let mut p = Proc::spawn(
+                in_ns(NS_SERVER, ws_monitor).args(["null-program", "--iface", VETH_SERVER]),
+                "ws-monitor null-program",
+            )?;
             p.wait_for("null program attached", true)?;
             monitor = Some(p);
         }
@@ -295,7 +309,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             (*a, median)
         })
         .collect();
-    crate::step(&format!("live small frames: {SMALL_CONNS} connections of 20-200 byte masked text frames, {secs} s per run"));
+    crate::step(&format!(
+        "live small frames: {SMALL_CONNS} connections of 20-200 byte masked text frames, {secs} s per run"
+    ));
     let unlimited = live(&ws_monitor, peer::Load::Small, Attached::Nothing, secs, 0.0)?;
     eprintln!("xtask:   nothing attached, unlimited: {:.2} M frames/s", unlimited.frames_per_s / 1e6);
     // Doubling rates until the monitor drops or loses a frame.
@@ -304,7 +320,11 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     while rate < unlimited.frames_per_s * 2.0 {
         let r = live(&ws_monitor, peer::Load::Small, Attached::HeaderOnly, secs, rate)?;
         let ok = small_ok(&r);
-        eprintln!("xtask:   ws-monitor at {:.2} M frames/s: {}", r.frames_per_s / 1e6, if ok { "kept up" } else { "fell behind" });
+        eprintln!(
+            "xtask:   ws-monitor at {:.2} M frames/s: {}",
+            r.frames_per_s / 1e6,
+            if ok { "kept up" } else { "fell behind" }
+        );
         small.push(r);
         if !ok {
             break;
@@ -324,7 +344,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         let k = |name: &str| rep.and_then(|v| v["kernel"][name].as_u64());
         let cap = |name: &str| rep.and_then(|v| v["capture"][name].as_u64());
         let payload = cap("bytes_server").zip(cap("skipped_server")).map(|(a, b)| a + b);
-        let share = |n: Option<u64>| n.zip(payload).map_or("—".into(), |(r, p)| format!("{:.2} %", 100.0 * r as f64 / p.max(1) as f64));
+        let share = |n: Option<u64>| {
+            n.zip(payload).map_or("—".into(), |(r, p)| format!("{:.2} %", 100.0 * r as f64 / p.max(1) as f64))
+        };
         let ring = share(k("ring_bytes"));
         // Retransmitted segments are copied whole (and dropped as duplicates by reassembly).
         let retransmitted = share(rep.and_then(|v| v["reassembly"]["duplicate_bytes"].as_u64()));
@@ -385,15 +407,22 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     };
     let port = pcap::PORT.to_string();
     let wm = replay(&small_pcap, &["--port", &port])?;
-    let (ts_secs, ts_out) = timed(
-        Command::new("tshark")
-            .arg("-r")
-            .arg(&small_pcap)
-            .args(["-d", &format!("tcp.port=={},http", pcap::PORT), "-Y", "websocket", "-T", "fields", "-e", "websocket.opcode"]),
-    )?;
+    let (ts_secs, ts_out) = timed(Command::new("tshark").arg("-r").arg(&small_pcap).args([
+        "-d",
+        &format!("tcp.port=={},http", pcap::PORT),
+        "-Y",
+        "websocket",
+        "-T",
+        "fields",
+        "-e",
+        "websocket.opcode",
+    ]))?;
     let ts_frames: u64 = ts_out.lines().filter(|l| !l.trim().is_empty()).map(|l| l.split(',').count() as u64).sum();
     println!();
-    println!("Replay of a capture of small frames (8 connections, {written} frames of 20–200 bytes, {:.1} MB)", size / 1e6);
+    println!(
+        "Replay of a capture of small frames (8 connections, {written} frames of 20–200 bytes, {:.1} MB)",
+        size / 1e6
+    );
     println!();
     println!("| tool | seconds | MB/s | ÷ tshark | frames found |");
     println!("|---|---|---|---|---|");
@@ -447,7 +476,14 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     pcap::many_connections(&one, 1)?;
     pcap::many_connections(&many, 100_000)?;
     let rss = |file: &Path| -> anyhow::Result<(u64, Value)> {
-        let (_, out) = timed(Command::new(&ws_monitor).arg("replay").arg(file).args(["--port", "8001"]).args(replay_args()).args(["--max-flows", "200000"]))?;
+        let (_, out) = timed(
+            Command::new(&ws_monitor)
+                .arg("replay")
+                .arg(file)
+                .args(["--port", "8001"])
+                .args(replay_args())
+                .args(["--max-flows", "200000"]),
+        )?;
         let report = last_json(&out).context("ws-monitor replay's report")?;
         // Its own measure: wait4's ru_maxrss also counts this process's memory, which a
         // spawned child inherits as its high-water mark until it execs.

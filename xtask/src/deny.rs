@@ -64,10 +64,9 @@ fn db_dir() -> PathBuf {
 /// A copy of the advisory database from an earlier fetch, and the date of its newest commit.
 fn local_db() -> Option<(PathBuf, String)> {
     let entries = std::fs::read_dir(db_dir()).ok()?;
-    let copy = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("advisory-db-")) && p.join(".git").exists())?;
+    let copy = entries.filter_map(Result::ok).map(|e| e.path()).find(|p| {
+        p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("advisory-db-")) && p.join(".git").exists()
+    })?;
     let date = Command::new("git")
         .args(["-C"])
         .arg(&copy)

@@ -97,7 +97,11 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
 /// Builds the binary for `arch` (its Rust target added with rustup when missing) and
 /// checks its machine and glibc floor.
 fn build(root: &Path, arch: &Arch) -> anyhow::Result<PathBuf> {
-    let installed = Command::new("rustup").args(["target", "list", "--installed"]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
     if !installed.lines().any(|l| l.trim() == arch.target) {
         step(&format!("adding the Rust target {}", arch.target));
         sh("rustup", &["target", "add", arch.target])?;
@@ -113,7 +117,14 @@ fn build(root: &Path, arch: &Arch) -> anyhow::Result<PathBuf> {
     let symbols = sh("readelf", &["-W", "--dyn-syms", &binary.to_string_lossy()])?;
     let newest = glibc_versions(&symbols).into_iter().max().unwrap_or((0, 0));
     if newest > GLIBC {
-        bail!("{} needs GLIBC_{}.{}, above {}.{}: a dependency links a newer symbol", binary.display(), newest.0, newest.1, GLIBC.0, GLIBC.1);
+        bail!(
+            "{} needs GLIBC_{}.{}, above {}.{}: a dependency links a newer symbol",
+            binary.display(),
+            newest.0,
+            newest.1,
+            GLIBC.0,
+            GLIBC.1
+        );
     }
     step(&format!("{}: {} ELF, newest glibc symbol version GLIBC_{}.{}", arch.name, arch.machine, newest.0, newest.1));
     Ok(binary)
@@ -203,7 +214,14 @@ version 2.0, at your option (SPDX: MIT OR Apache-2.0). Its eBPF program is GPL-c
 as the kernel requires for the helpers it calls.\n";
 
 /// The release tarball.
-fn tarball(root: &Path, binary: &Path, dist: &Path, version: &str, arch: &Arch, g: &Generated) -> anyhow::Result<PathBuf> {
+fn tarball(
+    root: &Path,
+    binary: &Path,
+    dist: &Path,
+    version: &str,
+    arch: &Arch,
+    g: &Generated,
+) -> anyhow::Result<PathBuf> {
     let name = format!("ws-monitor-{version}");
     let stage = dist.join("stage").join(arch.name).join(&name);
     let _ = fs::remove_dir_all(&stage);
@@ -272,7 +290,8 @@ fn deb(root: &Path, binary: &Path, dist: &Path, version: &str, arch: &Arch, g: &
     write(&tree.join("DEBIAN/control"), control.as_bytes(), 0o644)?;
     write(&tree.join("DEBIAN/conffiles"), format!("/{DEFAULT_PATH}\n").as_bytes(), 0o644)?;
     // The unit is installed, not enabled: the interfaces to watch come first.
-    let reload = "#!/bin/sh\nset -e\nif [ -d /run/systemd/system ]; then systemctl daemon-reload >/dev/null || true; fi\n";
+    let reload =
+        "#!/bin/sh\nset -e\nif [ -d /run/systemd/system ]; then systemctl daemon-reload >/dev/null || true; fi\n";
     write(&tree.join("DEBIAN/postinst"), reload.as_bytes(), 0o755)?;
     write(&tree.join("DEBIAN/postrm"), reload.as_bytes(), 0o755)?;
     let out = dist.join(format!("ws-monitor_{version}_{}.deb", arch.deb));
@@ -318,7 +337,10 @@ fn check(root: &Path, dist: &Path, deb: &Path, version: &str) -> anyhow::Result<
     verify_unit(&chroot)?;
     live_capture(&chroot)?;
     validate_daemonset(root)?;
-    step(&format!("dist --check: the package installs, verifies and captures live in Debian 11 ({SUITE}, glibc {})", chroot_glibc(&chroot)?));
+    step(&format!(
+        "dist --check: the package installs, verifies and captures live in Debian 11 ({SUITE}, glibc {})",
+        chroot_glibc(&chroot)?
+    ));
     Ok(())
 }
 
@@ -357,7 +379,13 @@ fn install(dir: &Path, deb: &Path, version: &str) -> anyhow::Result<()> {
     let _ = chroot(dir, &["dpkg", "--purge", "ws-monitor"]);
     chroot(dir, &["dpkg", "-i", inside])?;
     let listed = chroot(dir, &["dpkg", "-L", "ws-monitor"])?;
-    for path in ["/usr/bin/ws-monitor", "/lib/systemd/system/ws-monitor.service", "/etc/default/ws-monitor", "/usr/share/man/man8/ws-monitor.8.gz", "/usr/share/bash-completion/completions/ws-monitor"] {
+    for path in [
+        "/usr/bin/ws-monitor",
+        "/lib/systemd/system/ws-monitor.service",
+        "/etc/default/ws-monitor",
+        "/usr/share/man/man8/ws-monitor.8.gz",
+        "/usr/share/bash-completion/completions/ws-monitor",
+    ] {
         if !listed.lines().any(|l| l == path) || !dir.join(path.trim_start_matches('/')).exists() {
             bail!("the package does not install {path}:\n{listed}");
         }
@@ -439,7 +467,11 @@ fn live_capture(dir: &Path) -> anyhow::Result<()> {
         while !ready.exists() && start.elapsed() < Duration::from_secs(30) {
             std::thread::sleep(Duration::from_millis(50));
         }
-        let client = Command::new("ip").args(["netns", "exec", &ns]).arg(&xtask).args(["ws-peer", "client", "--port", &port]).status();
+        let client = Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .arg(&xtask)
+            .args(["ws-peer", "client", "--port", &port])
+            .status();
         let server_ok = server.wait().is_ok_and(|s| s.success());
         if !client.is_ok_and(|s| s.success()) || !server_ok {
             let _ = monitor.kill();
@@ -458,7 +490,8 @@ fn live_capture(dir: &Path) -> anyhow::Result<()> {
         let violations: u64 = report["violations"].as_object().map_or(u64::MAX, |v| v.values().map(n).sum());
         // The script: text, binary, ping and close from the client; two texts, a pong and
         // a close from the server.
-        let frames = |side: &str| report["frames"][side].as_object().map_or(u64::MAX, |f| f.values().map(n).sum::<u64>());
+        let frames =
+            |side: &str| report["frames"][side].as_object().map_or(u64::MAX, |f| f.values().map(n).sum::<u64>());
         let exact = n(&report["connections"]) == 1
             && n(&report["upgrades_ok"]) == 1
             && violations == 0
@@ -480,7 +513,10 @@ fn validate_daemonset(root: &Path) -> anyhow::Result<()> {
     let manifest = root.join("ws-monitor/deploy/kubernetes/daemonset.yaml");
     let m = manifest.to_string_lossy();
     let out = sh("python3", &["-m", "kubernetes_validate", "--strict", "--kubernetes-version", KUBE_VERSION, &m])?;
-    step(&format!("kubernetes-validate --strict (Kubernetes {KUBE_VERSION}): {}", out.lines().next().unwrap_or("ok").trim()));
+    step(&format!(
+        "kubernetes-validate --strict (Kubernetes {KUBE_VERSION}): {}",
+        out.lines().next().unwrap_or("ok").trim()
+    ));
     Ok(())
 }
 

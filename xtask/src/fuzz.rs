@@ -21,12 +21,12 @@ pub fn run(targets: &[&str], seconds: u32) -> anyhow::Result<()> {
         .output()
         .is_ok_and(|o| o.status.success());
     if !nightly {
-        bail!("fuzzing needs the rustup nightly toolchain (rustup toolchain install nightly), or pass --fuzz-seconds 0");
+        bail!(
+            "fuzzing needs the rustup nightly toolchain (rustup toolchain install nightly), or pass --fuzz-seconds 0"
+        );
     }
-    let have_cargo_fuzz = Command::new(crate::env_cargo())
-        .args(["fuzz", "--version"])
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let have_cargo_fuzz =
+        Command::new(crate::env_cargo()).args(["fuzz", "--version"]).output().is_ok_and(|o| o.status.success());
     if !have_cargo_fuzz {
         crate::step("installing cargo-fuzz 0.13.2");
         crate::cargo(&["install", "cargo-fuzz", "--locked", "--version", "0.13.2"])?;

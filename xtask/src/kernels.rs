@@ -86,7 +86,8 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             crate::workspace_root().join("target/release/ws-monitor")
         }
     };
-    let ws_monitor = fs::canonicalize(&ws_monitor).with_context(|| format!("no ws-monitor binary at {}", ws_monitor.display()))?;
+    let ws_monitor =
+        fs::canonicalize(&ws_monitor).with_context(|| format!("no ws-monitor binary at {}", ws_monitor.display()))?;
     let xtask = std::env::current_exe().context("finding the xtask binary (the WebSocket peer)")?;
     let dir = crate::workspace_root().join("target/kernels");
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -113,7 +114,10 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                 // A panic before /init ran has nothing to do with ws-monitor (TCG has been
                 // seen to trip over the kernel patching its own code): one more boot.
                 if run.markers.results.is_empty() && run.error.as_deref().is_some_and(|e| e.contains("Kernel panic")) {
-                    crate::step(&format!("{label}: the kernel panicked before /init ({}); booting once more", run.error.as_deref().unwrap_or("")));
+                    crate::step(&format!(
+                        "{label}: the kernel panicked before /init ({}); booting once more",
+                        run.error.as_deref().unwrap_or("")
+                    ));
                     return Ok(boot(label, &kernel, &initrd, &kdir, timeout));
                 }
                 Ok(run)
@@ -130,14 +134,19 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     debian.sort_by_key(|r| DEBIAN_KERNELS.iter().position(|(l, _)| *l == r.label));
     all.splice(0..0, debian);
 
-    let reference = host.markers.result("a.report").and_then(|r| serde_json::from_str::<Value>(r).ok()).map(|r| normalise(&r));
+    let reference =
+        host.markers.result("a.report").and_then(|r| serde_json::from_str::<Value>(r).ok()).map(|r| normalise(&r));
     let rows: Vec<Row> = all.iter().map(|run| evaluate(run, reference.as_ref())).collect();
     let table = table(&rows);
     println!("\n{table}");
     let md = markdown(&rows);
     let md_path = dir.join("matrix.md");
     fs::write(&md_path, &md).with_context(|| format!("writing {}", md_path.display()))?;
-    crate::step(&format!("markdown table in {}; console logs in {}/LABEL/console.log", md_path.display(), dir.display()));
+    crate::step(&format!(
+        "markdown table in {}; console logs in {}/LABEL/console.log",
+        md_path.display(),
+        dir.display()
+    ));
     let failures: Vec<&String> = rows.iter().flat_map(|r| r.failures.iter()).collect();
     if !labels.iter().any(|l| l == "host") && reference.is_none() {
         eprintln!("xtask: the host reference run failed: {}", host.error.as_deref().unwrap_or("no report from step a"));
@@ -181,10 +190,9 @@ struct HostTools {
 impl HostTools {
     fn find() -> anyhow::Result<HostTools> {
         let find = |name: &str, dirs: &[&str], package: &str| -> anyhow::Result<PathBuf> {
-            dirs.iter()
-                .map(|d| Path::new(d).join(name))
-                .find(|p| p.is_file())
-                .with_context(|| format!("{name} not found in {}: install the Debian package {package}", dirs.join(" ")))
+            dirs.iter().map(|d| Path::new(d).join(name)).find(|p| p.is_file()).with_context(|| {
+                format!("{name} not found in {}: install the Debian package {package}", dirs.join(" "))
+            })
         };
         Ok(HostTools {
             tc: find("tc", &["/usr/sbin", "/sbin"], "iproute2")?,
@@ -281,7 +289,8 @@ fn parse_deb822_sources(text: &str) -> Vec<AptSource> {
         if fields.get("enabled").is_some_and(|e| e.eq_ignore_ascii_case("no")) {
             continue;
         }
-        let suites: Vec<String> = fields.get("suites").map(|s| s.split_whitespace().map(String::from).collect()).unwrap_or_default();
+        let suites: Vec<String> =
+            fields.get("suites").map(|s| s.split_whitespace().map(String::from).collect()).unwrap_or_default();
         for uri in fields.get("uris").map(String::as_str).unwrap_or("").split_whitespace() {
             out.push(AptSource { uri: uri.to_string(), suites: suites.clone() });
         }
@@ -292,12 +301,15 @@ fn parse_deb822_sources(text: &str) -> Vec<AptSource> {
 /// The URI serving the main Debian archive: the first entry with a suite that is a Debian
 /// release (or its -updates), not -security, preferring this machine's own release.
 fn pick_archive(sources: &[AptSource], codename: Option<&str>) -> Option<String> {
-    const RELEASES: &[&str] = &["buster", "bullseye", "bookworm", "trixie", "forky", "sid", "stable", "testing", "unstable"];
+    const RELEASES: &[&str] =
+        &["buster", "bullseye", "bookworm", "trixie", "forky", "sid", "stable", "testing", "unstable"];
     let main_suite = |s: &str| {
         let base = s.strip_suffix("-updates").unwrap_or(s);
         RELEASES.contains(&base) || Some(base) == codename
     };
-    let usable = |src: &&AptSource| src.uri.starts_with("http://") || src.uri.starts_with("https://") || src.uri.starts_with("file:");
+    let usable = |src: &&AptSource| {
+        src.uri.starts_with("http://") || src.uri.starts_with("https://") || src.uri.starts_with("file:")
+    };
     let own = codename.and_then(|c| {
         sources.iter().filter(usable).find(|src| src.suites.iter().any(|s| s == c || *s == format!("{c}-updates")))
     });
@@ -324,7 +336,8 @@ pub(crate) fn archive_uri() -> anyhow::Result<String> {
         }
     }
     let os_release = fs::read_to_string("/etc/os-release").unwrap_or_default();
-    let codename = os_release.lines().find_map(|l| l.strip_prefix("VERSION_CODENAME=")).map(|c| c.trim_matches('"').to_string());
+    let codename =
+        os_release.lines().find_map(|l| l.strip_prefix("VERSION_CODENAME=")).map(|c| c.trim_matches('"').to_string());
     pick_archive(&sources, codename.as_deref()).context(
         "no apt source for the main Debian archive in /etc/apt/sources.list or /etc/apt/sources.list.d (a `deb` entry for bookworm or another Debian release): the kernel packages come from there",
     )
@@ -373,27 +386,44 @@ fn prepare_kernel(label: &str, suite: &str, kdir: &Path) -> anyhow::Result<Kerne
         "-q".into(),
     ];
     crate::step(&format!("{label}: apt-get update of {suite} from {uri}"));
-    let update = Command::new("apt-get").args(&opts).arg("update").stdin(Stdio::null()).output().context("running apt-get update")?;
+    let update = Command::new("apt-get")
+        .args(&opts)
+        .arg("update")
+        .stdin(Stdio::null())
+        .output()
+        .context("running apt-get update")?;
     let text = format!("{}{}", String::from_utf8_lossy(&update.stdout), String::from_utf8_lossy(&update.stderr));
     if text.contains("NO_PUBKEY") || text.contains("not signed") || text.contains("is not signed") {
-        bail!("{KEYRING} has no key for {suite} (apt-get update: {}): upgrade debian-archive-keyring", last_line_with(&text, &["NO_PUBKEY", "signed"]));
+        bail!(
+            "{KEYRING} has no key for {suite} (apt-get update: {}): upgrade debian-archive-keyring",
+            last_line_with(&text, &["NO_PUBKEY", "signed"])
+        );
     }
     if !update.status.success() || text.contains("\nE: ") || text.starts_with("E: ") {
         bail!("apt-get update of {suite} from {uri} failed: {}", last_line_with(&text, &["E: ", "Err"]));
     }
-    let depends = output(Command::new("apt-cache").args(&opts).args(["depends", "linux-image-amd64"]), "apt-cache depends linux-image-amd64")?;
-    let package = versioned_image(&depends).with_context(|| format!("linux-image-amd64 in {suite} depends on no linux-image package"))?;
+    let depends = output(
+        Command::new("apt-cache").args(&opts).args(["depends", "linux-image-amd64"]),
+        "apt-cache depends linux-image-amd64",
+    )?;
+    let package = versioned_image(&depends)
+        .with_context(|| format!("linux-image-amd64 in {suite} depends on no linux-image package"))?;
     let debs = apt.join("debs");
     let existing = |debs: &Path| -> Option<PathBuf> {
         fs::read_dir(debs).ok()?.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| {
-            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
         })
     };
     let deb = match existing(&debs) {
         Some(d) => d,
         None => {
             crate::step(&format!("{label}: apt-get download {package}"));
-            output(Command::new("apt-get").args(&opts).args(["download", &package]).current_dir(&debs), &format!("apt-get download {package}"))?;
+            output(
+                Command::new("apt-get").args(&opts).args(["download", &package]).current_dir(&debs),
+                &format!("apt-get download {package}"),
+            )?;
             existing(&debs).with_context(|| format!("apt-get download {package} left no .deb in {}", debs.display()))?
         }
     };
@@ -430,7 +460,11 @@ fn release_of(root: &Path) -> Option<String> {
 fn extracted(root: &Path, release: &str) -> Option<Kernel> {
     let vmlinuz = root.join(format!("boot/vmlinuz-{release}"));
     let modules = root.join(format!("lib/modules/{release}"));
-    (vmlinuz.is_file() && modules.join("modules.dep").is_file()).then(|| Kernel { release: release.to_string(), vmlinuz, modules })
+    (vmlinuz.is_file() && modules.join("modules.dep").is_file()).then(|| Kernel {
+        release: release.to_string(),
+        vmlinuz,
+        modules,
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -483,7 +517,13 @@ fn install_with_libs(src: &Path, root: &Path, dest: &str, libs: &mut BTreeSet<Pa
     Ok(())
 }
 
-fn build_initramfs(kernel: &Kernel, kdir: &Path, ws_monitor: &Path, xtask: &Path, tools: &HostTools) -> anyhow::Result<PathBuf> {
+fn build_initramfs(
+    kernel: &Kernel,
+    kdir: &Path,
+    ws_monitor: &Path,
+    xtask: &Path,
+    tools: &HostTools,
+) -> anyhow::Result<PathBuf> {
     let root = kdir.join("initramfs");
     let _ = fs::remove_dir_all(&root);
     for d in ["bin", "sbin", "usr/bin", "usr/sbin", "usr/local/bin", "proc", "sys", "dev", "tmp", "run", "etc"] {
@@ -535,7 +575,10 @@ fn build_initramfs(kernel: &Kernel, kdir: &Path, ws_monitor: &Path, xtask: &Path
         root.display(),
         initrd.display()
     );
-    output(Command::new("bash").args(["-o", "pipefail", "-c", &script]), "building the initramfs (find | cpio | gzip)")?;
+    output(
+        Command::new("bash").args(["-o", "pipefail", "-c", &script]),
+        "building the initramfs (find | cpio | gzip)",
+    )?;
     Ok(initrd)
 }
 
@@ -591,7 +634,12 @@ struct Run {
 
 impl Run {
     fn failed(label: &str, error: &str, started: Instant) -> Run {
-        Run { label: label.to_string(), markers: Markers::default(), seconds: started.elapsed().as_secs_f64(), error: Some(error.to_string()) }
+        Run {
+            label: label.to_string(),
+            markers: Markers::default(),
+            seconds: started.elapsed().as_secs_f64(),
+            error: Some(error.to_string()),
+        }
     }
 }
 
@@ -620,7 +668,18 @@ fn boot(label: &str, kernel: &Kernel, initrd: &Path, kdir: &Path, timeout: Durat
         let mut child = Command::new("qemu-system-x86_64")
             // Single-threaded TCG: with one host thread per vCPU, QEMU 7.2 has let a
             // 6.12 guest die at boot on code it was patching (int3 in sched_clock_cpu).
-            .args(["-accel", "tcg,thread=single", "-m", "1024", "-smp", "2", "-nographic", "-nic", "none", "-no-reboot"])
+            .args([
+                "-accel",
+                "tcg,thread=single",
+                "-m",
+                "1024",
+                "-smp",
+                "2",
+                "-nographic",
+                "-nic",
+                "none",
+                "-no-reboot",
+            ])
             .arg("-kernel")
             .arg(&kernel.vmlinuz)
             .arg("-initrd")
@@ -633,7 +692,11 @@ fn boot(label: &str, kernel: &Kernel, initrd: &Path, kdir: &Path, timeout: Durat
             .context("starting qemu-system-x86_64")?;
         let pid = child.id();
         match wait_with_timeout(&mut child, timeout)? {
-            None => Ok(Some(format!("QEMU did not power off within {} s (killed PID {pid}); see {}", timeout.as_secs(), log.display()))),
+            None => Ok(Some(format!(
+                "QEMU did not power off within {} s (killed PID {pid}); see {}",
+                timeout.as_secs(),
+                log.display()
+            ))),
             Some(status) if !status.success() => {
                 let err = fs::read_to_string(&qemu_err).unwrap_or_default();
                 Ok(Some(format!("QEMU exited with {status}: {}", last_line_with(&err, &["qemu"]))))
@@ -653,7 +716,8 @@ fn boot(label: &str, kernel: &Kernel, initrd: &Path, kdir: &Path, timeout: Durat
         Err(e) => Some(format!("{e:#}")),
     };
     if error.is_none() && !markers.done {
-        let panic = console.lines().find(|l| l.contains("Kernel panic")).map(|l| format!(": {}", l.trim())).unwrap_or_default();
+        let panic =
+            console.lines().find(|l| l.contains("Kernel panic")).map(|l| format!(": {}", l.trim())).unwrap_or_default();
         error = Some(format!("the guest powered off before the checks finished{panic}; see {}", log.display()));
     }
     Run { label: label.to_string(), markers, seconds: started.elapsed().as_secs_f64(), error }
@@ -691,7 +755,10 @@ fn run_host(hdir: &Path, ws_monitor: &Path, xtask: &Path, tools: &HostTools, tim
         fs::write(&script, CHECKS_SH)?;
         let ns = Netns(format!("wsm-kernels-{}", std::process::id()));
         output(Command::new(&tools.ip).args(["netns", "add", &ns.0]), "ip netns add")?;
-        output(Command::new(&tools.ip).args(["-n", &ns.0, "link", "set", "lo", "up"]), "ip link set lo up in the namespace")?;
+        output(
+            Command::new(&tools.ip).args(["-n", &ns.0, "link", "set", "lo", "up"]),
+            "ip link set lo up in the namespace",
+        )?;
         let console = fs::File::create(&log)?;
         let mut child = Command::new(&tools.ip)
             .args(["netns", "exec", &ns.0, "sh"])
@@ -711,7 +778,11 @@ fn run_host(hdir: &Path, ws_monitor: &Path, xtask: &Path, tools: &HostTools, tim
         // Whatever the script started and left running (it was cut short) goes too.
         kill_listed(&scratch.join("pids"), &[ws_monitor, xtask]);
         match status {
-            None => Ok(Some(format!("the host checks did not finish within {} s (killed PID {pid}); see {}", timeout.as_secs(), log.display()))),
+            None => Ok(Some(format!(
+                "the host checks did not finish within {} s (killed PID {pid}); see {}",
+                timeout.as_secs(),
+                log.display()
+            ))),
             Some(_) => Ok(None),
         }
     })();
@@ -806,7 +877,8 @@ fn capture_problems(m: &Markers, step: &str, reference: Option<&Value>) -> Vec<S
     for side in ["client", "server"] {
         let rc = m.result(&format!("{step}.{side}_exit")).unwrap_or("?");
         if rc != "0" {
-            let why = m.lines(&format!("{step}.peer")).iter().find(|l| l.contains("error")).cloned().unwrap_or_default();
+            let why =
+                m.lines(&format!("{step}.peer")).iter().find(|l| l.contains("error")).cloned().unwrap_or_default();
             p.push(format!("{step}: the WebSocket {side} exited {rc} {why}"));
         }
     }
@@ -840,10 +912,15 @@ fn report_problems(report: &Value) -> Vec<String> {
     }
     // Header-only capture (the default) leaves out the client's 200-byte binary payload
     // past its first 64 bytes: delivered and skipped bytes add up to the streams.
-    let both = |side: &str| num(&format!("capture.bytes_{side}")).zip(num(&format!("capture.skipped_{side}"))).map(|(a, b)| a + b);
+    let both = |side: &str| {
+        num(&format!("capture.bytes_{side}")).zip(num(&format!("capture.skipped_{side}"))).map(|(a, b)| a + b)
+    };
     for (side, n) in [("client", client), ("server", server)] {
         if both(side) != Some(n) {
-            p.push(format!("capture.bytes_{side} + skipped_{side} is {} (expected {n})", both(side).map_or("absent".into(), |v| v.to_string())));
+            p.push(format!(
+                "capture.bytes_{side} + skipped_{side} is {} (expected {n})",
+                both(side).map_or("absent".into(), |v| v.to_string())
+            ));
         }
     }
     let want = [
@@ -867,7 +944,8 @@ fn report_problems(report: &Value) -> Vec<String> {
             p.push(format!("{path} is {} (expected {n})", num(path).map_or("absent".into(), |v| v.to_string())));
         }
     }
-    let violations: u64 = report.get("violations").and_then(Value::as_object).map_or(0, |o| o.values().filter_map(Value::as_u64).sum());
+    let violations: u64 =
+        report.get("violations").and_then(Value::as_object).map_or(0, |o| o.values().filter_map(Value::as_u64).sum());
     if violations != 0 {
         p.push(format!("{violations} violations reported"));
     }
@@ -911,7 +989,8 @@ fn counters(json: Option<&str>) -> Option<BTreeMap<u64, u64>> {
     for entry in v.as_array()? {
         let entry = entry.get("formatted").unwrap_or(entry);
         let key = bpftool_number(entry.get("key")?)?;
-        let sum: u64 = entry.get("values")?.as_array()?.iter().filter_map(|c| c.get("value").and_then(bpftool_number)).sum();
+        let sum: u64 =
+            entry.get("values")?.as_array()?.iter().filter_map(|c| c.get("value").and_then(bpftool_number)).sum();
         *out.entry(key).or_default() += sum;
     }
     Some(out)
@@ -968,7 +1047,10 @@ fn priority_hint(m: &Markers) -> Option<String> {
         lines.iter().filter(|l| !l.contains("ws_monitor")).filter_map(|l| pref(l)).filter(|p| *p < ours).collect();
     (!before.is_empty()).then(|| {
         let list: Vec<String> = before.iter().map(u32::to_string).collect();
-        format!("ws-monitor's filter had pref {ours}, behind the foreign filters at pref {} (which run first)", list.join(", "))
+        format!(
+            "ws-monitor's filter had pref {ours}, behind the foreign filters at pref {} (which run first)",
+            list.join(", ")
+        )
     })
 }
 
@@ -1176,7 +1258,10 @@ fn evaluate(run: &Run, reference: Option<&Value>) -> Row {
     let after = foreign_filters(m, "f.after");
     let lost: Vec<&String> = foreign.difference(&after).collect();
     if !lost.is_empty() {
-        p.push(format!("foreign filters changed or removed: {}", lost.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" | ")));
+        p.push(format!(
+            "foreign filters changed or removed: {}",
+            lost.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" | ")
+        ));
     }
     let left = leftovers(m, "f.after", baseline, false);
     if !left.is_empty() {
@@ -1267,7 +1352,13 @@ mod tests {
         assert_eq!(sources.len(), 2);
         assert_eq!(pick_archive(&sources, Some("bookworm")).as_deref(), Some("http://archive.example/debian"));
         assert_eq!(pick_archive(&sources, None).as_deref(), Some("http://archive.example/debian"));
-        assert_eq!(pick_archive(&parse_one_line_sources("deb http://x/debian-security bookworm-security main\n"), Some("bookworm")), None);
+        assert_eq!(
+            pick_archive(
+                &parse_one_line_sources("deb http://x/debian-security bookworm-security main\n"),
+                Some("bookworm")
+            ),
+            None
+        );
     }
 
     #[test]
@@ -1389,7 +1480,10 @@ mod tests {
     #[test]
     fn parses_ldd_markers_and_bpftool_dumps() {
         let ldd = "\tlinux-vdso.so.1 (0x00007ffc)\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f)\n\t/lib64/ld-linux-x86-64.so.2 (0x00007f)\n";
-        assert_eq!(ldd_paths(ldd), vec![PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"), PathBuf::from("/lib64/ld-linux-x86-64.so.2")]);
+        assert_eq!(
+            ldd_paths(ldd),
+            vec![PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"), PathBuf::from("/lib64/ld-linux-x86-64.so.2")]
+        );
         let console = "[    1.0] boot\r\nWSM-RESULT a.exit 0\r\nnoiseWSM-LINE a.stderr hello world\nWSM-LINE a.stderr two\nWSM-DONE\n";
         let m = Markers::parse(console);
         assert_eq!(m.result("a.exit"), Some("0"));
@@ -1397,7 +1491,8 @@ mod tests {
         assert!(m.done);
         let dump = r#"[{"key":["0x01","0x00","0x00","0x00"],"values":[{"cpu":0,"value":["0x02","0x01","0x00","0x00","0x00","0x00","0x00","0x00"]},{"cpu":1,"value":["0x03","0x00","0x00","0x00","0x00","0x00","0x00","0x00"]}]}]"#;
         assert_eq!(counters(Some(dump)).unwrap().get(&1), Some(&(0x102 + 3)));
-        let formatted = r#"[{"key":1,"values":[{"cpu":0,"value":5}],"formatted":{"key":1,"values":[{"cpu":0,"value":5}]}}]"#;
+        let formatted =
+            r#"[{"key":1,"values":[{"cpu":0,"value":5}],"formatted":{"key":1,"values":[{"cpu":0,"value":5}]}}]"#;
         assert_eq!(counters(Some(formatted)).unwrap().get(&1), Some(&5));
         assert_eq!(version("6.12.117+deb13-amd64"), Some((6, 12)));
         assert_eq!(version("5.10.0-32-amd64"), Some((5, 10)));

@@ -27,13 +27,8 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 
 /// Debian packages that provide the BPF toolchain (rustc 1.96 with a prebuilt BPF core).
-const TOOLCHAIN_PACKAGES: &[&str] = &[
-    "rustc-web",
-    "cargo-web",
-    "libstd-rust-web-dev-bpf",
-    "llvm-22-dev",
-    "libpolly-22-dev",
-];
+const TOOLCHAIN_PACKAGES: &[&str] =
+    &["rustc-web", "cargo-web", "libstd-rust-web-dev-bpf", "llvm-22-dev", "libpolly-22-dev"];
 /// What the tests need on top: network namespaces and veth (iproute2), BPF inspection,
 /// python for the traffic peers, a terminal for the dashboard test, and for the protocol
 /// tests (tests/e2e_protocol.rs) nginx as a reverse proxy, tcpdump to record the pcap that
@@ -228,6 +223,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Task::Test { fuzz_seconds, args } => {
             setup(true, &[])?;
+            step("style: cargo fmt --check, cargo clippy -D warnings (rustfmt.toml, [workspace.lints])");
+            cargo(&["fmt", "--all", "--", "--check"]).context("cargo fmt would change files: run `cargo fmt --all`")?;
+            cargo(&[
+                "clippy",
+                "--workspace",
+                "--exclude",
+                "ws-monitor-ebpf",
+                "--all-targets",
+                "--locked",
+                "--",
+                "-D",
+                "warnings",
+            ])
+            .context("clippy found something (see above)")?;
             step("running the test suite");
             // The eBPF crate only builds for the BPF target (ws-monitor's build.rs does that).
             let mut test_args = vec!["test", "--workspace", "--exclude", "ws-monitor-ebpf"];
@@ -342,6 +351,22 @@ fn setup(tests: bool, extra: &[&str]) -> anyhow::Result<()> {
     if tests {
         setup_peer_libraries()?;
         deny::install()?;
+        style_tools()?;
+    }
+    Ok(())
+}
+
+/// rustfmt and clippy, from rustup, when missing.
+fn style_tools() -> anyhow::Result<()> {
+    if succeeds(&env_cargo(), &["fmt", "--version"]) && succeeds(&env_cargo(), &["clippy", "--version"]) {
+        step("rustfmt, clippy: present");
+        return Ok(());
+    }
+    step("adding rustfmt and clippy with rustup");
+    let status =
+        Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]).status().context("running rustup")?;
+    if !status.success() {
+        bail!("rustup component add rustfmt clippy failed ({status})");
     }
     Ok(())
 }
@@ -354,7 +379,8 @@ fn release_ws_monitor(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
             step("building ws-monitor (release)");
             cargo(&["build", "--release", "--locked", "--package", "ws-monitor"])?;
             // Where cargo put it: CARGO_TARGET_DIR (relative to the workspace) or target/.
-            let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), |d| workspace_root().join(d));
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map_or_else(|| workspace_root().join("target"), |d| workspace_root().join(d));
             target.join("release/ws-monitor")
         }
     };
@@ -408,7 +434,11 @@ fn pip_install(package: &str, module: &str) -> anyhow::Result<()> {
         out = pip(&["--break-system-packages"])?;
     }
     if !out.status.success() {
-        bail!("python3 -m pip install {package} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "python3 -m pip install {package} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     if !succeeds("python3", &["-c", &import]) {
         bail!("{package} was installed but python3 cannot import {module}; is python3 the same interpreter pip used?");
@@ -444,11 +474,7 @@ fn bpf_linker_ok() -> bool {
 }
 
 fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
+    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
 }
 
 fn as_root(program: &str, args: &[String]) -> anyhow::Result<std::process::ExitStatus> {

@@ -35,10 +35,22 @@ impl Net {
         ip(&["netns", "add", pair.ns_server])?;
         ip(&["netns", "add", pair.ns_client])?;
         ip(&[
-            "link", "add", pair.veth_server, "netns", pair.ns_server, "type", "veth", "peer", "name", pair.veth_client, "netns",
+            "link",
+            "add",
+            pair.veth_server,
+            "netns",
+            pair.ns_server,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            pair.veth_client,
+            "netns",
             pair.ns_client,
         ])?;
-        for (ns, dev, addr) in [(pair.ns_server, pair.veth_server, pair.addr_server), (pair.ns_client, pair.veth_client, pair.addr_client)] {
+        for (ns, dev, addr) in
+            [(pair.ns_server, pair.veth_server, pair.addr_server), (pair.ns_client, pair.veth_client, pair.addr_client)]
+        {
             ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev])?;
             ip(&["-n", ns, "link", "set", dev, "up"])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;

@@ -212,7 +212,8 @@ impl Monitor {
         if !status.success() {
             bail!("ws-monitor failed ({status}): {}", self.log_tail());
         }
-        let text = std::fs::read_to_string(&self.report).with_context(|| format!("reading {}", self.report.display()))?;
+        let text =
+            std::fs::read_to_string(&self.report).with_context(|| format!("reading {}", self.report.display()))?;
         let line = text.lines().rev().find(|l| l.starts_with('{')).context("ws-monitor printed no report")?;
         serde_json::from_str(line).context("ws-monitor's report")
     }
@@ -264,9 +265,20 @@ fn start_clients(me: &Path, secs: f64) -> anyhow::Result<Vec<Proc>> {
 }
 
 fn peer_args(role: &str, l: &LoadSpec, secs: f64) -> Vec<String> {
-    ["bench-peer", role, "--port", &l.port.to_string(), "--load", l.load.name(), "--secs", &secs.to_string(), "--conns", &l.conns.to_string()]
-        .map(String::from)
-        .to_vec()
+    [
+        "bench-peer",
+        role,
+        "--port",
+        &l.port.to_string(),
+        "--load",
+        l.load.name(),
+        "--secs",
+        &secs.to_string(),
+        "--conns",
+        &l.conns.to_string(),
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// Fails if a load has ended with an error (with what it said).
@@ -335,7 +347,8 @@ impl Sample {
 
 /// `VmRSS` of a process, in KiB.
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("reading /proc/{pid}/status"))?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -347,7 +360,8 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
 /// `xtask soak-scrape`).
 pub fn scrape(addr: &str) -> anyhow::Result<String> {
     let target = addr.parse().with_context(|| format!("{addr} is not an address"))?;
-    let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(5)).with_context(|| format!("connecting to {addr}"))?;
+    let mut s =
+        TcpStream::connect_timeout(&target, Duration::from_secs(5)).with_context(|| format!("connecting to {addr}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
     let mut answer = String::new();
@@ -361,7 +375,10 @@ pub fn scrape(addr: &str) -> anyhow::Result<String> {
 
 /// Scrapes ws-monitor's /metrics from inside its namespace.
 fn scrape_in_ns(me: &Path) -> anyhow::Result<String> {
-    let out = in_ns(NET.ns_server, me).args(["soak-scrape", "--addr", METRICS_ADDR]).output().context("running xtask soak-scrape")?;
+    let out = in_ns(NET.ns_server, me)
+        .args(["soak-scrape", "--addr", METRICS_ADDR])
+        .output()
+        .context("running xtask soak-scrape")?;
     if !out.status.success() {
         bail!("scraping /metrics failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
@@ -402,7 +419,13 @@ fn sample(me: &Path, pid: u32, minute: u32, mark: &mut CpuMark) -> anyhow::Resul
 
 /// Runs the minutes: one row each, stopping early (with an error) on Ctrl-C, on
 /// ws-monitor's exit or on a failed load.
-fn watch(me: &Path, monitor: &mut Monitor, loads: &mut Vec<Proc>, opts: &Options, start: Instant) -> anyhow::Result<Vec<Sample>> {
+fn watch(
+    me: &Path,
+    monitor: &mut Monitor,
+    loads: &mut Vec<Proc>,
+    opts: &Options,
+    start: Instant,
+) -> anyhow::Result<Vec<Sample>> {
     let pid = monitor.proc()?.pid();
     let mut mark = CpuMark(cpu_ticks(pid).context("reading ws-monitor's /proc/PID/stat")?, Instant::now());
     let mut samples = Vec::new();
@@ -447,7 +470,10 @@ fn median(v: &mut [u64]) -> u64 {
 fn rss_verdict(rss: &[u64]) -> RssVerdict {
     let mib = |kib: f64| kib / 1024.0;
     if rss.len() < 3 {
-        return RssVerdict { ok: true, line: format!("RSS not judged: {} minute(s) are too few (minute 1 is warm-up; needs 3 or more)", rss.len()) };
+        return RssVerdict {
+            ok: true,
+            line: format!("RSS not judged: {} minute(s) are too few (minute 1 is warm-up; needs 3 or more)", rss.len()),
+        };
     }
     let base = rss[1];
     let first_tail = (rss.len() - 3).max(2);
@@ -455,7 +481,11 @@ fn rss_verdict(rss: &[u64]) -> RssVerdict {
     let last = median(&mut tail);
     let growth = last as f64 - base as f64;
     let limit = base as f64 * RSS_GROWTH_SHARE + RSS_GROWTH_FLOOR_KIB as f64;
-    let minutes = if first_tail + 1 == rss.len() { format!("minute {}", rss.len()) } else { format!("minutes {}-{}", first_tail + 1, rss.len()) };
+    let minutes = if first_tail + 1 == rss.len() {
+        format!("minute {}", rss.len())
+    } else {
+        format!("minutes {}-{}", first_tail + 1, rss.len())
+    };
     let ok = growth <= limit;
     let line = format!(
         "RSS {}: {:+.1} MiB from minute 2 ({:.1} MiB) to {} (median {:.1} MiB); limit {:+.1} MiB ({:.0} % of minute 2 + {} MiB)",
@@ -513,7 +543,12 @@ fn report_problems(report: &Value, sent: &Sent) -> Vec<String> {
     let unmasked = report["violations"]["unmasked_client_frame"].as_u64().unwrap_or(0);
     let others: Vec<String> = report["violations"]
         .as_object()
-        .map(|o| o.iter().filter(|(k, v)| *k != "unmasked_client_frame" && v.as_u64().unwrap_or(0) > 0).map(|(k, v)| format!("{k} {v}")).collect())
+        .map(|o| {
+            o.iter()
+                .filter(|(k, v)| *k != "unmasked_client_frame" && v.as_u64().unwrap_or(0) > 0)
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect()
+        })
         .unwrap_or_default();
     if unmasked != sent.violations || !others.is_empty() {
         problems.push(format!(

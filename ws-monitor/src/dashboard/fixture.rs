@@ -196,7 +196,8 @@ impl Wire {
     }
 
     pub fn open(&mut self, id: u64, client: &str, server: &str) {
-        let key = FlowKey { client: client.parse::<SocketAddr>().unwrap(), server: server.parse::<SocketAddr>().unwrap() };
+        let key =
+            FlowKey { client: client.parse::<SocketAddr>().unwrap(), server: server.parse::<SocketAddr>().unwrap() };
         self.keys.insert(id, key);
         let ts = self.ts();
         self.engine.open(FlowId(id), &key, Opening::Handshake, ts);

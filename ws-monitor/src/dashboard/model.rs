@@ -484,9 +484,7 @@ impl Data {
 
     /// Findings of `kind` in `dir` since the last reset.
     pub fn violations(&self, dir: Direction, kind: Kind) -> u64 {
-        self.stats
-            .violation_count_dir(dir, kind)
-            .saturating_sub(self.stats_base.violation_count_dir(dir, kind))
+        self.stats.violation_count_dir(dir, kind).saturating_sub(self.stats_base.violation_count_dir(dir, kind))
     }
 
     /// All findings since the last reset.

@@ -8,7 +8,9 @@ use proptest::prelude::*;
 use ratatui::style::{Color, Modifier};
 
 use super::fixture::{self, incident, render, text, unmasked, Canvas, C, NS, START};
-use super::model::{ConnSort, Data, FindingSort, KindSort, CLOSED_CAP, CLOSED_RETENTION_NS, FINDINGS_CAP, HISTORY_SECS};
+use super::model::{
+    ConnSort, Data, FindingSort, KindSort, CLOSED_CAP, CLOSED_RETENTION_NS, FINDINGS_CAP, HISTORY_SECS,
+};
 use super::state::Pane;
 use super::*;
 use crate::engine::{ConnState, ConnectionView, EngineStats, Finding, FrameHeaderBytes, Kind};
@@ -498,7 +500,9 @@ fn every_footer_key_is_handled() {
     // The footer's keys, each with an observable effect.
     let shown = text(&incident().dash, 100, 30);
     let footer = shown.lines().last().unwrap_or_default().to_string();
-    for k in ["q quit", "? help", "Tab pane", "j/k move", "Enter details", "Space pause", "r reset", "/ filter", "s sort"] {
+    for k in
+        ["q quit", "? help", "Tab pane", "j/k move", "Enter details", "Space pause", "r reset", "/ filter", "s sort"]
+    {
         assert!(footer.contains(k), "{k} missing from {footer}");
     }
     let mut w = incident();
@@ -531,7 +535,10 @@ fn violations_are_highlighted_and_calm_is_green() {
     let buf = t.backend().buffer();
     // The client→server count of the first kind: "14" in red bold.
     let row = (0..buf.area.height).find(|&y| {
-        (0..buf.area.width).map(|x| buf[(x, y)].symbol().to_string()).collect::<String>().contains("rsv_without_extension")
+        (0..buf.area.width)
+            .map(|x| buf[(x, y)].symbol().to_string())
+            .collect::<String>()
+            .contains("rsv_without_extension")
     });
     let y = row.unwrap();
     let line: String = (0..buf.area.width).map(|x| buf[(x, y)].symbol().to_string()).collect();
@@ -542,7 +549,12 @@ fn violations_are_highlighted_and_calm_is_green() {
     let t = render(&fixture::calm().dash, 100, 30);
     let buf = t.backend().buffer();
     let y = (0..buf.area.height)
-        .find(|&y| (0..buf.area.width).map(|x| buf[(x, y)].symbol().to_string()).collect::<String>().contains("✓ no violations"))
+        .find(|&y| {
+            (0..buf.area.width)
+                .map(|x| buf[(x, y)].symbol().to_string())
+                .collect::<String>()
+                .contains("✓ no violations")
+        })
         .unwrap();
     let x = (0..buf.area.width).find(|&x| buf[(x, y)].symbol() == "✓").unwrap();
     assert_eq!(buf[(x, y)].fg, Color::Green);
@@ -669,7 +681,8 @@ fn any_key() -> impl Strategy<Value = KeyEvent> {
         1 => Just(KeyModifiers::CONTROL),
         1 => Just(KeyModifiers::ALT),
     ];
-    let kind = prop_oneof![8 => Just(KeyEventKind::Press), 1 => Just(KeyEventKind::Repeat), 1 => Just(KeyEventKind::Release)];
+    let kind =
+        prop_oneof![8 => Just(KeyEventKind::Press), 1 => Just(KeyEventKind::Repeat), 1 => Just(KeyEventKind::Release)];
     (code, mods, kind).prop_map(|(c, m, k)| {
         let mut e = KeyEvent::new(c, m);
         e.kind = k;
@@ -730,4 +743,3 @@ proptest! {
         prop_assert!(shown.contains("ws-monitor"));
     }
 }
-

@@ -5,7 +5,9 @@
 use ratatui::layout::{Alignment, Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style, Stylize};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, BorderType, Borders, Cell, Clear, HighlightSpacing, Paragraph, Row, Table, TableState, Wrap};
+use ratatui::widgets::{
+    Block, BorderType, Borders, Cell, Clear, HighlightSpacing, Paragraph, Row, Table, TableState, Wrap,
+};
 use ratatui::Frame;
 
 use crate::engine::{ConnState, Kind};
@@ -69,7 +71,8 @@ pub(super) fn render(d: &Dashboard, frame: &mut Frame) {
         body
     };
     // The Proxy hops panel below it, on the same terms.
-    let hops: Vec<String> = data.hops.iter().map(hop_line).filter(|l| l.to_lowercase().contains(&filter)).take(HOP_ROWS).collect();
+    let hops: Vec<String> =
+        data.hops.iter().map(hop_line).filter(|l| l.to_lowercase().contains(&filter)).take(HOP_ROWS).collect();
     let rows = 2 + hops.len() as u16;
     let body = if !hops.is_empty() && body.height >= FULL_BODY_HEIGHT + DIAGNOSIS_SPARE + rows {
         let [panel, rest] = Layout::vertical([Constraint::Length(rows), Constraint::Min(0)]).areas(body);
@@ -80,12 +83,8 @@ pub(super) fn render(d: &Dashboard, frame: &mut Frame) {
     };
     if body.height >= FULL_BODY_HEIGHT {
         let v_height = violations_height(d, data, body);
-        let [v, c, f] = Layout::vertical([
-            Constraint::Length(v_height),
-            Constraint::Fill(1),
-            Constraint::Fill(1),
-        ])
-        .areas(body);
+        let [v, c, f] =
+            Layout::vertical([Constraint::Length(v_height), Constraint::Fill(1), Constraint::Fill(1)]).areas(body);
         render_violations(d, data, frame, v, false);
         render_connections(d, data, frame, c, false);
         render_findings(d, data, frame, f, false);
@@ -144,14 +143,16 @@ const HOP_ROWS: usize = 3;
 fn hop_line(h: &super::model::HopRow) -> String {
     let (f, b) = (h.front, h.back);
     let state = if h.live { "open" } else { "closed" };
-    let altered = if h.altered.is_empty() { String::new() } else { format!(": {}", h.altered.join(", ").replace('_', " ")) };
+    let altered =
+        if h.altered.is_empty() { String::new() } else { format!(": {}", h.altered.join(", ").replace('_', " ")) };
     format!("{} → {} (proxy) → {} · {state} · {}{altered}", f.client, f.server, b.server, h.blame.describe())
 }
 
 /// The Proxy hops panel: sessions seen on both sides of a proxy, what the proxy changed
 /// first.
 fn render_hops(lines: &[String], total: usize, frame: &mut Frame, area: Rect) {
-    let title = format!(" Proxy hops: client → proxy → backend ({total} session{}) ", if total == 1 { "" } else { "s" });
+    let title =
+        format!(" Proxy hops: client → proxy → backend ({total} session{}) ", if total == 1 { "" } else { "s" });
     let block = Block::bordered()
         .border_type(BorderType::Rounded)
         .border_style(Style::new().fg(ACCENT))
@@ -188,10 +189,8 @@ fn violations_height(d: &Dashboard, data: &Data, body: Rect) -> u16 {
         }
     };
     // At most 55% of the body, and leave the other panes three rows each.
-    let cap = u16::try_from(u32::from(body.height) * 11 / 20)
-        .unwrap_or(u16::MAX)
-        .min(body.height.saturating_sub(12))
-        .max(6);
+    let cap =
+        u16::try_from(u32::from(body.height) * 11 / 20).unwrap_or(u16::MAX).min(body.height.saturating_sub(12)).max(6);
     u16::try_from(want).unwrap_or(u16::MAX).clamp(6, cap)
 }
 
@@ -250,7 +249,10 @@ fn render_header(d: &Dashboard, data: &Data, frame: &mut Frame, area: Rect) {
     if data.baseline_ns != data.started_ns {
         place.push(sep());
         place.push(Span::styled(
-            format!("reset {} ago", format::short_duration(data.now_ns.saturating_sub(data.baseline_ns) / 1_000_000_000)),
+            format!(
+                "reset {} ago",
+                format::short_duration(data.now_ns.saturating_sub(data.baseline_ns) / 1_000_000_000)
+            ),
             Style::new().fg(WARN),
         ));
     }
@@ -531,8 +533,7 @@ fn place<C>(cols: &[Col<C>], width: u16, which: impl Fn(&Col<C>) -> bool, chosen
     }
     // Grow towards the preferred widths, one level at a time, round robin within a
     // level so that paired columns stay alike.
-    let mut levels: Vec<u8> =
-        chosen.iter().skip(first).filter_map(|(i, _)| cols.get(*i).map(|c| c.grow)).collect();
+    let mut levels: Vec<u8> = chosen.iter().skip(first).filter_map(|(i, _)| cols.get(*i).map(|c| c.grow)).collect();
     levels.sort_unstable();
     levels.dedup();
     for level in levels {
@@ -586,11 +587,8 @@ fn render_table<C: Copy>(
     }))
     .style(Style::new().fg(DIM).add_modifier(Modifier::BOLD));
     let widths = cols.iter().map(|(_, _, w)| Constraint::Length(*w));
-    let highlight = if focused {
-        Style::new().add_modifier(Modifier::REVERSED)
-    } else {
-        Style::new().add_modifier(Modifier::BOLD)
-    };
+    let highlight =
+        if focused { Style::new().add_modifier(Modifier::REVERSED) } else { Style::new().add_modifier(Modifier::BOLD) };
     let table = Table::new(rows, widths)
         .header(header)
         .column_spacing(1)
@@ -692,7 +690,8 @@ fn render_violations(d: &Dashboard, data: &Data, frame: &mut Frame, area: Rect, 
             } else {
                 let detail = u16::try_from(lines.min(room)).unwrap_or(2);
                 let [t, rule, dt] =
-                    Layout::vertical([Constraint::Min(0), Constraint::Length(1), Constraint::Length(detail)]).areas(inner);
+                    Layout::vertical([Constraint::Min(0), Constraint::Length(1), Constraint::Length(detail)])
+                        .areas(inner);
                 frame.render_widget(
                     Paragraph::new(Span::styled("─".repeat(usize::from(rule.width)), Style::new().fg(DIM))),
                     rule,
@@ -736,7 +735,13 @@ fn render_violations(d: &Dashboard, data: &Data, frame: &mut Frame, area: Rect, 
     }
 }
 
-fn kind_row(data: &Data, r: &KindRow, cols: &[(KCol, &'static str, u16)], spark_width: usize, per_char: usize) -> Row<'static> {
+fn kind_row(
+    data: &Data,
+    r: &KindRow,
+    cols: &[(KCol, &'static str, u16)],
+    spark_width: usize,
+    per_char: usize,
+) -> Row<'static> {
     let count_style = |n: u64| if n > 0 { Style::new().fg(BAD).bold() } else { Style::new().fg(DIM) };
     let recent = r.rate > 0.0;
     Row::new(cols.iter().map(|(c, _, _)| match c {
@@ -748,7 +753,9 @@ fn kind_row(data: &Data, r: &KindRow, cols: &[(KCol, &'static str, u16)], spark_
         KCol::Server => num(format::count(r.server), count_style(r.server)),
         KCol::Total => num(format::count(r.total()), Style::new().bold()),
         KCol::Rate => num(format::rate(r.rate), if recent { Style::new().fg(BAD) } else { Style::new().fg(DIM) }),
-        KCol::Last => num(r.last_active_ns.map_or_else(|| "-".to_string(), |t| format::ago(data.now_ns, t)), Style::new()),
+        KCol::Last => {
+            num(r.last_active_ns.map_or_else(|| "-".to_string(), |t| format::ago(data.now_ns, t)), Style::new())
+        }
         KCol::Spark => Cell::from(Span::styled(
             format::sparkline(&data.history.series(r.kind), spark_width, per_char),
             Style::new().fg(BAD),
@@ -761,7 +768,10 @@ fn no_violations_lines(d: &Dashboard, data: &Data, total: u64) -> Vec<Line<'stat
     if total > 0 {
         return vec![Line::from(vec![
             Span::styled(format!(" no kind matches \"{}\"", d.ui.filter.applied), Style::new().fg(WARN)),
-            Span::styled(format!(" ({} violations in total; Esc clears the filter)", format::count(total)), Style::new().fg(DIM)),
+            Span::styled(
+                format!(" ({} violations in total; Esc clears the filter)", format::count(total)),
+                Style::new().fg(DIM),
+            ),
         ])];
     }
     let since = if data.baseline_ns == data.started_ns { "since start" } else { "since reset" };
@@ -924,7 +934,9 @@ fn render_connections(d: &Dashboard, data: &Data, frame: &mut Frame, area: Rect,
                     let n = r.view.as_ref().map_or(0, |v| v.unanalysed.total());
                     num(format::bytes(n), if n > 0 { Style::new().fg(WARN) } else { Style::new().fg(DIM) })
                 }
-                CCol::Age => num(r.view.as_ref().map_or_else(|| "-".to_string(), |v| format::ago(data.now_ns, v.opened_ns)), dim),
+                CCol::Age => {
+                    num(r.view.as_ref().map_or_else(|| "-".to_string(), |v| format::ago(data.now_ns, v.opened_ns)), dim)
+                }
             }))
         })
         .collect();
@@ -975,9 +987,7 @@ fn render_findings(d: &Dashboard, data: &Data, frame: &mut Frame, area: Rect, si
     let fitted = fit(&cols, inner.width.saturating_sub(MARK_WIDTH));
     let (shown, selected) = visible(&rows, selected, inner);
     let table_rows: Vec<Row<'static>> = shown.map(|r| finding_row(d, data, r, &fitted)).collect();
-    render_table(frame, inner, &fitted, table_rows, selected, d.ui.focus == Pane::Findings, |c| {
-        c == FCol::Offset
-    });
+    render_table(frame, inner, &fitted, table_rows, selected, d.ui.focus == Pane::Findings, |c| c == FCol::Offset);
 }
 
 fn finding_row(d: &Dashboard, data: &Data, r: &FindingRow, cols: &[(FCol, &'static str, u16)]) -> Row<'static> {
@@ -999,12 +1009,7 @@ fn centered(area: Rect, w: u16, h: u16) -> Rect {
     let max_w = if area.width > 30 { area.width - 4 } else { area.width };
     let max_h = if area.height > 8 { area.height - 2 } else { area.height };
     let (w, h) = (w.min(max_w), h.min(max_h));
-    Rect {
-        x: area.x + (area.width - w) / 2,
-        y: area.y + (area.height - h) / 2,
-        width: w,
-        height: h,
-    }
+    Rect { x: area.x + (area.width - w) / 2, y: area.y + (area.height - h) / 2, width: w, height: h }
 }
 
 /// A label/value line for the details popup.
@@ -1080,7 +1085,14 @@ fn wrap_styled(line: &Line<'static>, width: usize, indent: usize) -> Vec<Line<'s
 }
 
 /// A bordered popup over `area`, as tall as its (wrapped) content allows.
-fn render_popup(frame: &mut Frame, area: Rect, title: String, lines: Vec<Line<'static>>, max_width: u16, indent: usize) {
+fn render_popup(
+    frame: &mut Frame,
+    area: Rect,
+    title: String,
+    lines: Vec<Line<'static>>,
+    max_width: u16,
+    indent: usize,
+) {
     let rect = centered(area, max_width, area.height);
     let inner_w = usize::from(rect.width.saturating_sub(2)).max(1);
     let lines: Vec<Line<'static>> = lines.iter().flat_map(|l| wrap_styled(l, inner_w, indent)).collect();
@@ -1138,7 +1150,10 @@ fn category_name(k: Kind) -> &'static str {
 fn kind_details(d: &Dashboard, data: &Data, k: Kind) -> Vec<Line<'static>> {
     let r = data.kind_row(k);
     let mut lines = vec![
-        kv("kind", vec![Span::styled(k.name(), Style::new().fg(BAD).bold()), Span::raw(format!("  ({})", category_name(k)))]),
+        kv(
+            "kind",
+            vec![Span::styled(k.name(), Style::new().fg(BAD).bold()), Span::raw(format!("  ({})", category_name(k)))],
+        ),
         kv("meaning", vec![Span::raw(k.meaning())]),
         kv("likely cause", vec![Span::raw(k.likely_cause())]),
         kv(
@@ -1243,11 +1258,19 @@ fn conn_details(data: &Data, r: &ConnRow) -> Vec<Line<'static>> {
         }
         if v.closes.iter().any(Option::is_some) {
             let side = |d: Direction| {
-                let code = v.closes.get(d.index()).cloned().flatten().map(|c| c.code.map_or("no code".into(), |c| c.to_string()));
+                let code = v
+                    .closes
+                    .get(d.index())
+                    .cloned()
+                    .flatten()
+                    .map(|c| c.code.map_or("no code".into(), |c| c.to_string()));
                 format!("{} {}", d.name(), code.unwrap_or_else(|| "-".into()))
             };
             let first = v.first_close.map_or(String::new(), |d| format!(" ({} first)", d.name()));
-            lines.push(kv("close", vec![Span::raw(format!("{} · {}{first}", side(Direction::ToServer), side(Direction::ToClient)))]));
+            lines.push(kv(
+                "close",
+                vec![Span::raw(format!("{} · {}{first}", side(Direction::ToServer), side(Direction::ToClient)))],
+            ));
         }
         lines.push(kv(
             "activity",
@@ -1277,7 +1300,13 @@ fn finding_details(d: &Dashboard, data: &Data, r: &FindingRow) -> Vec<Line<'stat
                 }
             ))],
         ),
-        kv("kind", vec![Span::styled(f.kind.name(), Style::new().fg(BAD).bold()), Span::raw(format!("  ({})", category_name(f.kind)))]),
+        kv(
+            "kind",
+            vec![
+                Span::styled(f.kind.name(), Style::new().fg(BAD).bold()),
+                Span::raw(format!("  ({})", category_name(f.kind))),
+            ],
+        ),
         kv("offset", vec![Span::raw(format!("byte {} of the stream", f.offset))]),
         kv("header", vec![Span::styled(format::spaced_hex(&f.header), Style::new().fg(ACCENT))]),
     ];
@@ -1309,7 +1338,9 @@ pub const KEYS: [(&str, &str); 13] = [
 fn render_help(frame: &mut Frame, area: Rect) {
     let mut lines: Vec<Line<'static>> = KEYS
         .iter()
-        .map(|(k, v)| Line::from(vec![Span::styled(format!("{k:<HELP_LABEL$}"), Style::new().fg(ACCENT).bold()), Span::raw(*v)]))
+        .map(|(k, v)| {
+            Line::from(vec![Span::styled(format!("{k:<HELP_LABEL$}"), Style::new().fg(ACCENT).bold()), Span::raw(*v)])
+        })
         .collect();
     lines.push(Line::from(""));
     lines.push(Line::from(Span::styled(

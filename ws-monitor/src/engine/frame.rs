@@ -299,18 +299,8 @@ pub enum HttpLine {
     Maybe,
 }
 
-const HTTP_STARTS: [&[u8]; 10] = [
-    b"GET ",
-    b"POST ",
-    b"PUT ",
-    b"HEAD ",
-    b"DELETE ",
-    b"OPTIONS ",
-    b"PATCH ",
-    b"CONNECT ",
-    b"TRACE ",
-    b"HTTP/1.",
-];
+const HTTP_STARTS: [&[u8]; 10] =
+    [b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"OPTIONS ", b"PATCH ", b"CONNECT ", b"TRACE ", b"HTTP/1."];
 
 /// Whether `buf` starts an HTTP request line (`GET `, `POST `, ...) or status line
 /// (`HTTP/1.`). Every first byte that can start one (`G P H D O C T`) is itself an
@@ -441,7 +431,12 @@ mod tests {
         assert_eq!(http_line_start(b"GEX"), HttpLine::No);
         assert_eq!(http_line_start(&[0x81, 0x00]), HttpLine::No);
         // Every byte that can begin an HTTP line is an invalid frame start.
-        let rules = Rules { client_to_server: false, rsv: RsvPolicy::Deflate, max_frame_size: 1 << 24, max_message_size: 1 << 26 };
+        let rules = Rules {
+            client_to_server: false,
+            rsv: RsvPolicy::Deflate,
+            max_frame_size: 1 << 24,
+            max_message_size: 1 << 26,
+        };
         for first in *b"GPHDOCT" {
             if let Status::Complete(h) = FrameHeader::parse(&[first, 0x00]) {
                 assert!(!check_header(&h, &rules, Frag::Unknown, false).is_empty(), "{}", first as char);

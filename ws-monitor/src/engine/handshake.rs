@@ -639,14 +639,13 @@ mod tests {
         assert!(ok("permessage-deflate; server_max_window_bits=10", "permessage-deflate; server_max_window_bits=12")
             .contains(Kind::ExtensionNotOffered));
         // A second, fallback offer can match.
-        assert!(ok(
-            "permessage-deflate; server_max_window_bits=10, permessage-deflate",
-            "permessage-deflate"
-        )
-        .is_empty());
+        assert!(
+            ok("permessage-deflate; server_max_window_bits=10, permessage-deflate", "permessage-deflate").is_empty()
+        );
         assert!(ok("permessage-deflate", "permessage-deflate; server_max_window_bits=16").contains(Kind::BadHandshake));
         assert!(ok("", "permessage-deflate").contains(Kind::ExtensionNotOffered));
-        let v = judge_101(&req_with("permessage-deflate"), &resp_with("permessage-deflate; client_no_context_takeover"));
+        let v =
+            judge_101(&req_with("permessage-deflate"), &resp_with("permessage-deflate; client_no_context_takeover"));
         assert!(v.negotiated.deflate.unwrap().client_no_context_takeover);
     }
 }

@@ -23,7 +23,8 @@ pub enum Framing {
 /// `request`: a request (no length means no body), otherwise a response that has a body
 /// at all (no length means until close).
 pub fn framing(transfer_encoding: &[&str], content_length: &[&str], request: bool) -> Framing {
-    let codings: Vec<&str> = transfer_encoding.iter().flat_map(|v| v.split(',')).map(str::trim).filter(|t| !t.is_empty()).collect();
+    let codings: Vec<&str> =
+        transfer_encoding.iter().flat_map(|v| v.split(',')).map(str::trim).filter(|t| !t.is_empty()).collect();
     if let Some(last) = codings.last() {
         return if last.eq_ignore_ascii_case("chunked") {
             Framing::Chunked
@@ -35,7 +36,8 @@ pub fn framing(transfer_encoding: &[&str], content_length: &[&str], request: boo
     }
     let mut len: Option<u64> = None;
     for v in content_length.iter().flat_map(|v| v.split(',')).map(str::trim) {
-        let Some(n) = (!v.is_empty() && v.bytes().all(|b| b.is_ascii_digit())).then(|| v.parse::<u64>().ok()).flatten() else {
+        let Some(n) = (!v.is_empty() && v.bytes().all(|b| b.is_ascii_digit())).then(|| v.parse::<u64>().ok()).flatten()
+        else {
             return Framing::Invalid;
         };
         if len.is_some_and(|l| l != n) {

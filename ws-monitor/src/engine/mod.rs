@@ -98,7 +98,7 @@ pub use frame::FrameHeaderBytes;
 pub use kind::{Category, Kind, KindSet};
 pub use record::{CloseSeen, ConnectionRecord, Ending, FrameTally, HandshakeSeen, Sides};
 
-use frame::{OpClass, Rules, RsvPolicy};
+use frame::{OpClass, RsvPolicy, Rules};
 use handshake::{head_end, judge_101, parse_request, parse_response, Head, Request, Response, HEAD_CAP};
 use http::Framing;
 use stream::{DirState, Mode, ModeKind, ResumePoint};
@@ -752,7 +752,17 @@ impl Cx<'_> {
                 *last = Some(kind);
             }
         }
-        self.findings.push(Finding { ts_ns: self.ts_ns, id: self.id, key: self.key, dir, kind, offset, header, excerpt, detail });
+        self.findings.push(Finding {
+            ts_ns: self.ts_ns,
+            id: self.id,
+            key: self.key,
+            dir,
+            kind,
+            offset,
+            header,
+            excerpt,
+            detail,
+        });
     }
 }
 
@@ -1108,7 +1118,13 @@ fn advance(hs: &mut Hs, dirs: &mut [DirState; 2], cx: &mut Cx<'_>, cfg: &EngineC
                     match tls_record(&c.held) {
                         None => return,
                         Some(true) => {
-                            cx.emit_with(Direction::ToServer, Kind::TlsOnPlainPort, c.held_base, FrameHeaderBytes::EMPTY, &c.held);
+                            cx.emit_with(
+                                Direction::ToServer,
+                                Kind::TlsOnPlainPort,
+                                c.held_base,
+                                FrameHeaderBytes::EMPTY,
+                                &c.held,
+                            );
                             return not_websocket(hs, dirs);
                         }
                         Some(false) => {}
@@ -1136,7 +1152,8 @@ fn advance(hs: &mut Hs, dirs: &mut [DirState; 2], cx: &mut Cx<'_>, cfg: &EngineC
                     }
                 }
                 if req.intent {
-                    cx.view.handshake = Some(Box::new(HandshakeSeen { request: req.seen.clone(), ..HandshakeSeen::default() }));
+                    cx.view.handshake =
+                        Some(Box::new(HandshakeSeen { request: req.seen.clone(), ..HandshakeSeen::default() }));
                 }
                 c.consume_head(n, req.body);
                 // Server bytes already here: the response began before the client's bytes
@@ -1156,7 +1173,12 @@ fn advance(hs: &mut Hs, dirs: &mut [DirState; 2], cx: &mut Cx<'_>, cfg: &EngineC
                 let at = s.held_base;
                 let head = Excerpt::new(&s.held);
                 let body = resp.body_after(req);
-                if let Some(seen) = cx.view.handshake.as_deref_mut().filter(|_| req.intent && (resp.status == 101 || resp.status >= 200)) {
+                if let Some(seen) = cx
+                    .view
+                    .handshake
+                    .as_deref_mut()
+                    .filter(|_| req.intent && (resp.status == 101 || resp.status >= 200))
+                {
                     seen.status = Some(resp.status);
                     seen.accepted_protocol = resp.protocols.first().cloned();
                     seen.accepted_extensions = resp.extensions_seen.clone();
@@ -1173,7 +1195,13 @@ fn advance(hs: &mut Hs, dirs: &mut [DirState; 2], cx: &mut Cx<'_>, cfg: &EngineC
                 }
                 if req.upgrade && resp.status != 101 {
                     early_bytes(hs, dirs, cx);
-                    cx.emit_with(Direction::ToClient, Kind::HandshakeRejected, at, FrameHeaderBytes::EMPTY, head.as_slice());
+                    cx.emit_with(
+                        Direction::ToClient,
+                        Kind::HandshakeRejected,
+                        at,
+                        FrameHeaderBytes::EMPTY,
+                        head.as_slice(),
+                    );
                 }
                 if resp.status == 101 || matches!(body, Framing::UntilClose | Framing::Invalid) {
                     // Another protocol, a tunnel, or a body that runs to the end.
@@ -1216,7 +1244,15 @@ fn response_begins(hs: &mut Hs, dirs: &[DirState; 2]) {
 }
 
 /// A 101 answered a WebSocket request: judge it and switch both directions to frames.
-fn upgraded(hs: &mut Hs, dirs: &mut [DirState; 2], cx: &mut Cx<'_>, cfg: &EngineConfig, at: u64, resp: &Response, head: Excerpt) {
+fn upgraded(
+    hs: &mut Hs,
+    dirs: &mut [DirState; 2],
+    cx: &mut Cx<'_>,
+    cfg: &EngineConfig,
+    at: u64,
+    resp: &Response,
+    head: Excerpt,
+) {
     let Hs::AwaitResponse(req, _) = hs else {
         return;
     };
@@ -1250,7 +1286,12 @@ fn upgraded(hs: &mut Hs, dirs: &mut [DirState; 2], cx: &mut Cx<'_>, cfg: &Engine
 
 impl Engine {
     /// Splits the engine into the connection `id` and a reporting context.
-    fn with_conn(&mut self, id: FlowId, ts_ns: u64, f: impl FnOnce(&mut Hs, &mut [DirState; 2], &mut Cx<'_>, &EngineConfig)) {
+    fn with_conn(
+        &mut self,
+        id: FlowId,
+        ts_ns: u64,
+        f: impl FnOnce(&mut Hs, &mut [DirState; 2], &mut Cx<'_>, &EngineConfig),
+    ) {
         let cfg = self.cfg;
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
@@ -1351,9 +1392,10 @@ impl StreamSink for Engine {
             (other, _) => (other, None),
         };
         let (hs, dirs) = match (opening, &evicted) {
-            (Opening::Handshake, _) => {
-                (Hs::AwaitRequest, Direction::BOTH.map(|d| DirState::new(d, Mode::Hold, cfg.rules(d, RsvPolicy::Plain))))
-            }
+            (Opening::Handshake, _) => (
+                Hs::AwaitRequest,
+                Direction::BOTH.map(|d| DirState::new(d, Mode::Hold, cfg.rules(d, RsvPolicy::Plain))),
+            ),
             (_, Some(e)) => (Hs::Done, Direction::BOTH.map(|d| DirState::resumed(d, e.dirs[d.index()]))),
             _ => (Hs::Done, Direction::BOTH.map(|d| DirState::new_mid_stream(cfg.rules(d, RsvPolicy::Unknown)))),
         };
@@ -1486,7 +1528,12 @@ impl StreamSink for Engine {
             let v = &conn.view;
             let total = v.unanalysed.total();
             if total > 0 {
-                self.blind_spots.add(BlindSpot { client: v.key.client, server: v.key.server, total, unanalysed: v.unanalysed });
+                self.blind_spots.add(BlindSpot {
+                    client: v.key.client,
+                    server: v.key.server,
+                    total,
+                    unanalysed: v.unanalysed,
+                });
             }
             if closing == Closing::Evicted && conn.session {
                 self.remember_evicted(conn);

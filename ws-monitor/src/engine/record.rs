@@ -7,8 +7,8 @@ use serde::Serialize;
 
 use super::frame::FrameHeader;
 use super::handshake::RequestSeen;
-use super::FrameCounts;
 use super::kind::KindSet;
+use super::FrameCounts;
 use crate::flow::{FlowId, Opening, Unanalysed};
 
 /// How a connection ended.

@@ -75,7 +75,7 @@
 //!
 //! [`check_header`]: super::frame::check_header
 
-use super::frame::{check_header, close_code_valid, Frag, FrameHeader, OpClass, Rules, RsvPolicy, Status, RSV2, RSV3};
+use super::frame::{check_header, close_code_valid, Frag, FrameHeader, OpClass, RsvPolicy, Rules, Status, RSV2, RSV3};
 use super::kind::KindSet;
 
 /// Headers chained by their lengths needed to accept a resync candidate.
@@ -188,12 +188,14 @@ impl Chain {
         let class = h.class();
         let kinds = check_header(h, rules, self.frag, self.closed);
         let b0 = (u8::from(h.fin) << 7) | (h.rsv << 4) | (h.opcode & 0x0F);
-        let known_link =
-            !kinds.is_empty() && known.kinds(b0, Some(h.mask.is_some())).is_some_and(|k| kinds.iter().all(|x| k.contains(x)));
+        let known_link = !kinds.is_empty()
+            && known.kinds(b0, Some(h.mask.is_some())).is_some_and(|k| kinds.iter().all(|x| k.contains(x)));
         if !kinds.is_empty() && !known_link {
             return false;
         }
-        if !known_link && (h.rsv & (RSV2 | RSV3) != 0 || (h.rsv1() && !matches!(class, OpClass::Text | OpClass::Binary))) {
+        if !known_link
+            && (h.rsv & (RSV2 | RSV3) != 0 || (h.rsv1() && !matches!(class, OpClass::Text | OpClass::Binary)))
+        {
             return false;
         }
         if class.is_data() && !h.fin && h.len == 0 {

@@ -11,7 +11,7 @@ use crate::flow::{Direction, Loss};
 
 use super::frame::{
     check_header, close_code_valid, http_line_start, unmask_into, Frag, FrameHeader, FrameHeaderBytes, HttpLine,
-    OpClass, Rules, RsvPolicy, Status, MAX_CONTROL_PAYLOAD,
+    OpClass, RsvPolicy, Rules, Status, MAX_CONTROL_PAYLOAD,
 };
 use super::http::{Framing, Skip};
 use super::inflate::{Inflater, Stop, SCRATCH, TAIL};
@@ -634,15 +634,14 @@ impl DirState {
     fn enter_probation(&mut self, start: u64) {
         self.reset_frame_state();
         self.mode = Mode::Frames;
-        self.probation =
-            Some(Probation {
-                left: PROBATION_FRAMES,
-                counts: FrameCounts::default(),
-                codes: [0; 4],
-                ncodes: 0,
-                start,
-                held: Vec::new(),
-            });
+        self.probation = Some(Probation {
+            left: PROBATION_FRAMES,
+            counts: FrameCounts::default(),
+            codes: [0; 4],
+            ncodes: 0,
+            start,
+            held: Vec::new(),
+        });
     }
 
     /// Trusted sync is lost (gap over a header, HTTP, unusable length); during probation
@@ -880,7 +879,14 @@ impl DirState {
     /// Checks and accounts a header. Returns `true` when its length cannot be used
     /// (MSB set) and sync must be given up.
     /// `after`: the payload bytes that follow the header in this delivery (maybe fewer).
-    fn begin_frame(&mut self, h: &FrameHeader, hdr: FrameHeaderBytes, offset: u64, after: &[u8], cx: &mut Cx<'_>) -> bool {
+    fn begin_frame(
+        &mut self,
+        h: &FrameHeader,
+        hdr: FrameHeaderBytes,
+        offset: u64,
+        after: &[u8],
+        cx: &mut Cx<'_>,
+    ) -> bool {
         let class = h.class();
         let kinds = check_header(h, &self.rules, self.frag, self.closed);
         if !kinds.is_empty() && self.probation.is_none() {
@@ -905,7 +911,18 @@ impl DirState {
             return false;
         }
         self.count(h, cx);
-        self.cur = Cur { hdr, offset, class, fin: h.fin, mask: h.mask, len: h.len, seen: 0, left: h.len, gap: false, skippable: false };
+        self.cur = Cur {
+            hdr,
+            offset,
+            class,
+            fin: h.fin,
+            mask: h.mask,
+            len: h.len,
+            seen: 0,
+            left: h.len,
+            gap: false,
+            skippable: false,
+        };
         match class {
             OpClass::Text | OpClass::Binary => self.start_msg(class == OpClass::Text, h.rsv1(), offset, hdr),
             OpClass::Continuation if self.frag != Frag::Open => self.msg = Msg::default(),
@@ -973,7 +990,11 @@ impl DirState {
     fn payload(&mut self, chunk: &[u8], cx: &mut Cx<'_>) {
         let phase = (self.cur.seen & 3) as usize;
         self.cur.seen += chunk.len() as u64;
-        if self.cur.skippable && self.cur.seen > EXCERPT && self.cur.left > chunk.len() as u64 && self.probation.is_none() {
+        if self.cur.skippable
+            && self.cur.seen > EXCERPT
+            && self.cur.left > chunk.len() as u64
+            && self.probation.is_none()
+        {
             self.anchor_capture(cx);
         }
         match self.cur.class {
@@ -1145,7 +1166,10 @@ impl DirState {
         let (offset, hdr) = (self.cur.offset, self.cur.hdr);
         if let Some(code @ (1002 | 1003 | 1007 | 1008 | 1009)) = code.filter(|_| first && self.probation.is_none()) {
             let other = self.dir.reverse().index();
-            let before = match (cx.view.last_violation.get(other).copied().flatten(), cx.view.last_message.get(other).copied().flatten()) {
+            let before = match (
+                cx.view.last_violation.get(other).copied().flatten(),
+                cx.view.last_message.get(other).copied().flatten(),
+            ) {
                 (Some(kind), _) => Before::Violation(kind),
                 (None, Some((text, size))) => Before::Message { text, size },
                 (None, None) => Before::Nothing,

@@ -475,7 +475,11 @@ fn interim_response_is_skipped() {
 #[test]
 fn upgrade_missing() {
     let mut sc = Script::handshake();
-    sc.data(C, format!("GET /chat HTTP/1.1\r\nHost: x\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n").into_bytes());
+    sc.data(
+        C,
+        format!("GET /chat HTTP/1.1\r\nHost: x\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            .into_bytes(),
+    );
     sc.data(S, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec());
     sc.data(C, b"GET /again HTTP/1.1\r\nHost: x\r\n\r\n".to_vec());
     expect(&sc, &[(C, Kind::UpgradeMissing)]);
@@ -497,7 +501,10 @@ fn health_checks_are_counted_not_reported() {
     // Several on one keep-alive connection, bodies by length and chunked, a HEAD.
     let mut sc = Script::handshake();
     for _ in 0..2 {
-        sc.data(C, HEALTH.to_vec()).data(S, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nGET\r\n2;x=y\r\n \x88\r\n0\r\n\r\n".to_vec());
+        sc.data(C, HEALTH.to_vec()).data(
+            S,
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nGET\r\n2;x=y\r\n \x88\r\n0\r\n\r\n".to_vec(),
+        );
         sc.data(C, b"HEAD /health HTTP/1.1\r\nHost: b\r\n\r\n".to_vec())
             .data(S, b"HTTP/1.1 204 No Content\r\n\r\n".to_vec());
         sc.data(C, b"POST /ping HTTP/1.1\r\nContent-Length: 6\r\n\r\nGET /x".to_vec())
@@ -527,7 +534,8 @@ fn upgrade_after_plain_requests_on_keep_alive() {
 #[test]
 fn rejected_upgrade_then_retry_on_same_connection() {
     for reject in [
-        &b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"ws\"\r\nContent-Length: 12\r\n\r\nUnauthorized"[..],
+        &b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"ws\"\r\nContent-Length: 12\r\n\r\nUnauthorized"
+            [..],
         &b"HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\n\r\n9\r\nForbidden\r\n0\r\n\r\n"[..],
     ] {
         let mut sc = Script::handshake();
@@ -556,7 +564,10 @@ fn upgrade_missing_needs_websocket_intent() {
     // Another protocol's upgrade (h2c) is not WebSocket and not a violation.
     let mut sc = Script::handshake();
     sc.data(C, b"GET / HTTP/1.1\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\r\n".to_vec());
-    sc.data(S, b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n\x00\x00\x12\x04".to_vec());
+    sc.data(
+        S,
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n\x00\x00\x12\x04".to_vec(),
+    );
     sc.data(C, vec![0x81, 0x05, 1, 2]);
     clean(&sc);
 }
@@ -618,7 +629,8 @@ fn handshake_head_limits() {
 #[test]
 fn response_body_until_close_ends_http_silently() {
     let mut sc = Script::handshake();
-    sc.data(C, HEALTH.to_vec()).data(S, b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nGET / HTTP/1.1 \x81\x00".to_vec());
+    sc.data(C, HEALTH.to_vec())
+        .data(S, b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nGET / HTTP/1.1 \x81\x00".to_vec());
     let st = clean(&sc);
     assert_eq!(http_requests(&st), 1);
 }
@@ -736,7 +748,10 @@ fn rsv_without_extension() {
 #[test]
 fn rsv1_without_deflate_on_control_and_continuation() {
     let mut sc = Script::plain();
-    sc.c(cf(PING, "p").rsv(4)).s(sf(TEXT, "a").fin(false)).s(sf(CONT, "b").rsv(4)).s(sf(CLOSE, close_body(1000, b"")).rsv(4));
+    sc.c(cf(PING, "p").rsv(4))
+        .s(sf(TEXT, "a").fin(false))
+        .s(sf(CONT, "b").rsv(4))
+        .s(sf(CLOSE, close_body(1000, b"")).rsv(4));
     expect(&sc, &[(C, Kind::RsvWithoutExtension), (S, Kind::RsvWithoutExtension), (S, Kind::RsvWithoutExtension)]);
     let mut sc = Script::plain();
     sc.c(cf(PING, "p").rsv(1)).s(sf(PONG, "q").rsv(2));
@@ -763,7 +778,9 @@ fn duplicated_or_malformed_accept_is_bad_handshake() {
 fn oversized_message_fragmented() {
     let mut sc = Script::plain();
     sc.cfg.max_message_size = 1000;
-    sc.c(cf(BIN, vec![1u8; 600]).fin(false)).c(cf(CONT, vec![2u8; 300]).fin(false)).c(cf(CONT, vec![3u8; 200]).fin(false));
+    sc.c(cf(BIN, vec![1u8; 600]).fin(false))
+        .c(cf(CONT, vec![2u8; 300]).fin(false))
+        .c(cf(CONT, vec![3u8; 200]).fin(false));
     sc.c(cf(CONT, vec![4u8; 200])).c(cf(TEXT, vec![b'a'; 900]));
     // One frame over the frame limit is oversized_frame only.
     sc.cfg.max_frame_size = 2000;
@@ -1120,7 +1137,10 @@ fn finding_carries_header_bytes() {
     e.data(id, C, req.len() as u64, &Fr::new(TEXT, "x").enc(), 3);
     let f: Vec<Finding> = e.drain_findings().filter(|f| f.kind.is_violation()).collect();
     assert_eq!(f.len(), 1);
-    assert_eq!((f[0].kind, f[0].dir, f[0].offset, f[0].header.hex().as_str()), (Kind::UnmaskedClientFrame, C, req.len() as u64, "8101"));
+    assert_eq!(
+        (f[0].kind, f[0].dir, f[0].offset, f[0].header.hex().as_str()),
+        (Kind::UnmaskedClientFrame, C, req.len() as u64, "8101")
+    );
     assert_eq!(f[0].key, key());
     assert_eq!(f[0].ts_ns, 3);
 }
@@ -1183,7 +1203,9 @@ fn gap_inside_payload_stays_in_sync() {
     let big = cf(BIN, vec![3u8; 1000]).enc();
     sc.data(C, big[..300].to_vec()).gap(C, 500).data(C, big[800..].to_vec());
     // Text whose invalid byte falls in a gap is not reported, nor is the message.
-    let t = sf(TEXT, "aaaa\u{FFFF}bbbb".as_bytes().iter().map(|&b| if b == 0xEF { 0xFF } else { b }).collect::<Vec<u8>>()).enc();
+    let t =
+        sf(TEXT, "aaaa\u{FFFF}bbbb".as_bytes().iter().map(|&b| if b == 0xEF { 0xFF } else { b }).collect::<Vec<u8>>())
+            .enc();
     sc.data(S, t[..4].to_vec()).gap(S, 4).data(S, t[8..].to_vec());
     // A gap ending exactly at the end of a payload keeps sync too.
     let b2 = sf(BIN, vec![1u8; 50]).enc();
@@ -1691,7 +1713,13 @@ fn bench_throughput() {
         let t = std::time::Instant::now();
         let (st, f) = run_cut(&sc, cut);
         let el = t.elapsed();
-        eprintln!("{cut:?}: {bytes} bytes {:?} -> {:.1} MB/s frames {} findings {}", el, bytes as f64 / el.as_secs_f64() / 1e6, st.frames[0].total() + st.frames[1].total(), f.len());
+        eprintln!(
+            "{cut:?}: {bytes} bytes {:?} -> {:.1} MB/s frames {} findings {}",
+            el,
+            bytes as f64 / el.as_secs_f64() / 1e6,
+            st.frames[0].total() + st.frames[1].total(),
+            f.len()
+        );
     }
     let mut sc = Script::mid();
     traffic(&mut sc, C, 20000, 1);
@@ -1955,7 +1983,11 @@ fn a_close_with_1009_or_1003_names_the_message_before_it() {
     let found = kinds_and_details(&mut e);
     assert_eq!(
         found,
-        [(S, Kind::PeerProtocolError, Detail::Close { code: 1009, before: Before::Message { text: false, size: 5000 } })]
+        [(
+            S,
+            Kind::PeerProtocolError,
+            Detail::Close { code: 1009, before: Before::Message { text: false, size: 5000 } }
+        )]
     );
     let mut e = Engine::default();
     let [c, s] = session(&mut e);

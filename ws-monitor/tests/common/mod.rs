@@ -1,4 +1,5 @@
 //! Helpers for the privileged tests: root check, network namespaces, veth pairs.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test or benchmark fails loudly")]
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -90,7 +91,9 @@ pub fn veth_pair(tag: &str) -> (Netns, Netns, String) {
     let pid = std::process::id() % 100_000;
     let (vc, vs) = (format!("wsc{tag}{pid}"), format!("wss{tag}{pid}"));
     sh(&["ip", "link", "add", &vc, "netns", &client.name, "type", "veth", "peer", "name", &vs, "netns", &server.name]);
-    for (ns, dev, v4, v6) in [(&client, &vc, "10.201.0.1/24", "fd00:201::1/64"), (&server, &vs, "10.201.0.2/24", "fd00:201::2/64")] {
+    for (ns, dev, v4, v6) in
+        [(&client, &vc, "10.201.0.1/24", "fd00:201::1/64"), (&server, &vs, "10.201.0.2/24", "fd00:201::2/64")]
+    {
         ns.exec(&["ip", "addr", "add", v4, "dev", dev]);
         ns.exec(&["ip", "-6", "addr", "add", v6, "dev", dev, "nodad"]);
         ns.exec(&["ip", "link", "set", dev, "up"]);

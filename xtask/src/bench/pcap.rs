@@ -35,7 +35,10 @@ pub struct Pcap {
 
 impl Pcap {
     pub fn create(path: &Path) -> anyhow::Result<Pcap> {
-        let mut out = BufWriter::with_capacity(1 << 20, File::create(path).with_context(|| format!("creating {}", path.display()))?);
+        let mut out = BufWriter::with_capacity(
+            1 << 20,
+            File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        );
         // Magic, version 2.4, zone, sigfigs, snaplen, LINKTYPE_ETHERNET.
         out.write_all(&0xa1b2_c3d4u32.to_le_bytes())?;
         out.write_all(&2u16.to_le_bytes())?;
@@ -47,7 +50,17 @@ impl Pcap {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn packet(&mut self, src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, seq: u32, ack: u32, flags: u8, payload: &[u8]) -> anyhow::Result<()> {
+    fn packet(
+        &mut self,
+        src: [u8; 4],
+        sport: u16,
+        dst: [u8; 4],
+        dport: u16,
+        seq: u32,
+        ack: u32,
+        flags: u8,
+        payload: &[u8],
+    ) -> anyhow::Result<()> {
         let ip_len = 20 + 20 + payload.len();
         let mut p = Vec::with_capacity(14 + ip_len);
         p.extend_from_slice(&[2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00]);

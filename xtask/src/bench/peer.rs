@@ -221,7 +221,8 @@ pub fn client(addr: &str, port: u16, load: Load, secs: f64, conns: usize, rate: 
         let addr = addr.to_string();
         let rate = rate.max(0.0);
         workers.push(std::thread::spawn(move || -> anyhow::Result<(u64, u64, f64)> {
-            let mut s = TcpStream::connect((addr.as_str(), port)).with_context(|| format!("connecting to {addr}:{port}"))?;
+            let mut s =
+                TcpStream::connect((addr.as_str(), port)).with_context(|| format!("connecting to {addr}:{port}"))?;
             s.set_nodelay(true)?;
             s.write_all(request(port).as_bytes())?;
             read_head(&mut s)?;
@@ -355,7 +356,8 @@ fn short_server(listener: &TcpListener, secs: f64) -> anyhow::Result<()> {
 /// The client side of one short connection; returns the violations it sent.
 fn short_connection(addr: &str, port: u16, violate: bool, seed: u32) -> anyhow::Result<u64> {
     let target = format!("{addr}:{port}").parse().with_context(|| format!("{addr}:{port} is not an address"))?;
-    let mut s = TcpStream::connect_timeout(&target, SHORT_PATIENCE).with_context(|| format!("connecting to {target}"))?;
+    let mut s =
+        TcpStream::connect_timeout(&target, SHORT_PATIENCE).with_context(|| format!("connecting to {target}"))?;
     s.set_read_timeout(Some(SHORT_PATIENCE))?;
     s.set_nodelay(true)?;
     s.write_all(request(port).as_bytes())?;
@@ -390,7 +392,8 @@ fn short_client(addr: &str, port: u16, violate: bool, secs: f64, conns: usize, r
                         }
                     }
                     let seed = 0x9e37_79b9u32 ^ ((t as u32) << 24) ^ n as u32;
-                    violations += short_connection(&addr, port, violate, seed).with_context(|| format!("short connection {n} of thread {t}"))?;
+                    violations += short_connection(&addr, port, violate, seed)
+                        .with_context(|| format!("short connection {n} of thread {t}"))?;
                     n += 1;
                 }
                 Ok((n, violations))

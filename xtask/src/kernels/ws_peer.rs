@@ -98,9 +98,7 @@ pub const SKIPPED_CLIENT: u64 = 200 - 64;
 
 /// Payload bytes (client → server, server → client) of the whole exchange.
 pub fn totals(port: u16) -> (u64, u64) {
-    script(port)
-        .iter()
-        .fold((0, 0), |(c, s), step| (c + step.client.len() as u64, s + step.server.len() as u64))
+    script(port).iter().fold((0, 0), |(c, s), step| (c + step.client.len() as u64, s + step.server.len() as u64))
 }
 
 /// Reads exactly `expected.len()` bytes and checks they are `expected`.
@@ -108,11 +106,7 @@ fn expect(stream: &mut TcpStream, expected: &[u8], what: &str) -> anyhow::Result
     let mut got = vec![0u8; expected.len()];
     stream.read_exact(&mut got).with_context(|| format!("reading {what}"))?;
     if got != expected {
-        bail!(
-            "{what}: expected {:?}, got {:?}",
-            String::from_utf8_lossy(expected),
-            String::from_utf8_lossy(&got)
-        );
+        bail!("{what}: expected {:?}, got {:?}", String::from_utf8_lossy(expected), String::from_utf8_lossy(&got));
     }
     Ok(())
 }
@@ -164,7 +158,8 @@ pub fn server(port: u16, ready: Option<&std::path::Path>) -> anyhow::Result<()> 
 /// Connects to 127.0.0.1:`port` once (the server must be listening: see [`server`]) and
 /// plays the client side.
 pub fn client(port: u16) -> anyhow::Result<()> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
+    let mut stream =
+        TcpStream::connect(("127.0.0.1", port)).with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
     stream.set_read_timeout(Some(PATIENCE))?;
     stream.set_nodelay(true)?;
     for (i, step) in script(port).iter().enumerate() {
