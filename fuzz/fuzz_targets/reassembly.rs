@@ -44,9 +44,19 @@ fuzz_target!(|input: &[u8]| {
         let (data, after) = tail.split_at(len);
         if h[0] & 0x40 != 0 {
             // A loss note: the segment's length, no data.
-            monitor.lost(&Segment { key, dir, seq, ack, flags, data: &[], skip: skip + len as u32, ts_ns: ts });
+            monitor.lost(&Segment {
+                key,
+                dir,
+                seq,
+                ack,
+                flags,
+                data: &[],
+                skip: skip + len as u32,
+                ts_ns: ts,
+                iface: 1,
+            });
         } else {
-            monitor.segment(&Segment { key, dir, seq, ack, flags, data, skip, ts_ns: ts });
+            monitor.segment(&Segment { key, dir, seq, ack, flags, data, skip, ts_ns: ts, iface: 1 });
         }
         ts += u64::from(h[1] >> 5) * 400_000_000;
         if h[1] & 0x20 != 0 {

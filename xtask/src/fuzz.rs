@@ -35,6 +35,15 @@ pub fn run(targets: &[&str], seconds: u32) -> anyhow::Result<()> {
     for target in targets {
         let corpus = fuzz_dir.join("corpus").join(target);
         write_seeds(target, &corpus)?;
+        // Built first, so that a target that does not compile is not taken for a crash.
+        let built = Command::new("cargo")
+            .args(["+nightly", "fuzz", "build", target])
+            .current_dir(&fuzz_dir)
+            .status()
+            .context("running cargo fuzz build")?;
+        if !built.success() {
+            bail!("the fuzz target {target} does not build ({built}): fix fuzz/fuzz_targets/{target}.rs");
+        }
         crate::step(&format!("fuzzing {target} for {seconds} s"));
         let status = Command::new("cargo")
             .args(["+nightly", "fuzz", "run", target])
