@@ -151,6 +151,10 @@ fn bridged(attach: &str) {
     assert_eq!(report["attach"]["mode"], attach);
     // Every packet passed two monitored interfaces; one copy of each was handed on.
     let kernel = &report["kernel"];
+    eprintln!(
+        "{attach}: packets_matched {} packets_duplicate {} duplicate_bytes {}",
+        kernel["packets_matched"], kernel["packets_duplicate"], report["reassembly"]["duplicate_bytes"]
+    );
     assert!(n(&kernel["packets_matched"]) > 2 * frames, "{kernel}");
     assert_eq!(n(&kernel["packets_duplicate"]), n(&kernel["packets_matched"]), "each packet seen twice: {kernel}");
     assert_eq!(
