@@ -91,12 +91,7 @@ pub(super) fn negotiated(r: &ConnRow) -> String {
 pub(super) fn render_connections(d: &Dashboard, data: &Data, frame: &mut Frame, area: Rect, single: bool) {
     let rows = data.conn_rows(&d.ui.filter.applied, d.ui.conn_sort);
     let info = format!("{} · sort {}", conn_summary(data), d.ui.conn_sort.name());
-    let block = pane_block(d, Pane::Connections, info, single);
-    let inner = block.inner(area);
-    frame.render_widget(block, area);
-    if inner.width == 0 || inner.height == 0 {
-        return;
-    }
+    let Some(inner) = pane_area(d, Pane::Connections, info, single, frame, area) else { return };
     if rows.is_empty() {
         let msg = if d.ui.filter.applied.is_empty() {
             " no connections yet".to_string()

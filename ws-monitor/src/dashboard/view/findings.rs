@@ -15,12 +15,7 @@ pub(super) enum FCol {
 pub(super) fn render_findings(d: &Dashboard, data: &Data, frame: &mut Frame, area: Rect, single: bool) {
     let rows = data.finding_rows(&d.ui.filter.applied, d.ui.finding_sort);
     let info = format!("{} kept · {} first", data.findings_len(), d.ui.finding_sort.name());
-    let block = pane_block(d, Pane::Findings, info, single);
-    let inner = block.inner(area);
-    frame.render_widget(block, area);
-    if inner.width == 0 || inner.height == 0 {
-        return;
-    }
+    let Some(inner) = pane_area(d, Pane::Findings, info, single, frame, area) else { return };
     if rows.is_empty() {
         let line = if d.ui.filter.applied.is_empty() {
             Span::styled(" ✓ no findings", Style::new().fg(GOOD))

@@ -35,6 +35,21 @@ pub(super) fn pane_block(d: &Dashboard, pane: Pane, info: String, single: bool) 
         .title(Line::from(title))
 }
 
+/// Draws a pane's block; the area inside it, unless there is no room in it.
+pub(super) fn pane_area(
+    d: &Dashboard,
+    pane: Pane,
+    info: String,
+    single: bool,
+    frame: &mut Frame,
+    area: Rect,
+) -> Option<Rect> {
+    let block = pane_block(d, pane, info, single);
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    (inner.width > 0 && inner.height > 0).then_some(inner)
+}
+
 pub(super) fn short_title(p: Pane) -> &'static str {
     match p {
         Pane::Violations => "Violations",

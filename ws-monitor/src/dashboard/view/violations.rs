@@ -21,12 +21,7 @@ pub(super) fn render_violations(d: &Dashboard, data: &Data, frame: &mut Frame, a
     } else {
         format!("{} · sort {}", plural(rows.len() as u64, "kind", "kinds"), d.ui.kind_sort.name())
     };
-    let block = pane_block(d, Pane::Violations, info, single);
-    let inner = block.inner(area);
-    frame.render_widget(block, area);
-    if inner.width == 0 || inner.height == 0 {
-        return;
-    }
+    let Some(inner) = pane_area(d, Pane::Violations, info, single, frame, area) else { return };
     if rows.is_empty() {
         render_message(frame, inner, no_violations_lines(d, data, total));
         return;
