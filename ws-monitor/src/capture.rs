@@ -159,6 +159,8 @@ pub struct Capture {
     /// Names of the interfaces attached to, by index (kept once one is gone: records of
     /// it may still be in the ring).
     names: std::collections::HashMap<u32, String>,
+    /// `any`: interfaces that could not be attached to, by index, and when to try again.
+    retry_at: std::collections::HashMap<u32, std::time::Instant>,
     /// How packets start on each interface (`IFACES`), written before attaching there.
     link_headers: HashMap<MapData, u32, Iface>,
     // Dropped in this order: the heartbeat stops, then the programs and their links go,
@@ -167,6 +169,9 @@ pub struct Capture {
     ebpf: Ebpf,
     qdiscs: Vec<OwnedQdisc>,
 }
+
+/// How long `any` waits before trying again an interface it could not attach to.
+const ATTACH_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What changed on the interfaces since the last look ([`Capture::watch`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -276,6 +281,7 @@ impl Capture {
             attachment: Attachment { mode, any: config.interfaces == Interfaces::Any, interfaces: Vec::new(), skipped },
             interfaces: config.interfaces.clone(),
             names: std::collections::HashMap::new(),
+            retry_at: std::collections::HashMap::new(),
             link_headers,
             heartbeat,
             ebpf,
@@ -475,16 +481,23 @@ impl Capture {
             }
         }
         let live = |a: &Attached| a.state != LinkState::Gone;
+        let now = std::time::Instant::now();
         for (name, ifindex) in up {
             if self.attachment.interfaces.iter().any(|a| a.ifindex == ifindex && live(a)) {
                 continue;
             }
+            // One that failed is tried again now and then, not at every look.
+            if self.retry_at.get(&ifindex).is_some_and(|at| now < *at) {
+                continue;
+            }
             match prepare(self.attachment.mode, &name, ifindex).and_then(|p| self.attach(p)) {
                 Ok(()) => {
+                    self.retry_at.remove(&ifindex);
                     self.attachment.skipped.remove(&name);
                     events.push(LinkEvent::Added(name));
                 }
                 Err(e) => {
+                    self.retry_at.insert(ifindex, now + ATTACH_RETRY);
                     let reason = format!("{e:#}");
                     if self.attachment.skipped.get(&name) != Some(&reason) {
                         events.push(LinkEvent::Skipped(name.clone(), reason.clone()));
@@ -499,11 +512,6 @@ impl Capture {
     /// Names of the interfaces attached to, by index.
     pub fn interface_names(&self) -> &std::collections::HashMap<u32, String> {
         &self.names
-    }
-
-    /// Interfaces attached to now and up, by name.
-    pub fn interfaces_up(&self) -> Vec<&str> {
-        self.attachment.interfaces.iter().filter(|a| a.state == LinkState::Up).map(|a| a.name.as_str()).collect()
     }
 
     /// Kernel counters summed over all CPUs.

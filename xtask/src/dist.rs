@@ -70,18 +70,13 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let dist = target_dir(&root).join("dist");
     fs::create_dir_all(&dist).with_context(|| format!("creating {}", dist.display()))?;
     let mut artifacts = Vec::new();
-    let mut generated_docs = None;
-    for arch in &ARCHES {
-        let binary = build(&root, arch)?;
-        // The man page and completions come from running the binary: the host's.
-        let docs = match generated_docs.take() {
-            Some(docs) => docs,
-            None => generated(&binary)?,
-        };
+    let binaries: Vec<PathBuf> = ARCHES.iter().map(|arch| build(&root, arch)).collect::<anyhow::Result<_>>()?;
+    // The man page and completions come from running a binary: the host's (the first).
+    let docs = generated(&binaries[0])?;
+    for (arch, binary) in ARCHES.iter().zip(&binaries) {
         artifacts.push(binary.clone());
-        artifacts.push(tarball(&root, &binary, &dist, &version, arch, &docs)?);
-        artifacts.push(deb(&root, &binary, &dist, &version, arch, &docs)?);
-        generated_docs = Some(docs);
+        artifacts.push(tarball(&root, binary, &dist, &version, arch, &docs)?);
+        artifacts.push(deb(&root, binary, &dist, &version, arch, &docs)?);
     }
     for artifact in &artifacts {
         let size = fs::metadata(artifact).map(|m| m.len()).unwrap_or(0);
