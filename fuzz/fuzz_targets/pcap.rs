@@ -7,9 +7,9 @@ use std::io::Write;
 
 use libfuzzer_sys::fuzz_target;
 use ws_monitor::engine::EngineConfig;
-use ws_monitor::monitor::Monitor;
+use ws_monitor::pipeline::monitor::Monitor;
 use ws_monitor::reassembly::ReassemblyConfig;
-use ws_monitor::replay;
+use ws_monitor::sources::replay;
 
 fuzz_target!(|input: &[u8]| {
     // The reader takes a path (pipes and files alike): a file in memory-backed /dev/shm.

@@ -10,7 +10,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use libfuzzer_sys::fuzz_target;
 use ws_monitor::engine::EngineConfig;
 use ws_monitor::flow::{key_for, Direction, Segment, TcpFlags};
-use ws_monitor::monitor::Monitor;
+use ws_monitor::pipeline::monitor::Monitor;
 use ws_monitor::reassembly::ReassemblyConfig;
 
 const MAX_FLOWS: usize = 4;

@@ -4,9 +4,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ws_monitor::capture;
+use ws_monitor::sources::capture;
 use ws_monitor::engine::EngineConfig;
-use ws_monitor::monitor::Monitor;
+use ws_monitor::pipeline::monitor::Monitor;
 use ws_monitor::reassembly::ReassemblyConfig;
 
 fuzz_target!(|input: &[u8]| {

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use ws_monitor::engine::{Engine, EngineConfig};
 use ws_monitor::flow::{key_for, Closing, Direction, FlowId, Opening, Segment, StreamSink, TcpFlags};
-use ws_monitor::monitor::Monitor;
+use ws_monitor::pipeline::monitor::Monitor;
 use ws_monitor::pipeline::{default_workers, Pipeline};
 use ws_monitor::reassembly::ReassemblyConfig;
 

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::capture::AttachMode;
-use crate::logs::LogFormat;
+use crate::outputs::logs::LogFormat;
+use crate::sources::capture::AttachMode;
 
 /// Passive WebSocket protocol-violation monitor: a TC eBPF program captures the TCP
 /// payload of the given ports, userspace rebuilds every connection's byte streams and

@@ -1,32 +1,33 @@
 //! ws-monitor: passive WebSocket protocol-violation monitor.
 //!
-//! Data flows one way, one module per stage:
-//! [`capture`] (kernel ring buffer) → [`flow::Segment`] → [`reassembly`] →
-//! [`flow::StreamSink`] → [`engine`] → findings → outputs ([`report`], [`streams`]).
-//! [`monitor`] wires the stages together; [`pipeline`] runs monitors on worker threads,
-//! sharded by connection, for live capture and replay alike. Once attached, a live
-//! capture gives up what attaching needed ([`privileges`]).
+//! Data flows one way; the folders follow it, one module per stage:
+//!
+//! ```text
+//! sources ──────────► reassembly ─────────► engine ─────────► diagnosis ──► outputs
+//!  capture (kernel     per-connection byte   RFC 6455 checks:  proxy pairs,   dashboard, logs,
+//!  ring buffer), or    streams from TCP      handshake, frames  likely causes  metrics, events,
+//!  replay (pcap)       segments              → findings                        connections, report
+//!        └──────────── pipeline: worker threads sharded by connection ─────┘
+//!                      driver: the loop that moves records between them
+//! ```
+//!
+//! - [`sources`]: [`sources::capture`] attaches the kernel program and reads its ring
+//!   buffer; [`sources::replay`] reads pcap/pcapng files. Both hand [`flow::Segment`]s on.
+//! - [`reassembly`]: TCP segments → in-order bytes per direction, with gaps counted.
+//! - [`engine`]: the pure protocol engine (no I/O), shared byte for byte by live
+//!   capture and replay: handshakes, frames, closes → [`engine::Finding`]s and records.
+//! - [`diagnosis`]: the most likely causes, and the two hops of a session through a proxy.
+//! - [`outputs`]: where findings and counters go.
+//! - [`pipeline`]: the stages wired together ([`pipeline::monitor`]), run on worker
+//!   threads sharded by connection.
+//! - [`demo`]: the scripted server, clients and proxy behind `ws-monitor demo`.
 
-pub mod capture;
 pub mod cli;
-pub mod clsact;
-pub mod connections;
-pub mod dashboard;
 pub mod demo;
 pub mod diagnosis;
 pub mod engine;
-pub mod events;
 pub mod flow;
-pub mod interfaces;
-pub mod jsonl;
-pub mod liveness;
-pub mod logs;
-pub mod monitor;
+pub mod outputs;
 pub mod pipeline;
-pub mod privileges;
-pub mod prometheus;
-pub mod proxy;
 pub mod reassembly;
-pub mod replay;
-pub mod report;
-pub mod streams;
+pub mod sources;

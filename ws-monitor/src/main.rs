@@ -7,26 +7,26 @@ use clap::{CommandFactory as _, Parser as _};
 use futures_util::StreamExt as _;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::Instant;
-use ws_monitor::capture::{self, Capture, CaptureConfig, Interfaces, LinkEvent, LinkState};
 use ws_monitor::cli::{Cli, Command, DemoArgs, PrivilegeArgs, ReplayArgs, RunArgs};
-use ws_monitor::connections::ConnectionLog;
-use ws_monitor::dashboard::{CaptureHealth, Control, Dashboard, TerminalSession};
 use ws_monitor::demo::{Demo, DemoConfig};
 use ws_monitor::engine::EngineConfig;
-use ws_monitor::events::EventLog;
-use ws_monitor::liveness::monotonic_ns;
-use ws_monitor::logs::{self, HeadlessLog, Totals};
+use ws_monitor::outputs::connections::ConnectionLog;
+use ws_monitor::outputs::dashboard::{CaptureHealth, Control, Dashboard, TerminalSession};
+use ws_monitor::outputs::events::EventLog;
+use ws_monitor::outputs::logs::{self, HeadlessLog, Totals};
+use ws_monitor::outputs::metrics::Exporter;
+use ws_monitor::outputs::report::{self, CaptureReport};
 use ws_monitor::pipeline::{self, Pipeline};
-use ws_monitor::prometheus::Exporter;
 use ws_monitor::reassembly::ReassemblyConfig;
-use ws_monitor::replay;
-use ws_monitor::report::{self, CaptureReport};
+use ws_monitor::sources::capture::liveness::monotonic_ns;
+use ws_monitor::sources::capture::{self, Capture, CaptureConfig, Interfaces, LinkEvent, LinkState};
+use ws_monitor::sources::replay;
 use ws_monitor_common::Counter;
 
 fn main() -> ExitCode {
     // A panic analysing one connection is caught and logged by the monitor; the hook
     // stays quiet for those.
-    ws_monitor::monitor::quiet_contained_panics();
+    ws_monitor::pipeline::monitor::quiet_contained_panics();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
@@ -246,7 +246,7 @@ impl Outputs {
             };
             dashboard.on_proxy(&totals.proxy);
             // Sessions open on both hops of a proxy count as soon as both handshakes are in.
-            let open = ws_monitor::proxy::live_pairs(totals.connections.iter().map(|(id, v)| (*id, v)));
+            let open = ws_monitor::diagnosis::proxy::live_pairs(totals.connections.iter().map(|(id, v)| (*id, v)));
             dashboard.on_diagnosis(ws_monitor::diagnosis::diagnose(
                 &totals.engine,
                 &totals.reassembly,

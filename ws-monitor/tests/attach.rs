@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use aya::maps::{Map, MapData, MapInfo, PerCpuArray};
 use aya::programs::loaded_programs;
-use ws_monitor::clsact::{Filter, Hook, Rtnl};
+use ws_monitor::sources::capture::clsact::{Filter, Hook, Rtnl};
 use ws_monitor_common::{Counter, ORPHAN_AFTER_NS};
 
 const PORT: &str = "8001";

@@ -12,9 +12,9 @@ use std::path::Path;
 
 use serde_json::Value;
 use ws_monitor::engine::EngineStats;
-use ws_monitor::prometheus::Exporter;
+use ws_monitor::outputs::metrics::Exporter;
+use ws_monitor::outputs::report::CaptureReport;
 use ws_monitor::reassembly::ReassemblyStats;
-use ws_monitor::report::CaptureReport;
 
 fn deploy(file: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy").join(file);

@@ -11,7 +11,7 @@ use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use aya::programs::{SchedClassifier, TcAttachType, TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfLoader};
 use etherparse::PacketBuilder;
-use ws_monitor::capture::{decode, EBPF_OBJECT};
+use ws_monitor::sources::capture::{decode, EBPF_OBJECT};
 use ws_monitor_common::{
     Anchor, ChunkHeader, Counter, FlowDir, Liveness, WalkState, CHUNK_SIZE, COUNTER_COUNT, DIR_TO_CLIENT,
     DIR_TO_SERVER, HEADER_SIZE, MSG_NONE, ORPHAN_AFTER_NS, TCP_ACK, TCP_FIN, TCP_SYN,
@@ -36,7 +36,7 @@ fn load(ring_size: u32) -> Loaded {
         let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
         p.load().expect("verifier accepts the program");
     }
-    ws_monitor::capture::load_tail_programs(&mut ebpf).expect("verifier accepts the walk and emit programs");
+    ws_monitor::sources::capture::load_tail_programs(&mut ebpf).expect("verifier accepts the walk and emit programs");
     let ring = RingBuf::try_from(ebpf.take_map("EVENTS").unwrap()).unwrap();
     Loaded { ebpf, ring }
 }
@@ -235,13 +235,13 @@ fn an_orphan_whose_heartbeat_stopped_does_nothing() {
     let mut l = load(1 << 20);
     let packet = v4_tcp(40000, PORT, 1, &payload(100));
     // A heartbeat just now: the packet is captured.
-    set_heartbeat(&mut l.ebpf, ws_monitor::liveness::monotonic_ns());
+    set_heartbeat(&mut l.ebpf, ws_monitor::sources::capture::liveness::monotonic_ns());
     l.run(&packet);
     assert_eq!(l.records().len(), 1);
     assert_eq!(l.counter(Counter::PacketsSeen), 1);
     // Older than ORPHAN_AFTER_NS (its owner was killed): the program returns at once,
     // before it counts or copies anything.
-    let stale = ws_monitor::liveness::monotonic_ns() - ORPHAN_AFTER_NS - 1_000_000_000;
+    let stale = ws_monitor::sources::capture::liveness::monotonic_ns() - ORPHAN_AFTER_NS - 1_000_000_000;
     set_heartbeat(&mut l.ebpf, stale);
     for _ in 0..10 {
         l.run(&packet);

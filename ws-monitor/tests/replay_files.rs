@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use etherparse::{IpHeaders, PacketBuilder, PacketBuilderStep, TcpHeader};
 use proptest::prelude::*;
 use ws_monitor::flow::{Direction, FlowKey, TcpFlags};
-use ws_monitor::replay::{detect_ports, replay, ReplayStats};
+use ws_monitor::sources::replay::{detect_ports, replay, ReplayStats};
 
 // ---------------------------------------------------------------------------------------
 // File writers

@@ -124,7 +124,7 @@ pub struct EngineStats {
     /// cut them ([`Direction::index`]) and idle time in tenths of a second.
     pub idle_cuts: [BTreeMap<u64, u64>; 2],
     /// Times analysing a connection panicked: the connection was dropped, the monitor
-    /// went on (see [`crate::monitor`]).
+    /// went on (see [`crate::pipeline::monitor`]).
     pub panics: u64,
 }
 
