@@ -312,7 +312,7 @@ fn measure(traffic: Traffic, conns: &[(Vec<u8>, Vec<u8>)]) {
         let mut pipeline = Pipeline::start(workers, ReassemblyConfig::default(), EngineConfig::default(), None, true)
             .expect("workers");
         segments(conns, &mut |seg| pipeline.segment(seg));
-        pipeline.finish(3);
+        pipeline.finish(3, |_| {});
         let secs = start.elapsed().as_secs_f64();
         assert_eq!(pipeline.totals().engine, *monitor.engine_stats(), "the workers count what one monitor counts");
         secs

@@ -461,7 +461,7 @@ async fn live(
     let steer_stats = capture.steer_stats;
     let attachment = capture.attachment.clone();
     drop(capture);
-    pipeline.finish(monotonic_ns());
+    pipeline.finish(monotonic_ns(), |p| outputs.findings(p));
     outputs.findings(&mut pipeline);
     let findings_dropped = pipeline.findings_dropped();
     if findings_dropped > 0 {
@@ -601,7 +601,7 @@ fn replay_file(args: &ReplayArgs) -> anyhow::Result<()> {
             outputs.findings(&mut pipeline);
         }
     })?;
-    pipeline.finish(last_ts);
+    pipeline.finish(last_ts, |p| outputs.findings(p));
     outputs.findings(&mut pipeline);
     if stats.truncated_file {
         tracing::warn!("{} ends in the middle of a record; the rest was not read", args.file.display());

@@ -173,8 +173,8 @@ impl ProxyStats {
 
 #[derive(Default)]
 pub struct Hops {
-    pending: HashMap<String, ConnectionRecord>,
-    order: VecDeque<String>,
+    pending: HashMap<Box<str>, ConnectionRecord>,
+    order: VecDeque<Box<str>>,
     pub stats: ProxyStats,
 }
 
@@ -310,7 +310,7 @@ mod tests {
     fn record(id: u64, client: &str, server: &str, start_ns: u64, accepted: Option<&str>) -> ConnectionRecord {
         let mut hs = HandshakeSeen {
             status: Some(101),
-            accepted_extensions: accepted.map(str::to_string),
+            accepted_extensions: accepted.map(Into::into),
             response_upgrade: true,
             ..HandshakeSeen::default()
         };
@@ -325,7 +325,7 @@ mod tests {
             start_ns,
             end_ns: start_ns + 10,
             last_data_ns: start_ns,
-            handshake: Some(hs),
+            handshake: Some(Box::new(hs)),
             frames: Sides::default(),
             tally: Sides::default(),
             messages: Sides::default(),

@@ -119,17 +119,17 @@ pub struct Request {
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RequestSeen {
     /// Method and target, e.g. `GET /chat`.
-    pub line: String,
-    pub host: Option<String>,
-    pub origin: Option<String>,
-    pub user_agent: Option<String>,
+    pub line: Box<str>,
+    pub host: Option<Box<str>>,
+    pub origin: Option<Box<str>>,
+    pub user_agent: Option<Box<str>>,
     /// `X-Forwarded-For`, else `Forwarded`: who the proxy says the client is.
-    pub forwarded: Option<String>,
+    pub forwarded: Option<Box<str>>,
     /// `Sec-WebSocket-Protocol` and `Sec-WebSocket-Extensions` as offered.
-    pub protocols: Option<String>,
-    pub extensions: Option<String>,
+    pub protocols: Option<Box<str>>,
+    pub extensions: Option<Box<str>>,
     /// `Sec-WebSocket-Key`: the same on both sides of a proxy, which forwards it.
-    pub key: Option<String>,
+    pub key: Option<Box<str>>,
     /// Both `Upgrade: websocket` and `Connection: Upgrade` were sent.
     pub upgrade: bool,
 }
@@ -139,17 +139,17 @@ pub const LOG_CAP: usize = 256;
 
 /// Every `name` header's value joined by ", ", cut at [`LOG_CAP`] bytes (on a character
 /// boundary).
-fn logged(headers: &[httparse::Header<'_>], name: &str) -> Option<String> {
+fn logged(headers: &[httparse::Header<'_>], name: &str) -> Option<Box<str>> {
     let values: Vec<&str> = header_values(headers, name).map(str::trim).collect();
     (!values.is_empty()).then(|| cap(&values.join(", ")))
 }
 
-fn cap(s: &str) -> String {
+fn cap(s: &str) -> Box<str> {
     let mut end = s.len().min(LOG_CAP);
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    s.get(..end).unwrap_or("").to_string()
+    s.get(..end).unwrap_or("").into()
 }
 
 impl Default for Request {
@@ -184,7 +184,7 @@ pub struct Response {
     /// Every subprotocol token of `Sec-WebSocket-Protocol`.
     pub protocols: Vec<String>,
     /// `Sec-WebSocket-Extensions` as sent (for the connection log).
-    pub extensions_seen: Option<String>,
+    pub extensions_seen: Option<Box<str>>,
 }
 
 impl Default for Response {

@@ -315,7 +315,9 @@ pub struct Engine {
     stats: EngineStats,
     findings: Vec<Finding>,
     hints: Vec<Hint>,
-    conns: HashMap<FlowId, Conn>,
+    /// Boxed: the table holds a pointer per connection, so growing it moves pointers,
+    /// and its spare capacity costs pointers, not whole connections.
+    conns: HashMap<FlowId, Box<Conn>>,
     budget: PerSecond,
     /// Connections found to carry a WebSocket session since the last drain.
     sessions: Vec<(FlowId, FlowKey)>,
@@ -385,8 +387,8 @@ impl Engine {
 
     /// Counts how a WebSocket connection ended and, with the connection log, keeps its
     /// record.
-    fn ended(&mut self, id: FlowId, conn: &Conn, closing: Closing, ts_ns: u64) {
-        let v = &conn.view;
+    fn ended(&mut self, id: FlowId, conn: &mut Conn, closing: Closing, ts_ns: u64) {
+        let v = &mut conn.view;
         if v.handshake.is_none() && !conn.session {
             return; // not WebSocket: plain HTTP, TLS, a connection never understood
         }
@@ -406,12 +408,13 @@ impl Engine {
             start_ns: v.opened_ns,
             end_ns: ts_ns,
             last_data_ns: v.last_data_ns,
-            handshake: v.handshake.as_deref().cloned(),
+            // Moved, not copied: the connection is gone.
+            handshake: v.handshake.take(),
             frames: Sides::of(&v.frames),
             tally: Sides::of(&v.tally),
             messages: Sides::of(&v.messages),
             bytes: Sides::of(&conn.dirs.each_ref().map(|d| d.end)),
-            close: Sides::of(&v.closes),
+            close: Sides::from(std::mem::take(&mut v.closes)),
             closed_first: v.first_close.map(Direction::name),
             ending,
             violations: v.violations,
@@ -513,7 +516,7 @@ impl Engine {
         };
         conn.view.last_ns = ts_ns;
         {
-            let Conn { view, once, hs, dirs, rate, .. } = &mut *conn;
+            let Conn { view, once, hs, dirs, rate, .. } = &mut **conn;
             let key = view.key;
             let hints = cfg.steer.then_some(&mut self.hints);
             let budget = &mut self.budget;
@@ -647,7 +650,7 @@ impl StreamSink for Engine {
             self.sessions.push((id, *key));
         }
         conn.refresh_state();
-        self.conns.insert(id, conn);
+        self.conns.insert(id, Box::new(conn));
     }
 
     fn data(&mut self, id: FlowId, dir: Direction, offset: u64, data: &[u8], ts_ns: u64) {
@@ -738,8 +741,8 @@ impl StreamSink for Engine {
                 close_analysis(dirs, cx, closing);
             }
         });
-        if let Some(conn) = self.conns.remove(&id) {
-            self.ended(id, &conn, closing, ts_ns);
+        if let Some(mut conn) = self.conns.remove(&id) {
+            self.ended(id, &mut conn, closing, ts_ns);
             let v = &conn.view;
             let total = v.unanalysed.total();
             if total > 0 {
@@ -751,7 +754,7 @@ impl StreamSink for Engine {
                 });
             }
             if closing == Closing::Evicted && conn.session {
-                self.remember_evicted(conn);
+                self.remember_evicted(*conn);
             }
         }
     }

@@ -191,7 +191,7 @@ pub(super) fn advance(hs: &mut Hs, dirs: &mut [DirState; 2], cx: &mut Cx<'_>, cf
                     .filter(|_| req.intent && (resp.status == 101 || resp.status >= 200))
                 {
                     seen.status = Some(resp.status);
-                    seen.accepted_protocol = resp.protocols.first().cloned();
+                    seen.accepted_protocol = resp.protocols.first().map(|p| p.as_str().into());
                     seen.accepted_extensions = resp.extensions_seen.clone();
                     seen.response_upgrade = resp.upgrade;
                 }

@@ -76,8 +76,8 @@ pub struct HandshakeSeen {
     #[serde(flatten)]
     pub request: RequestSeen,
     pub status: Option<u16>,
-    pub accepted_protocol: Option<String>,
-    pub accepted_extensions: Option<String>,
+    pub accepted_protocol: Option<Box<str>>,
+    pub accepted_extensions: Option<Box<str>>,
     /// The 101 carried `Upgrade: websocket` and `Connection: Upgrade`.
     pub response_upgrade: bool,
 }
@@ -114,6 +114,13 @@ impl<T: Clone> Sides<T> {
     }
 }
 
+impl<T> From<[T; 2]> for Sides<T> {
+    /// From a `[to_server, to_client]` array, taking its values.
+    fn from([client, server]: [T; 2]) -> Sides<T> {
+        Sides { client, server }
+    }
+}
+
 /// One line of the connection log. Times are the capture's clock (live: CLOCK_MONOTONIC;
 /// replay: the file's); the writer turns them into wall-clock times.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -135,7 +142,7 @@ pub struct ConnectionRecord {
     /// When the last payload byte (either way) was seen.
     #[serde(skip)]
     pub last_data_ns: u64,
-    pub handshake: Option<HandshakeSeen>,
+    pub handshake: Option<Box<HandshakeSeen>>,
     pub frames: Sides<u64>,
     /// What each side sent, as far as a proxy could change it.
     pub tally: Sides<FrameTally>,

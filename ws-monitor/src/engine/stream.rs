@@ -196,12 +196,14 @@ pub(crate) struct DirState {
     utf8: Utf8Stream,
     /// This endpoint sent a close frame (seen in sync).
     pub closed: bool,
-    close_body: [u8; MAX_CONTROL_PAYLOAD as usize],
-    close_len: u8,
+    /// The close frame being read (at most [`MAX_CONTROL_PAYLOAD`] bytes; allocated only
+    /// once a close frame comes, so that a connection costs less until then).
+    close_body: Vec<u8>,
     inflater: Option<Box<Inflater>>,
     /// The deflate context is gone (gap, resync, corrupt data).
     ctx_lost: bool,
-    probation: Option<Probation>,
+    /// Boxed: only after a resync, so that a connection costs less the rest of the time.
+    probation: Option<Box<Probation>>,
     /// A would-be finding during probation.
     abort: bool,
     /// Header patterns that raised findings in sync (see [`super::resync`]).
@@ -240,8 +242,7 @@ impl DirState {
             msg: Msg::default(),
             utf8: Utf8Stream::new(),
             closed: false,
-            close_body: [0; MAX_CONTROL_PAYLOAD as usize],
-            close_len: 0,
+            close_body: Vec::new(),
             inflater: None,
             ctx_lost: false,
             probation: None,
@@ -620,7 +621,7 @@ impl DirState {
         self.msg = Msg::default();
         self.utf8.reset();
         self.closed = false;
-        self.close_len = 0;
+        self.close_body.clear();
         self.probation = None;
         self.abort = false;
         if self.deflate == Some(false) {
@@ -636,14 +637,14 @@ impl DirState {
     fn enter_probation(&mut self, start: u64) {
         self.reset_frame_state();
         self.mode = Mode::Frames;
-        self.probation = Some(Probation {
+        self.probation = Some(Box::new(Probation {
             left: PROBATION_FRAMES,
             counts: FrameCounts::default(),
             codes: [0; 4],
             ncodes: 0,
             start,
             held: Vec::new(),
-        });
+        }));
     }
 
     /// Trusted sync is lost (gap over a header, HTTP, unusable length); during probation

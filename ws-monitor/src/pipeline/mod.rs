@@ -19,7 +19,7 @@ pub mod monitor;
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -47,6 +47,11 @@ const HINTS_QUEUE: usize = 4096;
 /// Snapshots waiting for the driver; a worker skips sending one that does not fit (a
 /// newer one follows at the next tick), except its last, which it waits to send.
 const SNAPSHOTS_QUEUE: usize = 4;
+/// Connections a worker closes at a time at the end of capture before sending their
+/// findings and records on.
+const FINISH_BATCH: usize = 1024;
+/// How long the driver waits for a worker's records at a time while the workers finish.
+const FINISH_POLL: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// One segment of a batch, its payload in the batch's arena.
 #[derive(Clone, Copy)]
@@ -148,8 +153,11 @@ pub struct Pipeline {
     records: Receiver<Vec<ConnectionRecord>>,
     /// Pairs the two connections of a session through a proxy, from the records.
     hops: Hops,
-    /// What the proxies changed, found while pairing, not yet drained.
-    proxy_findings: Vec<Finding>,
+    /// Findings not yet drained: what the proxies changed (found while pairing), and
+    /// what `finish` took off the channel for a driver that did not drain it.
+    held_findings: Vec<Finding>,
+    /// Records `finish` took off the channel for a driver that did not drain them.
+    held_records: Vec<ConnectionRecord>,
     records_dropped: Arc<AtomicU64>,
     hints: Receiver<(Hint, Option<u32>)>,
     findings_dropped: Arc<AtomicU64>,
@@ -238,7 +246,8 @@ impl Pipeline {
             findings,
             records,
             hops: Hops::default(),
-            proxy_findings: Vec::new(),
+            held_findings: Vec::new(),
+            held_records: Vec::new(),
             records_dropped,
             hints,
             findings_dropped,
@@ -365,27 +374,55 @@ impl Pipeline {
     }
 
     /// End of capture: every worker flushes its connections and stops.
-    pub fn finish(&mut self, now_ns: u64) {
+    pub fn finish(&mut self, now_ns: u64, mut drain: impl FnMut(&mut Pipeline)) {
         if self.finished {
             return;
         }
         self.flush();
-        // The backlog first, then the last word, waiting for room; then every worker's
-        // final snapshot (the one sent after Finish is the last on its channel).
+        // The backlog first, then the last word, waiting for room.
         for w in &mut self.workers {
             for held in w.backlog.drain(..) {
                 let _ = w.tx.send(held);
             }
             let _ = w.tx.send(Work::Finish { now_ns });
         }
-        for w in &mut self.workers {
-            // Until the worker is gone (its sender with it), so it never waits on a full
-            // channel while we wait for it.
-            for s in w.snapshots.iter() {
-                w.last = s;
+        // Workers close what is still open in batches, each sent on as it is made: the
+        // records of every open connection need not all be in memory at once, so they
+        // go to the driver (`drain`) while the workers are still at it.
+        loop {
+            let mut running = false;
+            for w in &mut self.workers {
+                if w.handle.is_none() {
+                    continue;
+                }
+                // Until the worker is gone (its sender with it): the one sent after
+                // Finish is its last snapshot.
+                loop {
+                    match w.snapshots.try_recv() {
+                        Ok(s) => w.last = s,
+                        Err(TryRecvError::Empty) => {
+                            running = true;
+                            break;
+                        }
+                        Err(TryRecvError::Disconnected) => {
+                            if let Some(h) = w.handle.take() {
+                                let _ = h.join();
+                            }
+                            break;
+                        }
+                    }
+                }
             }
-            if let Some(h) = w.handle.take() {
-                let _ = h.join();
+            drain(self);
+            // Whatever the driver left: held here, so that no worker waits on a full
+            // channel while we wait for it.
+            let findings: Vec<Finding> = self.findings.try_iter().flatten().collect();
+            self.held_findings.extend(findings);
+            if !running {
+                break;
+            }
+            if let Ok(records) = self.records.recv_timeout(FINISH_POLL) {
+                self.held_records.extend(records);
             }
         }
         self.merge();
@@ -394,17 +431,18 @@ impl Pipeline {
 
     /// Findings since the last call, as the workers sent them.
     pub fn drain_findings(&mut self) -> impl Iterator<Item = Finding> + '_ {
-        self.proxy_findings.drain(..).chain(self.findings.try_iter().flatten())
+        self.held_findings.drain(..).chain(self.findings.try_iter().flatten())
     }
 
     /// Records of connections that ended (with `EngineConfig::connection_log`) that the
     /// workers have sent so far; each is also paired with its other hop through a proxy
     /// (what the proxy changed comes with the next findings).
     pub fn drain_records(&mut self) -> Vec<ConnectionRecord> {
-        let records: Vec<ConnectionRecord> = self.records.try_iter().flatten().collect();
+        let mut records = std::mem::take(&mut self.held_records);
+        records.extend(self.records.try_iter().flatten());
         for r in &records {
             let found = self.hops.record(r);
-            self.proxy_findings.extend(found);
+            self.held_findings.extend(found);
         }
         if !records.is_empty() {
             self.totals.proxy = self.hops.stats.clone();
@@ -495,6 +533,21 @@ impl<T> Tx<T> {
             dropped.fetch_add(n, Ordering::Relaxed);
         }
     }
+
+    /// Like [`Tx::send`], waiting for room in a bounded channel.
+    fn send_waiting(&self, items: Vec<T>, dropped: &AtomicU64) {
+        if items.is_empty() {
+            return;
+        }
+        let n = items.len() as u64;
+        let sent = match self {
+            Tx::Bounded(tx) => tx.send(items).is_ok(),
+            Tx::All(tx) => tx.send(items).is_ok(),
+        };
+        if !sent {
+            dropped.fetch_add(n, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Sends the worker's held-back work while its queue has room.
@@ -535,6 +588,14 @@ impl WorkerCtx {
                 self.hints_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Like [`WorkerCtx::forward`], waiting for room for findings and records instead of
+    /// dropping them (at the end, while the driver drains in [`Pipeline::finish`]).
+    fn forward_waiting(&self, monitor: &mut Monitor) {
+        self.findings.send_waiting(monitor.drain_findings().collect(), &self.findings_dropped);
+        self.records.send_waiting(monitor.drain_records().collect(), &self.records_dropped);
+        for _ in monitor.drain_hints() {} // nothing is steered any more
     }
 
     fn snapshot(&self, monitor: &Monitor, connections: bool, last: bool) {
@@ -599,8 +660,13 @@ fn work(mut monitor: Monitor, rx: Receiver<Work>, ctx: WorkerCtx) {
                 ctx.snapshot(&monitor, connections, false);
             }
             Work::Finish { now_ns } => {
-                monitor.finish(now_ns);
-                ctx.forward(&mut monitor);
+                // In batches, each sent on at once (waiting for room: the driver drains
+                // while it waits for us), so that the records of every connection still
+                // open are never all in memory together.
+                while !monitor.finish_some(now_ns, FINISH_BATCH) {
+                    ctx.forward_waiting(&mut monitor);
+                }
+                ctx.forward_waiting(&mut monitor);
                 ctx.snapshot(&monitor, false, true);
                 return;
             }
@@ -613,7 +679,7 @@ mod tests {
     use std::net::{Ipv4Addr, SocketAddr};
 
     use super::*;
-    use crate::engine::Kind;
+    use crate::engine::{Ending, Kind};
     use crate::flow::key_for;
 
     /// Connection `i`: an upgrade, then `frames` unmasked client frames (a protocol
@@ -669,7 +735,7 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         assert_eq!(p.totals().connections.len(), usize::from(conns), "every connection in the snapshot");
-        p.finish(3);
+        p.finish(3, |_| {});
         found.extend(p.drain_findings());
         (p, found)
     }
@@ -688,12 +754,43 @@ mod tests {
                 connection(i, 3, &mut |s| p.segment(s));
             }
         }
-        p.finish(3);
+        p.finish(3, |_| {});
         let t = p.totals();
         assert_eq!(t.engine.panics, 1, "the injected fault was hit once");
         assert_eq!(t.reassembly.flows_dropped, 1, "its connection was dropped");
         assert_eq!(t.engine.violation_count(Kind::UnmaskedClientFrame), 19 * 3, "every other connection analysed");
         assert_eq!(t.reassembly.flows_opened, 20);
+    }
+
+    /// At the end, the records of the connections still open reach the driver in
+    /// batches while the workers close them (not all at once after), and none is dropped
+    /// even on a live pipeline's bounded channels.
+    #[test]
+    fn finish_streams_the_records_of_open_connections_to_the_driver() {
+        let engine = EngineConfig { connection_log: true, ..EngineConfig::default() };
+        let mut p = Pipeline::start(1, ReassemblyConfig::default(), engine, None, false).expect("workers start");
+        let conns = 5000u16;
+        for i in 0..conns {
+            connection(i, 0, &mut |s| p.segment(s));
+            p.pump();
+            while p.congested() {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                p.pump();
+            }
+        }
+        let mut drains = Vec::new();
+        p.finish(3, |p| {
+            let n = p.drain_records().len();
+            if n > 0 {
+                drains.push(n);
+            }
+        });
+        let rest = p.drain_records().len();
+        assert_eq!(drains.iter().sum::<usize>() + rest, usize::from(conns), "every record, drained: {drains:?}");
+        assert!(drains.len() > 1, "in batches, while the workers finish: {drains:?}");
+        assert!(drains.iter().all(|&n| n < usize::from(conns)), "{drains:?}");
+        assert_eq!(p.records_dropped(), 0);
+        assert_eq!(p.totals().engine.endings[Ending::OpenAtExit.index()], u64::from(conns));
     }
 
     #[test]
@@ -758,7 +855,7 @@ mod tests {
             seg(down, 906, 106, false, true, &[], &mut p);
             seg(up, 106, 907, false, false, &[], &mut p);
         }
-        p.finish(3);
+        p.finish(3, |_| {});
         let (r, n) = (p.totals().reassembly, u64::from(n));
         assert_eq!((r.flows_opened, r.flows_closed, r.flows_evicted, r.flows_open_at_end), (n, n, 0, 0));
         assert_eq!((r.gaps, r.bytes_lost, r.bytes_client, r.bytes_server), (0, 0, 4 * n, 5 * n));
@@ -774,7 +871,7 @@ mod tests {
             connection(i, 300, &mut |s| p.segment(s));
             p.flush(); // one batch, and so one batch of findings, per connection
         }
-        p.finish(3);
+        p.finish(3, |_| {});
         let taken = p.drain_findings().count() as u64;
         let total = p.totals().engine.violation_count(Kind::UnmaskedClientFrame);
         assert_eq!(total, 1500 * 300, "totals count every finding");

@@ -123,7 +123,15 @@ impl Monitor {
     }
 
     pub fn finish(&mut self, now_ns: u64) {
-        self.contain(None, |m| m.reassembler.finish(now_ns, &mut m.sinks));
+        while !self.finish_some(now_ns, usize::MAX) {}
+    }
+
+    /// Like [`Monitor::finish`], closing at most `max` connections; true once none is
+    /// left open (or the sweep panicked: what it left is not closed).
+    pub fn finish_some(&mut self, now_ns: u64, max: usize) -> bool {
+        let mut done = true;
+        self.contain(None, |m| done = m.reassembler.finish_some(now_ns, &mut m.sinks, max));
+        done
     }
 
     /// Runs `f`, catching a panic in it: the connection `key` (the one being analysed,

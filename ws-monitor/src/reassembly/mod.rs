@@ -587,11 +587,19 @@ impl Reassembler {
     /// End of capture: flushes every open flow (delivers what can be, gaps for the rest up
     /// to the known end) and closes each with `Closing::CaptureEnded`.
     pub fn finish(&mut self, now_ns: u64, sink: &mut impl StreamSink) {
-        while let Some(slot) = self.table.victim() {
+        while !self.finish_some(now_ns, sink, usize::MAX) {}
+    }
+
+    /// Like [`Reassembler::finish`], closing at most `max` connections; true once none
+    /// is left open.
+    pub fn finish_some(&mut self, now_ns: u64, sink: &mut impl StreamSink, max: usize) -> bool {
+        for _ in 0..max {
+            let Some(slot) = self.table.victim() else { return true };
             if !self.close(slot, Closing::CaptureEnded, now_ns, sink) {
-                break;
+                return true;
             }
         }
+        false
     }
 
     /// Counters so far.

@@ -56,7 +56,7 @@ impl DirState {
             OpClass::Text | OpClass::Binary => self.start_msg(class == OpClass::Text, h.rsv1(), offset, hdr),
             OpClass::Continuation if self.frag != Frag::Open => self.msg = Msg::default(),
             OpClass::Close => {
-                self.close_len = 0;
+                self.close_body.clear();
                 self.closed = true;
             }
             _ => {}
@@ -128,14 +128,14 @@ impl DirState {
         }
         match self.cur.class {
             OpClass::Close => {
-                let start = usize::from(self.close_len);
-                let n = self.close_body.len().saturating_sub(start).min(chunk.len());
-                if let (Some(dst), Some(src)) = (self.close_body.get_mut(start..start + n), chunk.get(..n)) {
+                let start = self.close_body.len();
+                let n = (MAX_CONTROL_PAYLOAD as usize).saturating_sub(start).min(chunk.len());
+                self.close_body.resize(start + n, 0);
+                if let (Some(dst), Some(src)) = (self.close_body.get_mut(start..), chunk.get(..n)) {
                     match self.cur.mask {
                         Some(k) => unmask_into(dst, src, k, phase),
                         None => dst.copy_from_slice(src),
                     }
-                    self.close_len += n as u8;
                 }
             }
             c if c.is_data() && self.msg.active && (self.msg.validate || self.msg.inflate) => {
@@ -272,8 +272,8 @@ impl DirState {
 
     pub(super) fn finish_close(&mut self, cx: &mut Cx<'_>) {
         let readable = !self.cur.gap && self.cur.len <= MAX_CONTROL_PAYLOAD;
-        let close_body = self.close_body;
-        let body = close_body.get(..usize::from(self.close_len)).filter(|_| readable).unwrap_or(&[]);
+        let close_body = std::mem::take(&mut self.close_body);
+        let body = Some(close_body.as_slice()).filter(|_| readable).unwrap_or(&[]);
         let (code, bad_len, bad_reason) = match body {
             [] => (None, false, false),
             [_] => (None, true, false),

@@ -242,16 +242,16 @@ pub(super) fn conn_details(data: &Data, r: &ConnRow) -> Vec<Line<'static>> {
         }
         lines.push(kv("unanalysed", vec![Span::raw(unanalysed_text(&v.unanalysed))]));
         if let Some(h) = &v.handshake {
-            let mut req = vec![h.request.line.clone()];
+            let mut req = vec![h.request.line.to_string()];
             req.extend(h.request.host.as_ref().map(|x| format!("Host {x}")));
             req.extend(h.request.origin.as_ref().map(|x| format!("Origin {x}")));
             req.extend(h.status.map(|s| format!("→ {s}")));
             lines.push(kv("request", vec![Span::raw(req.join(" · "))]));
             if let Some(ua) = &h.request.user_agent {
-                lines.push(kv("user agent", vec![Span::raw(ua.clone())]));
+                lines.push(kv("user agent", vec![Span::raw(ua.to_string())]));
             }
             if let Some(fwd) = &h.request.forwarded {
-                lines.push(kv("forwarded for", vec![Span::raw(fwd.clone())]));
+                lines.push(kv("forwarded for", vec![Span::raw(fwd.to_string())]));
             }
         }
         if v.closes.iter().any(Option::is_some) {
