@@ -20,11 +20,15 @@
 //! - [`outputs`]: where findings and counters go.
 //! - [`pipeline`]: the stages wired together ([`pipeline::monitor`]), run on worker
 //!   threads sharded by connection.
+//! - [`driver`]: the loop that feeds the pipeline from a source and its results to the
+//!   outputs, live or from a file, with all its I/O passed in; `main.rs` only wires the
+//!   real terminal, signals, capture and files to it.
 //! - [`demo`]: the scripted server, clients and proxy behind `ws-monitor demo`.
 
 pub mod cli;
 pub mod demo;
 pub mod diagnosis;
+pub mod driver;
 pub mod engine;
 pub mod flow;
 pub mod outputs;

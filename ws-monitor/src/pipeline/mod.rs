@@ -31,7 +31,7 @@ use crate::flow::{Direction, FlowId, FlowKey, Segment, TcpFlags};
 use crate::outputs::streams::StreamDump;
 use crate::pipeline::monitor::Monitor;
 use crate::reassembly::{ReassemblyConfig, ReassemblyStats};
-use crate::sources::capture::Capture;
+use crate::sources::Source;
 
 /// Segments per batch sent to a worker.
 const BATCH_SEGMENTS: usize = 1024;
@@ -456,9 +456,9 @@ impl Pipeline {
     }
 
     /// Passes the engines' hints to a header-only capture.
-    pub fn steer(&mut self, capture: &mut Capture) {
+    pub fn steer(&mut self, source: &mut impl Source) {
         for (hint, seq) in self.hints.try_iter() {
-            capture.steer(&hint, seq);
+            source.steer(&hint, seq);
         }
     }
 

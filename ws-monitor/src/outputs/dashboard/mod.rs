@@ -4,7 +4,7 @@
 //! ([`Dashboard::on_tick`], about once a second, with cumulative capture counters, the
 //! engine's totals and its connections), findings ([`Dashboard::on_finding`]) and keys
 //! ([`Dashboard::on_key`]), and draws it with [`Dashboard::render`] into any ratatui
-//! frame (a real terminal through [`TerminalSession`], or a `TestBackend` in tests).
+//! frame (a real terminal or a `TestBackend`, through a [`Screen`]).
 //!
 //! What it shows:
 //! * a header: interface, ports, uptime, capture health (packets/s, bytes/s, coverage,
@@ -40,7 +40,7 @@ use crate::flow::FlowId;
 
 pub use model::{CaptureHealth, ConnSort, FindingSort, KindSort};
 pub use state::Pane;
-pub use terminal::TerminalSession;
+pub use terminal::{Screen, TerminalSession};
 
 use model::Data;
 use state::Ui;

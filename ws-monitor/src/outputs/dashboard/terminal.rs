@@ -1,96 +1,79 @@
-//! The real terminal: raw mode and the alternate screen while a [`TerminalSession`]
-//! lives, restored when it is dropped (also on an early return with an error), and by a
-//! panic hook before the panic message is printed.
+//! Where the dashboard is drawn and keys come from: a [`Screen`], over any ratatui
+//! backend and any stream of terminal events. The real one ([`Screen::enter`]) is
+//! ratatui's own terminal set-up — raw mode and the alternate screen until it is
+//! dropped (also on an early return with an error), and restored by a panic hook
+//! before the panic message is printed; tests use a `TestBackend` and a channel.
 
 use std::io::{self, Stdout};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Once;
 
 use anyhow::Context as _;
-use crossterm::cursor::{Hide, Show};
-use crossterm::event::EventStream;
-use crossterm::execute;
-use crossterm::terminal::{disable_raw_mode, enable_raw_mode, EnterAlternateScreen, LeaveAlternateScreen};
-use ratatui::backend::CrosstermBackend;
+use crossterm::event::{Event, EventStream};
+use futures_util::{Stream, StreamExt as _};
+use ratatui::backend::{Backend, CrosstermBackend};
 use ratatui::Terminal;
 
 use super::Dashboard;
 
-/// Whether the terminal is currently in dashboard mode (raw + alternate screen).
-static ACTIVE: AtomicBool = AtomicBool::new(false);
-static HOOK: Once = Once::new();
+/// The real terminal: what [`Screen::enter`] returns.
+pub type TerminalSession = Screen<CrosstermBackend<Stdout>, EventStream>;
 
-/// Leaves dashboard mode if in it; idempotent, errors ignored (best effort on the way out).
-fn restore() {
-    if ACTIVE.swap(false, Ordering::SeqCst) {
-        let _ = disable_raw_mode();
-        let _ = execute!(io::stdout(), LeaveAlternateScreen, Show);
-    }
+/// A terminal to draw the dashboard on, and the events (keys, resizes) typed at it.
+pub struct Screen<B: Backend, K> {
+    terminal: Terminal<B>,
+    keys: K,
+    /// Set for the real terminal: restores it when dropped.
+    _restore: Option<Restore>,
 }
 
-/// Restores the terminal before the previous hook prints the panic (installed once).
-fn install_panic_hook() {
-    HOOK.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            // A panic the monitor catches (one connection's analysis) leaves the
-            // dashboard running.
-            if crate::pipeline::monitor::panic_is_contained() {
-                return;
-            }
-            restore();
-            previous(info);
-        }));
-    });
-}
+/// Gives the real terminal back (raw mode off, main screen) when dropped.
+struct Restore;
 
-/// Restores the terminal when dropped unless disarmed (for a half-done `enter`).
-struct Guard {
-    armed: bool,
-}
-
-impl Drop for Guard {
+impl Drop for Restore {
     fn drop(&mut self) {
-        if self.armed {
-            restore();
-        }
+        // Best effort on the way out: nothing more can be done if it fails.
+        let _ = ratatui::try_restore();
     }
-}
-
-/// Owns the real terminal while the dashboard runs.
-pub struct TerminalSession {
-    terminal: Terminal<CrosstermBackend<Stdout>>,
-    events: EventStream,
 }
 
 impl TerminalSession {
-    /// Switches the terminal to raw mode and the alternate screen.
+    /// Switches the real terminal to raw mode and the alternate screen (ratatui's
+    /// `try_init`, whose panic hook restores it), keeping it for panics the monitor
+    /// contains: those leave the dashboard running.
     pub fn enter() -> anyhow::Result<Self> {
-        install_panic_hook();
-        enable_raw_mode().context("cannot switch the terminal to raw mode (is stdout a terminal?)")?;
-        ACTIVE.store(true, Ordering::SeqCst);
-        let mut guard = Guard { armed: true };
-        execute!(io::stdout(), EnterAlternateScreen, Hide).context("cannot enter the alternate screen")?;
-        let mut terminal = Terminal::new(CrosstermBackend::new(io::stdout())).context("cannot set up the terminal")?;
-        terminal.clear().context("cannot clear the terminal")?;
-        guard.armed = false;
-        Ok(TerminalSession { terminal, events: EventStream::new() })
+        let terminal = ratatui::try_init().context("cannot set up the terminal (is stdout a terminal?)")?;
+        let restore = Restore;
+        let restoring = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            // A panic analysing one connection is caught and logged by the monitor.
+            if !crate::pipeline::monitor::panic_is_contained() {
+                restoring(info);
+            }
+        }));
+        Ok(Screen { terminal, keys: EventStream::new(), _restore: Some(restore) })
+    }
+}
+
+impl<B: Backend, K: Stream<Item = io::Result<Event>> + Unpin> Screen<B, K> {
+    /// A screen over `backend`, with the events `keys` yields (for tests and other
+    /// front ends; nothing to restore).
+    pub fn new(backend: B, keys: K) -> anyhow::Result<Self> {
+        let terminal = Terminal::new(backend).context("cannot set up the terminal")?;
+        Ok(Screen { terminal, keys, _restore: None })
     }
 
-    /// Draws the dashboard (the terminal size is re-read, so resizes just work).
+    /// Draws the dashboard (the size is read again, so resizes just work).
     pub fn draw(&mut self, d: &Dashboard) -> anyhow::Result<()> {
         self.terminal.draw(|f| d.render(f)).context("cannot draw the dashboard")?;
         Ok(())
     }
 
-    /// Terminal events (keys, resizes) as an async stream.
-    pub fn events(&mut self) -> &mut EventStream {
-        &mut self.events
+    /// The next terminal event; `None` once the terminal is gone.
+    pub async fn next_event(&mut self) -> Option<io::Result<Event>> {
+        self.keys.next().await
     }
-}
 
-impl Drop for TerminalSession {
-    fn drop(&mut self) {
-        restore();
+    /// What was drawn last (a `TestBackend`'s buffer, say).
+    pub fn backend(&self) -> &B {
+        self.terminal.backend()
     }
 }

@@ -165,6 +165,8 @@ pub struct Capture {
     names: std::collections::HashMap<u32, String>,
     /// `any`: interfaces that could not be attached to, by index, and when to try again.
     retry_at: std::collections::HashMap<u32, std::time::Instant>,
+    /// Bytes of the ring buffer.
+    ring_size: u32,
     /// How packets start on each interface (`IFACES`), written before attaching there.
     link_headers: HashMap<MapData, u32, Iface>,
     // Dropped in this order: the heartbeat stops, then the programs and their links go,
@@ -286,6 +288,7 @@ impl Capture {
             interfaces: config.interfaces.clone(),
             names: std::collections::HashMap::new(),
             retry_at: std::collections::HashMap::new(),
+            ring_size: config.ring_size,
             link_headers,
             heartbeat,
             ebpf,
@@ -526,6 +529,49 @@ impl Capture {
             *slot = values.iter().sum();
         }
         Ok(out)
+    }
+}
+
+impl crate::sources::Source for Capture {
+    async fn readable(&mut self) -> io::Result<()> {
+        Capture::readable(self).await
+    }
+
+    fn drain(&mut self, max: usize, mut f: impl FnMut(crate::sources::Delivery<'_>)) -> bool {
+        use crate::sources::Delivery;
+        Capture::drain(self, max, |record| match decode(record) {
+            Ok((header, payload)) if header.lost != 0 => f(Delivery::Lost(segment(&header, payload))),
+            Ok((header, payload)) => f(Delivery::Segment(segment(&header, payload))),
+            Err(_) => f(Delivery::Bad),
+        })
+    }
+
+    fn capacity(&self) -> usize {
+        self.ring_size as usize / HEADER_SIZE
+    }
+
+    fn steer(&mut self, hint: &Hint, seq: Option<u32>) {
+        Capture::steer(self, hint, seq);
+    }
+
+    fn watch(&mut self) -> Vec<LinkEvent> {
+        Capture::watch(self)
+    }
+
+    fn interface_names(&self) -> &std::collections::HashMap<u32, String> {
+        &self.names
+    }
+
+    fn counters(&self) -> anyhow::Result<KernelCounters> {
+        Capture::counters(self)
+    }
+
+    fn report(&self, counters: &KernelCounters) -> serde_json::Map<String, serde_json::Value> {
+        let mut out = serde_json::Map::new();
+        out.insert("kernel".into(), crate::outputs::report::kernel_json(counters));
+        out.insert("attach".into(), serde_json::to_value(&self.attachment).unwrap_or_default());
+        out.insert("header_only".into(), serde_json::to_value(self.steer_stats).unwrap_or_default());
+        out
     }
 }
 
