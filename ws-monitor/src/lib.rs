@@ -21,6 +21,8 @@
 //! - [`pipeline`]: the stages wired together ([`pipeline::monitor`]), run on worker
 //!   threads sharded by connection.
 //! - [`demo`]: the scripted server, clients and proxy behind `ws-monitor demo`.
+//! - [`testkit`]: frames, handshakes and TCP exchanges written field by field, for the
+//!   tests, the benchmark and the demo's faults (it encodes; the engine decodes).
 
 pub mod cli;
 pub mod demo;
@@ -31,3 +33,4 @@ pub mod outputs;
 pub mod pipeline;
 pub mod reassembly;
 pub mod sources;
+pub mod testkit;

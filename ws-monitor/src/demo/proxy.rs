@@ -175,7 +175,7 @@ impl Fault {
                 changed(&frame, &[Kind::UnmaskedClientFrame])
             }
             Fault::NonMinimal => {
-                frame.form = if frame.payload.len() < 126 { LenForm::Ext16 } else { LenForm::Ext64 };
+                frame.form = if frame.payload.len() < 126 { Len::Ext16 } else { Len::Ext64 };
                 changed(&frame, &[Kind::NonMinimalLength])
             }
             Fault::Rsv1Ping => {
@@ -286,7 +286,7 @@ pub(super) fn edit_head(head: &[u8], drop: &[&str], replace: Option<(&str, &str)
 /// `base64(SHA-1(key))`: the accept value of a server that forgot the GUID.
 pub(super) fn accept_without_guid(request: &[u8]) -> String {
     let key = header_value(request, "sec-websocket-key").unwrap_or_default();
-    base64::engine::general_purpose::STANDARD.encode(Sha1::digest(key.as_bytes()))
+    crate::testkit::handshake::accept_without_guid(&key)
 }
 
 /// The misbehaving proxy: each connection gets the next fault of the schedule.

@@ -12,21 +12,29 @@ fn frames_round_trip_in_every_form() {
     let mut rng = Rng::new(1);
     for len in [0usize, 1, 125, 126, 300, 0xFFFF, 0x1_0000] {
         for mask in [None, Some(rng.mask_key())] {
-            for form in [LenForm::Short, LenForm::Ext16, LenForm::Ext64] {
-                let f = Frame { fin: len % 2 == 0, rsv: 0b101, opcode: op::BINARY, mask, form, payload: vec![7; len] };
+            for form in [Len::Short, Len::Ext16, Len::Ext64] {
+                let f = Frame {
+                    fin: len % 2 == 0,
+                    rsv: 0b101,
+                    opcode: op::BINARY,
+                    mask,
+                    form,
+                    claim: None,
+                    payload: vec![7; len],
+                };
                 let bytes = f.encode();
-                let (g, used) = Frame::decode(&bytes).unwrap().unwrap();
+                let (g, used) = decode(&bytes).unwrap().unwrap();
                 assert_eq!(used, bytes.len());
                 assert_eq!((g.fin, g.rsv, g.opcode, g.mask, &g.payload), (f.fin, f.rsv, f.opcode, f.mask, &f.payload));
                 // A form too short for the length is widened.
                 let expect = match form {
-                    LenForm::Short if len >= 126 => LenForm::minimal(len),
-                    LenForm::Ext16 if len > 0xFFFF => LenForm::Ext64,
+                    Len::Short if len >= 126 => Len::minimal(len as u64),
+                    Len::Ext16 if len > 0xFFFF => Len::Ext64,
                     f => f,
                 };
                 assert_eq!(g.form, expect);
                 for cut in 0..bytes.len().min(20) {
-                    assert!(Frame::decode(&bytes[..cut]).unwrap().is_none());
+                    assert!(decode(&bytes[..cut]).unwrap().is_none());
                 }
             }
         }
@@ -37,11 +45,11 @@ fn frames_round_trip_in_every_form() {
 fn decodes_the_rfc_examples() {
     // RFC 6455 §5.7: masked "Hello" and unmasked "Hello".
     let masked = [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
-    let (f, n) = Frame::decode(&masked).unwrap().unwrap();
+    let (f, n) = decode(&masked).unwrap().unwrap();
     assert_eq!((n, f.payload.as_slice(), f.mask), (11, &b"Hello"[..], Some([0x37, 0xfa, 0x21, 0x3d])));
     assert_eq!(f.encode(), masked);
     assert_eq!(Frame::new(op::TEXT, "Hello").encode(), [0x81, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f]);
-    assert!(Frame::decode(&header_claiming(op::BINARY, OVERSIZED_CLAIM)).is_err());
+    assert!(decode(&header_claiming(op::BINARY, OVERSIZED_CLAIM)).is_err());
 }
 
 #[test]
