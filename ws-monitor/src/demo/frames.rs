@@ -1,4 +1,5 @@
-//! Frames as the proxy reads them, and what it writes ([`crate::testkit`] frames: it must be able to write what no
+//! Frames as the proxy reads and writes them: tungstenite reads them and writes the
+//! legal ones; the violating ones are written by [`crate::testkit`] (it writes what no
 //! library would).
 
 use super::*;
@@ -8,49 +9,43 @@ pub(super) fn is_data(opcode: u8) -> bool {
     matches!(opcode, op::CONTINUATION | op::TEXT | op::BINARY)
 }
 
-/// The frame at the start of `buf` and its size, `None` if incomplete.
+/// Whether a frame starts a data message (text or binary).
+pub(super) fn is_message(frame: &Frame) -> bool {
+    matches!(frame.header().opcode, OpCode::Data(Data::Text | Data::Binary))
+}
+
+/// The frame at the start of `buf` (its payload unmasked, its masking key kept) and its
+/// size, `None` if incomplete.
 pub(super) fn decode(buf: &[u8]) -> io::Result<Option<(Frame, usize)>> {
-    let (b0, b1) = match buf {
-        [b0, b1, ..] => (*b0, *b1),
-        _ => return Ok(None),
-    };
-    let (form, ext) = match b1 & 0x7F {
-        126 => (Len::Ext16, 2usize),
-        127 => (Len::Ext64, 8usize),
-        _ => (Len::Short, 0usize),
-    };
-    let masked = b1 & 0x80 != 0;
-    let header_len = 2 + ext + if masked { 4 } else { 0 };
-    let Some(header) = buf.get(..header_len) else {
+    let mut cursor = io::Cursor::new(buf);
+    let Some((header, len)) = FrameHeader::parse(&mut cursor).map_err(io::Error::other)? else {
         return Ok(None);
-    };
-    let len = match form {
-        Len::Short => u64::from(b1 & 0x7F),
-        _ => header.iter().skip(2).take(ext).fold(0u64, |a, b| (a << 8) | u64::from(*b)),
     };
     if len > MAX_RELAY_PAYLOAD {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "frame too large to relay"));
     }
-    let len = len as usize;
-    let mask = match header.get(2 + ext..) {
-        Some(&[k0, k1, k2, k3]) if masked => Some([k0, k1, k2, k3]),
-        _ => None,
-    };
-    let Some(body) = buf.get(header_len..header_len + len) else {
+    let start = usize::try_from(cursor.position()).unwrap_or(usize::MAX);
+    let end = start.saturating_add(len as usize);
+    let Some(body) = buf.get(start..end) else {
         return Ok(None);
     };
     let mut payload = body.to_vec();
-    if let Some(key) = mask {
+    if let Some(key) = header.mask {
         xor_mask(&mut payload, key);
     }
-    let frame =
-        Frame { fin: b0 & 0x80 != 0, rsv: (b0 >> 4) & 0b111, opcode: b0 & 0x0F, mask, form, claim: None, payload };
-    Ok(Some((frame, header_len + len)))
+    Ok(Some((Frame::from_payload(header, payload.into()), end)))
+}
+
+/// The same frame in the test kit's terms, to be changed into a violation.
+pub(super) fn to_kit(frame: &Frame) -> kit::Frame {
+    let h = frame.header();
+    let rsv = (u8::from(h.rsv1) << 2) | (u8::from(h.rsv2) << 1) | u8::from(h.rsv3);
+    kit::Frame { fin: h.is_final, rsv, opcode: u8::from(h.opcode), mask: h.mask, ..kit::Frame::new(0, frame.payload()) }
 }
 
 /// A final, unmasked header claiming a `len`-byte payload in the 64-bit form; no payload.
 pub(super) fn header_claiming(opcode: u8, len: u64) -> Vec<u8> {
-    Frame::new(opcode, []).claim(len).form(Len::Ext64).encode()
+    kit::Frame::new(opcode, []).claim(len).form(Len::Ext64).encode()
 }
 
 /// Buffered reading of HTTP heads and frames.
@@ -111,7 +106,17 @@ pub(super) struct Out {
 }
 
 impl Out {
-    pub(super) fn frame(f: &Frame, kinds: &'static [Kind]) -> Out {
+    /// A legal frame, written by tungstenite.
+    pub(super) fn frame(f: Frame, kinds: &'static [Kind]) -> Out {
+        let opcode = u8::from(f.header().opcode);
+        let mut bytes = Vec::with_capacity(14 + f.len());
+        // Writing to a Vec cannot fail.
+        let _ = f.format(&mut bytes);
+        Out { bytes, kinds, opcode: Some(opcode) }
+    }
+
+    /// A frame written by the test kit (a violating one).
+    pub(super) fn kit(f: &kit::Frame, kinds: &'static [Kind]) -> Out {
         Out { bytes: f.encode(), kinds, opcode: Some(f.opcode) }
     }
 

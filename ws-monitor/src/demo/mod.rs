@@ -79,7 +79,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::timeout;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
@@ -87,7 +88,7 @@ use tokio_tungstenite::WebSocketStream;
 use crate::engine::Kind;
 use crate::flow::{Closing, Direction, FlowId, FlowKey, Opening, StreamSink};
 use crate::testkit::frame::{xor_mask, RSV1, RSV2};
-use crate::testkit::{op, Frame, Len};
+use crate::testkit::{self as kit, op, Len};
 
 /// Kinds the demo does not commit: two need permessage-deflate, which its tungstenite
 /// peers do not negotiate, and oversized_message needs over 64 MiB of one message (the
