@@ -13,38 +13,20 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Instant;
 
 use ws_monitor::engine::{Engine, EngineConfig};
-use ws_monitor::flow::{key_for, Closing, Direction, FlowId, Opening, Segment, StreamSink, TcpFlags};
+use ws_monitor::flow::{key_for, Closing, Direction, FlowId, Opening, Segment, StreamSink};
 use ws_monitor::pipeline::monitor::Monitor;
 use ws_monitor::pipeline::{default_workers, Pipeline};
 use ws_monitor::reassembly::ReassemblyConfig;
+use ws_monitor::testkit::frame::RSV1;
+use ws_monitor::testkit::scenario::{self, Tcp};
+use ws_monitor::testkit::{Frame, Head, RFC_KEY};
 
 const CONNECTIONS: u16 = 64;
 const MSS: usize = 1448;
-const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
-const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 
-/// One frame, masked when `mask` is given.
+/// One final frame, masked when `mask` is given, appended to `out`.
 fn frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) {
-    out.push(0x80 | opcode);
-    let m = if mask.is_some() { 0x80 } else { 0 };
-    match payload.len() {
-        n if n < 126 => out.push(m | n as u8),
-        n if n < 65536 => {
-            out.push(m | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(m | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    match mask {
-        Some(k) => {
-            out.extend_from_slice(&k);
-            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ k[i % 4]));
-        }
-        None => out.extend_from_slice(payload),
-    }
+    Frame { mask, ..Frame::new(opcode, payload) }.encode_into(out);
 }
 
 /// What a connection carries after its upgrade.
@@ -99,15 +81,13 @@ fn deflate(z: &mut flate2::Compress, msg: &[u8]) -> Vec<u8> {
 /// A connection's two streams: a valid upgrade, then `traffic.frames()` frames each way
 /// and a close.
 fn streams(seed: u16, traffic: Traffic) -> (Vec<u8>, Vec<u8>) {
-    let ext = if matches!(traffic, Traffic::Deflate) { "Sec-WebSocket-Extensions: permessage-deflate\r\n" } else { "" };
-    let mut c = format!(
-        "GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{ext}\r\n"
-    )
-    .into_bytes();
-    let mut s = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {ACCEPT}\r\n{ext}\r\n"
-    )
-    .into_bytes();
+    let (mut request, mut response) =
+        (Head::upgrade_request("/chat", "x", RFC_KEY), Head::switching_protocols(RFC_KEY));
+    if matches!(traffic, Traffic::Deflate) {
+        request = request.set("Sec-WebSocket-Extensions", "permessage-deflate");
+        response = response.set("Sec-WebSocket-Extensions", "permessage-deflate");
+    }
+    let (mut c, mut s) = (request.encode(), response.encode());
     let text = "héllo wörld, a chat message of moderate length ".repeat(4);
     let binary: Vec<u8> = (0..65_536u32).map(|i| (i * 31 + seed as u32) as u8).collect();
     let long_text = "ünïcödé text, four kilobytes of it. ".repeat(100);
@@ -133,14 +113,8 @@ fn streams(seed: u16, traffic: Traffic) -> (Vec<u8>, Vec<u8>) {
                 frame(&mut s, 1, long_text.as_bytes(), None);
             }
             Traffic::Deflate => {
-                let mut fc = Vec::new();
-                frame(&mut fc, 1, &deflate(&mut zc, long_text.as_bytes()), Some(key));
-                fc[0] |= 0x40;
-                c.extend(fc);
-                let mut fs = Vec::new();
-                frame(&mut fs, 1, &deflate(&mut zs, long_text.as_bytes()), None);
-                fs[0] |= 0x40;
-                s.extend(fs);
+                Frame::text(deflate(&mut zc, long_text.as_bytes())).rsv(RSV1).mask(key).encode_into(&mut c);
+                Frame::text(deflate(&mut zs, long_text.as_bytes())).rsv(RSV1).encode_into(&mut s);
             }
             Traffic::Mixed => {
                 let len = [16, 120, 500, 4000, 60_000][i as usize % 5];
@@ -159,57 +133,17 @@ fn streams(seed: u16, traffic: Traffic) -> (Vec<u8>, Vec<u8>) {
     (c, s)
 }
 
-/// Every connection's segments, MSS-sized, both directions interleaved, acking each other.
-/// Length of the HTTP head a stream starts with.
-fn head_len(b: &[u8]) -> usize {
-    b.windows(4).position(|w| w == b"\r\n\r\n").map_or(0, |i| i + 4)
-}
-
 /// Each connection as TCP segments, both directions interleaved; the client's first
 /// segment is its request alone (its frames follow the 101, as on the wire).
 fn segments(conns: &[(Vec<u8>, Vec<u8>)], f: &mut dyn FnMut(&Segment<'_>)) {
     for (i, (c, s)) in conns.iter().enumerate() {
         let client = SocketAddr::from((Ipv4Addr::new(10, 0, 0, 1), 40000 + i as u16));
         let server = SocketAddr::from((Ipv4Addr::new(10, 0, 0, 2), 8001));
-        let key = key_for((client.ip(), client.port()), (server.ip(), server.port()), Direction::ToServer);
-        let (isn_c, isn_s) = (1000u32, 5000u32);
-        let syn = |dir, seq, ack, synf: bool, ackf: bool| Segment {
-            key,
-            dir,
-            seq,
-            ack,
-            flags: TcpFlags { syn: synf, ack: ackf, fin: false, rst: false },
-            data: &[],
-            skip: 0,
-            ts_ns: 1,
-            iface: 1,
-        };
-        f(&syn(Direction::ToServer, isn_c, 0, true, false));
-        f(&syn(Direction::ToClient, isn_s, isn_c + 1, true, true));
-        let mut offs = [0usize; 2];
-        while offs[0] < c.len() || offs[1] < s.len() {
-            for (i, dir, data, isn, peer_isn) in
-                [(0, Direction::ToServer, c, isn_c, isn_s), (1, Direction::ToClient, s, isn_s, isn_c)]
-            {
-                let off = offs[i];
-                if off < data.len() {
-                    let end = if i == 0 && off == 0 { head_len(data) } else { (off + MSS).min(data.len()) };
-                    let peer_delivered = offs[1 - i] as u32;
-                    f(&Segment {
-                        key,
-                        dir,
-                        seq: isn.wrapping_add(1).wrapping_add(off as u32),
-                        ack: peer_isn.wrapping_add(1).wrapping_add(peer_delivered),
-                        flags: TcpFlags { ack: true, ..TcpFlags::default() },
-                        data: &data[off..end],
-                        skip: 0,
-                        ts_ns: 2,
-                        iface: 1,
-                    });
-                    offs[i] = end;
-                }
-            }
-        }
+        let mut tcp = Tcp::new(client, server, 1000, 5000);
+        tcp.iface = 1;
+        tcp.open(f);
+        tcp.ts_ns = 2;
+        tcp.exchange(c, s, MSS, f);
     }
 }
 
@@ -268,7 +202,7 @@ fn measure(traffic: Traffic, conns: &[(Vec<u8>, Vec<u8>)]) {
         engine.open(id, &key, Opening::Handshake, 0);
         // The request, then the 101, as on the wire (a client sends frames only once the
         // 101 is there), then both directions in large deliveries.
-        let (ch, sh) = (head_len(c), head_len(s));
+        let (ch, sh) = (scenario::head_len(c), scenario::head_len(s));
         engine.data(id, Direction::ToServer, 0, &c[..ch], 1);
         engine.data(id, Direction::ToClient, 0, &s[..sh], 1);
         let (mut cs, mut ss) = (c[ch..].chunks(DELIVERY), s[sh..].chunks(DELIVERY));

@@ -24,6 +24,8 @@
 //!   outputs, live or from a file, with all its I/O passed in; `main.rs` only wires the
 //!   real terminal, signals, capture and files to it.
 //! - [`demo`]: the scripted server, clients and proxy behind `ws-monitor demo`.
+//! - [`testkit`]: frames, handshakes and TCP exchanges written field by field, for the
+//!   tests, the benchmark and the demo's faults (it encodes; the engine decodes).
 
 pub mod cli;
 pub mod demo;
@@ -35,3 +37,4 @@ pub mod outputs;
 pub mod pipeline;
 pub mod reassembly;
 pub mod sources;
+pub mod testkit;

@@ -13,6 +13,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use ws_monitor::testkit::{Frame, Head, RFC_KEY};
 
 const PORT: &str = "9100";
 const METRICS: &str = "127.0.0.1:19640";
@@ -321,7 +322,7 @@ fn counters_and_metrics_keep_coming_under_load() {
                 while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
                     head.push(b[0]);
                 }
-                s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n").unwrap();
+                s.write_all(&Head::switching_protocols(RFC_KEY).encode()).unwrap();
                 let mut buf = vec![0u8; 1 << 16];
                 while s.read(&mut buf).map(|n| n > 0).unwrap_or(false) {}
             }));
@@ -335,13 +336,13 @@ fn counters_and_metrics_keep_coming_under_load() {
         .map(|_| {
             spawn_in(&client_ns, move || {
                 let mut s = TcpStream::connect(("10.201.0.2", LOAD_PORT)).unwrap();
-                s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
+                s.write_all(&Head::upgrade_request("/", "x", RFC_KEY).encode()).unwrap();
                 let mut resp = [0u8; 129];
                 s.read_exact(&mut resp).unwrap();
                 let mut batch = Vec::new();
                 while batch.len() < 1 << 16 {
-                    batch.extend([0x81, 0x80 | 40, 1, 2, 3, 4]);
-                    batch.extend((0..40u8).map(|i| (b'a' + i % 26) ^ [1, 2, 3, 4][usize::from(i % 4)]));
+                    let text: Vec<u8> = (0..40u8).map(|i| b'a' + i % 26).collect();
+                    Frame::text(text).mask([1, 2, 3, 4]).encode_into(&mut batch);
                 }
                 let end = Instant::now() + Duration::from_secs(SECS);
                 while Instant::now() < end {

@@ -1,156 +1,51 @@
-//! Frames as the proxy reads and writes them (its own codec: it must be able to write what no library would).
+//! Frames as the proxy reads and writes them: tungstenite reads them and writes the
+//! legal ones; the violating ones are written by [`crate::testkit`] (it writes what no
+//! library would).
 
 use super::*;
 
-/// Opcodes.
-pub(super) mod op {
-    pub const CONTINUATION: u8 = 0x0;
-    pub const TEXT: u8 = 0x1;
-    pub const BINARY: u8 = 0x2;
-    pub const CLOSE: u8 = 0x8;
-    pub const PING: u8 = 0x9;
+/// Whether an opcode is a data frame's (continuation, text, binary).
+pub(super) fn is_data(opcode: u8) -> bool {
+    matches!(opcode, op::CONTINUATION | op::TEXT | op::BINARY)
 }
 
-pub(super) const RSV1: u8 = 0b100;
-pub(super) const RSV2: u8 = 0b010;
-
-/// How a payload length is written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum LenForm {
-    /// In the second byte (0-125).
-    Short,
-    /// 126 and 16 bits.
-    Ext16,
-    /// 127 and 64 bits.
-    Ext64,
+/// Whether a frame starts a data message (text or binary).
+pub(super) fn is_message(frame: &Frame) -> bool {
+    matches!(frame.header().opcode, OpCode::Data(Data::Text | Data::Binary))
 }
 
-impl LenForm {
-    pub(super) fn minimal(len: usize) -> LenForm {
-        if len < 126 {
-            LenForm::Short
-        } else if len <= 0xFFFF {
-            LenForm::Ext16
-        } else {
-            LenForm::Ext64
-        }
+/// The frame at the start of `buf` (its payload unmasked, its masking key kept) and its
+/// size, `None` if incomplete.
+pub(super) fn decode(buf: &[u8]) -> io::Result<Option<(Frame, usize)>> {
+    let mut cursor = io::Cursor::new(buf);
+    let Some((header, len)) = FrameHeader::parse(&mut cursor).map_err(io::Error::other)? else {
+        return Ok(None);
+    };
+    if len > MAX_RELAY_PAYLOAD {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "frame too large to relay"));
     }
+    let start = usize::try_from(cursor.position()).unwrap_or(usize::MAX);
+    let end = start.saturating_add(len as usize);
+    let Some(body) = buf.get(start..end) else {
+        return Ok(None);
+    };
+    let mut payload = body.to_vec();
+    if let Some(key) = header.mask {
+        xor_mask(&mut payload, key);
+    }
+    Ok(Some((Frame::from_payload(header, payload.into()), end)))
 }
 
-/// A frame with its payload unmasked.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct Frame {
-    pub(super) fin: bool,
-    /// RSV1-3 as the low three bits.
-    pub(super) rsv: u8,
-    pub(super) opcode: u8,
-    pub(super) mask: Option<[u8; 4]>,
-    /// The form the length is written in (a shorter one is used when it cannot hold it).
-    pub(super) form: LenForm,
-    pub(super) payload: Vec<u8>,
-}
-
-pub(super) fn xor_mask(data: &mut [u8], key: [u8; 4]) {
-    for (b, k) in data.iter_mut().zip(key.iter().cycle()) {
-        *b ^= k;
-    }
-}
-
-impl Frame {
-    /// A final, unmasked frame with a minimal length.
-    pub(super) fn new(opcode: u8, payload: impl Into<Vec<u8>>) -> Frame {
-        let payload = payload.into();
-        Frame { fin: true, rsv: 0, opcode, mask: None, form: LenForm::minimal(payload.len()), payload }
-    }
-
-    /// A close frame with `code` and `reason` bytes.
-    pub(super) fn close(code: u16, reason: &[u8]) -> Frame {
-        let mut body = code.to_be_bytes().to_vec();
-        body.extend_from_slice(reason);
-        Frame::new(op::CLOSE, body)
-    }
-
-    pub(super) fn is_data(opcode: u8) -> bool {
-        matches!(opcode, op::CONTINUATION | op::TEXT | op::BINARY)
-    }
-
-    /// The frame at the start of `buf` and its size, `None` if incomplete.
-    pub(super) fn decode(buf: &[u8]) -> io::Result<Option<(Frame, usize)>> {
-        let (b0, b1) = match buf {
-            [b0, b1, ..] => (*b0, *b1),
-            _ => return Ok(None),
-        };
-        let (form, ext) = match b1 & 0x7F {
-            126 => (LenForm::Ext16, 2usize),
-            127 => (LenForm::Ext64, 8usize),
-            _ => (LenForm::Short, 0usize),
-        };
-        let masked = b1 & 0x80 != 0;
-        let header_len = 2 + ext + if masked { 4 } else { 0 };
-        let Some(header) = buf.get(..header_len) else {
-            return Ok(None);
-        };
-        let len = match form {
-            LenForm::Short => u64::from(b1 & 0x7F),
-            _ => header.iter().skip(2).take(ext).fold(0u64, |a, b| (a << 8) | u64::from(*b)),
-        };
-        if len > MAX_RELAY_PAYLOAD {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "frame too large to relay"));
-        }
-        let len = len as usize;
-        let mask = match header.get(2 + ext..) {
-            Some(&[k0, k1, k2, k3]) if masked => Some([k0, k1, k2, k3]),
-            _ => None,
-        };
-        let Some(body) = buf.get(header_len..header_len + len) else {
-            return Ok(None);
-        };
-        let mut payload = body.to_vec();
-        if let Some(key) = mask {
-            xor_mask(&mut payload, key);
-        }
-        let frame = Frame { fin: b0 & 0x80 != 0, rsv: (b0 >> 4) & 0b111, opcode: b0 & 0x0F, mask, form, payload };
-        Ok(Some((frame, header_len + len)))
-    }
-
-    pub(super) fn encode(&self) -> Vec<u8> {
-        let len = self.payload.len();
-        let form = match self.form {
-            LenForm::Short if len >= 126 => LenForm::minimal(len),
-            LenForm::Ext16 if len > 0xFFFF => LenForm::Ext64,
-            f => f,
-        };
-        let mut out = Vec::with_capacity(14 + len);
-        out.push((u8::from(self.fin) << 7) | ((self.rsv & 0b111) << 4) | (self.opcode & 0x0F));
-        let m = if self.mask.is_some() { 0x80 } else { 0 };
-        match form {
-            LenForm::Short => out.push(m | len as u8),
-            LenForm::Ext16 => {
-                out.push(m | 126);
-                out.extend_from_slice(&(len as u16).to_be_bytes());
-            }
-            LenForm::Ext64 => {
-                out.push(m | 127);
-                out.extend_from_slice(&(len as u64).to_be_bytes());
-            }
-        }
-        let start = out.len();
-        out.extend_from_slice(&self.payload);
-        if let Some(key) = self.mask {
-            out.splice(start..start, key);
-            if let Some(body) = out.get_mut(start + 4..) {
-                xor_mask(body, key);
-            }
-        }
-        out
-    }
+/// The same frame in the test kit's terms, to be changed into a violation.
+pub(super) fn to_kit(frame: &Frame) -> kit::Frame {
+    let h = frame.header();
+    let rsv = (u8::from(h.rsv1) << 2) | (u8::from(h.rsv2) << 1) | u8::from(h.rsv3);
+    kit::Frame { fin: h.is_final, rsv, opcode: u8::from(h.opcode), mask: h.mask, ..kit::Frame::new(0, frame.payload()) }
 }
 
 /// A final, unmasked header claiming a `len`-byte payload in the 64-bit form; no payload.
 pub(super) fn header_claiming(opcode: u8, len: u64) -> Vec<u8> {
-    let mut out = vec![0x80 | opcode, 127];
-    out.extend_from_slice(&len.to_be_bytes());
-    out
+    kit::Frame::new(opcode, []).claim(len).form(Len::Ext64).encode()
 }
 
 /// Buffered reading of HTTP heads and frames.
@@ -191,7 +86,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     /// The next frame; `None` if the stream ends first.
     pub(super) async fn frame(&mut self) -> io::Result<Option<Frame>> {
         loop {
-            if let Some((frame, used)) = Frame::decode(&self.buf)? {
+            if let Some((frame, used)) = decode(&self.buf)? {
                 self.buf.drain(..used.min(self.buf.len()));
                 return Ok(Some(frame));
             }
@@ -211,7 +106,17 @@ pub(super) struct Out {
 }
 
 impl Out {
-    pub(super) fn frame(f: &Frame, kinds: &'static [Kind]) -> Out {
+    /// A legal frame, written by tungstenite.
+    pub(super) fn frame(f: Frame, kinds: &'static [Kind]) -> Out {
+        let opcode = u8::from(f.header().opcode);
+        let mut bytes = Vec::with_capacity(14 + f.len());
+        // Writing to a Vec cannot fail.
+        let _ = f.format(&mut bytes);
+        Out { bytes, kinds, opcode: Some(opcode) }
+    }
+
+    /// A frame written by the test kit (a violating one).
+    pub(super) fn kit(f: &kit::Frame, kinds: &'static [Kind]) -> Out {
         Out { bytes: f.encode(), kinds, opcode: Some(f.opcode) }
     }
 
@@ -232,7 +137,7 @@ pub(super) struct Writer<W> {
 impl<W: AsyncWrite + Unpin> Writer<W> {
     /// Writes `out` and records what it commits.
     pub(super) async fn send(&mut self, out: Out) -> io::Result<()> {
-        let late = self.closed && out.opcode.is_some_and(Frame::is_data);
+        let late = self.closed && out.opcode.is_some_and(is_data);
         self.w.write_all(&out.bytes).await?;
         for kind in out.kinds {
             self.stats.commit(*kind, self.dir);

@@ -73,21 +73,22 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use base64::Engine as _;
 use futures_util::{SinkExt, StreamExt};
-use sha1::{Digest, Sha1};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::timeout;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::engine::Kind;
 use crate::flow::{Closing, Direction, FlowId, FlowKey, Opening, StreamSink};
+use crate::testkit::frame::{xor_mask, RSV1, RSV2};
+use crate::testkit::{self as kit, op, Len};
 
 /// Kinds the demo does not commit: two need permessage-deflate, which its tungstenite
 /// peers do not negotiate, and oversized_message needs over 64 MiB of one message (the

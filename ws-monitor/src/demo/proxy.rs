@@ -110,7 +110,10 @@ impl Fault {
             Fault::TlsHello => Out::raw(TLS_HELLO, &[Kind::TlsOnPlainPort], None),
             Fault::EarlyFrame => {
                 let mut bytes = head.to_vec();
-                bytes.extend(Frame { mask: Some([1, 2, 3, 4]), ..Frame::new(op::PING, "early") }.encode());
+                // A legal ping, too early.
+                let mut ping = Frame::ping("early");
+                ping.header_mut().mask = Some([1, 2, 3, 4]);
+                bytes.extend(Out::frame(ping, &[]).bytes);
                 Out::raw(bytes, &[Kind::FrameBeforeUpgrade], None)
             }
             Fault::ManyHeaders => {
@@ -148,76 +151,75 @@ impl Fault {
     }
 
     /// Applies a frame fault to `frame`, the first data frame of its direction.
-    pub(super) fn strike(self, mut frame: Frame, rng: &mut Rng) -> Strike {
-        let before = |extra: Vec<Out>, frame: &Frame| {
+    pub(super) fn strike(self, frame: Frame, rng: &mut Rng) -> Strike {
+        let before = |extra: Vec<Out>, frame: Frame| {
             let mut outs = extra;
             outs.push(Out::frame(frame, &[]));
             Strike { outs, last: false }
         };
         let instead = |out: Out| Strike { outs: vec![out], last: true };
         let changed =
-            |frame: &Frame, kinds: &'static [Kind]| Strike { outs: vec![Out::frame(frame, kinds)], last: false };
+            |frame: &kit::Frame, kinds: &'static [Kind]| Strike { outs: vec![Out::kit(frame, kinds)], last: false };
+        let violating = |f: &kit::Frame, kinds: &'static [Kind]| Out::kit(f, kinds);
+        let mut bad = to_kit(&frame);
         match self {
             Fault::Rsv1Data => {
-                frame.rsv |= RSV1;
-                changed(&frame, &[Kind::RsvWithoutExtension])
+                bad.rsv |= RSV1;
+                changed(&bad, &[Kind::RsvWithoutExtension])
             }
             Fault::Rsv2Data => {
-                frame.rsv |= RSV2;
-                changed(&frame, &[Kind::RsvWithoutExtension])
+                bad.rsv |= RSV2;
+                changed(&bad, &[Kind::RsvWithoutExtension])
             }
-            Fault::MaskServer => {
-                frame.mask = Some(rng.mask_key());
-                changed(&frame, &[Kind::MaskedServerFrame])
-            }
-            Fault::Unmask => {
-                frame.mask = None;
-                changed(&frame, &[Kind::UnmaskedClientFrame])
-            }
+            Fault::MaskServer => changed(&bad.mask(rng.mask_key()), &[Kind::MaskedServerFrame]),
+            Fault::Unmask => changed(&bad.unmasked(), &[Kind::UnmaskedClientFrame]),
             Fault::NonMinimal => {
-                frame.form = if frame.payload.len() < 126 { LenForm::Ext16 } else { LenForm::Ext64 };
-                changed(&frame, &[Kind::NonMinimalLength])
+                let form = if bad.payload.len() < 126 { Len::Ext16 } else { Len::Ext64 };
+                changed(&bad.form(form), &[Kind::NonMinimalLength])
             }
             Fault::Rsv1Ping => {
-                let ping = Frame { rsv: RSV1, ..Frame::new(op::PING, "rsv1") };
-                before(vec![Out::frame(&ping, &[Kind::RsvWithoutExtension])], &frame)
+                let ping = kit::Frame::ping("rsv1").rsv(RSV1);
+                before(vec![violating(&ping, &[Kind::RsvWithoutExtension])], frame)
             }
             Fault::ReservedOpcode => {
-                before(vec![Out::frame(&Frame::new(0x3, "opcode 3"), &[Kind::ReservedOpcode])], &frame)
+                before(vec![violating(&kit::Frame::new(0x3, "opcode 3"), &[Kind::ReservedOpcode])], frame)
             }
             Fault::PingTooLong => {
-                before(vec![Out::frame(&Frame::new(op::PING, vec![b'p'; 200]), &[Kind::ControlTooLong])], &frame)
+                before(vec![violating(&kit::Frame::ping(vec![b'p'; 200]), &[Kind::ControlTooLong])], frame)
             }
             Fault::PingFragmented => {
-                let ping = Frame { fin: false, ..Frame::new(op::PING, "fragmented ping") };
-                before(vec![Out::frame(&ping, &[Kind::ControlFragmented])], &frame)
+                let ping = kit::Frame::ping("fragmented ping").fin(false);
+                before(vec![violating(&ping, &[Kind::ControlFragmented])], frame)
             }
             Fault::OrphanCont => {
-                before(vec![Out::frame(&Frame::new(op::CONTINUATION, "orphan"), &[Kind::OrphanContinuation])], &frame)
+                before(vec![violating(&kit::Frame::continuation("orphan"), &[Kind::OrphanContinuation])], frame)
             }
             Fault::Interleaved => {
-                let open = Frame { fin: false, ..Frame::new(op::TEXT, "first half, ") };
-                let next = Frame::new(op::TEXT, "a new message");
-                before(vec![Out::frame(&open, &[]), Out::frame(&next, &[Kind::InterleavedDataFrame])], &frame)
+                // A legal first fragment, then a new message inside it.
+                let open = Frame::message("first half, ", OpCode::Data(Data::Text), false);
+                let next = kit::Frame::text("a new message");
+                before(vec![Out::frame(open, &[]), violating(&next, &[Kind::InterleavedDataFrame])], frame)
             }
             Fault::BadUtf8 => {
                 // Latin-1 "café au lait".
-                before(
-                    vec![Out::frame(&Frame::new(op::TEXT, b"caf\xe9 au lait".to_vec()), &[Kind::InvalidUtf8Text])],
-                    &frame,
-                )
+                let latin1 = kit::Frame::text(&b"caf\xe9 au lait"[..]);
+                before(vec![violating(&latin1, &[Kind::InvalidUtf8Text])], frame)
             }
             Fault::CloseOneByte => {
-                before(vec![Out::frame(&Frame::new(op::CLOSE, vec![0x03]), &[Kind::InvalidClosePayload])], &frame)
+                before(vec![violating(&kit::Frame::new(op::CLOSE, [0x03]), &[Kind::InvalidClosePayload])], frame)
             }
             Fault::Close1005 => {
-                before(vec![Out::frame(&Frame::close(1005, b"no status"), &[Kind::InvalidCloseCode])], &frame)
+                before(vec![violating(&kit::Frame::close(1005, b"no status"), &[Kind::InvalidCloseCode])], frame)
             }
             Fault::CloseBadReason => {
                 // "bye ✓" cut inside the check mark.
-                before(vec![Out::frame(&Frame::close(1000, b"bye \xe2\x9c"), &[Kind::InvalidCloseReason])], &frame)
+                let cut = kit::Frame::close(1000, b"bye \xe2\x9c");
+                before(vec![violating(&cut, &[Kind::InvalidCloseReason])], frame)
             }
-            Fault::CloseThenData => before(vec![Out::frame(&Frame::close(1001, b"going away"), &[])], &frame),
+            Fault::CloseThenData => {
+                let close = Frame::close(Some(CloseFrame { code: CloseCode::Away, reason: "going away".into() }));
+                before(vec![Out::frame(close, &[])], frame)
+            }
             Fault::Oversized => instead(Out::raw(
                 header_claiming(op::BINARY, OVERSIZED_CLAIM),
                 &[Kind::OversizedFrame],
@@ -241,7 +243,7 @@ impl Fault {
             | Fault::ManyHeaders
             | Fault::WrongAccept
             | Fault::No101Upgrade
-            | Fault::ExtraExtension => changed(&frame, &[]),
+            | Fault::ExtraExtension => before(Vec::new(), frame),
         }
     }
 }
@@ -286,7 +288,7 @@ pub(super) fn edit_head(head: &[u8], drop: &[&str], replace: Option<(&str, &str)
 /// `base64(SHA-1(key))`: the accept value of a server that forgot the GUID.
 pub(super) fn accept_without_guid(request: &[u8]) -> String {
     let key = header_value(request, "sec-websocket-key").unwrap_or_default();
-    base64::engine::general_purpose::STANDARD.encode(Sha1::digest(key.as_bytes()))
+    crate::testkit::handshake::accept_without_guid(&key)
 }
 
 /// The misbehaving proxy: each connection gets the next fault of the schedule.
@@ -383,9 +385,9 @@ where
     let mut armed = fault;
     while let Some(frame) = from.frame().await? {
         let fault = match armed {
-            Some(f) if matches!(frame.opcode, op::TEXT | op::BINARY) => f,
+            Some(f) if is_message(&frame) => f,
             _ => {
-                to.send(Out::frame(&frame, &[])).await?;
+                to.send(Out::frame(frame, &[])).await?;
                 continue;
             }
         };

@@ -5,43 +5,41 @@ use std::collections::BTreeSet;
 use super::*;
 use crate::engine::{Engine, Finding};
 
-// ----- frame codec ----------------------------------------------------------------
+// ----- frames -----------------------------------------------------------------------
 
-#[test]
-fn frames_round_trip_in_every_form() {
-    let mut rng = Rng::new(1);
-    for len in [0usize, 1, 125, 126, 300, 0xFFFF, 0x1_0000] {
-        for mask in [None, Some(rng.mask_key())] {
-            for form in [LenForm::Short, LenForm::Ext16, LenForm::Ext64] {
-                let f = Frame { fin: len % 2 == 0, rsv: 0b101, opcode: op::BINARY, mask, form, payload: vec![7; len] };
-                let bytes = f.encode();
-                let (g, used) = Frame::decode(&bytes).unwrap().unwrap();
-                assert_eq!(used, bytes.len());
-                assert_eq!((g.fin, g.rsv, g.opcode, g.mask, &g.payload), (f.fin, f.rsv, f.opcode, f.mask, &f.payload));
-                // A form too short for the length is widened.
-                let expect = match form {
-                    LenForm::Short if len >= 126 => LenForm::minimal(len),
-                    LenForm::Ext16 if len > 0xFFFF => LenForm::Ext64,
-                    f => f,
-                };
-                assert_eq!(g.form, expect);
-                for cut in 0..bytes.len().min(20) {
-                    assert!(Frame::decode(&bytes[..cut]).unwrap().is_none());
-                }
-            }
-        }
+#[tokio::test]
+async fn reads_the_rfc_examples_and_relays_them_unchanged() {
+    // RFC 6455 §5.7: masked "Hello", then unmasked "Hello", split anywhere.
+    let masked = [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
+    let unmasked = [0x81, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f];
+    let stream = [&masked[..], &unmasked[..]].concat();
+    for cut in 0..masked.len() {
+        assert!(decode(&masked[..cut]).unwrap().is_none());
     }
+    let mut reader = Reader::new(&stream[..]);
+    let f = reader.frame().await.unwrap().unwrap();
+    assert_eq!((f.payload(), f.header().mask), (&b"Hello"[..], Some([0x37, 0xfa, 0x21, 0x3d])));
+    assert!(is_message(&f));
+    assert_eq!(Out::frame(f, &[]).bytes, masked);
+    let g = reader.frame().await.unwrap().unwrap();
+    assert_eq!(to_kit(&g), crate::testkit::Frame::text("Hello"));
+    assert_eq!(Out::frame(g, &[]).bytes, unmasked);
+    assert!(reader.frame().await.unwrap().is_none());
+    // What is too large to relay is refused.
+    assert!(decode(&header_claiming(op::BINARY, OVERSIZED_CLAIM)).is_err());
 }
 
 #[test]
-fn decodes_the_rfc_examples() {
-    // RFC 6455 §5.7: masked "Hello" and unmasked "Hello".
-    let masked = [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
-    let (f, n) = Frame::decode(&masked).unwrap().unwrap();
-    assert_eq!((n, f.payload.as_slice(), f.mask), (11, &b"Hello"[..], Some([0x37, 0xfa, 0x21, 0x3d])));
-    assert_eq!(f.encode(), masked);
-    assert_eq!(Frame::new(op::TEXT, "Hello").encode(), [0x81, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f]);
-    assert!(Frame::decode(&header_claiming(op::BINARY, OVERSIZED_CLAIM)).is_err());
+fn violations_keep_the_rest_of_the_frame() {
+    let mut rng = Rng::new(3);
+    let text = || Frame::message("x", OpCode::Data(Data::Text), true);
+    let rsv1 = Fault::Rsv1Data.strike(text(), &mut rng).outs;
+    assert_eq!(rsv1.iter().map(|o| o.bytes.clone()).collect::<Vec<_>>(), [vec![0xC1, 0x01, b'x']]);
+    let wide = Fault::NonMinimal.strike(text(), &mut rng).outs;
+    assert_eq!(wide[0].bytes, [0x81, 126, 0, 1, b'x']);
+    let close = Fault::CloseThenData.strike(text(), &mut rng).outs;
+    assert_eq!(close[0].bytes, crate::testkit::Frame::close(1001, b"going away").encode());
+    assert_eq!(close[1].bytes, [0x81, 0x01, b'x']);
 }
 
 #[test]
@@ -67,7 +65,7 @@ fn schedule_covers_every_kind() {
     for fault in SCHEDULE {
         let mut outs = vec![fault.request(b"GET / HTTP/1.1\r\n\r\n")];
         outs.push(fault.response(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", b"GET / HTTP/1.1\r\n\r\n"));
-        outs.extend(fault.strike(Frame::new(op::TEXT, "x"), &mut rng).outs);
+        outs.extend(fault.strike(Frame::message("x", OpCode::Data(Data::Text), true), &mut rng).outs);
         kinds.extend(outs.iter().flat_map(|o| o.kinds.iter().copied()));
     }
     // data_after_close is counted by the writer; handshake_rejected by the relay.

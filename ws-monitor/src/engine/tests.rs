@@ -1,16 +1,16 @@
-//! Engine tests: an independent frame encoder and handshake builder, one test per kind,
+//! Engine tests (frames and handshakes from [`crate::testkit`]): one test per kind,
 //! the legal look-alikes, delivery-split invariance, gaps and resync, property tests.
 
 use std::cell::Cell;
 use std::net::SocketAddr;
 
-use base64::Engine as _;
 use flate2::{Compress, Compression};
 use proptest::prelude::*;
-use sha1::{Digest, Sha1};
 
 use super::*;
 use crate::flow::{Closing, Direction, FlowId, FlowKey, Loss, Opening, StreamSink};
+use crate::testkit::frame::close_body;
+use crate::testkit::{accept, op, Frame, Head, Len, RFC_KEY};
 
 /// Payload that makes the engine panic in unit tests (see `Engine::data`): the injected
 /// fault of the monitor's panic-containment test.
@@ -19,27 +19,14 @@ pub(crate) const FAULT: &[u8] = b"\xde\xadinject-an-engine-panic";
 const C: Direction = Direction::ToServer;
 const S: Direction = Direction::ToClient;
 
-// ----- independent encoder -------------------------------------------------------------
+// ----- frames and handshakes from the test kit ----------------------------------------
 
-/// Length encoding to force (default: minimal).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Form {
-    Short,
-    Ext16,
-    Ext64,
-}
-
-/// A frame to encode; built from fields, nothing shared with the parser.
-#[derive(Clone, Debug)]
-struct Fr {
-    fin: bool,
-    rsv: u8,
-    op: u8,
-    key: Option<[u8; 4]>,
-    payload: Vec<u8>,
-    form: Option<Form>,
-    claimed: Option<u64>,
-}
+const CONT: u8 = op::CONTINUATION;
+const TEXT: u8 = op::TEXT;
+const BIN: u8 = op::BINARY;
+const CLOSE: u8 = op::CLOSE;
+const PING: u8 = op::PING;
+const PONG: u8 = op::PONG;
 
 thread_local! {
     static KEYS: Cell<u32> = const { Cell::new(1) };
@@ -54,88 +41,25 @@ fn next_key() -> [u8; 4] {
     })
 }
 
-impl Fr {
-    fn new(op: u8, payload: impl Into<Vec<u8>>) -> Fr {
-        Fr { fin: true, rsv: 0, op, key: None, payload: payload.into(), form: None, claimed: None }
-    }
-    fn fin(mut self, fin: bool) -> Fr {
-        self.fin = fin;
-        self
-    }
-    fn rsv(mut self, rsv: u8) -> Fr {
-        self.rsv = rsv;
-        self
-    }
-    fn masked(mut self) -> Fr {
-        self.key = Some(next_key());
-        self
-    }
-    fn key(mut self, key: [u8; 4]) -> Fr {
-        self.key = Some(key);
-        self
-    }
-    fn form(mut self, f: Form) -> Fr {
-        self.form = Some(f);
-        self
-    }
-    fn claim(mut self, len: u64) -> Fr {
-        self.claimed = Some(len);
-        self
-    }
-    fn enc(&self) -> Vec<u8> {
-        let len = self.claimed.unwrap_or(self.payload.len() as u64);
-        let form = self.form.unwrap_or(if len < 126 {
-            Form::Short
-        } else if len < 65536 {
-            Form::Ext16
-        } else {
-            Form::Ext64
-        });
-        let mut out = vec![(u8::from(self.fin) << 7) | ((self.rsv & 7) << 4) | (self.op & 0x0F)];
-        let m = if self.key.is_some() { 0x80 } else { 0 };
-        match form {
-            Form::Short => out.push(m | len as u8),
-            Form::Ext16 => {
-                out.push(m | 126);
-                out.extend_from_slice(&(len as u16).to_be_bytes());
-            }
-            Form::Ext64 => {
-                out.push(m | 127);
-                out.extend_from_slice(&len.to_be_bytes());
-            }
-        }
-        match self.key {
-            Some(k) => {
-                out.extend_from_slice(&k);
-                out.extend(self.payload.iter().enumerate().map(|(i, b)| b ^ k[i % 4]));
-            }
-            None => out.extend_from_slice(&self.payload),
-        }
-        out
+/// Masking with a fresh key.
+trait Masked {
+    fn masked(self) -> Frame;
+}
+
+impl Masked for Frame {
+    fn masked(self) -> Frame {
+        self.mask(next_key())
     }
 }
 
-const CONT: u8 = 0;
-const TEXT: u8 = 1;
-const BIN: u8 = 2;
-const CLOSE: u8 = 8;
-const PING: u8 = 9;
-const PONG: u8 = 10;
-
 /// A client frame (masked with a fresh key).
-fn cf(op: u8, payload: impl Into<Vec<u8>>) -> Fr {
-    Fr::new(op, payload).masked()
+fn cf(op: u8, payload: impl Into<Vec<u8>>) -> Frame {
+    Frame::new(op, payload).masked()
 }
 
 /// A server frame.
-fn sf(op: u8, payload: impl Into<Vec<u8>>) -> Fr {
-    Fr::new(op, payload)
-}
-
-fn close_body(code: u16, reason: &[u8]) -> Vec<u8> {
-    let mut b = code.to_be_bytes().to_vec();
-    b.extend_from_slice(reason);
-    b
+fn sf(op: u8, payload: impl Into<Vec<u8>>) -> Frame {
+    Frame::new(op, payload)
 }
 
 /// permessage-deflate sender: sync flush, trailing 00 00 ff ff removed.
@@ -143,32 +67,16 @@ fn deflate(c: &mut Compress, msg: &[u8]) -> Vec<u8> {
     super::inflate::tests::pmd_compress(c, msg)
 }
 
-// ----- handshake builder -----------------------------------------------------------------
+const KEY: &str = RFC_KEY;
 
-const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
-
-/// The accept value, computed here independently of the engine.
-fn accept(key: &str) -> String {
-    let mut h = Sha1::new();
-    h.update(format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes());
-    base64::engine::general_purpose::STANDARD.encode(h.finalize())
-}
-
+/// The upgrade request, with `extra` header lines at its end.
 fn request(extra: &str) -> Vec<u8> {
-    format!(
-        "GET /chat HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
-         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
-    )
-    .into_bytes()
+    Head::upgrade_request("/chat", "example.com", KEY).set("Connection", "keep-alive, Upgrade").raw(extra).encode()
 }
 
+/// The 101, with `extra` header lines at its end.
 fn response(extra: &str) -> Vec<u8> {
-    format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Accept: {}\r\n{extra}\r\n",
-        accept(KEY)
-    )
-    .into_bytes()
+    Head::switching_protocols(KEY).raw(extra).encode()
 }
 
 // ----- scripts and split-invariant runner ----------------------------------------------
@@ -213,11 +121,11 @@ impl Script {
         self.evs.push(Ev::Data(d, b));
         self
     }
-    fn c(&mut self, f: Fr) -> &mut Script {
-        self.data(C, f.enc())
+    fn c(&mut self, f: Frame) -> &mut Script {
+        self.data(C, f.encode())
     }
-    fn s(&mut self, f: Fr) -> &mut Script {
-        self.data(S, f.enc())
+    fn s(&mut self, f: Frame) -> &mut Script {
+        self.data(S, f.encode())
     }
     fn gap(&mut self, d: Direction, n: u64) -> &mut Script {
         self.evs.push(Ev::Gap(d, n));
@@ -576,7 +484,7 @@ fn upgrade_missing_needs_websocket_intent() {
 fn frame_before_upgrade() {
     let mut sc = Script::handshake();
     let mut early = request("");
-    early.extend(cf(TEXT, "too early").enc());
+    early.extend(cf(TEXT, "too early").encode());
     sc.data(C, early).data(S, response(""));
     sc.c(cf(TEXT, "in time")).s(sf(TEXT, "ok"));
     let st = expect(&sc, &[(C, Kind::FrameBeforeUpgrade)]);
@@ -584,20 +492,20 @@ fn frame_before_upgrade() {
     // The server never answers (it drops the junk): still reported when the connection ends.
     let mut sc = Script::handshake();
     let mut early = request("");
-    early.extend(cf(PING, "early").enc());
+    early.extend(cf(PING, "early").encode());
     sc.data(C, early);
     expect(&sc, &[(C, Kind::FrameBeforeUpgrade)]);
     // Frames that come after the server began its answer were not sent early, even in
     // the delivery that also completes the request.
     let mut sc = Script::handshake();
     let mut late = request("");
-    late.extend(cf(TEXT, "after the 101 was sent").enc());
+    late.extend(cf(TEXT, "after the 101 was sent").encode());
     sc.data(S, response("")).data(C, late).c(cf(TEXT, "later"));
     let st = clean(&sc);
     assert_eq!((st.frames[0].text, st.upgrades_ok), (2, 1));
     let mut sc = Script::handshake();
     let mut early = request("");
-    early.extend(cf(TEXT, "early").enc());
+    early.extend(cf(TEXT, "early").encode());
     let resp = response("");
     let (head, tail) = resp.split_at(10);
     sc.data(C, early).data(S, head.to_vec()).c(cf(TEXT, "late")).data(S, tail.to_vec());
@@ -856,7 +764,7 @@ fn reserved_opcode() {
 #[test]
 fn unmasked_client_frame() {
     let mut sc = Script::plain();
-    sc.c(Fr::new(TEXT, "no mask")).c(cf(TEXT, "ok"));
+    sc.c(Frame::new(TEXT, "no mask")).c(cf(TEXT, "ok"));
     expect(&sc, &[(C, Kind::UnmaskedClientFrame)]);
 }
 
@@ -898,10 +806,10 @@ fn interleaved_data_frame() {
 #[test]
 fn non_minimal_length() {
     let mut sc = Script::plain();
-    sc.s(sf(BIN, vec![0; 5]).form(Form::Ext16));
+    sc.s(sf(BIN, vec![0; 5]).form(Len::Ext16));
     expect(&sc, &[(S, Kind::NonMinimalLength)]);
     let mut sc = Script::plain();
-    sc.c(cf(BIN, vec![0; 1000]).form(Form::Ext64)).c(cf(TEXT, "still in sync"));
+    sc.c(cf(BIN, vec![0; 1000]).form(Len::Ext64)).c(cf(TEXT, "still in sync"));
     expect(&sc, &[(C, Kind::NonMinimalLength)]);
 }
 
@@ -996,7 +904,7 @@ fn http_in_stream() {
     sc.data(C, b"GET /next HTTP/1.1\r\nHost: example.com\r\n\r\n".to_vec());
     sc.data(S, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec());
     let (st, found) = run(&sc);
-    let at = (request("").len() + cf(TEXT, "hi").enc().len()) as u64;
+    let at = (request("").len() + cf(TEXT, "hi").encode().len()) as u64;
     assert_eq!(found, vec![(C, Kind::HttpInStream, at)]);
     assert_eq!(st.desyncs, 2);
     assert_eq!(st.violations_total(), 1);
@@ -1019,7 +927,7 @@ fn ping_between_fragments_and_unsolicited_pong() {
 fn zero_length_frames() {
     let mut sc = Script::plain();
     sc.c(cf(TEXT, "")).c(cf(BIN, "")).c(cf(PING, "")).c(cf(TEXT, "").fin(false)).c(cf(CONT, ""));
-    sc.s(sf(TEXT, "")).s(sf(PONG, "")).s(sf(CLOSE, "")).data(C, cf(CLOSE, "").enc());
+    sc.s(sf(TEXT, "")).s(sf(PONG, "")).s(sf(CLOSE, "")).data(C, cf(CLOSE, "").encode());
     let st = clean(&sc);
     assert_eq!(st.frames[0].total(), 6);
     assert_eq!(st.frames[1].total(), 3);
@@ -1113,11 +1021,11 @@ fn connection_view_states() {
     let resp = response("Sec-WebSocket-Protocol: \r\n");
     e.data(id, S, 0, &resp, 7);
     assert_eq!(e.connection(id).unwrap().state, ConnState::Open);
-    let close = cf(CLOSE, close_body(1001, b"")).enc();
+    let close = cf(CLOSE, close_body(1001, b"")).encode();
     e.data(id, C, req.len() as u64, &close, 8);
     let v = e.connection(id).unwrap();
     assert_eq!((v.state, v.last_close_code, v.frames), (ConnState::Closing, Some(1001), [1, 0]));
-    let close = sf(CLOSE, close_body(1000, b"")).enc();
+    let close = sf(CLOSE, close_body(1000, b"")).encode();
     e.data(id, S, resp.len() as u64, &close, 9);
     assert_eq!(e.connection(id).unwrap().state, ConnState::Closed);
     assert_eq!(e.connections().count(), 1);
@@ -1134,7 +1042,7 @@ fn finding_carries_header_bytes() {
     let req = request("");
     e.data(id, C, 0, &req, 1);
     e.data(id, S, 0, &response(""), 2);
-    e.data(id, C, req.len() as u64, &Fr::new(TEXT, "x").enc(), 3);
+    e.data(id, C, req.len() as u64, &Frame::new(TEXT, "x").encode(), 3);
     let f: Vec<Finding> = e.drain_findings().filter(|f| f.kind.is_violation()).collect();
     assert_eq!(f.len(), 1);
     assert_eq!(
@@ -1186,33 +1094,33 @@ fn traffic(sc: &mut Script, dir: Direction, n: usize, seed: u64) {
         };
         let payload: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
         let f = if i % 9 == 4 {
-            Fr::new(PING, payload.get(..len.min(100)).unwrap_or(&[]).to_vec())
+            Frame::new(PING, payload.get(..len.min(100)).unwrap_or(&[]).to_vec())
         } else if i % 3 == 0 {
-            Fr::new(TEXT, "ü".repeat(len / 2).into_bytes())
+            Frame::new(TEXT, "ü".repeat(len / 2).into_bytes())
         } else {
-            Fr::new(BIN, payload)
+            Frame::new(BIN, payload)
         };
         let f = if dir == C { f.masked() } else { f };
-        sc.data(dir, f.enc());
+        sc.data(dir, f.encode());
     }
 }
 
 #[test]
 fn gap_inside_payload_stays_in_sync() {
     let mut sc = Script::plain();
-    let big = cf(BIN, vec![3u8; 1000]).enc();
+    let big = cf(BIN, vec![3u8; 1000]).encode();
     sc.data(C, big[..300].to_vec()).gap(C, 500).data(C, big[800..].to_vec());
     // Text whose invalid byte falls in a gap is not reported, nor is the message.
     let t =
         sf(TEXT, "aaaa\u{FFFF}bbbb".as_bytes().iter().map(|&b| if b == 0xEF { 0xFF } else { b }).collect::<Vec<u8>>())
-            .enc();
+            .encode();
     sc.data(S, t[..4].to_vec()).gap(S, 4).data(S, t[8..].to_vec());
     // A gap ending exactly at the end of a payload keeps sync too.
-    let b2 = sf(BIN, vec![1u8; 50]).enc();
+    let b2 = sf(BIN, vec![1u8; 50]).encode();
     sc.data(S, b2[..10].to_vec()).gap(S, 42);
     traffic(&mut sc, C, 20, 5);
     traffic(&mut sc, S, 20, 6);
-    sc.c(Fr::new(TEXT, "unmasked: still detected"));
+    sc.c(Frame::new(TEXT, "unmasked: still detected"));
     let st = expect(&sc, &[(C, Kind::UnmaskedClientFrame)]);
     assert_eq!((st.desyncs, st.resyncs), (0, 0));
     assert_eq!(st.frames[0].total(), 22);
@@ -1225,10 +1133,10 @@ fn gap_over_header_desyncs_then_resyncs() {
         let mut sc = Script::plain();
         traffic(&mut sc, dir, 10, 11);
         let f = if dir == C { cf(BIN, vec![9u8; 300]) } else { sf(BIN, vec![9u8; 300]) };
-        let f = f.enc();
+        let f = f.encode();
         // Lose the end of one frame and the header of the next.
         sc.data(dir, f[..100].to_vec()).gap(dir, f.len() as u64 - 100 + 3);
-        let g = if dir == C { cf(BIN, vec![1u8; 40]) } else { sf(BIN, vec![1u8; 40]) }.enc();
+        let g = if dir == C { cf(BIN, vec![1u8; 40]) } else { sf(BIN, vec![1u8; 40]) }.encode();
         sc.data(dir, g[3..].to_vec());
         traffic(&mut sc, dir, 60, 12);
         let (st, found) = run(&sc);
@@ -1244,7 +1152,7 @@ fn violations_reported_again_after_probation() {
     let mut sc = Script::plain();
     sc.gap(C, 7);
     traffic(&mut sc, C, 40, 3);
-    sc.c(Fr::new(TEXT, "unmasked"));
+    sc.c(Frame::new(TEXT, "unmasked"));
     let st = expect(&sc, &[(C, Kind::UnmaskedClientFrame)]);
     assert_eq!((st.desyncs, st.resyncs), (1, 1));
 }
@@ -1302,7 +1210,7 @@ fn large_frames_resync_beyond_window() {
 fn client_reusing_one_key_never_resyncs_and_stays_silent() {
     let mut sc = Script::mid();
     for i in 0..40u8 {
-        sc.c(Fr::new(BIN, vec![i; 20]).key([1, 2, 3, 4]));
+        sc.c(Frame::new(BIN, vec![i; 20]).mask([1, 2, 3, 4]));
     }
     let st = clean(&sc);
     assert_eq!((st.resyncs, st.frames[0].total()), (0, 0));
@@ -1329,7 +1237,7 @@ fn corrupt_compressed_text_is_judged_identically() {
     let mut sc = Script::deflate();
     let frames = [(64u8, 225u8, vec![26u8]), (0, 80, vec![25, 64, 128, 160, 83, 2, 230, 140, 41, 0, 0, 0])];
     for (b0, op, payload) in frames {
-        let f = Fr::new(op & 0x0F, payload).fin(b0 & 0x80 != 0).rsv((b0 >> 4) & 7);
+        let f = Frame::new(op & 0x0F, payload).fin(b0 & 0x80 != 0).rsv((b0 >> 4) & 7);
         sc.c(f.clone());
         sc.s(f);
     }
@@ -1372,8 +1280,8 @@ fn encode_msgs_with(msgs: &[Gen], dir: Direction, mut z: Option<&mut Compress>) 
     let mut out = Vec::new();
     let mut counts = FrameCounts::default();
     let mk = |op: u8, fin: bool, p: &[u8]| {
-        let f = Fr::new(op, p.to_vec()).fin(fin);
-        if dir == C { f.masked() } else { f }.enc()
+        let f = Frame::new(op, p.to_vec()).fin(fin);
+        if dir == C { f.masked() } else { f }.encode()
     };
     for m in msgs {
         let (op, bytes, n) = match m {
@@ -1398,8 +1306,8 @@ fn encode_msgs_with(msgs: &[Gen], dir: Direction, mut z: Option<&mut Compress>) 
         let chunks: Vec<&[u8]> = if bytes.is_empty() { vec![&[][..]] } else { bytes.chunks(step).collect() };
         for (i, c) in chunks.iter().enumerate() {
             let last = i + 1 == chunks.len();
-            let f = Fr::new(if i == 0 { op } else { CONT }, c.to_vec()).fin(last).rsv(if i == 0 { rsv } else { 0 });
-            out.extend(if dir == C { f.masked() } else { f }.enc());
+            let f = Frame::new(if i == 0 { op } else { CONT }, c.to_vec()).fin(last).rsv(if i == 0 { rsv } else { 0 });
+            out.extend(if dir == C { f.masked() } else { f }.encode());
             if i > 0 {
                 counts.continuation += 1;
             } else if op == TEXT {
@@ -1548,11 +1456,11 @@ proptest! {
         // after is valid, with gaps. The two first frames are the only findings.
         let mut cb = request("");
         let cstart = cb.len();
-        cb.extend(Fr::new(1, "x").enc());
+        cb.extend(Frame::new(1, "x").encode());
         cb.extend(encode_msgs(&cmsgs, C).0);
         let mut sb = response("");
         let sstart = sb.len();
-        sb.extend(Fr::new(2, "y").masked().enc());
+        sb.extend(Frame::new(2, "y").masked().encode());
         sb.extend(encode_msgs(&smsgs, S).0);
         let mut e = Engine::default();
         let id = FlowId(13);
@@ -1636,12 +1544,12 @@ proptest! {
         let (mut cb, _) = encode_msgs_with(&cmsgs, C, compress.then_some(&mut zc));
         let (mut sb, _) = encode_msgs_with(&smsgs, S, compress.then_some(&mut zs));
         for &(to_server, b0, masked, len, at) in &odd {
-            let f = Fr::new(b0 & 0x0f, vec![0x5a; len]).fin(b0 & 0x80 != 0).rsv((b0 >> 4) & 7);
+            let f = Frame::new(b0 & 0x0f, vec![0x5a; len]).fin(b0 & 0x80 != 0).rsv((b0 >> 4) & 7);
             let f = if masked { f.masked() } else { f };
             let bytes = if to_server { &mut cb } else { &mut sb };
             // At a message boundary: the end, or the start of the stream.
             let at = if at % 2 == 0 { 0 } else { bytes.len() };
-            bytes.splice(at..at, f.enc());
+            bytes.splice(at..at, f.encode());
         }
         sc.data(C, cb).data(S, sb);
         run(&sc);
@@ -1687,10 +1595,10 @@ proptest! {
     ) {
         let mut sc = Script::deflate();
         for (b0, op, payload, masked) in frames {
-            let mut f = Fr::new(op & 0x0F, payload).fin(b0 & 0x80 != 0).rsv((b0 >> 4) & 7);
+            let mut f = Frame::new(op & 0x0F, payload).fin(b0 & 0x80 != 0).rsv((b0 >> 4) & 7);
             if masked { f = f.masked(); }
             sc.c(f.clone());
-            f.key = None;
+            f.mask = None;
             sc.s(f);
         }
         let (st, mut found) = run_cut(&sc, Cut::Whole);
@@ -1750,11 +1658,11 @@ fn steered() -> (Engine, [u64; 2]) {
 #[test]
 fn a_skip_inside_binary_payload_is_passed_over_in_sync() {
     let (mut e, off) = steered();
-    let frame = sf(BIN, vec![7u8; 1000]).enc();
+    let frame = sf(BIN, vec![7u8; 1000]).encode();
     e.data(FlowId(1), S, off[1], &frame[..4 + 64], 0);
     e.skip(FlowId(1), S, off[1] + 68, 936, 0);
     let next = off[1] + frame.len() as u64;
-    e.data(FlowId(1), S, next, &sf(CLOSE, close_body(1000, b"")).enc(), 0);
+    e.data(FlowId(1), S, next, &sf(CLOSE, close_body(1000, b"")).encode(), 0);
     let st = e.stats().clone();
     assert_eq!((st.skipped_bytes, st.skip_mismatches, st.desyncs), (936, 0, 0));
     assert_eq!(st.frames[S.index()].binary, 1);
@@ -1769,7 +1677,7 @@ fn a_skip_where_bytes_are_needed_is_a_gap_and_asks_for_full_copy() {
     // cannot be seen, and the message is not judged at all.
     let mut text = vec![b'a'; 500];
     text[300] = 0xff;
-    let frame = sf(TEXT, text).enc();
+    let frame = sf(TEXT, text).encode();
     e.data(FlowId(1), S, off[1], &frame[..100], 0);
     e.skip(FlowId(1), S, off[1] + 100, frame.len() as u64 - 100, 0);
     assert_eq!(e.stats().skip_mismatches, 1);
@@ -1815,7 +1723,7 @@ fn a_skip_inside_an_http_body_is_a_mismatch_the_handshake_survives() {
 fn binary_payload_read_in_full_anchors_the_capture_at_the_next_header() {
     let (mut e, off) = steered();
     // Two fragments of one binary message, copied whole (the capture is not walking).
-    let first = sf(BIN, vec![1u8; 5000]).fin(false).enc();
+    let first = sf(BIN, vec![1u8; 5000]).fin(false).encode();
     e.data(FlowId(1), S, off[1], &first[..2000], 0);
     let hints: Vec<Hint> = e.drain_hints().collect();
     let at = off[1] + first.len() as u64;
@@ -1826,13 +1734,13 @@ fn binary_payload_read_in_full_anchors_the_capture_at_the_next_header() {
 
     // Text is read anyway: no anchor. And nothing without steering.
     let (mut e, off) = steered();
-    e.data(FlowId(1), S, off[1], &sf(TEXT, vec![b'x'; 5000]).enc(), 0);
+    e.data(FlowId(1), S, off[1], &sf(TEXT, vec![b'x'; 5000]).encode(), 0);
     assert_eq!(e.drain_hints().count(), 0);
     let mut e = Engine::default();
     e.open(FlowId(1), &key(), Opening::Handshake, 0);
     e.data(FlowId(1), C, 0, &request(""), 0);
     e.data(FlowId(1), S, 0, &response(""), 0);
-    e.data(FlowId(1), S, off[1], &sf(BIN, vec![1u8; 5000]).enc(), 0);
+    e.data(FlowId(1), S, off[1], &sf(BIN, vec![1u8; 5000]).encode(), 0);
     assert_eq!(e.drain_hints().count(), 0);
 }
 
@@ -1847,7 +1755,7 @@ fn findings_per_connection_per_second_are_capped_and_the_rest_counted() {
     e.data(id, C, 0, &request(""), 0);
     e.data(id, S, 0, &response(""), 0);
     let mut off = request("").len() as u64;
-    let unmasked = Fr::new(1, "hi").enc();
+    let unmasked = Frame::new(1, "hi").encode();
     let mut send = |e: &mut Engine, n: usize, ts: u64| {
         for _ in 0..n {
             e.data(id, C, off, &unmasked, ts);
@@ -1874,7 +1782,7 @@ fn unanalysed_bytes_are_counted_per_connection_by_cause() {
     e.data(id, S, 0, &response(""), 0);
     let base = request("").len() as u64;
     // A gap over a header: the direction scans, passing over what follows until it syncs.
-    let f = Fr::new(2, vec![7u8; 40]).masked().enc();
+    let f = Frame::new(2, vec![7u8; 40]).masked().encode();
     e.data(id, C, base, &f, 1);
     e.gap(id, C, base + f.len() as u64, 3, Loss::Capture, 2);
     e.data(id, C, base + f.len() as u64 + 3, &f[3..], 3);
@@ -1901,8 +1809,8 @@ fn a_session_resumed_at_a_frame_boundary_is_checked_from_its_first_frame() {
     // Back after the eviction: the first frame is already judged, with the negotiation
     // known (RSV1 is fine on a data frame from the server, wrong on a ping).
     e.open(FlowId(2), &key(), Opening::Resumed, 2);
-    e.data(FlowId(2), C, 0, &Fr::new(1, "hi").enc(), 3);
-    e.data(FlowId(2), S, 0, &Fr::new(9, "").rsv(4).enc(), 3);
+    e.data(FlowId(2), C, 0, &Frame::new(1, "hi").encode(), 3);
+    e.data(FlowId(2), S, 0, &Frame::new(9, "").rsv(4).encode(), 3);
     let kinds: Vec<Kind> = e.drain_findings().filter(|f| f.kind.is_violation()).map(|f| f.kind).collect();
     assert_eq!(kinds, [Kind::UnmaskedClientFrame, Kind::Rsv1Invalid]);
     let v = e.connection(FlowId(2)).cloned().expect("tracked");
@@ -1921,7 +1829,7 @@ fn a_client_that_never_masks_is_found_again_soon_after_a_gap() {
     let req = request("");
     e.data(id, C, 0, &req, 0);
     e.data(id, S, 0, &response(""), 0);
-    let frame = Fr::new(1, "hi").enc();
+    let frame = Frame::new(1, "hi").encode();
     let stream: Vec<u8> = frame.repeat(100);
     let base = req.len() as u64;
     // 10 frames, then 6 bytes lost (frame 11 and the header of frame 12), then the rest.
@@ -1950,7 +1858,7 @@ fn session(e: &mut Engine) -> [u64; 2] {
 fn close_frame(code: u16, reason: &str) -> Vec<u8> {
     let mut body = code.to_be_bytes().to_vec();
     body.extend_from_slice(reason.as_bytes());
-    Fr::new(8, body).masked().enc()
+    Frame::new(8, body).masked().encode()
 }
 
 fn kinds_and_details(e: &mut Engine) -> Vec<(Direction, Kind, Detail)> {
@@ -1961,7 +1869,7 @@ fn kinds_and_details(e: &mut Engine) -> Vec<(Direction, Kind, Detail)> {
 fn a_close_with_1002_names_the_violation_before_it() {
     let mut e = Engine::default();
     let [c, s] = session(&mut e);
-    let bad = Fr::new(1, "x").rsv(4).enc(); // RSV1 without permessage-deflate
+    let bad = Frame::new(1, "x").rsv(4).encode(); // RSV1 without permessage-deflate
     e.data(FlowId(1), S, s, &bad, 1);
     e.data(FlowId(1), C, c, &close_frame(1002, "rsv"), 2);
     let found: Vec<Finding> = e.drain_findings().collect();
@@ -1976,8 +1884,8 @@ fn a_close_with_1002_names_the_violation_before_it() {
 fn a_close_with_1009_or_1003_names_the_message_before_it() {
     let mut e = Engine::default();
     let [c, s] = session(&mut e);
-    e.data(FlowId(1), C, c, &Fr::new(2, vec![7u8; 5000]).masked().enc(), 1);
-    e.data(FlowId(1), S, s, &Fr::new(8, [&1009u16.to_be_bytes()[..], b"too big"].concat()).enc(), 2);
+    e.data(FlowId(1), C, c, &Frame::new(2, vec![7u8; 5000]).masked().encode(), 1);
+    e.data(FlowId(1), S, s, &Frame::new(8, [&1009u16.to_be_bytes()[..], b"too big"].concat()).encode(), 2);
     // The client answers with the same code: only the first close is a refusal.
     e.data(FlowId(1), C, c + 5008, &close_frame(1009, ""), 3);
     let found = kinds_and_details(&mut e);
@@ -1991,8 +1899,8 @@ fn a_close_with_1009_or_1003_names_the_message_before_it() {
     );
     let mut e = Engine::default();
     let [c, s] = session(&mut e);
-    e.data(FlowId(1), C, c, &Fr::new(2, vec![1u8; 10]).masked().enc(), 1);
-    e.data(FlowId(1), S, s, &Fr::new(8, [&1003u16.to_be_bytes()[..], b"text only"].concat()).enc(), 2);
+    e.data(FlowId(1), C, c, &Frame::new(2, vec![1u8; 10]).masked().encode(), 1);
+    e.data(FlowId(1), S, s, &Frame::new(8, [&1003u16.to_be_bytes()[..], b"text only"].concat()).encode(), 2);
     let found: Vec<Finding> = e.drain_findings().collect();
     assert_eq!(found.len(), 1);
     assert_eq!(
@@ -2012,7 +1920,7 @@ fn tcp_ending_without_close_frames_is_an_abnormal_closure_and_after_idle_a_cut()
     // Data at 1 s, the server's FIN at 4 s: cut after 3 s idle, by the server.
     let mut e = Engine::default();
     let [c, _] = session(&mut e);
-    e.data(FlowId(1), C, c, &Fr::new(1, "hi").masked().enc(), s_ns);
+    e.data(FlowId(1), C, c, &Frame::new(1, "hi").masked().encode(), s_ns);
     e.end(FlowId(1), S, 4 * s_ns);
     e.end(FlowId(1), C, 4 * s_ns + 1000);
     e.close(FlowId(1), Closing::Fin, 4 * s_ns + 2000);
@@ -2031,7 +1939,7 @@ fn tcp_ending_without_close_frames_is_an_abnormal_closure_and_after_idle_a_cut()
     let mut e = Engine::default();
     let [c, s] = session(&mut e);
     e.data(FlowId(1), C, c, &close_frame(1000, ""), s_ns);
-    e.data(FlowId(1), S, s, &Fr::new(8, 1000u16.to_be_bytes().to_vec()).enc(), s_ns);
+    e.data(FlowId(1), S, s, &Frame::new(8, 1000u16.to_be_bytes().to_vec()).encode(), s_ns);
     e.end(FlowId(1), S, 9 * s_ns);
     e.close(FlowId(1), Closing::Fin, 9 * s_ns);
     assert!(e.drain_findings().next().is_none());
@@ -2039,7 +1947,7 @@ fn tcp_ending_without_close_frames_is_an_abnormal_closure_and_after_idle_a_cut()
     // A RST right after data: abnormal, no cut.
     let mut e = Engine::default();
     let [c, _] = session(&mut e);
-    e.data(FlowId(1), C, c, &Fr::new(1, "hi").masked().enc(), s_ns);
+    e.data(FlowId(1), C, c, &Frame::new(1, "hi").masked().encode(), s_ns);
     e.end(FlowId(1), C, s_ns + 10);
     e.close(FlowId(1), Closing::Rst, s_ns + 10);
     let found = kinds_and_details(&mut e);

@@ -681,41 +681,28 @@ mod tests {
     use super::*;
     use crate::engine::{Ending, Kind};
     use crate::flow::key_for;
+    use crate::testkit::scenario::Tcp;
+    use crate::testkit::{Frame, Head, RFC_KEY};
 
     /// Connection `i`: an upgrade, then `frames` unmasked client frames (a protocol
     /// violation each: clients must mask) and a close each way.
     fn connection(i: u16, frames: usize, f: &mut dyn FnMut(&Segment<'_>)) {
-        session(i, &[0x81, 0x02, b'h', b'i'], frames, f);
+        session(i, &Frame::text("hi").encode(), frames, f);
     }
 
     /// Connection `i`: an upgrade, then `frames` copies of the client frame `frame`.
     fn session(i: u16, frame: &[u8], frames: usize, f: &mut dyn FnMut(&Segment<'_>)) {
         let client = SocketAddr::from((Ipv4Addr::new(10, 0, 0, 1), 40000 + i));
         let server = SocketAddr::from((Ipv4Addr::new(10, 0, 0, 2), 8001));
-        let key = key_for((client.ip(), client.port()), (server.ip(), server.port()), Direction::ToServer);
-        let seg = |dir, seq: u32, ack: u32, syn: bool, data: &[u8], f: &mut dyn FnMut(&Segment<'_>)| {
-            f(&Segment {
-                key,
-                dir,
-                seq,
-                ack,
-                flags: TcpFlags { syn, ack: ack != 0, fin: false, rst: false },
-                data,
-                skip: 0,
-                ts_ns: 1,
-                iface: 0,
-            })
-        };
-        let req = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".to_vec();
-        let resp = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n".to_vec();
-        let mut c = req;
+        let mut tcp = Tcp::new(client, server, 100, 900);
+        let resp = Head::switching_protocols(RFC_KEY).encode();
+        let mut c = Head::upgrade_request("/", "x", RFC_KEY).encode();
         for _ in 0..frames {
             c.extend(frame);
         }
-        seg(Direction::ToServer, 100, 0, true, &[], f);
-        seg(Direction::ToClient, 900, 101, true, &[], f);
-        seg(Direction::ToClient, 901, 101, false, &resp, f);
-        seg(Direction::ToServer, 101, 901 + resp.len() as u32, false, &c, f);
+        tcp.open(f);
+        tcp.send(Direction::ToClient, &resp, f);
+        tcp.send(Direction::ToServer, &c, f);
     }
 
     fn run(workers: usize, lossless: bool, conns: u16, frames: usize) -> (Pipeline, Vec<Finding>) {
@@ -745,8 +732,7 @@ mod tests {
         let mut p =
             Pipeline::start(2, ReassemblyConfig::default(), EngineConfig::default(), None, true).expect("start");
         let fault = crate::engine::tests::FAULT;
-        let mut faulty = vec![0x81, fault.len() as u8];
-        faulty.extend_from_slice(fault);
+        let faulty = Frame::text(fault).encode();
         for i in 0..20 {
             if i == 7 {
                 session(i, &faulty, 1, &mut |s| p.segment(s));

@@ -1,19 +1,19 @@
-//! Test fixture: a real [`Engine`] fed with encoded handshakes and frames through its
+//! Test fixture: a real [`Engine`] fed with handshakes and frames from [`crate::testkit`] through its
 //! [`StreamSink`] impl, and a [`Dashboard`] fed with its stats, findings and connections
 //! at deterministic times.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use base64::Engine as _;
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::backend::TestBackend;
 use ratatui::Terminal;
-use sha1::{Digest, Sha1};
 
 use super::{CaptureHealth, Dashboard};
 use crate::engine::Engine;
 use crate::flow::{Closing, Direction, FlowId, FlowKey, Loss, Opening, StreamSink};
+use crate::testkit::frame::{close_body, RSV1};
+use crate::testkit::{op, Frame, Head, RFC_KEY};
 
 pub const NS: u64 = 1_000_000_000;
 /// Monotonic time the dashboard starts at.
@@ -24,104 +24,51 @@ pub const EPOCH_OFFSET: i128 = 1_741_944_400 * NS as i128 - START as i128;
 pub const C: Direction = Direction::ToServer;
 pub const S: Direction = Direction::ToClient;
 
-const OP_TEXT: u8 = 0x1;
-const OP_BINARY: u8 = 0x2;
-const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xA;
-const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+const KEY: &str = RFC_KEY;
 const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
-// ----- a tiny RFC 6455 encoder -----------------------------------------------------------
-
-/// One frame: FIN, RSV bits (`0b100` = RSV1), opcode, optional masking key, payload.
-pub fn frame(fin: bool, rsv: u8, op: u8, mask: Option<[u8; 4]>, payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![(u8::from(fin) << 7) | ((rsv & 0b111) << 4) | (op & 0x0f)];
-    let m = if mask.is_some() { 0x80 } else { 0 };
-    match payload.len() {
-        n @ 0..=125 => out.push(m | n as u8),
-        n @ 126..=0xffff => {
-            out.push(m | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(m | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    match mask {
-        Some(k) => {
-            out.extend_from_slice(&k);
-            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ k[i % 4]));
-        }
-        None => out.extend_from_slice(payload),
-    }
-    out
-}
+// ----- frames and heads from the test kit --------------------------------------------------
 
 /// A well-formed masked client frame.
 pub fn client(op: u8, payload: &[u8]) -> Vec<u8> {
-    frame(true, 0, op, Some(MASK), payload)
+    Frame::new(op, payload).mask(MASK).encode()
 }
 
 /// A well-formed unmasked server frame.
 pub fn server(op: u8, payload: &[u8]) -> Vec<u8> {
-    frame(true, 0, op, None, payload)
-}
-
-/// A close body: status code then reason.
-pub fn close_body(code: u16, reason: &str) -> Vec<u8> {
-    let mut b = code.to_be_bytes().to_vec();
-    b.extend_from_slice(reason.as_bytes());
-    b
-}
-
-pub fn accept(key: &str) -> String {
-    let mut h = Sha1::new();
-    h.update(format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes());
-    base64::engine::general_purpose::STANDARD.encode(h.finalize())
+    Frame::new(op, payload).encode()
 }
 
 pub fn request() -> Vec<u8> {
-    format!(
-        "GET /live HTTP/1.1\r\nHost: ws.example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    .into_bytes()
+    Head::upgrade_request("/live", "ws.example.com", KEY).encode()
 }
 
 pub fn response_101() -> Vec<u8> {
-    format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Accept: {}\r\n\r\n",
-        accept(KEY)
-    )
-    .into_bytes()
+    Head::switching_protocols(KEY).encode()
 }
 
 /// An upgrade request with its own key, offering permessage-deflate or not.
 pub fn request_keyed(key: &str, offer: bool) -> Vec<u8> {
-    let offer = if offer { "Sec-WebSocket-Extensions: permessage-deflate\r\n" } else { "" };
-    format!(
-        "GET /live HTTP/1.1\r\nHost: ws.example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\n{offer}Sec-WebSocket-Version: 13\r\n\r\n"
-    )
-    .into_bytes()
+    let head = Head::upgrade_request("/live", "ws.example.com", key);
+    match offer {
+        true => head.insert_before("Sec-WebSocket-Version", "Sec-WebSocket-Extensions", "permessage-deflate"),
+        false => head,
+    }
+    .encode()
 }
 
 /// Its 101, accepting permessage-deflate or not.
 pub fn response_keyed(key: &str, deflate: bool) -> Vec<u8> {
-    let accepted = if deflate { "Sec-WebSocket-Extensions: permessage-deflate\r\n" } else { "" };
-    format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Accept: {}\r\n{accepted}\r\n",
-        accept(key)
-    )
-    .into_bytes()
+    let head = Head::switching_protocols(key);
+    match deflate {
+        true => head.set("Sec-WebSocket-Extensions", "permessage-deflate"),
+        false => head,
+    }
+    .encode()
 }
 
 pub fn response_404() -> Vec<u8> {
-    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec()
+    Head::status(404, "Not Found").set("Content-Length", "0").encode()
 }
 
 /// The start of a TLS ClientHello.
@@ -259,15 +206,15 @@ pub fn calm() -> Wire {
     w.upgrade(3, "10.0.0.3:50003", "10.0.0.100:8443");
     for s in 1..30 {
         w.at(s * 1000 + 200);
-        w.send(1, C, &client(OP_TEXT, b"{\"op\":\"subscribe\"}"));
-        w.send(1, S, &server(OP_TEXT, b"{\"ok\":true}"));
+        w.send(1, C, &client(op::TEXT, b"{\"op\":\"subscribe\"}"));
+        w.send(1, S, &server(op::TEXT, b"{\"ok\":true}"));
         if s % 5 == 0 {
-            w.send(2, S, &server(OP_PING, b""));
-            w.send(2, C, &client(OP_PONG, b""));
+            w.send(2, S, &server(op::PING, b""));
+            w.send(2, C, &client(op::PONG, b""));
         }
         if s == 20 {
-            w.send(3, C, &client(OP_CLOSE, &close_body(1000, "bye")));
-            w.send(3, S, &server(OP_CLOSE, &close_body(1000, "")));
+            w.send(3, C, &client(op::CLOSE, &close_body(1000, b"bye")));
+            w.send(3, S, &server(op::CLOSE, &close_body(1000, b"")));
         }
         if s == 21 {
             w.close(3);
@@ -297,7 +244,7 @@ pub fn incident() -> Wire {
         w.at(s * 1000 + 100);
         chat(&mut w, s);
         for _ in rsv1_seconds.iter().filter(|&&x| x == s) {
-            w.send(2, C, &frame(true, 0b100, OP_TEXT, Some(MASK), b"\x4a\xcc\x4d\xc9\xc9\x07\x00"));
+            w.send(2, C, &Frame::text(&b"\x4a\xcc\x4d\xc9\xc9\x07\x00"[..]).rsv(RSV1).mask(MASK).encode());
         }
         match s {
             10 => {
@@ -313,17 +260,17 @@ pub fn incident() -> Wire {
             }
             30 => {
                 w.at(30_420);
-                w.send(3, S, &frame(true, 0, OP_TEXT, Some([1, 2, 3, 4]), b"masked by the server"));
+                w.send(3, S, &Frame::text("masked by the server").mask([1, 2, 3, 4]).encode());
             }
             50 => {
                 w.at(50_150);
-                w.send(3, C, &client(OP_CLOSE, &close_body(1005, "")));
-                w.send(3, S, &server(OP_CLOSE, &close_body(1000, "")));
+                w.send(3, C, &client(op::CLOSE, &close_body(1005, b"")));
+                w.send(3, S, &server(op::CLOSE, &close_body(1000, b"")));
             }
             55 => w.close(3),
             60 => {
                 w.at(60_710);
-                w.send(2, C, &frame(true, 0, OP_TEXT, None, b"hello"));
+                w.send(2, C, &Frame::text("hello").encode());
             }
             70 => {
                 w.at(70_900);
@@ -365,17 +312,17 @@ pub fn proxied() -> Wire {
     w.send(3, S, &response_keyed(CLEAN, false));
     for s in 2..30u64 {
         w.at(s * 1000 + 100);
-        let compressed = frame(true, 0b100, OP_TEXT, None, b"\x4a\xcc\x4d\xc9\xc9\x07\x00");
+        let compressed = Frame::text(&b"\x4a\xcc\x4d\xc9\xc9\x07\x00"[..]).rsv(RSV1).encode();
         w.send(2, S, &compressed);
         w.send(1, S, &compressed);
         if s < 20 {
-            w.send(3, C, &client(OP_TEXT, b"hi"));
-            w.send(4, C, &client(OP_TEXT, b"hi"));
+            w.send(3, C, &client(op::TEXT, b"hi"));
+            w.send(4, C, &client(op::TEXT, b"hi"));
         }
         if s == 20 {
             for id in [3, 4] {
-                w.send(id, C, &client(OP_CLOSE, &close_body(1000, "")));
-                w.send(id, S, &server(OP_CLOSE, &close_body(1000, "")));
+                w.send(id, C, &client(op::CLOSE, &close_body(1000, b"")));
+                w.send(id, S, &server(op::CLOSE, &close_body(1000, b"")));
                 w.close(id);
             }
         }
@@ -386,17 +333,17 @@ pub fn proxied() -> Wire {
 
 /// The incident's healthy traffic of second `s` (connection 1, and 6 every 10 s).
 pub fn chat(w: &mut Wire, s: u64) {
-    w.send(1, C, &client(OP_TEXT, b"{\"op\":\"ping\"}"));
-    w.send(1, S, &server(OP_TEXT, b"{\"op\":\"pong\"}"));
+    w.send(1, C, &client(op::TEXT, b"{\"op\":\"ping\"}"));
+    w.send(1, S, &server(op::TEXT, b"{\"op\":\"pong\"}"));
     if s.is_multiple_of(10) {
-        w.send(6, C, &client(OP_BINARY, &[1, 2, 3, 4]));
-        w.send(6, S, &server(OP_BINARY, &[5, 6, 7, 8]));
+        w.send(6, C, &client(op::BINARY, &[1, 2, 3, 4]));
+        w.send(6, S, &server(op::BINARY, &[5, 6, 7, 8]));
     }
 }
 
 /// An unmasked client text frame.
 pub fn unmasked(payload: &[u8]) -> Vec<u8> {
-    frame(true, 0, OP_TEXT, None, payload)
+    Frame::text(payload).encode()
 }
 
 /// Renders the dashboard into a `width` x `height` test terminal.

@@ -451,7 +451,7 @@ fn the_selection_follows_its_item_when_rows_reorder() {
     assert_eq!(w.dash.ui.sel_kind.current(&w.dash.ui.kinds(&w.dash.live)), Some(Kind::UnmaskedClientFrame));
     // A new masked server frame makes masked_server_frame the most recent kind.
     w.at(90_500);
-    w.send(1, fixture::S, &fixture::frame(true, 0, 1, Some([9, 9, 9, 9]), b"x"));
+    w.send(1, fixture::S, &crate::testkit::Frame::text("x").mask([9, 9, 9, 9]).encode());
     w.at(91_000);
     let kinds = w.dash.ui.kinds(&w.dash.live);
     assert_eq!(kinds.first(), Some(&Kind::MaskedServerFrame));
