@@ -8,6 +8,8 @@
 //! limiting and metrics with fakes, without root.
 
 mod outputs;
+#[cfg(test)]
+mod tests;
 
 use std::future::Future;
 use std::time::Duration;
