@@ -20,11 +20,16 @@
 //! - [`outputs`]: where findings and counters go.
 //! - [`pipeline`]: the stages wired together ([`pipeline::monitor`]), run on worker
 //!   threads sharded by connection.
-//! - [`demo`]: the scripted server, clients and proxy behind `ws-monitor demo`.
+//! - [`demo`]: the scripted server, clients and proxy behind `ws-monitor demo` (cargo
+//!   feature `demo`, on by default; without it the subcommand says how to get it).
 //! - [`testkit`]: frames, handshakes and TCP exchanges written field by field, for the
 //!   tests, the benchmark and the demo's faults (it encodes; the engine decodes).
 
 pub mod cli;
+#[cfg(feature = "demo")]
+pub mod demo;
+#[cfg(not(feature = "demo"))]
+#[path = "demo/without.rs"]
 pub mod demo;
 pub mod diagnosis;
 pub mod engine;

@@ -115,22 +115,6 @@ const MAX_HEAD: usize = 16 * 1024;
 /// Largest frame payload the proxy relays (the demo's messages are far smaller).
 const MAX_RELAY_PAYLOAD: u64 = 1024 * 1024;
 
-/// What `ws-monitor demo` runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DemoConfig {
-    /// Client tasks; half (rounded down) talk to the server directly, the rest go
-    /// through the proxy.
-    pub clients: usize,
-    /// Seeds message contents, pauses, masking keys and where the fault schedule starts.
-    pub seed: u64,
-}
-
-impl Default for DemoConfig {
-    fn default() -> Self {
-        DemoConfig { clients: 4, seed: 0 }
-    }
-}
-
 /// What the demo's peers did so far (failures of peers are expected: most faults make
 /// tungstenite drop the connection).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -233,6 +217,7 @@ impl Drop for Demo {
 }
 
 mod clients;
+mod config;
 mod frames;
 mod proxy;
 mod server;
@@ -240,6 +225,7 @@ mod state;
 mod tap;
 
 use clients::*;
+pub use config::DemoConfig;
 use frames::*;
 use proxy::*;
 use server::*;
