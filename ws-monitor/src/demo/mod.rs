@@ -85,7 +85,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::engine::Kind;
+use crate::engine::{http, Kind};
 use crate::flow::{Closing, Direction, FlowId, FlowKey, Opening, StreamSink};
 use crate::testkit::frame::{xor_mask, RSV1, RSV2};
 use crate::testkit::{self as kit, op, Len};
