@@ -23,11 +23,16 @@
 //! - [`driver`]: the loop that feeds the pipeline from a source and its results to the
 //!   outputs, live or from a file, with all its I/O passed in; `main.rs` only wires the
 //!   real terminal, signals, capture and files to it.
-//! - [`demo`]: the scripted server, clients and proxy behind `ws-monitor demo`.
+//! - [`demo`]: the scripted server, clients and proxy behind `ws-monitor demo` (cargo
+//!   feature `demo`, on by default; without it the subcommand says how to get it).
 //! - [`testkit`]: frames, handshakes and TCP exchanges written field by field, for the
 //!   tests, the benchmark and the demo's faults (it encodes; the engine decodes).
 
 pub mod cli;
+#[cfg(feature = "demo")]
+pub mod demo;
+#[cfg(not(feature = "demo"))]
+#[path = "demo/without.rs"]
 pub mod demo;
 pub mod diagnosis;
 pub mod driver;

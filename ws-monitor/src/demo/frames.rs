@@ -70,8 +70,8 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     /// An HTTP head up to and including its blank line; `None` if the stream ends first.
     pub(super) async fn head(&mut self) -> io::Result<Option<Vec<u8>>> {
         loop {
-            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let rest = self.buf.split_off(end + 4);
+            if let Some(end) = http::head_len(&self.buf) {
+                let rest = self.buf.split_off(end);
                 return Ok(Some(std::mem::replace(&mut self.buf, rest)));
             }
             if self.buf.len() > MAX_HEAD {

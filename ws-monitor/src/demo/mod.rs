@@ -85,7 +85,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::engine::Kind;
+use crate::engine::{http, Kind};
 use crate::flow::{Closing, Direction, FlowId, FlowKey, Opening, StreamSink};
 use crate::testkit::frame::{xor_mask, RSV1, RSV2};
 use crate::testkit::{self as kit, op, Len};
@@ -114,22 +114,6 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 const MAX_HEAD: usize = 16 * 1024;
 /// Largest frame payload the proxy relays (the demo's messages are far smaller).
 const MAX_RELAY_PAYLOAD: u64 = 1024 * 1024;
-
-/// What `ws-monitor demo` runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DemoConfig {
-    /// Client tasks; half (rounded down) talk to the server directly, the rest go
-    /// through the proxy.
-    pub clients: usize,
-    /// Seeds message contents, pauses, masking keys and where the fault schedule starts.
-    pub seed: u64,
-}
-
-impl Default for DemoConfig {
-    fn default() -> Self {
-        DemoConfig { clients: 4, seed: 0 }
-    }
-}
 
 /// What the demo's peers did so far (failures of peers are expected: most faults make
 /// tungstenite drop the connection).
@@ -233,6 +217,7 @@ impl Drop for Demo {
 }
 
 mod clients;
+mod config;
 mod frames;
 mod proxy;
 mod server;
@@ -240,6 +225,7 @@ mod state;
 mod tap;
 
 use clients::*;
+pub use config::DemoConfig;
 use frames::*;
 use proxy::*;
 use server::*;

@@ -250,37 +250,43 @@ impl Fault {
 
 /// Whether an HTTP head is a `101` response.
 pub(super) fn is_101(head: &[u8]) -> bool {
-    head.starts_with(b"HTTP/1.1 101 ") || head.starts_with(b"HTTP/1.0 101 ")
+    http::response_status(head) == Some(101)
 }
 
 /// The value of header `name` in an HTTP head.
 pub(super) fn header_value(head: &[u8], name: &str) -> Option<String> {
-    String::from_utf8_lossy(head).split("\r\n").skip(1).find_map(|line| {
-        let (n, v) = line.split_once(':')?;
-        n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
-    })
+    let mut value = None;
+    http::for_each_field(head, |n, v| {
+        if value.is_none() && n.eq_ignore_ascii_case(name) {
+            value = Some(String::from_utf8_lossy(v).trim().to_owned());
+        }
+    });
+    value
 }
 
 /// An HTTP head with the headers named in `drop` removed, header `replace.0` replaced
 /// by the line `replace.1`, and the line `add` appended.
 pub(super) fn edit_head(head: &[u8], drop: &[&str], replace: Option<(&str, &str)>, add: Option<&str>) -> Vec<u8> {
-    let text = String::from_utf8_lossy(head);
-    let mut lines: Vec<String> = Vec::new();
-    for (i, line) in text.trim_end_matches("\r\n").split("\r\n").enumerate() {
-        let name = line.split_once(':').map(|(n, _)| n.trim());
-        let is = |wanted: &str| i > 0 && name.is_some_and(|n| n.eq_ignore_ascii_case(wanted));
-        if drop.iter().any(|d| is(d)) {
-            continue;
+    let start = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let mut out = start.strip_suffix(b"\r").unwrap_or(start).to_vec();
+    http::for_each_field(head, |name, value| {
+        if drop.iter().any(|d| name.eq_ignore_ascii_case(d)) {
+            return;
         }
+        out.extend_from_slice(b"\r\n");
         match replace {
-            Some((wanted, with)) if is(wanted) => lines.push(with.to_owned()),
-            _ => lines.push(line.to_owned()),
+            Some((wanted, with)) if name.eq_ignore_ascii_case(wanted) => out.extend_from_slice(with.as_bytes()),
+            _ => {
+                out.extend_from_slice(name.as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(value);
+            }
         }
-    }
+    });
     if let Some(add) = add {
-        lines.push(add.to_owned());
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(add.as_bytes());
     }
-    let mut out = lines.join("\r\n").into_bytes();
     out.extend_from_slice(b"\r\n\r\n");
     out
 }

@@ -374,7 +374,7 @@ fn metrics_follow_the_totals_while_the_run_goes_on() {
         let mut body = String::new();
         for _ in 0..100 {
             // Scraped from another thread: the driver's runtime must go on meanwhile.
-            body = tokio::task::spawn_blocking(scrape.clone()).await.unwrap_or_default();
+            body = tokio::task::spawn_blocking(scrape).await.unwrap_or_default();
             if body.contains(want) {
                 break;
             }

@@ -200,6 +200,55 @@ fn chunk_byte(c: Chunk, b: u8) -> Result<Option<Chunk>, Malformed> {
     Ok(Some(next))
 }
 
+// ----- heads ---------------------------------------------------------------------------
+
+/// Length of the HTTP head at the start of `buf`, through its blank line; `None` while it
+/// is not complete.
+pub fn head_len(buf: &[u8]) -> Option<usize> {
+    super::handshake::head_end(buf, 0)
+}
+
+/// The status code of a complete response head (httparse), `None` if it is not one.
+pub fn response_status(head: &[u8]) -> Option<u16> {
+    let mut headers = [httparse::EMPTY_HEADER; super::handshake::MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    match resp.parse(head) {
+        Ok(httparse::Status::Complete(_)) => resp.code,
+        _ => None,
+    }
+}
+
+/// Calls `f` with each header field (name, value) of the complete head at the start of
+/// `head` (a request or a response: its start line is passed over), in order, as
+/// httparse reads them. `false` (and no call) when the head is not complete or not
+/// valid HTTP.
+pub fn for_each_field(head: &[u8], mut f: impl FnMut(&str, &[u8])) -> bool {
+    let Some(fields) = head.iter().position(|&b| b == b'\n').and_then(|i| head.get(i + 1..)) else {
+        return false;
+    };
+    let mut headers = [httparse::EMPTY_HEADER; super::handshake::MAX_HEADERS];
+    match httparse::parse_headers(fields, &mut headers) {
+        Ok(httparse::Status::Complete((_, parsed))) => {
+            for h in parsed {
+                f(h.name, h.value);
+            }
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Whether a complete head has a field `name` (any case) whose comma-separated value
+/// list holds `token` (any case).
+pub fn has_field_token(head: &[u8], name: &str, token: &str) -> bool {
+    let mut found = false;
+    for_each_field(head, |n, v| {
+        found |= n.eq_ignore_ascii_case(name)
+            && v.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()));
+    });
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,5 +301,21 @@ mod tests {
         assert!(!s.lose(7));
         assert_eq!(s.skip(b"abcdefgh"), Ok(6));
         assert!(!s.active());
+    }
+
+    #[test]
+    fn heads() {
+        let req = b"GET /x HTTP/1.1\r\nHost: a\r\nUpgrade: h2c, WebSocket\r\n\r\nbody";
+        assert_eq!(head_len(req), Some(req.len() - 4));
+        assert_eq!(head_len(&req[..20]), None);
+        let mut fields = Vec::new();
+        assert!(for_each_field(req, |n, v| fields.push((n.to_owned(), v.to_vec()))));
+        assert_eq!(fields, [("Host".to_owned(), b"a".to_vec()), ("Upgrade".to_owned(), b"h2c, WebSocket".to_vec())]);
+        assert!(has_field_token(req, "upgrade", "websocket"));
+        assert!(!has_field_token(req, "host", "websocket"));
+        assert!(!for_each_field(&req[..20], |_, _| {}));
+        assert_eq!(response_status(b"HTTP/1.1 101 Switching Protocols\r\n\r\n"), Some(101));
+        assert_eq!(response_status(b"HTTP/1.1 101 Switching"), None);
+        assert_eq!(response_status(req), None);
     }
 }
