@@ -414,6 +414,7 @@ async fn live(
                 }
             }
             _ = tick.tick() => {
+                capture.forward_kernel_log();
                 let events = capture.watch();
                 if let Some(LinkEvent::Gone(name)) = events.iter().find(|e| matches!(e, LinkEvent::Gone(_))) {
                     break Ok(Stop::LinkGone(name.clone()));
@@ -457,7 +458,17 @@ async fn live(
         pipeline.flush();
         pipeline.pump();
     }
+    capture.forward_kernel_log();
     let counters = capture.counters()?;
+    let not_logged = counters.get(Counter::LogLinesSuppressed) + counters.get(Counter::LogLinesLost);
+    if not_logged > 0 {
+        tracing::debug!(
+            target: capture::kernel_log::TARGET,
+            "kernel: {not_logged} log lines not written ({} over the per-CPU rate, {} with their ring full)",
+            counters.get(Counter::LogLinesSuppressed),
+            counters.get(Counter::LogLinesLost)
+        );
+    }
     let steer_stats = capture.steer_stats;
     let attachment = capture.attachment.clone();
     drop(capture);

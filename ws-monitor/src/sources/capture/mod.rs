@@ -17,6 +17,7 @@
 
 pub mod clsact;
 pub mod interfaces;
+pub mod kernel_log;
 pub mod liveness;
 pub mod privileges;
 
@@ -27,7 +28,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use anyhow::{bail, Context as _};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray, RingBuf};
 use aya::programs::tc::{NlOptions, SchedClassifierLinkId, TcAttachOptions, TcHandle};
-use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
+use aya::programs::{LinkOrder, ProgramError, SchedClassifier, TcAttachType};
 use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfLoader};
 use tokio::io::unix::AsyncFd;
@@ -43,6 +44,7 @@ pub use clsact::detach;
 use clsact::{clsact_for, first_priority, sweep, Hook, OwnedQdisc, Rtnl, Sweep, FILTER_HANDLE};
 use interfaces::{interface_index, interfaces_up, is_loopback, link_header_len, link_state, Named};
 pub use interfaces::{Interfaces, LinkState};
+use kernel_log::KernelLog;
 use liveness::Heartbeat;
 
 /// The kernel program, built by `build.rs` and embedded in this binary (public for the
@@ -167,6 +169,8 @@ pub struct Capture {
     retry_at: std::collections::HashMap<u32, std::time::Instant>,
     /// How packets start on each interface (`IFACES`), written before attaching there.
     link_headers: HashMap<MapData, u32, Iface>,
+    /// The program's log lines (rare events), forwarded to `tracing`.
+    kernel_log: KernelLog,
     // Dropped in this order: the heartbeat stops, then the programs and their links go,
     // then the qdiscs they hung on.
     heartbeat: Heartbeat,
@@ -220,6 +224,7 @@ impl Capture {
             .override_global("DEDUP", &u32::from(config.interfaces.may_overlap()), true)
             .override_global("HEADER_ONLY", &u32::from(config.header_only), true)
             .override_global("WAKE_BYTES", &wake_bytes(config.ring_size), true)
+            .override_global(kernel_log::LEVEL_GLOBAL, &kernel_log::kernel_level(), true)
             .load(EBPF_OBJECT)
             .map_err(|e| explain(anyhow::Error::new(e).context("loading the eBPF program")))?;
 
@@ -232,6 +237,7 @@ impl Capture {
         for (name, _) in HOOKS {
             load_classifier(&mut ebpf, name)?;
         }
+        let kernel_log = KernelLog::new(&mut ebpf)?;
 
         let mut skipped = BTreeMap::new();
         let candidates = match &config.interfaces {
@@ -287,6 +293,7 @@ impl Capture {
             names: std::collections::HashMap::new(),
             retry_at: std::collections::HashMap::new(),
             link_headers,
+            kernel_log,
             heartbeat,
             ebpf,
             qdiscs: Vec::new(),
@@ -403,6 +410,12 @@ impl Capture {
             f(&item);
         }
         true
+    }
+
+    /// Forwards the kernel program's log lines written since the last call to `tracing`
+    /// (debug level); never waits. Call it about once a second, and before the end.
+    pub fn forward_kernel_log(&mut self) {
+        self.kernel_log.forward();
     }
 
     /// Applies an engine hint to the kernel's frame walk; `seq` is the TCP sequence
@@ -609,11 +622,30 @@ fn prepare(mode: AttachMode, name: &str, ifindex: u32) -> anyhow::Result<Prepare
     Ok(Prepared { name: name.to_string(), ifindex, link_header, sweep, qdisc })
 }
 
-/// The classifier `name` of the object, loaded into the kernel (verified).
+/// The classifier `name` of the object, loaded into the kernel (verified). The verifier's
+/// output goes to the debug log (target `ws_monitor::kernel`): what it refused, or its
+/// statistics; the error itself stays one line.
 fn load_classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut SchedClassifier> {
     let program: &mut SchedClassifier =
         ebpf.program_mut(name).with_context(|| format!("program {name} missing from the eBPF object"))?.try_into()?;
-    program.load().map_err(|e| explain(anyhow::Error::new(e).context(format!("loading {name}"))))?;
+    match program.load() {
+        Ok(()) => {}
+        Err(ProgramError::LoadError { io_error, verifier_log }) => {
+            tracing::debug!(target: kernel_log::TARGET, "verifier output for {name}:\n{verifier_log}");
+            return Err(explain(anyhow::Error::new(io_error).context(format!(
+                "loading {name}: the kernel refused the program (its verifier output is in the debug log: run with --no-tui and WS_MONITOR_LOG=debug)"
+            ))));
+        }
+        Err(e) => return Err(explain(anyhow::Error::new(e).context(format!("loading {name}")))),
+    }
+    if let Ok(info) = program.info() {
+        tracing::debug!(
+            target: kernel_log::TARGET,
+            "loaded {name}: {} instructions, {} processed by the verifier",
+            info.size_translated().map_or_else(|| "?".into(), |b| (b / 8).to_string()),
+            info.verified_instruction_count().map_or_else(|| "?".into(), |n| n.to_string()),
+        );
+    }
     Ok(program)
 }
 
