@@ -631,10 +631,16 @@ fn load_classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut
     match program.load() {
         Ok(()) => {}
         Err(ProgramError::LoadError { io_error, verifier_log }) => {
+            let verifier_log = verifier_log.to_string();
+            if verifier_log.trim().is_empty() {
+                // Refused before the verifier ran (privileges, seccomp, no BPF).
+                return Err(explain(anyhow::Error::new(io_error).context(format!("loading {name}"))));
+            }
             tracing::debug!(target: kernel_log::TARGET, "verifier output for {name}:\n{verifier_log}");
-            return Err(explain(anyhow::Error::new(io_error).context(format!(
-                "loading {name}: the kernel refused the program (its verifier output is in the debug log: run with --no-tui and WS_MONITOR_LOG=debug)"
-            ))));
+            // The verifier's EACCES is no matter of privileges: no hint about sudo.
+            return Err(anyhow::Error::new(io_error).context(format!(
+                "loading {name}: the kernel's verifier refused the program; report it with the verifier output (run with --no-tui and WS_MONITOR_LOG=ws_monitor::kernel=debug)"
+            )));
         }
         Err(e) => return Err(explain(anyhow::Error::new(e).context(format!("loading {name}")))),
     }
