@@ -125,8 +125,35 @@ pub struct Plan {
     /// The frame header being read: bytes kept from the previous packet, then this one's.
     pub hdr: [u8; 32],
     pub n: u32,
+    /// `NOTE_*`: a rare event met while planning the packet (0: none), with two numbers
+    /// that describe it. The emit program logs it (aya-log), so that the log code lives in
+    /// the one program every packet ends in, off the entry and walk programs' paths.
+    pub note: u32,
+    pub note_a: u32,
+    pub note_b: u32,
     pub spans: [Span; MAX_SPANS],
 }
+
+/// `Plan::note`: nothing to log.
+pub const NOTE_NONE: u32 = 0;
+/// The walk lost its place: a hole or an overlap in the sequence (`note_a`: the sequence
+/// number expected, `note_b`: the one that came).
+pub const NOTE_SEQ_BREAK: u32 = 1;
+/// The walk lost its place: the piece of a frame header kept from the previous packet
+/// no longer lines up with this one (`note_a`: bytes kept, `note_b`: bytes the packet
+/// starts before the header).
+pub const NOTE_SPLIT_HEADER: u32 = 2;
+/// The walk stopped at a frame header it does not trust (`note_a`: its first two bytes,
+/// `note_b`: its offset in the payload).
+pub const NOTE_DOUBT: u32 = 3;
+/// The walk stopped: more frame headers in the packet than it reads (`note_a`: headers
+/// read, `note_b`: the packet's payload length).
+pub const NOTE_TOO_MANY_FRAMES: u32 = 4;
+/// A frame header could not be loaded from the packet (`note_a`: its offset,
+/// `note_b`: the payload length).
+pub const NOTE_LOAD_ERROR: u32 = 5;
+/// The direction's walk state could not be stored (`FLOWS` full).
+pub const NOTE_STATE_FULL: u32 = 6;
 
 /// Indices into the per-CPU `COUNTERS` array.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -191,10 +218,20 @@ pub enum Counter {
     /// veth pair) after the interface that owns their direction: counted and passed on
     /// once, from that interface.
     PacketsDuplicate,
+    /// Kernel log lines (aya-log, rare events) not written because the program had
+    /// already written its share of them this second ([`LOG_LINES_PER_SECOND`] per CPU).
+    LogLinesSuppressed,
+    /// Kernel log lines not written because their ring (`AYA_LOGS`) was full.
+    LogLinesLost,
 }
 
 /// Number of counters in `COUNTERS`.
-pub const COUNTER_COUNT: u32 = 25;
+pub const COUNTER_COUNT: u32 = 27;
+
+/// Kernel log lines (rare events) each CPU writes per second at most; the rest are
+/// counted in `Counter::LogLinesSuppressed`. A rare event can be made frequent by the
+/// traffic (every packet of a BIG TCP flow is cut short): the bound keeps logging cheap.
+pub const LOG_LINES_PER_SECOND: u64 = 10;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -223,6 +260,8 @@ impl Counter {
         Counter::LossNotes,
         Counter::LossNotesLost,
         Counter::PacketsDuplicate,
+        Counter::LogLinesSuppressed,
+        Counter::LogLinesLost,
     ];
 
     /// Stable snake_case name for reports.
@@ -253,6 +292,8 @@ impl Counter {
             Counter::LossNotes => "loss_notes",
             Counter::LossNotesLost => "loss_notes_lost",
             Counter::PacketsDuplicate => "packets_duplicate",
+            Counter::LogLinesSuppressed => "log_lines_suppressed",
+            Counter::LogLinesLost => "log_lines_lost",
         }
     }
 }

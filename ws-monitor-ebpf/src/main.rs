@@ -20,8 +20,16 @@
 //! packet and plans it; `ws_monitor_walk` reads up to `MAX_WALK` frame headers per run,
 //! again for more; `ws_monitor_emit` writes the records. Their shared state is the
 //! per-CPU `PLAN` (a tail call stays on the CPU).
+//!
+//! Rare events (the walk losing its place, a packet cut short, a load that failed) are
+//! logged with aya-log for userspace's debug output. The entry and walk programs only
+//! note them in the plan (`Plan::note`); the emit program, which every packet ends in,
+//! writes the line in a function of its own that a packet without a note never enters,
+//! at most `LOG_LINES_PER_SECOND` lines per CPU (the rest counted).
 #![no_std]
 #![no_main]
+
+mod logging;
 
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
@@ -33,7 +41,8 @@ use aya_ebpf::{
 use ws_monitor_common::{
     Anchor, ChunkHeader, Counter, FlowDir, Iface, Liveness, Owner, Plan, Span, WalkState, CHUNK_SIZE, DIR_TO_CLIENT,
     DIR_TO_SERVER, EXCERPT_LEN, HEADER_SIZE, HOOK_EGRESS, HOOK_INGRESS, JUMP_EMIT, JUMP_WALK, MAX_ANCHORS, MAX_CHUNKS,
-    MAX_FLOWS, MAX_IFACES, MAX_OWNERS, MAX_SPANS, MAX_WALK, MSG_COPY, MSG_NONE, MSG_SKIP, ORPHAN_AFTER_NS,
+    MAX_FLOWS, MAX_IFACES, MAX_OWNERS, MAX_SPANS, MAX_WALK, MSG_COPY, MSG_NONE, MSG_SKIP, NOTE_DOUBT, NOTE_LOAD_ERROR,
+    NOTE_NONE, NOTE_SEQ_BREAK, NOTE_SPLIT_HEADER, NOTE_STATE_FULL, NOTE_TOO_MANY_FRAMES, ORPHAN_AFTER_NS,
     OWNER_TAKEOVER_NS, PORT_MONITORED, PORT_SLOTS, TCP_FIN, TCP_RST, TCP_SYN, WALK_COPY, WALK_HEADERS, WALK_RUNS,
 };
 
@@ -407,6 +416,7 @@ fn try_capture(ctx: &TcContext, hook: u8) -> Result<(), ()> {
         _pad: [0; 5],
     };
     plan.n = 0;
+    plan.note = NOTE_NONE;
     // SAFETY: a read-only global written by userspace before load.
     let header_only = unsafe { core::ptr::read_volatile(&HEADER_ONLY) } != 0;
     if payload_len == 0 {
@@ -484,6 +494,7 @@ fn walk(ctx: &TcContext, seq: u32, len: u32, off: u32, direction: u8, plan: &mut
             plan.fresh = WalkState { next_seq: seq, ..WalkState::default() };
             if FLOWS.insert(&plan.key, &plan.fresh, 0).is_err() {
                 count(Counter::StateErrors, 1);
+                note(plan, NOTE_STATE_FULL, 0, 0);
                 return false;
             }
             match FLOWS.get_ptr_mut(&plan.key) {
@@ -496,7 +507,8 @@ fn walk(ctx: &TcContext, seq: u32, len: u32, off: u32, direction: u8, plan: &mut
     // of the same direction can only make the walk copy more.
     let st = unsafe { &mut *st };
     let end = seq.wrapping_add(len);
-    let in_order = st.next_seq == seq;
+    let expected = st.next_seq;
+    let in_order = expected == seq;
     let nothing_new = seq_le(end, st.next_seq);
     if !nothing_new {
         st.next_seq = end;
@@ -512,6 +524,7 @@ fn walk(ctx: &TcContext, seq: u32, len: u32, off: u32, direction: u8, plan: &mut
             return false;
         }
         stop(st); // a hole or an overlap: where the next header is is no longer known
+        note(plan, NOTE_SEQ_BREAK, expected, seq);
     }
     if st.mode == WALK_COPY && !start(ctx, &plan.key, st, seq, len, off, direction) {
         return false;
@@ -525,6 +538,16 @@ fn stop(st: &mut WalkState) {
     st.mode = WALK_COPY;
     st.part_len = 0;
     count(Counter::WalkStops, 1);
+}
+
+/// Keeps the packet's first rare event for the emit program to log.
+#[inline(always)]
+fn note(plan: &mut Plan, what: u32, a: u32, b: u32) {
+    if plan.note == NOTE_NONE {
+        plan.note = what;
+        plan.note_a = a;
+        plan.note_b = b;
+    }
 }
 
 /// Starts walking a direction at the frame header at `hdr_seq`.
@@ -643,6 +666,7 @@ fn read_header(ctx: &TcContext, st: &mut WalkState, plan: &mut Plan, off: u32, p
     };
     if ret != 0 {
         count(Counter::LoadErrors, 1);
+        note(plan, NOTE_LOAD_ERROR, from as u32, len as u32);
         return Read::Doubt;
     }
     let avail = k + n as usize;
@@ -732,6 +756,7 @@ fn walk_start(st: &mut WalkState, seq: u32, len: u32, plan: &mut Plan) -> bool {
     } else if pos < 0 && -pos != st.part_len as i64 {
         stop(st);
         plan.n = 0;
+        note(plan, NOTE_SPLIT_HEADER, st.part_len as u32, (-pos) as u32);
         return false;
     } else if pos == 0 {
         st.part_len = 0;
@@ -818,6 +843,11 @@ fn walk_run(ctx: &TcContext, plan: &mut Plan) {
     if pos < l && !partial {
         // An implausible header, or more frames than the walk takes: the rest is copied.
         stop(st);
+        if stopped {
+            note(plan, NOTE_DOUBT, u16::from_be_bytes([plan.hdr[0], plan.hdr[1]]) as u32, pos as u32);
+        } else {
+            note(plan, NOTE_TOO_MANY_FRAMES, (MAX_WALK as u32) * WALK_RUNS, len);
+        }
     } else if pos >= 0 {
         st.hdr_seq = seq.wrapping_add(pos as u32);
     }
@@ -852,7 +882,12 @@ fn emit_plan(ctx: &TcContext, plan: &mut Plan) {
         header.offset = at;
         header.len = take as u16;
         header.skip = skip;
-        if !emit(ctx, header, off + at, take) {
+        let written = emit(ctx, header, off + at, take);
+        if written != EMITTED {
+            if written == EMIT_LOAD_ERROR {
+                note(plan, NOTE_LOAD_ERROR, at, plan.header.payload_len);
+            }
+            let header = &plan.header;
             mark_lost(&plan.key);
             note_loss(header, take + skip);
         } else if skip > 0 {
@@ -865,12 +900,17 @@ fn emit_plan(ctx: &TcContext, plan: &mut Plan) {
             set(&mut plan.at, at + take);
         }
     }
+    let mut cut = 0;
     if get(&plan.si) < n {
         let at = get(&plan.at);
-        count(Counter::BytesTruncated, plan.header.payload_len.saturating_sub(at) as u64);
+        cut = plan.header.payload_len.saturating_sub(at);
+        count(Counter::BytesTruncated, cut as u64);
         let mut header = plan.header;
         header.offset = at;
-        note_loss(&header, plan.header.payload_len.saturating_sub(at));
+        note_loss(&header, cut);
+    }
+    if plan.note != NOTE_NONE || cut > 0 {
+        logging::log_packet(ctx, plan, cut);
     }
 }
 
@@ -883,10 +923,15 @@ fn mark_lost(key: &FlowDir) {
     }
 }
 
+/// What [`emit`] did.
+const EMITTED: u32 = 0;
+const EMIT_RING_FULL: u32 = 1;
+const EMIT_LOAD_ERROR: u32 = 2;
+
 /// Writes one record: the header, then `n` payload bytes loaded from packet offset `src`
-/// straight into the ring buffer. True if it was written.
+/// straight into the ring buffer. `EMITTED`, or why not.
 #[inline(always)]
-fn emit(ctx: &TcContext, header: &ChunkHeader, src: u32, n: u32) -> bool {
+fn emit(ctx: &TcContext, header: &ChunkHeader, src: u32, n: u32) -> u32 {
     match n {
         0 => emit_sized::<0>(ctx, header, src, n),
         1..=128 => emit_sized::<128>(ctx, header, src, n),
@@ -900,13 +945,13 @@ fn emit(ctx: &TcContext, header: &ChunkHeader, src: u32, n: u32) -> bool {
 /// A function of its own per size: merged into one call site, the sizes would no longer
 /// be constants the verifier can check the load against.
 #[inline(never)]
-fn emit_sized<const N: usize>(ctx: &TcContext, header: &ChunkHeader, src: u32, n: u32) -> bool {
+fn emit_sized<const N: usize>(ctx: &TcContext, header: &ChunkHeader, src: u32, n: u32) -> u32 {
     let lost = n as u64 + header.skip as u64;
     let unread = EVENTS.query(BPF_RB_AVAIL_DATA);
     let Some(mut record) = EVENTS.reserve_bytes(HEADER_SIZE + N, 0) else {
         count(Counter::RingFullRecords, 1);
         count(Counter::RingFullBytes, lost);
-        return false;
+        return EMIT_RING_FULL;
     };
     let base = record.as_mut_ptr();
     // SAFETY: the reservation holds HEADER_SIZE + N bytes, 8-byte aligned (the ring
@@ -924,7 +969,7 @@ fn emit_sized<const N: usize>(ctx: &TcContext, header: &ChunkHeader, src: u32, n
             record.discard(0);
             count(Counter::LoadErrors, 1);
             count(Counter::LoadErrorBytes, lost);
-            return false;
+            return EMIT_LOAD_ERROR;
         }
     }
     // SAFETY: a read-only global written by userspace before load.
@@ -935,7 +980,7 @@ fn emit_sized<const N: usize>(ctx: &TcContext, header: &ChunkHeader, src: u32, n
     record.submit(if unread / wake != (unread + size) / wake { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP });
     count(Counter::BytesCopied, n as u64);
     count(Counter::RingBytes, size);
-    true
+    EMITTED
 }
 
 #[cfg(not(test))]

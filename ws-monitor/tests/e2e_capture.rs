@@ -395,3 +395,85 @@ fn tiny_ring_reports_drops_and_gaps_that_add_up_and_never_wrong_bytes() {
         assert!(per_conn <= ring_lost, "per-connection losses never exceed the kernel's count");
     }
 }
+
+/// A rare kernel-side event reaches the headless log: the kernel program walks the
+/// server's frame headers after the 101, meets a header it cannot follow (RSV2/RSV3 set,
+/// a reserved opcode), goes back to full copy and logs it (aya-log); ws-monitor forwards
+/// the line at debug level, after it has dropped its privileges and filtered its system
+/// calls.
+#[test]
+fn a_frame_walk_resync_in_the_kernel_reaches_the_debug_log() {
+    if !common::require_root("a_frame_walk_resync_in_the_kernel_reaches_the_debug_log") {
+        return;
+    }
+    use std::io::{Read as _, Write as _};
+    use std::net::{TcpListener, TcpStream};
+
+    let ns = common::Netns::new("klog");
+    let mut monitor = ns
+        .command(common::ws_monitor_bin())
+        .args(["--iface", "lo", "--port", PORT, "--no-tui", "--json", "--log-interval", "0"])
+        .env("WS_MONITOR_LOG", "info,ws_monitor::kernel=debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ws-monitor");
+    let mut err = BufReader::new(monitor.stderr.take().unwrap());
+    let mut before = Vec::new();
+    loop {
+        let mut line = String::new();
+        assert!(err.read_line(&mut line).unwrap() > 0, "ws-monitor exited before capturing: {before:?}");
+        let capturing = line.contains("capturing");
+        before.push(line);
+        if capturing {
+            break;
+        }
+    }
+    assert!(
+        before.iter().any(|l| l.contains("privileges dropped") && l.contains("system calls filtered")),
+        "the lines must be read once privileges are dropped and system calls filtered: {before:?}"
+    );
+
+    ns.run(|| {
+        let listener = TcpListener::bind(("127.0.0.1", PORT.parse::<u16>().unwrap())).unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        for s in [&client, &server] {
+            s.set_nodelay(true).unwrap();
+        }
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = server.read(&mut buf).unwrap();
+        // Each write its own packet: the 101 (the walk starts after it), a frame it walks,
+        // then bytes that are no frame header it would follow.
+        let pause = || std::thread::sleep(Duration::from_millis(100));
+        server
+            .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
+            .unwrap();
+        pause();
+        server.write_all(b"\x81\x02ok").unwrap();
+        pause();
+        server.write_all(b"\x7f\xffno frame header").unwrap();
+        pause();
+    });
+    // Forwarded at the next one-second tick, or at the end.
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: signalling our own child by pid.
+    unsafe { libc::kill(monitor.id() as i32, libc::SIGINT) };
+    let out = monitor.wait_with_output().expect("ws-monitor output");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    assert!(out.status.success(), "ws-monitor failed: {rest}");
+    let line = rest.lines().find(|l| l.contains("kernel: frame walk resync")).unwrap_or_else(|| {
+        panic!("no kernel log line about the resync in ws-monitor's output:\n{rest}");
+    });
+    assert!(line.contains("DEBUG"), "forwarded at debug level: {line}");
+    assert!(line.contains("implausible frame header 7fff at offset 0"), "{line}");
+    assert!(line.contains(&format!("[::ffff:127.0.0.1]:{PORT} -> [::ffff:127.0.0.1]:")), "{line}");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON report");
+    assert_eq!(report["kernel"]["walk_stops"], 1, "{report}");
+    assert_eq!(report["kernel"]["log_lines_suppressed"], 0, "{report}");
+    assert_eq!(report["kernel"]["log_lines_lost"], 0, "{report}");
+}

@@ -440,3 +440,83 @@ fn an_anchor_from_userspace_starts_the_walk_where_it_points() {
         aya::maps::HashMap::try_from(l.ebpf.map("ANCHORS").unwrap()).unwrap();
     assert!(anchors.get(&key, 0).is_err(), "an anchor is used once");
 }
+
+/// The kernel's log lines, as aya-log's reader gives them: (level, message).
+#[derive(Clone, Default)]
+struct Lines(std::sync::Arc<std::sync::Mutex<Vec<(log::Level, String)>>>);
+
+impl log::Log for Lines {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        self.0.lock().unwrap().push((record.level(), record.args().to_string()));
+    }
+    fn flush(&self) {}
+}
+
+#[test]
+fn rare_events_are_logged_at_most_ten_a_second_per_cpu() {
+    if !common::require_root("rare_events_are_logged_at_most_ten_a_second_per_cpu") {
+        return;
+    }
+    pin_to_one_cpu();
+    let mut l = load(1 << 20);
+    let lines = Lines::default();
+    let mut logger = aya_log::EbpfLogger::init_with_logger(&mut l.ebpf, lines.clone()).unwrap();
+    let server = |seq: u32, data: &[u8]| v4_tcp(PORT, 40000, seq, data);
+
+    // Every packet in sequence: nothing to log.
+    let mut seq = 1_000;
+    l.run(&server(seq, RESPONSE_101));
+    seq += RESPONSE_101.len() as u32;
+    l.run(&server(seq, b"\x81\x02ok"));
+    seq += 4;
+    logger.flush();
+    assert!(lines.0.lock().unwrap().is_empty(), "{:?}", lines.0.lock().unwrap());
+
+    // A hole in the sequence: the walk stops, one line.
+    l.run(&server(seq + 10, b"\x81\x02ok"));
+    logger.flush();
+    assert_eq!(
+        lines.0.lock().unwrap().as_slice(),
+        [(
+            log::Level::Debug,
+            format!(
+                "frame walk resync: [::ffff:10.0.0.1]:{PORT} -> [::ffff:10.0.0.2]:40000 hole or overlap, expected seq {seq} got {}",
+                seq + 10
+            )
+        )]
+    );
+    seq += 14;
+
+    // Each 101 starts the walk again and the next header stops it: a line each, ten a
+    // second on this CPU, the rest counted.
+    for _ in 0..15 {
+        l.run(&server(seq, RESPONSE_101));
+        seq += RESPONSE_101.len() as u32;
+        l.run(&server(seq, b"\x7f\xffno header"));
+        seq += 12;
+    }
+    logger.flush();
+    let got = lines.0.lock().unwrap().clone();
+    let doubts: Vec<_> = got.iter().filter(|(_, m)| m.contains("implausible frame header 7fff at offset 0")).collect();
+    assert_eq!((got.len(), doubts.len()), (10, 9), "ten lines within the second: {got:?}");
+    assert_eq!(l.counter(Counter::LogLinesSuppressed), 16 - 10);
+    assert_eq!(l.counter(Counter::LogLinesLost), 0);
+    assert_eq!(l.counter(Counter::WalkStops), 16);
+}
+
+/// Keeps this thread (and the BPF_PROG_TEST_RUNs it makes) on the CPU it is on.
+fn pin_to_one_cpu() {
+    // SAFETY: no preconditions.
+    let cpu = unsafe { libc::sched_getcpu() };
+    assert!(cpu >= 0, "sched_getcpu: {}", std::io::Error::last_os_error());
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes inside it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` is a CPU number the kernel just gave, below CPU_SETSIZE.
+    unsafe { libc::CPU_SET(cpu as usize, &mut set) };
+    // SAFETY: a valid set of the size given; pid 0 is this thread.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    assert_eq!(rc, 0, "sched_setaffinity: {}", std::io::Error::last_os_error());
+}

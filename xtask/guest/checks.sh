@@ -64,7 +64,10 @@ snapshot() {
 # it says it is capturing.
 start_wsm() {
     name=$1
-    "$WSM" --iface "${2:-$IFACE}" --port "$PORT" --no-tui --json >"$SCRATCH/$name.json" 2>"$SCRATCH/$name.err" &
+    # The kernel program's log lines on: the verifier then checks the code that writes
+    # them too, and the debug log says how many instructions each program took.
+    WS_MONITOR_LOG=info,ws_monitor::kernel=debug \
+        "$WSM" --iface "${2:-$IFACE}" --port "$PORT" --no-tui --json >"$SCRATCH/$name.json" 2>"$SCRATCH/$name.err" &
     WSM_PID=$!
     STARTED="$STARTED $WSM_PID"
     echo "$WSM_PID" >>"$SCRATCH/pids"

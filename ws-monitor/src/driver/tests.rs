@@ -104,7 +104,7 @@ impl Source for Script {
         Ok(k)
     }
 
-    fn report(&self, _counters: &KernelCounters) -> Map<String, Value> {
+    fn report(&mut self, _counters: &KernelCounters) -> Map<String, Value> {
         let mut m = Map::new();
         m.insert("source".into(), "script".into());
         m

@@ -44,6 +44,7 @@ pub trait Source {
     fn interface_names(&self) -> &HashMap<u32, String>;
     /// The capture's counters (packets matched, records the ring had no room for…).
     fn counters(&self) -> anyhow::Result<KernelCounters>;
-    /// What the report says of the source, read just before it is dropped.
-    fn report(&self, counters: &KernelCounters) -> serde_json::Map<String, serde_json::Value>;
+    /// What the report says of the source, read just before it is dropped (the last
+    /// of what it has to say is said then).
+    fn report(&mut self, counters: &KernelCounters) -> serde_json::Map<String, serde_json::Value>;
 }

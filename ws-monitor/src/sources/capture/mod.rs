@@ -17,6 +17,7 @@
 
 pub mod clsact;
 pub mod interfaces;
+pub mod kernel_log;
 pub mod liveness;
 pub mod privileges;
 
@@ -27,7 +28,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use anyhow::{bail, Context as _};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray, RingBuf};
 use aya::programs::tc::{NlOptions, SchedClassifierLinkId, TcAttachOptions, TcHandle};
-use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
+use aya::programs::{LinkOrder, ProgramError, SchedClassifier, TcAttachType};
 use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfLoader};
 use tokio::io::unix::AsyncFd;
@@ -43,6 +44,7 @@ pub use clsact::detach;
 use clsact::{clsact_for, first_priority, sweep, Hook, OwnedQdisc, Rtnl, Sweep, FILTER_HANDLE};
 use interfaces::{interface_index, interfaces_up, is_loopback, link_header_len, link_state, Named};
 pub use interfaces::{Interfaces, LinkState};
+use kernel_log::KernelLog;
 use liveness::Heartbeat;
 
 /// The kernel program, built by `build.rs` and embedded in this binary (public for the
@@ -169,6 +171,8 @@ pub struct Capture {
     ring_size: u32,
     /// How packets start on each interface (`IFACES`), written before attaching there.
     link_headers: HashMap<MapData, u32, Iface>,
+    /// The program's log lines (rare events), forwarded to `tracing`.
+    kernel_log: KernelLog,
     // Dropped in this order: the heartbeat stops, then the programs and their links go,
     // then the qdiscs they hung on.
     heartbeat: Heartbeat,
@@ -222,6 +226,7 @@ impl Capture {
             .override_global("DEDUP", &u32::from(config.interfaces.may_overlap()), true)
             .override_global("HEADER_ONLY", &u32::from(config.header_only), true)
             .override_global("WAKE_BYTES", &wake_bytes(config.ring_size), true)
+            .override_global(kernel_log::LEVEL_GLOBAL, &kernel_log::kernel_level(), true)
             .load(EBPF_OBJECT)
             .map_err(|e| explain(anyhow::Error::new(e).context("loading the eBPF program")))?;
 
@@ -234,6 +239,7 @@ impl Capture {
         for (name, _) in HOOKS {
             load_classifier(&mut ebpf, name)?;
         }
+        let kernel_log = KernelLog::new(&mut ebpf)?;
 
         let mut skipped = BTreeMap::new();
         let candidates = match &config.interfaces {
@@ -290,6 +296,7 @@ impl Capture {
             retry_at: std::collections::HashMap::new(),
             ring_size: config.ring_size,
             link_headers,
+            kernel_log,
             heartbeat,
             ebpf,
             qdiscs: Vec::new(),
@@ -406,6 +413,12 @@ impl Capture {
             f(&item);
         }
         true
+    }
+
+    /// Forwards the kernel program's log lines written since the last call to `tracing`
+    /// (debug level); never waits. Call it about once a second, and before the end.
+    pub fn forward_kernel_log(&mut self) {
+        self.kernel_log.forward();
     }
 
     /// Applies an engine hint to the kernel's frame walk; `seq` is the TCP sequence
@@ -555,6 +568,8 @@ impl crate::sources::Source for Capture {
     }
 
     fn watch(&mut self) -> Vec<LinkEvent> {
+        // Once a second: the kernel program's log lines too.
+        self.forward_kernel_log();
         Capture::watch(self)
     }
 
@@ -566,7 +581,17 @@ impl crate::sources::Source for Capture {
         Capture::counters(self)
     }
 
-    fn report(&self, counters: &KernelCounters) -> serde_json::Map<String, serde_json::Value> {
+    fn report(&mut self, counters: &KernelCounters) -> serde_json::Map<String, serde_json::Value> {
+        self.forward_kernel_log();
+        let not_logged = counters.get(Counter::LogLinesSuppressed) + counters.get(Counter::LogLinesLost);
+        if not_logged > 0 {
+            tracing::debug!(
+                target: kernel_log::TARGET,
+                "kernel: {not_logged} log lines not written ({} over the per-CPU rate, {} with their ring full)",
+                counters.get(Counter::LogLinesSuppressed),
+                counters.get(Counter::LogLinesLost)
+            );
+        }
         let mut out = serde_json::Map::new();
         out.insert("kernel".into(), crate::outputs::report::kernel_json(counters));
         out.insert("attach".into(), serde_json::to_value(&self.attachment).unwrap_or_default());
@@ -655,11 +680,36 @@ fn prepare(mode: AttachMode, name: &str, ifindex: u32) -> anyhow::Result<Prepare
     Ok(Prepared { name: name.to_string(), ifindex, link_header, sweep, qdisc })
 }
 
-/// The classifier `name` of the object, loaded into the kernel (verified).
+/// The classifier `name` of the object, loaded into the kernel (verified). The verifier's
+/// output goes to the debug log (target `ws_monitor::kernel`): what it refused, or its
+/// statistics; the error itself stays one line.
 fn load_classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut SchedClassifier> {
     let program: &mut SchedClassifier =
         ebpf.program_mut(name).with_context(|| format!("program {name} missing from the eBPF object"))?.try_into()?;
-    program.load().map_err(|e| explain(anyhow::Error::new(e).context(format!("loading {name}"))))?;
+    match program.load() {
+        Ok(()) => {}
+        Err(ProgramError::LoadError { io_error, verifier_log }) => {
+            let verifier_log = verifier_log.to_string();
+            if verifier_log.trim().is_empty() {
+                // Refused before the verifier ran (privileges, seccomp, no BPF).
+                return Err(explain(anyhow::Error::new(io_error).context(format!("loading {name}"))));
+            }
+            tracing::debug!(target: kernel_log::TARGET, "verifier output for {name}:\n{verifier_log}");
+            // The verifier's EACCES is no matter of privileges: no hint about sudo.
+            return Err(anyhow::Error::new(io_error).context(format!(
+                "loading {name}: the kernel's verifier refused the program; report it with the verifier output (run with --no-tui and WS_MONITOR_LOG=ws_monitor::kernel=debug)"
+            )));
+        }
+        Err(e) => return Err(explain(anyhow::Error::new(e).context(format!("loading {name}")))),
+    }
+    if let Ok(info) = program.info() {
+        tracing::debug!(
+            target: kernel_log::TARGET,
+            "loaded {name}: {} instructions, {} processed by the verifier",
+            info.size_translated().map_or_else(|| "?".into(), |b| (b / 8).to_string()),
+            info.verified_instruction_count().map_or_else(|| "?".into(), |n| n.to_string()),
+        );
+    }
     Ok(program)
 }
 
