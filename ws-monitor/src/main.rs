@@ -121,6 +121,7 @@ async fn live(
         privileges.user.as_ref().map(|u| format!(", running as {u}")).unwrap_or_default(),
         if privileges.seccomp { ", system calls filtered" } else { "" }
     );
+    let pipeline = setup.start()?;
     if let Some(addr) = args.metrics_addr {
         tracing::info!("serving Prometheus metrics at http://{addr}/metrics");
     }
@@ -150,7 +151,7 @@ async fn live(
     let io = LiveIo { source: capture, clock, screen, stop, outputs };
     let label = config.interfaces.label();
     let watched = Watched { label: &label, ports: &config.ports };
-    let ended = driver::live(io, &setup, args, watched, |out| {
+    let ended = driver::live(io, pipeline, args, watched, |out| {
         out.insert("privileges".into(), serde_json::to_value(&privileges).unwrap_or_default());
         if let Some(demo) = hooks.demo {
             let map: serde_json::Map<String, serde_json::Value> =

@@ -157,12 +157,13 @@ pub struct Ended {
     pub stream_errors: u64,
 }
 
-/// Runs live until `io.stop`, `q`, `--duration`, or a named interface going away; then
-/// reads what is left in the source, drops it (detaching a real capture), finishes the
-/// pipeline and makes the report. `extra` adds to the report at the end.
+/// Runs `pipeline` (started with [`Setup::start`]) live until `io.stop`, `q`,
+/// `--duration`, or a named interface going away; then reads what is left in the source,
+/// drops it (detaching a real capture), finishes the pipeline and makes the report.
+/// `extra` adds to the report at the end.
 pub async fn live<S, C, B, K, F>(
     io: LiveIo<S, C, B, K, F>,
-    setup: &Setup,
+    mut pipeline: Pipeline,
     run: &RunArgs,
     watched: Watched<'_>,
     extra: impl FnOnce(&mut Map<String, Value>),
@@ -175,7 +176,6 @@ where
     F: Future<Output = ()>,
 {
     let LiveIo { mut source, clock, screen, stop, mut outputs } = io;
-    let mut pipeline = setup.start()?;
     if let Some(metrics) = outputs.metrics.as_mut() {
         metrics.serve()?;
     }

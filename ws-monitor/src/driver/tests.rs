@@ -216,7 +216,7 @@ async fn drive<F: Future<Output = ()>>(
     act: F,
 ) -> (Ended, Duration) {
     let started = std::time::Instant::now();
-    let setup = Setup::new(args, false, false).expect("settings");
+    let pipeline = Setup::new(args, false, false).and_then(|s| s.start()).expect("the pipeline starts");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let io = LiveIo {
         source: script.clone(),
@@ -228,7 +228,7 @@ async fn drive<F: Future<Output = ()>>(
         outputs,
     };
     let watched = Watched { label: "lo", ports: &[8001] };
-    let run = live(io, &setup, args, watched, |out| {
+    let run = live(io, pipeline, args, watched, |out| {
         out.insert("extra".into(), true.into());
     });
     let act = async move {
