@@ -242,11 +242,41 @@ pub fn for_each_field(head: &[u8], mut f: impl FnMut(&str, &[u8])) -> bool {
 /// list holds `token` (any case).
 pub fn has_field_token(head: &[u8], name: &str, token: &str) -> bool {
     let mut found = false;
-    for_each_field(head, |n, v| {
-        found |= n.eq_ignore_ascii_case(name)
-            && v.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()));
-    });
+    for_each_field(head, |n, v| found |= field_has_token(n, v, name, token));
     found
+}
+
+fn field_has_token(n: &str, v: &[u8], name: &str, token: &str) -> bool {
+    n.eq_ignore_ascii_case(name)
+        && v.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// Whether `buf` starts a `GET` request whose head, as far as `buf` holds it, has a field
+/// `name` (any case) with `token` (any case) in its value list: for a packet that may cut
+/// the head short (read up to its last complete line). Lines that are not valid header
+/// fields are passed over, as a lenient server would.
+pub fn get_request_has_token(buf: &[u8], name: &str, token: &str) -> bool {
+    if !buf.starts_with(b"GET ") {
+        return false;
+    }
+    let completed;
+    let head = match head_len(buf) {
+        Some(n) => buf.get(..n).unwrap_or(buf),
+        None => {
+            // Cut short: its complete lines, ended as a head.
+            let lines = buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            completed = [buf.get(..lines).unwrap_or_default(), b"\r\n"].concat();
+            &completed
+        }
+    };
+    let mut headers = [httparse::EMPTY_HEADER; super::handshake::MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let mut cfg = httparse::ParserConfig::default();
+    cfg.ignore_invalid_headers_in_requests(true);
+    match cfg.parse_request(&mut req, head) {
+        Ok(httparse::Status::Complete(_)) => req.headers.iter().any(|h| field_has_token(h.name, h.value, name, token)),
+        _ => false,
+    }
 }
 
 #[cfg(test)]

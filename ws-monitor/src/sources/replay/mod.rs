@@ -181,30 +181,7 @@ impl PortSet {
 /// True for a payload that starts an HTTP `GET` request whose header block (as far as
 /// this packet holds it) has `Upgrade: websocket`.
 fn is_websocket_upgrade(payload: &[u8]) -> bool {
-    let Some(rest) = payload.strip_prefix(b"GET ") else {
-        return false;
-    };
-    // Skip the request line; stop at the blank line that ends the headers.
-    for line in rest.split(|&b| b == b'\n').skip(1) {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            break;
-        }
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            continue;
-        };
-        let (name, value) = line.split_at(colon);
-        if name.trim_ascii().eq_ignore_ascii_case(b"upgrade")
-            && value
-                .get(1..)
-                .unwrap_or_default()
-                .split(|&b| b == b',')
-                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"websocket"))
-        {
-            return true;
-        }
-    }
-    false
+    crate::engine::http::get_request_has_token(payload, "upgrade", "websocket")
 }
 
 mod decode;

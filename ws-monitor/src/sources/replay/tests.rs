@@ -41,6 +41,12 @@ fn websocket_upgrade_detection() {
     // The request line itself is not a header.
     assert!(!is_websocket_upgrade(b"GET /Upgrade: websocket HTTP/1.1\r\n\r\n"));
     assert!(!is_websocket_upgrade(b""));
+    // A head the packet cuts short: read up to its last complete line.
+    assert!(is_websocket_upgrade(b"GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nSec-WebSocket-Ke"));
+    assert!(!is_websocket_upgrade(b"GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: webso"));
+    assert!(!is_websocket_upgrade(b"GET /chat HTTP/1.1"));
+    // A line that is not a header field is passed over.
+    assert!(is_websocket_upgrade(b"GET / HTTP/1.1\r\nnot a field\r\nUpgrade: websocket\r\n\r\n"));
 }
 
 #[test]
