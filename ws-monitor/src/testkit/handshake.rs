@@ -1,6 +1,6 @@
 //! The opening handshake (RFC 6455 §4): the client's upgrade request and the server's
 //! `101 Switching Protocols`, as HTTP heads whose lines can be replaced, added or
-//! removed, and the `Sec-WebSocket-Accept` value computed here from the key.
+//! removed, and the `Sec-WebSocket-Accept` value for the key.
 //!
 //! ```
 //! use ws_monitor::testkit::{accept, Head, RFC_ACCEPT, RFC_KEY};
@@ -12,20 +12,15 @@
 use base64::Engine as _;
 use sha1::{Digest, Sha1};
 
-/// The GUID the accept value is computed with (RFC 6455 §1.3).
-pub const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+/// The GUID the accept value is computed with (RFC 6455 §1.3), and
+/// `base64(SHA-1(key + GUID))`: the `Sec-WebSocket-Accept` value for a key. The engine's
+/// own: the kit's tests check it against RFC 6455's example ([`RFC_KEY`], [`RFC_ACCEPT`]).
+pub use crate::engine::handshake::{accept_for as accept, GUID};
+
 /// The example key of RFC 6455 §1.3.
 pub const RFC_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 /// Its accept value.
 pub const RFC_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
-
-/// `base64(SHA-1(key + GUID))`: the `Sec-WebSocket-Accept` value for `key`.
-pub fn accept(key: &str) -> String {
-    let mut h = Sha1::new();
-    h.update(key.as_bytes());
-    h.update(GUID.as_bytes());
-    base64::engine::general_purpose::STANDARD.encode(h.finalize())
-}
 
 /// `base64(SHA-1(key))`: the accept value of a server that forgot the GUID.
 pub fn accept_without_guid(key: &str) -> String {

@@ -1,8 +1,11 @@
 //! The test kit: WebSocket frames, upgrade heads and TCP exchanges written field by
 //! field, legal or deliberately not, for the tests, the benchmark and the demo's faults.
 //!
-//! It only encodes: nothing here is shared with the engine's parser ([`crate::engine`]),
-//! so a test cannot pass because the encoder and the decoder agree on the same mistake.
+//! It only encodes, and shares none of its encoding with the engine's parser
+//! ([`crate::engine`]), so a test cannot pass because the encoder and the decoder agree
+//! on the same mistake. It takes the RFC's numbers from the engine (opcodes, RSV bits,
+//! the accept GUID and its hash); its own tests check those against RFC 6455's examples
+//! and tungstenite's decoder.
 //!
 //! - [`frame`]: one frame from its fields (FIN, RSV bits, opcode, masking key, length
 //!   form, payload), including non-minimal lengths and lengths that lie.
