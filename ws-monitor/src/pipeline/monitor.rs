@@ -74,6 +74,21 @@ pub fn panic_is_contained() -> bool {
     CONTAINING.with(Cell::get)
 }
 
+/// Runs `f`, catching a panic in it quietly (the hooks leave the terminal and stderr
+/// alone): its message, for the caller to log and count.
+pub fn contained<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    let was = CONTAINING.replace(true);
+    let result = std::panic::catch_unwind(AssertUnwindSafe(f));
+    CONTAINING.set(was);
+    result.map_err(|payload| {
+        payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_default()
+    })
+}
+
 /// Makes the process's panic hook quiet for the panics a [`Monitor`] contains.
 pub fn quiet_contained_panics() {
     let previous = std::panic::take_hook();
@@ -138,15 +153,7 @@ impl Monitor {
     /// when known) is then dropped from reassembly and the engine, and the panic counted
     /// and logged, instead of taking the monitor down.
     fn contain(&mut self, key: Option<FlowKey>, f: impl FnOnce(&mut Monitor)) {
-        let was = CONTAINING.replace(true);
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| f(self)));
-        CONTAINING.set(was);
-        let Err(payload) = result else { return };
-        let what = payload
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
+        let Err(what) = contained(|| f(self)) else { return };
         if let Some(id) = key.and_then(|k| self.reassembler.forget(&k)) {
             self.sinks.engine.forget(id);
         }
@@ -209,5 +216,18 @@ impl Monitor {
                 (hint, seq)
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contained_gives_the_panic_message_and_leaves_the_flag_as_it_was() {
+        assert_eq!(contained(|| 7), Ok(7));
+        let boom = contained(|| -> u8 { panic!("boom {}", 1) });
+        assert_eq!(boom, Err("boom 1".to_string()));
+        assert!(!panic_is_contained(), "only while the closure runs");
     }
 }

@@ -49,7 +49,9 @@ impl log::Log for Forward {
 
 /// The reader of the program's log ring.
 pub struct KernelLog {
-    logger: EbpfLogger<Forward>,
+    /// None once a record could not be read (aya-log panics on one): the rest of the
+    /// capture goes on without the kernel's lines.
+    logger: Option<EbpfLogger<Forward>>,
 }
 
 impl KernelLog {
@@ -58,11 +60,17 @@ impl KernelLog {
         let logger = EbpfLogger::init_with_logger(ebpf, Forward).context(
             "reading the kernel program's log ring (AYA_LOGS): is the embedded program out of date? rebuild ws-monitor",
         )?;
-        Ok(KernelLog { logger })
+        Ok(KernelLog { logger: Some(logger) })
     }
 
     /// Forwards the lines written since the last call; never waits.
     pub fn forward(&mut self) {
-        self.logger.flush();
+        let Some(logger) = self.logger.as_mut() else { return };
+        if let Err(what) = crate::pipeline::monitor::contained(|| logger.flush()) {
+            self.logger = None;
+            tracing::warn!(
+                "the kernel program's log ring held a line aya-log could not read ({what}): its lines are no longer shown (the capture goes on; please report this)"
+            );
+        }
     }
 }
