@@ -5,9 +5,11 @@
 /// Payload bytes carried by one ring-buffer record at most. A TCP segment larger than this
 /// (GSO/GRO super-packets reach 64 KiB) is split into consecutive records.
 pub const CHUNK_SIZE: usize = 2048;
-/// Records of copied bytes emitted per packet at most: `CHUNK_SIZE * MAX_CHUNKS` = 64 KiB.
-/// Copied payload beyond that (BIG TCP packets copied whole) is counted in
-/// `Counter::BytesTruncated`; skipped payload has no such limit.
+/// Records a packet may take beyond one per span: the kernel's emit loop writes at most
+/// `MAX_CHUNKS + MAX_SPANS` records a packet (82), so a packet copied whole (one span)
+/// keeps up to 82 × `CHUNK_SIZE` = 164 KiB. Copied payload beyond what those records
+/// hold (BIG TCP packets copied whole) is counted in `Counter::BytesTruncated`; skipped
+/// payload has no such limit.
 pub const MAX_CHUNKS: usize = 32;
 /// Ports that can be monitored at once.
 pub const MAX_PORTS: u32 = 16;
@@ -185,7 +187,8 @@ pub enum Counter {
     SkipTruncated,
     /// TCP, but neither port is monitored.
     OtherPort,
-    /// Payload bytes of matched packets beyond `MAX_CHUNKS * CHUNK_SIZE` (not copied).
+    /// Payload bytes of matched packets beyond what their `MAX_CHUNKS + MAX_SPANS`
+    /// records hold (not copied).
     BytesTruncated,
     /// Payload bytes left out as known-length skips (binary frame payload).
     BytesSkipped,
