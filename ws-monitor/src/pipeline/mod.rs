@@ -519,29 +519,16 @@ impl<T> Tx<T> {
         }
     }
 
-    /// Sends `items` (if any), adding their number to `dropped` if they do not fit.
-    fn send(&self, items: Vec<T>, dropped: &AtomicU64) {
+    /// Sends `items` (if any), adding their number to `dropped` if they do not fit; with
+    /// `wait`, waits for room in a bounded channel instead.
+    fn send(&self, items: Vec<T>, dropped: &AtomicU64, wait: bool) {
         if items.is_empty() {
             return;
         }
         let n = items.len() as u64;
         let sent = match self {
+            Tx::Bounded(tx) if wait => tx.send(items).is_ok(),
             Tx::Bounded(tx) => tx.try_send(items).is_ok(),
-            Tx::All(tx) => tx.send(items).is_ok(),
-        };
-        if !sent {
-            dropped.fetch_add(n, Ordering::Relaxed);
-        }
-    }
-
-    /// Like [`Tx::send`], waiting for room in a bounded channel.
-    fn send_waiting(&self, items: Vec<T>, dropped: &AtomicU64) {
-        if items.is_empty() {
-            return;
-        }
-        let n = items.len() as u64;
-        let sent = match self {
-            Tx::Bounded(tx) => tx.send(items).is_ok(),
             Tx::All(tx) => tx.send(items).is_ok(),
         };
         if !sent {
@@ -579,23 +566,17 @@ struct WorkerCtx {
 }
 
 impl WorkerCtx {
-    /// Sends the monitor's findings and hints to the driver, counting what does not fit.
-    fn forward(&self, monitor: &mut Monitor) {
-        self.findings.send(monitor.drain_findings().collect(), &self.findings_dropped);
-        self.records.send(monitor.drain_records().collect(), &self.records_dropped);
+    /// Sends the monitor's findings, records and hints to the driver, counting what does
+    /// not fit; with `wait`, waits for room for findings and records instead (at the end,
+    /// while the driver drains in [`Pipeline::finish`]).
+    fn forward(&self, monitor: &mut Monitor, wait: bool) {
+        self.findings.send(monitor.drain_findings().collect(), &self.findings_dropped, wait);
+        self.records.send(monitor.drain_records().collect(), &self.records_dropped, wait);
         for (hint, seq) in monitor.drain_hints() {
             if self.hints.try_send((hint, seq)).is_err() {
                 self.hints_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
-    }
-
-    /// Like [`WorkerCtx::forward`], waiting for room for findings and records instead of
-    /// dropping them (at the end, while the driver drains in [`Pipeline::finish`]).
-    fn forward_waiting(&self, monitor: &mut Monitor) {
-        self.findings.send_waiting(monitor.drain_findings().collect(), &self.findings_dropped);
-        self.records.send_waiting(monitor.drain_records().collect(), &self.records_dropped);
-        for _ in monitor.drain_hints() {} // nothing is steered any more
     }
 
     fn snapshot(&self, monitor: &Monitor, connections: bool, last: bool) {
@@ -649,14 +630,14 @@ fn work(mut monitor: Monitor, rx: Receiver<Work>, ctx: WorkerCtx) {
                         monitor.segment(&seg);
                     }
                 }
-                ctx.forward(&mut monitor);
+                ctx.forward(&mut monitor, false);
                 batch.metas.clear();
                 batch.data.clear();
                 let _ = ctx.spent.try_send(batch);
             }
             Work::Tick { now_ns, connections } => {
                 monitor.tick(now_ns);
-                ctx.forward(&mut monitor);
+                ctx.forward(&mut monitor, false);
                 ctx.snapshot(&monitor, connections, false);
             }
             Work::Finish { now_ns } => {
@@ -664,9 +645,9 @@ fn work(mut monitor: Monitor, rx: Receiver<Work>, ctx: WorkerCtx) {
                 // while it waits for us), so that the records of every connection still
                 // open are never all in memory together.
                 while !monitor.finish_some(now_ns, FINISH_BATCH) {
-                    ctx.forward_waiting(&mut monitor);
+                    ctx.forward(&mut monitor, true);
                 }
-                ctx.forward_waiting(&mut monitor);
+                ctx.forward(&mut monitor, true);
                 ctx.snapshot(&monitor, false, true);
                 return;
             }
