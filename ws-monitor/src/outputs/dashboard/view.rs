@@ -60,24 +60,24 @@ const LABEL: usize = 13;
 /// Key column width in the help overlay.
 const HELP_LABEL: usize = 16;
 
-pub(super) fn render(d: &Dashboard, frame: &mut Frame) {
+pub(super) fn render(dashboard: &Dashboard, frame: &mut Frame) {
     let area = frame.area();
     if area.width == 0 || area.height == 0 {
         return;
     }
-    let data = d.shown();
+    let data = dashboard.shown();
     if area.width < MIN_WIDTH || area.height < MIN_HEIGHT {
-        render_tiny(d, data, frame, area);
+        render_tiny(dashboard, data, frame, area);
         return;
     }
     let header_height = if area.height >= 16 { 3 } else { 2 };
     let [header, body, footer] =
         Layout::vertical([Constraint::Length(header_height), Constraint::Min(0), Constraint::Length(1)]).areas(area);
-    render_header(d, data, frame, header);
-    render_footer(d, frame, footer);
+    render_header(dashboard, data, frame, header);
+    render_footer(dashboard, frame, footer);
     // The Diagnosis panel above the panes, while there is something to say (that the
     // filter lets through) and room beyond what the three panes want.
-    let filter = d.ui.filter.applied.to_lowercase();
+    let filter = dashboard.ui.filter.applied.to_lowercase();
     let causes: Vec<&crate::diagnosis::Cause> =
         data.diagnosis.iter().filter(|c| c.cause.to_lowercase().contains(&filter)).take(DIAGNOSIS_ROWS).collect();
     let rows = 2 + causes.len() as u16;
@@ -100,34 +100,35 @@ pub(super) fn render(d: &Dashboard, frame: &mut Frame) {
         body
     };
     if body.height >= FULL_BODY_HEIGHT {
-        let v_height = violations_height(d, data, body);
+        let v_height = violations_height(dashboard, data, body);
         let [v, c, f] =
             Layout::vertical([Constraint::Length(v_height), Constraint::Fill(1), Constraint::Fill(1)]).areas(body);
-        render_violations(d, data, frame, v, false);
-        render_connections(d, data, frame, c, false);
-        render_findings(d, data, frame, f, false);
+        render_violations(dashboard, data, frame, v, false);
+        render_connections(dashboard, data, frame, c, false);
+        render_findings(dashboard, data, frame, f, false);
     } else {
-        match d.ui.focus {
-            Pane::Violations => render_violations(d, data, frame, body, true),
-            Pane::Connections => render_connections(d, data, frame, body, true),
-            Pane::Findings => render_findings(d, data, frame, body, true),
+        match dashboard.ui.focus {
+            Pane::Violations => render_violations(dashboard, data, frame, body, true),
+            Pane::Connections => render_connections(dashboard, data, frame, body, true),
+            Pane::Findings => render_findings(dashboard, data, frame, body, true),
         }
     }
-    if d.ui.details {
-        render_details(d, data, frame, area);
+    if dashboard.ui.details {
+        render_details(dashboard, data, frame, area);
     }
-    if d.ui.help {
+    if dashboard.ui.help {
         render_help(frame, area);
     }
 }
 
 /// Rows of the violations pane in the three-pane layout: what its table and the
 /// meaning need, within 6 rows and 55% of the body.
-fn violations_height(d: &Dashboard, data: &Data, body: Rect) -> u16 {
-    let kinds: Vec<Kind> = data.kind_rows(&d.ui.filter.applied, d.ui.kind_sort).iter().map(|r| r.kind).collect();
+fn violations_height(dashboard: &Dashboard, data: &Data, body: Rect) -> u16 {
+    let kinds: Vec<Kind> =
+        data.kind_rows(&dashboard.ui.filter.applied, dashboard.ui.kind_sort).iter().map(|r| r.kind).collect();
     // Borders, then the table header, rows, rule and the selected kind's meaning; or
     // the two-line message.
-    let want = match d.ui.sel_kind.current(&kinds) {
+    let want = match dashboard.ui.sel_kind.current(&kinds) {
         None => 4,
         Some(k) => {
             let w = usize::from(body.width.saturating_sub(2));

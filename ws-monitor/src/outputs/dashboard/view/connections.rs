@@ -3,7 +3,7 @@
 use super::*;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum CCol {
+pub(super) enum ConnectionColumn {
     Conn,
     State,
     Client,
@@ -88,32 +88,32 @@ pub(super) fn negotiated(r: &ConnRow) -> String {
     }
 }
 
-pub(super) fn render_connections(d: &Dashboard, data: &Data, frame: &mut Frame, area: Rect, single: bool) {
-    let rows = data.conn_rows(&d.ui.filter.applied, d.ui.conn_sort);
-    let info = format!("{} · sort {}", conn_summary(data), d.ui.conn_sort.name());
-    let Some(inner) = pane_area(d, Pane::Connections, info, single, frame, area) else { return };
+pub(super) fn render_connections(dashboard: &Dashboard, data: &Data, frame: &mut Frame, area: Rect, single: bool) {
+    let rows = data.conn_rows(&dashboard.ui.filter.applied, dashboard.ui.conn_sort);
+    let info = format!("{} · sort {}", conn_summary(data), dashboard.ui.conn_sort.name());
+    let Some(inner) = pane_area(dashboard, Pane::Connections, info, single, frame, area) else { return };
     if rows.is_empty() {
-        let msg = if d.ui.filter.applied.is_empty() {
+        let msg = if dashboard.ui.filter.applied.is_empty() {
             " no connections yet".to_string()
         } else {
-            format!(" no connection matches \"{}\"", d.ui.filter.applied)
+            format!(" no connection matches \"{}\"", dashboard.ui.filter.applied)
         };
         render_message(frame, inner, vec![Line::from(Span::styled(msg, Style::new().fg(DIM)))]);
         return;
     }
     let ids: Vec<_> = rows.iter().map(|r| r.id).collect();
-    let selected = d.ui.sel_conn.resolve(&ids);
+    let selected = dashboard.ui.sel_conn.resolve(&ids);
     let cols = [
-        Col::new(CCol::Conn, "connection", 20, 47, 0),
-        Col::new(CCol::State, "state", 9, 9, 1),
-        Col::new(CCol::Viol, "viol", 4, 5, 2),
-        Col::new(CCol::Client, "frames c→s", 6, 10, 3).short("c→s"),
-        Col::new(CCol::Server, "frames s→c", 6, 10, 3).short("s→c"),
-        Col::new(CCol::Close, "close", 5, 5, 5),
-        Col::new(CCol::Last, "idle", 4, 5, 6),
-        Col::new(CCol::Blind, "unanalysed", 5, 10, 7).short("blind").extra(),
-        Col::new(CCol::Ext, "negotiated", 10, 20, 7).extra(),
-        Col::new(CCol::Age, "age", 4, 5, 8).extra(),
+        Col::new(ConnectionColumn::Conn, "connection", 20, 47, 0),
+        Col::new(ConnectionColumn::State, "state", 9, 9, 1),
+        Col::new(ConnectionColumn::Viol, "viol", 4, 5, 2),
+        Col::new(ConnectionColumn::Client, "frames c→s", 6, 10, 3).short("c→s"),
+        Col::new(ConnectionColumn::Server, "frames s→c", 6, 10, 3).short("s→c"),
+        Col::new(ConnectionColumn::Close, "close", 5, 5, 5),
+        Col::new(ConnectionColumn::Last, "idle", 4, 5, 6),
+        Col::new(ConnectionColumn::Blind, "unanalysed", 5, 10, 7).short("blind").extra(),
+        Col::new(ConnectionColumn::Ext, "negotiated", 10, 20, 7).extra(),
+        Col::new(ConnectionColumn::Age, "age", 4, 5, 8).extra(),
     ];
     let fitted = fit(&cols, inner.width.saturating_sub(MARK_WIDTH));
     let (shown, selected) = visible(&rows, selected, inner);
@@ -121,31 +121,42 @@ pub(super) fn render_connections(d: &Dashboard, data: &Data, frame: &mut Frame, 
         .map(|r| {
             let dim = if r.is_gone() { Style::new().fg(DIM) } else { Style::new() };
             Row::new(fitted.iter().map(|(c, _, w)| match c {
-                CCol::Conn => Cell::from(Span::styled(format::truncate(&r.label, usize::from(*w)), dim)),
-                CCol::State => Cell::from(Span::styled(r.state_label(), state_style(r))),
-                CCol::Client => num(format::count(r.frames_dir(Direction::ToServer)), dim),
-                CCol::Server => num(format::count(r.frames_dir(Direction::ToClient)), dim),
-                CCol::Viol => {
+                ConnectionColumn::Conn => Cell::from(Span::styled(format::truncate(&r.label, usize::from(*w)), dim)),
+                ConnectionColumn::State => Cell::from(Span::styled(r.state_label(), state_style(r))),
+                ConnectionColumn::Client => num(format::count(r.frames_dir(Direction::ToServer)), dim),
+                ConnectionColumn::Server => num(format::count(r.frames_dir(Direction::ToClient)), dim),
+                ConnectionColumn::Viol => {
                     let v = r.violations();
                     num(format::count(v), if v > 0 { Style::new().fg(BAD).bold() } else { Style::new().fg(DIM) })
                 }
-                CCol::Close => num(
+                ConnectionColumn::Close => num(
                     r.view.as_ref().and_then(|v| v.last_close_code).map_or_else(|| "-".to_string(), |c| c.to_string()),
                     dim,
                 ),
-                CCol::Last => num(format::ago(data.now_ns, r.last_active_ns()), dim),
-                CCol::Ext => Cell::from(Span::styled(format::truncate(&negotiated(r), usize::from(*w)), dim)),
-                CCol::Blind => {
+                ConnectionColumn::Last => num(format::ago(data.now_ns, r.last_active_ns()), dim),
+                ConnectionColumn::Ext => {
+                    Cell::from(Span::styled(format::truncate(&negotiated(r), usize::from(*w)), dim))
+                }
+                ConnectionColumn::Blind => {
                     let n = r.view.as_ref().map_or(0, |v| v.unanalysed.total());
                     num(format::bytes(n), if n > 0 { Style::new().fg(WARN) } else { Style::new().fg(DIM) })
                 }
-                CCol::Age => {
+                ConnectionColumn::Age => {
                     num(r.view.as_ref().map_or_else(|| "-".to_string(), |v| format::ago(data.now_ns, v.opened_ns)), dim)
                 }
             }))
         })
         .collect();
-    render_table(frame, inner, &fitted, table_rows, selected, d.ui.focus == Pane::Connections, |c| {
-        matches!(c, CCol::Client | CCol::Server | CCol::Viol | CCol::Close | CCol::Last | CCol::Age | CCol::Blind)
+    render_table(frame, inner, &fitted, table_rows, selected, dashboard.ui.focus == Pane::Connections, |c| {
+        matches!(
+            c,
+            ConnectionColumn::Client
+                | ConnectionColumn::Server
+                | ConnectionColumn::Viol
+                | ConnectionColumn::Close
+                | ConnectionColumn::Last
+                | ConnectionColumn::Age
+                | ConnectionColumn::Blind
+        )
     });
 }

@@ -106,27 +106,27 @@ pub(super) fn render_popup(
     frame.render_widget(Paragraph::new(lines).block(block), rect);
 }
 
-pub(super) fn render_details(d: &Dashboard, data: &Data, frame: &mut Frame, area: Rect) {
-    let filter = &d.ui.filter.applied;
-    let (title, lines) = match d.ui.focus {
+pub(super) fn render_details(dashboard: &Dashboard, data: &Data, frame: &mut Frame, area: Rect) {
+    let filter = &dashboard.ui.filter.applied;
+    let (title, lines) = match dashboard.ui.focus {
         Pane::Violations => {
-            let kinds: Vec<Kind> = data.kind_rows(filter, d.ui.kind_sort).iter().map(|r| r.kind).collect();
-            match d.ui.sel_kind.current(&kinds) {
-                Some(k) => (format!("Violation {}", k.name()), kind_details(d, data, k)),
+            let kinds: Vec<Kind> = data.kind_rows(filter, dashboard.ui.kind_sort).iter().map(|r| r.kind).collect();
+            match dashboard.ui.sel_kind.current(&kinds) {
+                Some(k) => (format!("Violation {}", k.name()), kind_details(dashboard, data, k)),
                 None => ("Violations".to_string(), vec![Line::from("no violation selected")]),
             }
         }
         Pane::Connections => {
-            let ids: Vec<_> = data.conn_rows(filter, d.ui.conn_sort).iter().map(|r| r.id).collect();
-            match d.ui.sel_conn.current(&ids).and_then(|id| data.conn(id)) {
+            let ids: Vec<_> = data.conn_rows(filter, dashboard.ui.conn_sort).iter().map(|r| r.id).collect();
+            match dashboard.ui.sel_conn.current(&ids).and_then(|id| data.conn(id)) {
                 Some(r) => (format!("Connection {}", r.id.0), conn_details(data, r)),
                 None => ("Connections".to_string(), vec![Line::from("no connection selected")]),
             }
         }
         Pane::Findings => {
-            let seqs: Vec<u64> = data.finding_rows(filter, d.ui.finding_sort).iter().map(|r| r.seq).collect();
-            match d.ui.sel_finding.current(&seqs).and_then(|s| data.finding_by_seq(s)) {
-                Some(r) => (format!("Finding {}", r.finding.kind.name()), finding_details(d, data, r)),
+            let seqs: Vec<u64> = data.finding_rows(filter, dashboard.ui.finding_sort).iter().map(|r| r.seq).collect();
+            match dashboard.ui.sel_finding.current(&seqs).and_then(|s| data.finding_by_seq(s)) {
+                Some(r) => (format!("Finding {}", r.finding.kind.name()), finding_details(dashboard, data, r)),
                 None => ("Findings".to_string(), vec![Line::from("no finding selected")]),
             }
         }
@@ -145,7 +145,7 @@ pub(super) fn category_name(k: Kind) -> &'static str {
     }
 }
 
-pub(super) fn kind_details(d: &Dashboard, data: &Data, k: Kind) -> Vec<Line<'static>> {
+pub(super) fn kind_details(dashboard: &Dashboard, data: &Data, k: Kind) -> Vec<Line<'static>> {
     let r = data.kind_row(k);
     let mut lines = vec![
         kv(
@@ -181,7 +181,7 @@ pub(super) fn kind_details(d: &Dashboard, data: &Data, k: Kind) -> Vec<Line<'sta
             label,
             vec![Span::raw(format!(
                 "{}  {} from {}  {}",
-                format::event_time(f.ts_ns, data.started_ns, d.epoch_offset_ns),
+                format::event_time(f.ts_ns, data.started_ns, dashboard.epoch_offset_ns),
                 f.key.client,
                 f.dir.name(),
                 format::spaced_hex(&f.header)
@@ -282,10 +282,10 @@ pub(super) fn conn_details(data: &Data, r: &ConnRow) -> Vec<Line<'static>> {
     lines
 }
 
-pub(super) fn finding_details(d: &Dashboard, data: &Data, r: &FindingRow) -> Vec<Line<'static>> {
+pub(super) fn finding_details(dashboard: &Dashboard, data: &Data, r: &FindingRow) -> Vec<Line<'static>> {
     let f = &r.finding;
     let mut lines = vec![
-        kv("time", vec![Span::raw(format::event_time(f.ts_ns, data.started_ns, d.epoch_offset_ns))]),
+        kv("time", vec![Span::raw(format::event_time(f.ts_ns, data.started_ns, dashboard.epoch_offset_ns))]),
         kv("connection", vec![Span::raw(format!("{} → {}  (id {})", f.key.client, f.key.server, f.id.0))]),
         kv(
             "from",

@@ -11,9 +11,9 @@ pub(super) fn violations_badge(data: &Data) -> Span<'static> {
     }
 }
 
-pub(super) fn render_tiny(d: &Dashboard, data: &Data, frame: &mut Frame, area: Rect) {
+pub(super) fn render_tiny(dashboard: &Dashboard, data: &Data, frame: &mut Frame, area: Rect) {
     let mut first = vec![Span::raw("ws-monitor ").bold()];
-    if d.is_paused() {
+    if dashboard.is_paused() {
         first.push(Span::styled("PAUSED ", Style::new().fg(WARN).bold()));
     }
     let lines = vec![
@@ -36,13 +36,13 @@ pub(super) fn sep() -> Span<'static> {
 /// Below this width the header puts the alarms (violations, pause, losses) first.
 pub(super) const COMPACT_HEADER: u16 = 70;
 
-pub(super) fn render_header(d: &Dashboard, data: &Data, frame: &mut Frame, area: Rect) {
+pub(super) fn render_header(dashboard: &Dashboard, data: &Data, frame: &mut Frame, area: Rect) {
     let compact = area.width < COMPACT_HEADER;
-    let ports = d.ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
+    let ports = dashboard.ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
     let brand = Span::styled(" ws-monitor ", Style::new().fg(Color::Black).bg(ACCENT).bold());
     let mut place = vec![
-        Span::raw(d.iface.clone()).bold(),
-        Span::raw(format!(" {} {ports}", if d.ports.len() == 1 { "port" } else { "ports" })),
+        Span::raw(dashboard.iface.clone()).bold(),
+        Span::raw(format!(" {} {ports}", if dashboard.ports.len() == 1 { "port" } else { "ports" })),
         sep(),
         Span::raw(format!("up {}", format::hms(data.now_ns.saturating_sub(data.started_ns)))),
     ];
@@ -57,13 +57,13 @@ pub(super) fn render_header(d: &Dashboard, data: &Data, frame: &mut Frame, area:
         ));
     }
     let mut alarms = vec![violations_badge(data)];
-    if d.is_paused() {
+    if dashboard.is_paused() {
         alarms.push(Span::raw(" "));
         alarms.push(Span::styled(" PAUSED ", Style::new().fg(Color::Black).bg(WARN).bold()));
     }
-    if !d.ui.filter.applied.is_empty() {
+    if !dashboard.ui.filter.applied.is_empty() {
         alarms.push(Span::raw(" "));
-        alarms.push(Span::styled(format!("filter: {}", d.ui.filter.applied), Style::new().fg(ACCENT)));
+        alarms.push(Span::styled(format!("filter: {}", dashboard.ui.filter.applied), Style::new().fg(ACCENT)));
     }
     let mut title = vec![brand, Span::raw(" ")];
     if compact {
@@ -152,10 +152,10 @@ pub(super) fn render_header(d: &Dashboard, data: &Data, frame: &mut Frame, area:
     frame.render_widget(Paragraph::new(lines), area);
 }
 
-pub(super) fn render_footer(d: &Dashboard, frame: &mut Frame, area: Rect) {
+pub(super) fn render_footer(dashboard: &Dashboard, frame: &mut Frame, area: Rect) {
     let key = |k: &str| Span::styled(k.to_string(), Style::new().fg(Color::Black).bg(ACCENT));
     let label = |l: &str| Span::styled(format!(" {l}  "), Style::new().fg(DIM));
-    let line = if let Some(text) = &d.ui.filter.editing {
+    let line = if let Some(text) = &dashboard.ui.filter.editing {
         Line::from(vec![
             Span::styled(" filter: ", Style::new().fg(ACCENT).bold()),
             Span::raw(text.clone()),
@@ -169,7 +169,7 @@ pub(super) fn render_footer(d: &Dashboard, frame: &mut Frame, area: Rect) {
             label("delete"),
         ])
     } else {
-        let pause = if d.is_paused() { "resume" } else { "pause" };
+        let pause = if dashboard.is_paused() { "resume" } else { "pause" };
         let items: [(&str, &str); 9] = [
             ("q", "quit"),
             ("?", "help"),

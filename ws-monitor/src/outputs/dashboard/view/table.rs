@@ -4,8 +4,8 @@ use super::*;
 
 /// A pane's frame: focused panes get an accent border; in single-pane mode the title
 /// lists every pane like tabs.
-pub(super) fn pane_block(d: &Dashboard, pane: Pane, info: String, single: bool) -> Block<'static> {
-    let focused = d.ui.focus == pane;
+pub(super) fn pane_block(dashboard: &Dashboard, pane: Pane, info: String, single: bool) -> Block<'static> {
+    let focused = dashboard.ui.focus == pane;
     let border = if focused { Style::new().fg(ACCENT) } else { Style::new().fg(DIM) };
     let mut title: Vec<Span<'static>> = vec![Span::raw(" ")];
     if single {
@@ -37,14 +37,14 @@ pub(super) fn pane_block(d: &Dashboard, pane: Pane, info: String, single: bool) 
 
 /// Draws a pane's block; the area inside it, unless there is no room in it.
 pub(super) fn pane_area(
-    d: &Dashboard,
+    dashboard: &Dashboard,
     pane: Pane,
     info: String,
     single: bool,
     frame: &mut Frame,
     area: Rect,
 ) -> Option<Rect> {
-    let block = pane_block(d, pane, info, single);
+    let block = pane_block(dashboard, pane, info, single);
     let inner = block.inner(area);
     frame.render_widget(block, area);
     (inner.width > 0 && inner.height > 0).then_some(inner)

@@ -3,7 +3,7 @@
 use super::*;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum KCol {
+pub(super) enum ViolationColumn {
     Kind,
     Client,
     Server,
@@ -13,21 +13,21 @@ pub(super) enum KCol {
     Spark,
 }
 
-pub(super) fn render_violations(d: &Dashboard, data: &Data, frame: &mut Frame, area: Rect, single: bool) {
-    let rows = data.kind_rows(&d.ui.filter.applied, d.ui.kind_sort);
+pub(super) fn render_violations(dashboard: &Dashboard, data: &Data, frame: &mut Frame, area: Rect, single: bool) {
+    let rows = data.kind_rows(&dashboard.ui.filter.applied, dashboard.ui.kind_sort);
     let total = data.violations_total();
     let info = if total == 0 {
         String::new()
     } else {
-        format!("{} · sort {}", plural(rows.len() as u64, "kind", "kinds"), d.ui.kind_sort.name())
+        format!("{} · sort {}", plural(rows.len() as u64, "kind", "kinds"), dashboard.ui.kind_sort.name())
     };
-    let Some(inner) = pane_area(d, Pane::Violations, info, single, frame, area) else { return };
+    let Some(inner) = pane_area(dashboard, Pane::Violations, info, single, frame, area) else { return };
     if rows.is_empty() {
-        render_message(frame, inner, no_violations_lines(d, data, total));
+        render_message(frame, inner, no_violations_lines(dashboard, data, total));
         return;
     }
     let kinds: Vec<Kind> = rows.iter().map(|r| r.kind).collect();
-    let selected = d.ui.sel_kind.resolve(&kinds);
+    let selected = dashboard.ui.sel_kind.resolve(&kinds);
     let sel_kind = selected.and_then(|i| kinds.get(i)).copied();
 
     // Meaning and likely cause of the selected kind beneath the table, if room: in full
@@ -59,22 +59,29 @@ pub(super) fn render_violations(d: &Dashboard, data: &Data, frame: &mut Frame, a
     };
 
     let cols = [
-        Col::new(KCol::Kind, "kind", 22, 22, 0),
-        Col::new(KCol::Client, "client→server", 5, 13, 1).short("c→s"),
-        Col::new(KCol::Server, "server→client", 5, 13, 1).short("s→c"),
-        Col::new(KCol::Total, "total", 6, 7, 4),
-        Col::new(KCol::Rate, "rate/10s", 6, 8, 2).short("/10s"),
-        Col::new(KCol::Last, "seen", 4, 5, 5),
-        Col::new(KCol::Spark, SPARK_TITLE, 12, 60, 3).fill(),
+        Col::new(ViolationColumn::Kind, "kind", 22, 22, 0),
+        Col::new(ViolationColumn::Client, "client→server", 5, 13, 1).short("c→s"),
+        Col::new(ViolationColumn::Server, "server→client", 5, 13, 1).short("s→c"),
+        Col::new(ViolationColumn::Total, "total", 6, 7, 4),
+        Col::new(ViolationColumn::Rate, "rate/10s", 6, 8, 2).short("/10s"),
+        Col::new(ViolationColumn::Last, "seen", 4, 5, 5),
+        Col::new(ViolationColumn::Spark, SPARK_TITLE, 12, 60, 3).fill(),
     ];
     let fitted = fit(&cols, table_area.width.saturating_sub(MARK_WIDTH));
-    let spark_width = fitted.iter().find(|c| c.0 == KCol::Spark).map_or(0, |c| usize::from(c.2));
+    let spark_width = fitted.iter().find(|c| c.0 == ViolationColumn::Spark).map_or(0, |c| usize::from(c.2));
     let per_char = format::secs_per_char(HISTORY_SECS, spark_width);
 
     let (shown, selected) = visible(&rows, selected, table_area);
     let table_rows: Vec<Row<'static>> = shown.map(|r| kind_row(data, r, &fitted, spark_width, per_char)).collect();
-    render_table(frame, table_area, &fitted, table_rows, selected, d.ui.focus == Pane::Violations, |c| {
-        matches!(c, KCol::Client | KCol::Server | KCol::Total | KCol::Rate | KCol::Last)
+    render_table(frame, table_area, &fitted, table_rows, selected, dashboard.ui.focus == Pane::Violations, |c| {
+        matches!(
+            c,
+            ViolationColumn::Client
+                | ViolationColumn::Server
+                | ViolationColumn::Total
+                | ViolationColumn::Rate
+                | ViolationColumn::Last
+        )
     });
 
     if let Some((area, k, wrap)) = detail {
@@ -94,25 +101,27 @@ pub(super) fn render_violations(d: &Dashboard, data: &Data, frame: &mut Frame, a
 pub(super) fn kind_row(
     data: &Data,
     r: &KindRow,
-    cols: &[(KCol, &'static str, u16)],
+    cols: &[(ViolationColumn, &'static str, u16)],
     spark_width: usize,
     per_char: usize,
 ) -> Row<'static> {
     let count_style = |n: u64| if n > 0 { Style::new().fg(BAD).bold() } else { Style::new().fg(DIM) };
     let recent = r.rate > 0.0;
     Row::new(cols.iter().map(|(c, _, _)| match c {
-        KCol::Kind => Cell::from(Span::styled(
+        ViolationColumn::Kind => Cell::from(Span::styled(
             r.kind.name(),
             if recent { Style::new().fg(BAD).bold() } else { Style::new().fg(BAD) },
         )),
-        KCol::Client => num(format::count(r.client), count_style(r.client)),
-        KCol::Server => num(format::count(r.server), count_style(r.server)),
-        KCol::Total => num(format::count(r.total()), Style::new().bold()),
-        KCol::Rate => num(format::rate(r.rate), if recent { Style::new().fg(BAD) } else { Style::new().fg(DIM) }),
-        KCol::Last => {
+        ViolationColumn::Client => num(format::count(r.client), count_style(r.client)),
+        ViolationColumn::Server => num(format::count(r.server), count_style(r.server)),
+        ViolationColumn::Total => num(format::count(r.total()), Style::new().bold()),
+        ViolationColumn::Rate => {
+            num(format::rate(r.rate), if recent { Style::new().fg(BAD) } else { Style::new().fg(DIM) })
+        }
+        ViolationColumn::Last => {
             num(r.last_active_ns.map_or_else(|| "-".to_string(), |t| format::ago(data.now_ns, t)), Style::new())
         }
-        KCol::Spark => Cell::from(Span::styled(
+        ViolationColumn::Spark => Cell::from(Span::styled(
             format::sparkline(&data.history.series(r.kind), spark_width, per_char),
             Style::new().fg(BAD),
         )),
@@ -120,10 +129,10 @@ pub(super) fn kind_row(
 }
 
 /// The calm message when nothing is wrong (or nothing matches the filter).
-pub(super) fn no_violations_lines(d: &Dashboard, data: &Data, total: u64) -> Vec<Line<'static>> {
+pub(super) fn no_violations_lines(dashboard: &Dashboard, data: &Data, total: u64) -> Vec<Line<'static>> {
     if total > 0 {
         return vec![Line::from(vec![
-            Span::styled(format!(" no kind matches \"{}\"", d.ui.filter.applied), Style::new().fg(WARN)),
+            Span::styled(format!(" no kind matches \"{}\"", dashboard.ui.filter.applied), Style::new().fg(WARN)),
             Span::styled(
                 format!(" ({} violations in total; Esc clears the filter)", format::count(total)),
                 Style::new().fg(DIM),
