@@ -22,7 +22,8 @@ use serde_json::{Map, Value};
 use tokio::time::Instant;
 use ws_monitor_common::Counter;
 
-pub use outputs::{check_streams, report, Live, Outputs};
+pub use outputs::{check_streams, Outputs};
+use outputs::{report, Live};
 
 use crate::cli::RunArgs;
 use crate::engine::EngineConfig;

@@ -171,13 +171,34 @@ impl Backend for Recorder {
 
 type Keys = std::pin::Pin<Box<dyn Stream<Item = io::Result<Event>>>>;
 
-/// A screen whose draws land in the returned text, typed at through the returned sender.
-fn screen() -> (Screen<Recorder, Keys>, Rc<RefCell<String>>, mpsc::UnboundedSender<Event>) {
+/// The dashboard as the test sees it: what was drawn last, and a keyboard.
+struct Tty {
+    text: Rc<RefCell<String>>,
+    keys: mpsc::UnboundedSender<Event>,
+}
+
+impl Tty {
+    /// Waits (up to 5 s) until the screen shows `what`.
+    async fn shows(&self, what: &str) {
+        until(what, || self.text.borrow().contains(what)).await;
+    }
+
+    fn shown(&self) -> String {
+        self.text.borrow().clone()
+    }
+
+    fn press(&self, c: char) {
+        self.keys.send(key(c)).expect("the driver reads keys");
+    }
+}
+
+/// A screen whose draws and keys the returned [`Tty`] sees and types.
+fn screen() -> (Screen<Recorder, Keys>, Tty) {
     let text = Rc::new(RefCell::new(String::new()));
     let (tx, mut rx) = mpsc::unbounded_channel();
     let keys: Keys = Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|e| e.map(Ok))));
     let backend = Recorder { inner: TestBackend::new(140, 40), screen: text.clone() };
-    (Screen::new(backend, keys).expect("a test screen"), text, tx)
+    (Screen::new(backend, keys).expect("a test screen"), Tty { text, keys: tx })
 }
 
 fn key(c: char) -> Event {
@@ -248,18 +269,21 @@ fn tokio_rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime")
 }
 
+/// Runs the driver with the dashboard on `screen` while `act` plays.
+fn on_dashboard<F: Future<Output = ()>>(script: &Script, screen: Screen<Recorder, Keys>, act: F) -> (Ended, Duration) {
+    tokio_rt().block_on(drive(script, Some(screen), Outputs::default(), &run_args(&[]), act))
+}
+
 #[test]
 fn q_ends_a_live_run_and_its_report_counts_everything() {
-    let script = Script::default();
-    let (screen, text, keys) = screen();
-    let args = run_args(&[]);
-    let (ended, took) = tokio_rt().block_on(drive(&script, Some(screen), Outputs::default(), &args, async {
+    let (script, (screen, tty)) = (Script::default(), screen());
+    let (ended, took) = on_dashboard(&script, screen, async {
         script.connection(40001, 3, 2);
-        until("the dashboard shows the violations", || text.borrow().contains("● 3 violations")).await;
-        keys.send(key('q')).expect("the driver reads keys");
+        tty.shows("● 3 violations").await;
+        tty.press('q');
         // The driver must end on the key alone: no stop signal comes until it has.
         std::future::pending::<()>().await;
-    }));
+    });
     assert_eq!(ended.stop, Stop::Asked);
     assert!(took < Duration::from_secs(20), "ended by q, not by --duration: {took:?}");
     assert_eq!(violations(&ended.report), 3);
@@ -271,39 +295,35 @@ fn q_ends_a_live_run_and_its_report_counts_everything() {
 
 #[test]
 fn space_freezes_the_dashboard_while_counting_goes_on() {
-    let script = Script::default();
-    let (screen, text, keys) = screen();
-    let args = run_args(&[]);
-    let (ended, _) = tokio_rt().block_on(drive(&script, Some(screen), Outputs::default(), &args, async {
+    let (script, (screen, tty)) = (Script::default(), screen());
+    let (ended, _) = on_dashboard(&script, screen, async {
         script.connection(40001, 3, 0);
-        until("3 violations shown", || text.borrow().contains("● 3 violations")).await;
-        keys.send(key(' ')).expect("keys");
-        until("paused shown", || text.borrow().contains("PAUSED")).await;
+        tty.shows("● 3 violations").await;
+        tty.press(' ');
+        tty.shows("PAUSED").await;
         script.connection(40002, 2, 0);
         until("the second connection is read", || !script.more()).await;
         // Two ticks at least: a live view would have moved on.
         tokio::time::sleep(Duration::from_millis(2500)).await;
-        assert!(text.borrow().contains("● 3 violations"), "frozen while paused:\n{}", text.borrow());
-        keys.send(key(' ')).expect("keys");
-        until("5 violations shown once resumed", || text.borrow().contains("● 5 violations")).await;
-    }));
+        assert!(tty.shown().contains("● 3 violations"), "frozen while paused:\n{}", tty.shown());
+        tty.press(' ');
+        tty.shows("● 5 violations").await;
+    });
     assert_eq!(violations(&ended.report), 5);
 }
 
 #[test]
 fn r_resets_what_the_dashboard_counts_but_not_the_report() {
-    let script = Script::default();
-    let (screen, text, keys) = screen();
-    let args = run_args(&[]);
-    let (ended, _) = tokio_rt().block_on(drive(&script, Some(screen), Outputs::default(), &args, async {
+    let (script, (screen, tty)) = (Script::default(), screen());
+    let (ended, _) = on_dashboard(&script, screen, async {
         script.connection(40001, 3, 0);
-        until("3 violations shown", || text.borrow().contains("● 3 violations")).await;
-        keys.send(key('r')).expect("keys");
-        until("the reset shown", || text.borrow().contains("s ago")).await;
-        assert!(!text.borrow().contains("● 3 violations"), "counts start again:\n{}", text.borrow());
+        tty.shows("● 3 violations").await;
+        tty.press('r');
+        tty.shows("s ago").await;
+        assert!(!tty.shown().contains("● 3 violations"), "counts start again:\n{}", tty.shown());
         script.connection(40002, 1, 0);
-        until("1 violation since the reset", || text.borrow().contains("● 1 violation ")).await;
-    }));
+        tty.shows("● 1 violation ").await;
+    });
     assert_eq!(violations(&ended.report), 4, "the report counts the whole run");
 }
 
